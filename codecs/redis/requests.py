@@ -1,0 +1,162 @@
+"""Request framing: multibulk and inline commands, with Redis's own protocol-error texts."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from metaprotocol.spi import ErrorKind, RemoteProtocolError
+
+MAX_INLINE: Final = 64 * 1024
+MAX_MULTIBULK: Final = 1024 * 1024
+CRLF: Final = b"\r\n"
+_DOLLAR: Final = ord("$")
+_NEED: Final = None
+
+
+def protocol_error(detail: str) -> RemoteProtocolError:
+    """A framing error with Redis's wording (``Protocol error: ...``)."""
+    return RemoteProtocolError(f"Protocol error: {detail}", ErrorKind.BAD_REQUEST)
+
+
+def pack(args: list[bytes]) -> bytes:
+    """Encode a command as a multibulk request."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n" % len(a))
+        out.append(a)
+        out.append(CRLF)
+    return b"".join(out)
+
+
+def frame_multibulk(
+    data: bytes | bytearray, pos: int, max_bulk: int
+) -> tuple[int, list[int]] | None:
+    """Bounds of one multibulk request at ``pos``: (end, [start0, end0, start1, end1, ...]).
+
+    Returns None when more bytes are needed; an empty bound list for ``*0``/``*-1`` (which Redis
+    ignores). Raises RemoteProtocolError as Redis would.
+    """
+    n = len(data)
+    eol = data.find(CRLF, pos)
+    if eol < 0:
+        if n - pos > MAX_INLINE:
+            raise protocol_error("too big mbulk count string")
+        return _NEED
+    try:
+        argc = int(data[pos + 1 : eol])
+    except ValueError:
+        raise protocol_error("invalid multibulk length") from None
+    if argc > MAX_MULTIBULK:
+        raise protocol_error("invalid multibulk length")
+    p = eol + 2
+    bounds: list[int] = []
+    for _ in range(argc):
+        if p >= n:
+            return _NEED
+        if data[p] != _DOLLAR:
+            raise protocol_error(f"expected '$', got '{chr(data[p])}'")
+        eol = data.find(CRLF, p)
+        if eol < 0:
+            if n - p > MAX_INLINE:
+                raise protocol_error("too big bulk count string")
+            return _NEED
+        try:
+            size = int(data[p + 1 : eol])
+        except ValueError:
+            raise protocol_error("invalid bulk length") from None
+        if size < 0 or size > max_bulk:
+            raise protocol_error("invalid bulk length")
+        start = eol + 2
+        end = start + size
+        if end + 2 > n:
+            return _NEED
+        if data[end : end + 2] != CRLF:
+            raise protocol_error("bulk string not terminated by CRLF")
+        bounds.append(start)
+        bounds.append(end)
+        p = end + 2
+    return p, bounds
+
+
+def frame_inline(data: bytes | bytearray, pos: int) -> tuple[int, list[bytes]] | None:
+    """One inline command line at ``pos``: (end, args). None when the line is incomplete."""
+    eol = data.find(b"\n", pos)
+    if eol < 0:
+        if len(data) - pos > MAX_INLINE:
+            raise protocol_error("too big inline request")
+        return _NEED
+    line = bytes(data[pos:eol])
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return eol + 1, split_inline(line)
+
+
+_ESCAPES: Final = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
+
+
+def split_inline(line: bytes) -> list[bytes]:
+    """Split an inline command as Redis's ``sdssplitargs`` does (quotes and escapes)."""
+    if b'"' not in line and b"'" not in line:
+        return line.split()
+    args: list[bytes] = []
+    i = 0
+    n = len(line)
+    while True:
+        while i < n and line[i : i + 1].isspace():
+            i += 1
+        if i >= n:
+            return args
+        current = bytearray()
+        quote = 0
+        while True:
+            if quote == ord('"'):
+                if i >= n:
+                    raise protocol_error("unbalanced quotes in request")
+                c = line[i]
+                if c == ord("\\") and i + 3 < n and line[i + 1] == ord("x") and _hex2(line, i + 2):
+                    current.append(int(line[i + 2 : i + 4], 16))
+                    i += 4
+                    continue
+                if c == ord("\\") and i + 1 < n:
+                    current += _ESCAPES.get(line[i + 1], line[i + 1 : i + 2])
+                    i += 2
+                    continue
+                if c == ord('"'):
+                    if i + 1 < n and not line[i + 1 : i + 2].isspace():
+                        raise protocol_error("unbalanced quotes in request")
+                    i += 1
+                    break
+                current.append(c)
+                i += 1
+            elif quote == ord("'"):
+                if i >= n:
+                    raise protocol_error("unbalanced quotes in request")
+                c = line[i]
+                if c == ord("\\") and i + 1 < n and line[i + 1] == ord("'"):
+                    current.append(ord("'"))
+                    i += 2
+                    continue
+                if c == ord("'"):
+                    if i + 1 < n and not line[i + 1 : i + 2].isspace():
+                        raise protocol_error("unbalanced quotes in request")
+                    i += 1
+                    break
+                current.append(c)
+                i += 1
+            else:
+                if i >= n or line[i : i + 1].isspace():
+                    break
+                c = line[i]
+                if c in (ord('"'), ord("'")):
+                    quote = c
+                else:
+                    current.append(c)
+                i += 1
+        args.append(bytes(current))
+
+
+def _hex2(line: bytes, i: int) -> bool:
+    return all(chr(c) in "0123456789abcdefABCDEF" for c in line[i : i + 2])
+
+
+__all__ = ["CRLF", "frame_inline", "frame_multibulk", "pack", "protocol_error", "split_inline"]

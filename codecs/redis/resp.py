@@ -1,0 +1,146 @@
+"""RESP2/RESP3 reply framing: find where one reply ends without building Python objects.
+
+Wire forms (https://github.com/redis/redis-specifications/blob/master/protocol/RESP3.md)::
+
+    +simple\r\n   -error\r\n   :int\r\n   _\r\n   ,double\r\n   #t\r\n   (bignum\r\n
+    $<len>\r\n<bytes>\r\n      $-1\r\n (null)      =<len>\r\ntxt:<bytes>\r\n   !<len>\r\n<bytes>\r\n
+    *<n>\r\n<n values>   ~<n> set   ><n> push   %<n>\r\n<2n values>   |<n>\r\n<2n values><value>
+    $?\r\n;<len>\r\n<bytes>\r\n...;0\r\n        *?\r\n<values>.\r\n   (streamed, also ~ % |)
+
+The scanner walks headers with ``bytes.find`` and ``int`` on slices; bulk payloads are skipped by
+length, never scanned.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from metaprotocol.spi import ErrorKind, RemoteProtocolError
+
+INCOMPLETE: Final = -1
+CRLF: Final = b"\r\n"
+
+_LINE_TYPES: Final = frozenset(b"+-:_,#(")
+_BULK_TYPES: Final = frozenset(b"$=!")
+_AGGREGATE_TYPES: Final = frozenset(b"*~>")
+_MAP: Final = ord("%")
+_ATTRIBUTE: Final = ord("|")
+_STREAM_CHUNK: Final = ord(";")
+_STREAM_END: Final = ord(".")
+_STREAMED: Final = -2
+MAX_NESTING: Final = 1024
+
+
+def _bad(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, ErrorKind.BAD_RESPONSE)
+
+
+def _length(data: bytes | bytearray, start: int, end: int) -> int:
+    """Parse the decimal length in data[start:end] (``?`` means streamed)."""
+    field = data[start:end]
+    if field == b"?":
+        return _STREAMED
+    try:
+        return int(field)
+    except ValueError:
+        raise _bad(f"invalid length {bytes(field)!r}") from None
+
+
+def scan_reply(data: bytes | bytearray, pos: int, max_bulk: int = 512 * 1024 * 1024) -> int:
+    """End offset of the reply starting at ``pos``, or INCOMPLETE when more bytes are needed.
+
+    ``remaining`` counts the values still expected at the current aggregate level (or is
+    _STREAMED for a level closed by ``.``); ``stack`` holds the parents' counts. A finished
+    aggregate counts as one value of its parent. An attribute ``|n`` is read as a level of
+    ``2n + 1`` values (its entries, then the value it annotates) that counts as one value.
+
+    Raises:
+        RemoteProtocolError: the bytes are not RESP.
+    """
+    n = len(data)
+    stack: list[int] = []
+    remaining = 1
+    while True:
+        if pos >= n:
+            return INCOMPLETE
+        kind = data[pos]
+        eol = data.find(CRLF, pos)
+        if eol < 0:
+            return INCOMPLETE
+        if kind in _LINE_TYPES:
+            pos = eol + 2
+        elif kind in _BULK_TYPES:
+            size = _length(data, pos + 1, eol)
+            pos = eol + 2
+            if size == _STREAMED and kind == ord("$"):
+                pos = _skip_string_chunks(data, pos, max_bulk)
+                if pos == INCOMPLETE:
+                    return INCOMPLETE
+            elif size != -1 or kind != ord("$"):
+                if size < 0 or size > max_bulk:
+                    raise _bad(f"invalid bulk length {size}")
+                end = pos + size
+                if end + 2 > n:
+                    return INCOMPLETE
+                if data[end : end + 2] != CRLF:
+                    raise _bad("bulk string not terminated by CRLF")
+                pos = end + 2
+        elif kind in _AGGREGATE_TYPES or kind == _MAP or kind == _ATTRIBUTE:
+            count = _length(data, pos + 1, eol)
+            pos = eol + 2
+            if count == _STREAMED:
+                if kind == _ATTRIBUTE:
+                    raise _bad("streamed attributes are not RESP3")
+                if len(stack) >= MAX_NESTING:
+                    raise _bad("aggregate nesting too deep")
+                stack.append(remaining)
+                remaining = _STREAMED
+                continue
+            if count < -1:
+                raise _bad(f"invalid aggregate length {count}")
+            if kind == _MAP:
+                count *= 2
+            elif kind == _ATTRIBUTE:
+                count = count * 2 + 1
+            if count > 0:
+                if len(stack) >= MAX_NESTING:
+                    raise _bad("aggregate nesting too deep")
+                stack.append(remaining)
+                remaining = count
+                continue
+            # empty or null aggregate: a complete value
+        elif kind == _STREAM_END and remaining == _STREAMED:
+            pos = eol + 2
+            remaining = stack.pop()
+        else:
+            raise _bad(f"unexpected byte {bytes([kind])!r} at start of a value")
+        # One value is complete at the current level; close every level it completes.
+        while remaining != _STREAMED:
+            remaining -= 1
+            if remaining:
+                break
+            if not stack:
+                return pos
+            remaining = stack.pop()
+
+
+def _skip_string_chunks(data: bytes | bytearray, pos: int, max_bulk: int) -> int:
+    """Skip ``;<len>\r\n<bytes>\r\n`` chunks up to ``;0\r\n``."""
+    n = len(data)
+    while True:
+        if pos >= n:
+            return INCOMPLETE
+        if data[pos] != _STREAM_CHUNK:
+            raise _bad("expected ';' in a streamed string")
+        eol = data.find(CRLF, pos)
+        if eol < 0:
+            return INCOMPLETE
+        chunk = _length(data, pos + 1, eol)
+        pos = eol + 2
+        if chunk == 0:
+            return pos
+        if chunk < 0 or chunk > max_bulk:
+            raise _bad("invalid chunk length")
+        pos += chunk + 2
+        if pos > n:
+            return INCOMPLETE

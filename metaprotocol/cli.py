@@ -1,0 +1,138 @@
+"""Command line: ``metaprotocol proxy -c bootstrap.yaml``, ``metaprotocol codecs``, ``validate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from metaprotocol import __version__
+from metaprotocol.config.bootstrap import load_bootstrap
+from metaprotocol.config.errors import ConfigError
+from metaprotocol.config.model import AdminConfig, Bootstrap
+from metaprotocol.registry import CodecRegistry, RegistryError
+
+log = logging.getLogger("metaprotocol")
+
+EXIT_CONFIG = 2
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metaprotocol", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"metaprotocol {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    proxy = sub.add_parser("proxy", help="run the proxy")
+    proxy.add_argument("-c", "--config", required=True, help="bootstrap YAML file")
+    proxy.add_argument("--admin", type=_host_port, help="admin endpoint HOST:PORT")
+    proxy.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
+    proxy.add_argument("--log-level", default="INFO")
+    proxy.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    validate = sub.add_parser("validate", help="check a bootstrap file and exit")
+    validate.add_argument("-c", "--config", required=True)
+    sub.add_parser("codecs", help="list installed codec plugins")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metaprotocol`` console script."""
+    args = _parser().parse_args(argv)
+    registry = CodecRegistry.from_entry_points()
+    if args.command == "codecs":
+        return _list_codecs(registry)
+    if args.command == "validate":
+        return _validate(args.config, registry)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        bootstrap = load_bootstrap(args.config)
+        if args.admin:
+            bootstrap = _with_admin(bootstrap, *args.admin)
+        from metaprotocol.io.proxy import Proxy
+
+        proxy = Proxy(bootstrap, registry)
+    except ConfigError as exc:
+        print(f"metaprotocol: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop)
+
+
+def _with_admin(bootstrap: Bootstrap, host: str, port: int) -> Bootstrap:
+    from dataclasses import replace
+
+    return replace(bootstrap, admin=AdminConfig(host, port))
+
+
+def _list_codecs(registry: CodecRegistry) -> int:
+    for name in registry.names():
+        ep = registry.describe(name)
+        try:
+            factory = registry.get(name)
+        except RegistryError as exc:
+            print(f"{name}\tBROKEN: {exc}")
+            continue
+        dist = ep.dist.name if ep is not None and ep.dist is not None else "?"
+        print(
+            f"{name}\t{factory.correlation.value}\t{ep.value if ep else factory.__module__}"
+            f"\t({dist})\taliases: {', '.join((*factory.aliases, f'aeraki.meta_protocol.codec.{name}'))}"
+        )
+    return 0
+
+
+def _validate(path: str, registry: CodecRegistry) -> int:
+    try:
+        bootstrap = load_bootstrap(path)
+        from metaprotocol.io.proxy import build_factories
+
+        build_factories(bootstrap, registry)
+    except ConfigError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: {len(bootstrap.listeners)} listener(s), {len(bootstrap.clusters)} cluster(s)")
+    return 0
+
+
+def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool) -> int:
+    from metaprotocol.io.proxy import Proxy
+
+    assert isinstance(proxy, Proxy)  # noqa: S101
+
+    async def serve() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await proxy.start()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        for name in proxy.servers:
+            log.info("serving %s on port %d", name, proxy.bound_port(name))
+        await stop.wait()
+        log.info("draining (up to %.1fs)", drain_timeout)
+        await proxy.drain(drain_timeout)
+        return 0
+
+    if use_uvloop:
+        try:
+            import uvloop
+
+            return uvloop.run(serve())
+        except ImportError:
+            log.warning("uvloop is not installed; using the stdlib event loop")
+    return asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

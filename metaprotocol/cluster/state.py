@@ -1,0 +1,81 @@
+"""A cluster's live endpoint state: health, active requests and the balancers built over them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from metaprotocol.cluster.hashing import hash_tag_of
+from metaprotocol.cluster.lb import LoadBalancer, build_lb
+from metaprotocol.config.model import ClusterConfig, Endpoint
+
+Subset = tuple[tuple[str, str], ...]
+
+
+class HostSet:
+    """The healthy endpoints of one subset and the balancer over them."""
+
+    __slots__ = ("indexes", "lb")
+
+    def __init__(self, indexes: list[int], lb: LoadBalancer | None) -> None:
+        self.indexes = indexes
+        self.lb = lb
+
+
+class ClusterState:
+    """Endpoints of a cluster with health flags; picks an endpoint per request.
+
+    Health changes (connect failures, ejections) are rare, so the balancers are rebuilt then and
+    ``pick`` is a dict probe plus the balancer's own work.
+    """
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.endpoints: tuple[Endpoint, ...] = config.endpoints
+        self.healthy: list[bool] = [True] * len(self.endpoints)
+        self.active: list[int] = [0] * len(self.endpoints)
+        self._hash_tag = config.hash_tag.encode()
+        self._sets: dict[Subset, HostSet] = {}
+
+    def _host_set(self, subset: Subset) -> HostSet:
+        hs = self._sets.get(subset)
+        if hs is None:
+            wanted = set(subset)
+            members = [i for i, e in enumerate(self.endpoints) if wanted <= set(e.labels)]
+            healthy = [i for i in members if self.healthy[i]]
+            # Envoy's panic threshold in spirit: with no healthy member, try them all.
+            chosen = healthy or members
+            lb = None
+            if chosen:
+                lb = build_lb(
+                    self.config.lb_policy,
+                    [self.endpoints[i] for i in chosen],
+                    self.config.hash_function,
+                    self.active,
+                    chosen,
+                )
+            hs = HostSet(chosen, lb)
+            self._sets[subset] = hs
+        return hs
+
+    def pick(self, subset: Subset, key: bytes | None, rng: random.Random) -> int | None:
+        """Index (into ``endpoints``) of the endpoint for a request, or None when there is none."""
+        hs = self._sets.get(subset) or self._host_set(subset)
+        lb = hs.lb
+        if lb is None:
+            return None
+        if key is not None and self._hash_tag:
+            key = hash_tag_of(key, self._hash_tag)
+        return hs.indexes[lb.pick(key, rng)]
+
+    def set_healthy(self, index: int, healthy: bool) -> bool:
+        """Mark an endpoint; returns whether anything changed (balancers are then rebuilt)."""
+        if self.healthy[index] == healthy:
+            return False
+        self.healthy[index] = healthy
+        self._sets.clear()
+        return True
+
+    def hash_key(self, values: Sequence[str]) -> bytes:
+        """The hash-policy key from the metadata values it names."""
+        return "\x00".join(values).encode()

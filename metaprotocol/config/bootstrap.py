@@ -1,0 +1,531 @@
+"""Read an Envoy-style bootstrap (the shape Envoy + Aeraki's meta_protocol_proxy read).
+
+```yaml
+static_resources:
+  listeners:
+  - name: dubbo
+    address: {socket_address: {address: 127.0.0.1, port_value: 20880}}
+    filter_chains:
+    - filters:
+      - name: aeraki.meta_protocol_proxy
+        typed_config:
+          "@type": type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy
+          stat_prefix: outbound|20880||demo
+          application_protocol: dubbo
+          codec: {name: aeraki.meta_protocol.codec.dubbo}
+          route_config: {name: demo_20880, routes: [...]}
+  clusters:
+  - name: outbound|20880|v1|demo
+    connect_timeout: 1s
+    lb_policy: ROUND_ROBIN
+    load_assignment: {cluster_name: ..., endpoints: [{lb_endpoints: [...]}]}
+```
+
+Unknown fields are rejected with their path (a typo must not silently change routing); Envoy
+fields that do not apply to this proxy are accepted and ignored where listed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Final, TypeVar
+
+import yaml
+
+from metaprotocol.config.errors import ConfigError
+from metaprotocol.config.model import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_ROUTE_TIMEOUT,
+    HASH_FUNCTIONS,
+    AdminConfig,
+    AttributeMatcher,
+    Bootstrap,
+    ClusterConfig,
+    CodecRef,
+    Endpoint,
+    LbPolicy,
+    ListenerConfig,
+    MatchKind,
+    RouteAction,
+    RouteConfig,
+    RouteRule,
+    WeightedCluster,
+)
+
+FILTER_NAMES: Final = frozenset(
+    {
+        "aeraki.meta_protocol_proxy",
+        "envoy.filters.network.meta_protocol_proxy",
+        "metaprotocol.proxy",
+    }
+)
+PROXY_TYPE: Final = "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
+TYPED_STRUCT_TYPES: Final = frozenset(
+    {"type.googleapis.com/udpa.type.v1.TypedStruct", "type.googleapis.com/xds.type.v3.TypedStruct"}
+)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|ms|us|m|h)?$")
+_UNITS: Final = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "m": 60.0, "h": 3600.0, None: 1.0}
+T = TypeVar("T")
+
+
+class _Reader:
+    """Walks a YAML tree, remembering the path for error messages."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, path, reason)
+
+    def mapping(self, value: object, path: str) -> Mapping[str, object]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(path, f"expected a mapping, got {type(value).__name__}")
+        return value
+
+    def seq(self, value: object, path: str) -> list[object]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(path, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def keys(
+        self, m: Mapping[str, object], path: str, allowed: set[str], ignored: set[str] = frozenset()
+    ) -> None:
+        for k in m:
+            if k not in allowed and k not in ignored:
+                raise self.fail(_join(path, str(k)), "unknown or unsupported field")
+
+    def str_(self, m: Mapping[str, object], key: str, path: str, default: str | None = None) -> str:
+        value = m.get(key, default)
+        if value is None:
+            raise self.fail(_join(path, key), "required")
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise self.fail(_join(path, key), "expected a string")
+        return str(value)
+
+    def int_(self, m: Mapping[str, object], key: str, path: str, default: int | None = None) -> int:
+        value = m.get(key, default)
+        if isinstance(value, Mapping) and "value" in value:  # protobuf wrapper types
+            value = value["value"]
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(_join(path, key), "expected an integer")
+        return value
+
+    def duration(self, m: Mapping[str, object], key: str, path: str, default: float) -> float:
+        value = m.get(key)
+        if value is None:
+            return default
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, Mapping):  # {seconds: 1, nanos: 0}
+            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9  # type: ignore[arg-type]
+        match = _DURATION.match(str(value).strip())
+        if match is None:
+            raise self.fail(_join(path, key), f"not a duration: {value!r} (use e.g. 1.5s, 250ms)")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+
+    def each(
+        self, value: object, path: str, parse: Callable[[Mapping[str, object], str], T]
+    ) -> list[T]:
+        return [
+            parse(self.mapping(item, f"{path}[{i}]"), f"{path}[{i}]")
+            for i, item in enumerate(self.seq(value, path))
+        ]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def load_bootstrap(path: str | Path) -> Bootstrap:
+    """Read and validate a bootstrap file.
+
+    Raises:
+        ConfigError: with the file, the path inside it and the reason.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, "", f"not valid YAML: {exc}") from exc
+    return parse_bootstrap(tree, source)
+
+
+def parse_bootstrap(tree: object, source: str = "<memory>") -> Bootstrap:
+    """Build a Bootstrap from an already-loaded YAML/JSON tree."""
+    r = _Reader(source)
+    root = r.mapping(tree, "")
+    r.keys(
+        root,
+        "",
+        {"static_resources", "admin", "dynamic_resources", "node"},
+        {"layered_runtime", "stats_config", "overload_manager", "cluster_manager"},
+    )
+    static = r.mapping(root.get("static_resources"), "static_resources")
+    r.keys(static, "static_resources", {"listeners", "clusters"}, {"secrets"})
+    listeners = r.each(static.get("listeners"), "static_resources.listeners", lambda m, p: _listener(r, m, p))
+    clusters = r.each(static.get("clusters"), "static_resources.clusters", lambda m, p: _cluster(r, m, p))
+    admin = None
+    if root.get("admin") is not None:
+        admin_m = r.mapping(root["admin"], "admin")
+        r.keys(admin_m, "admin", {"address"}, {"access_log", "access_log_path", "profile_path"})
+        host, port = _socket_address(r, admin_m.get("address"), "admin.address")
+        admin = AdminConfig(host, port)
+    _check_unique(r, [lst.name for lst in listeners], "static_resources.listeners", "listener")
+    _check_unique(r, [c.name for c in clusters], "static_resources.clusters", "cluster")
+    known = {c.name for c in clusters}
+    for i, lst in enumerate(listeners):
+        if lst.route_config is None:
+            continue
+        for j, route in enumerate(lst.route_config.routes):
+            for name in route.action.cluster_names():
+                if name not in known:
+                    raise r.fail(
+                        f"static_resources.listeners[{i}]...route_config.routes[{j}].route",
+                        f"unknown cluster {name!r}",
+                    )
+    return Bootstrap(tuple(listeners), tuple(clusters), admin, source)
+
+
+def _check_unique(r: _Reader, names: list[str], path: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise r.fail(f"{path}[{i}].name", f"duplicate {what} name {name!r}")
+        seen.add(name)
+
+
+def _socket_address(r: _Reader, value: object, path: str) -> tuple[str, int]:
+    m = r.mapping(value, path)
+    r.keys(m, path, {"socket_address"})
+    sa = r.mapping(m.get("socket_address"), f"{path}.socket_address")
+    sp = f"{path}.socket_address"
+    r.keys(sa, sp, {"address", "port_value"}, {"protocol", "ipv4_compat", "resolver_name"})
+    port = r.int_(sa, "port_value", sp)
+    if not 0 <= port <= 65535:  # noqa: PLR2004
+        raise r.fail(f"{sp}.port_value", "port out of range")
+    return r.str_(sa, "address", sp), port
+
+
+def _listener(r: _Reader, m: Mapping[str, object], path: str) -> ListenerConfig:
+    r.keys(
+        m,
+        path,
+        {"name", "address", "filter_chains"},
+        {"traffic_direction", "per_connection_buffer_limit_bytes", "listener_filters", "metadata"},
+    )
+    name = r.str_(m, "name", path)
+    host, port = _socket_address(r, m.get("address"), f"{path}.address")
+    chains = r.seq(m.get("filter_chains"), f"{path}.filter_chains")
+    if len(chains) != 1:
+        raise r.fail(f"{path}.filter_chains", "exactly one filter chain is supported")
+    chain_path = f"{path}.filter_chains[0]"
+    chain = r.mapping(chains[0], chain_path)
+    r.keys(chain, chain_path, {"filters"}, {"name", "filter_chain_match"})
+    filters = r.seq(chain.get("filters"), f"{chain_path}.filters")
+    found = None
+    for i, f in enumerate(filters):
+        fp = f"{chain_path}.filters[{i}]"
+        fm = r.mapping(f, fp)
+        if fm.get("name") in FILTER_NAMES or _type_of(fm.get("typed_config")) == PROXY_TYPE:
+            found = (fm, fp)
+        else:
+            raise r.fail(f"{fp}.name", f"unsupported network filter {fm.get('name')!r}")
+    if found is None:
+        raise r.fail(f"{chain_path}.filters", "no aeraki.meta_protocol_proxy filter")
+    fm, fp = found
+    r.keys(fm, fp, {"name", "typed_config"})
+    cfg, cfg_path = _unwrap_typed(r, fm.get("typed_config"), f"{fp}.typed_config")
+    return _proxy_filter(r, cfg, cfg_path, name, host, port)
+
+
+def _type_of(value: object) -> object:
+    return value.get("@type") if isinstance(value, Mapping) else None
+
+
+def _unwrap_typed(r: _Reader, value: object, path: str) -> tuple[Mapping[str, object], str]:
+    m = r.mapping(value, path)
+    kind = m.get("@type")
+    if kind in TYPED_STRUCT_TYPES:
+        if m.get("type_url") != PROXY_TYPE:
+            raise r.fail(f"{path}.type_url", f"expected {PROXY_TYPE}")
+        return r.mapping(m.get("value"), f"{path}.value"), f"{path}.value"
+    if kind is not None and kind != PROXY_TYPE:
+        raise r.fail(f"{path}.@type", f"expected {PROXY_TYPE}")
+    return m, path
+
+
+def _proxy_filter(
+    r: _Reader, m: Mapping[str, object], path: str, name: str, host: str, port: int
+) -> ListenerConfig:
+    r.keys(
+        m,
+        path,
+        {
+            "@type", "stat_prefix", "application_protocol", "codec", "protocol", "route_config",
+            "rds", "idle_timeout", "max_pending_per_connection", "upstream_connections_per_endpoint",
+            "meta_protocol_filters",
+        },
+        {"tracing", "access_log"},
+    )  # fmt: skip
+    codec = _codec(r, m, path)
+    rds_name = None
+    route_config = None
+    if m.get("route_config") is not None:
+        route_config = _route_config(r, r.mapping(m["route_config"], f"{path}.route_config"), f"{path}.route_config")
+    elif m.get("rds") is not None:
+        rds = r.mapping(m["rds"], f"{path}.rds")
+        r.keys(rds, f"{path}.rds", {"route_config_name", "config_source"})
+        rds_name = r.str_(rds, "route_config_name", f"{path}.rds")
+    else:
+        raise r.fail(path, "one of route_config and rds is required")
+    for i, f in enumerate(r.seq(m.get("meta_protocol_filters"), f"{path}.meta_protocol_filters")):
+        fname = r.mapping(f, f"{path}.meta_protocol_filters[{i}]").get("name")
+        if fname not in ("aeraki.meta_protocol.filters.router", None):
+            raise r.fail(f"{path}.meta_protocol_filters[{i}].name", f"unsupported filter {fname!r}")
+    return ListenerConfig(
+        name=name,
+        address=host,
+        port=port,
+        codec=codec,
+        stat_prefix=r.str_(m, "stat_prefix", path, default=name),
+        route_config=route_config,
+        rds_name=rds_name,
+        idle_timeout=r.duration(m, "idle_timeout", path, 0.0),
+        max_pending_per_connection=r.int_(m, "max_pending_per_connection", path, 4096),
+        upstream_connections_per_endpoint=r.int_(m, "upstream_connections_per_endpoint", path, 1),
+    )
+
+
+def _codec(r: _Reader, m: Mapping[str, object], path: str) -> CodecRef:
+    """The codec from ``protocol.codec`` (preferred) or the deprecated ``codec`` field."""
+    if m.get("protocol") is not None:
+        pp = f"{path}.protocol"
+        proto = r.mapping(m["protocol"], pp)
+        r.keys(proto, pp, {"name", "codec", "multiplexing"})
+        cm = r.mapping(proto.get("codec"), f"{pp}.codec")
+        cp = f"{pp}.codec"
+    elif m.get("codec") is not None:
+        cm = r.mapping(m["codec"], f"{path}.codec")
+        cp = f"{path}.codec"
+    else:
+        raise r.fail(path, "codec is required (protocol.codec.name)")
+    r.keys(cm, cp, {"name", "config"})
+    config = cm.get("config") or {}
+    config_m = dict(r.mapping(config, f"{cp}.config"))
+    config_m.pop("@type", None)
+    return CodecRef(r.str_(cm, "name", cp), config_m)
+
+
+def _route_config(r: _Reader, m: Mapping[str, object], path: str) -> RouteConfig:
+    r.keys(m, path, {"name", "routes"})
+    routes = r.each(m.get("routes"), f"{path}.routes", lambda rm, rp: _route(r, rm, rp))
+    return RouteConfig(r.str_(m, "name", path, default=""), tuple(routes))
+
+
+def _key_values(r: _Reader, value: object, path: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for i, item in enumerate(r.seq(value, path)):
+        kv = r.mapping(item, f"{path}[{i}]")
+        r.keys(kv, f"{path}[{i}]", {"key", "value"})
+        out.append((r.str_(kv, "key", f"{path}[{i}]"), r.str_(kv, "value", f"{path}[{i}]", "")))
+    return tuple(out)
+
+
+def _route(r: _Reader, m: Mapping[str, object], path: str) -> RouteRule:
+    r.keys(m, path, {"name", "match", "route", "request_mutation", "response_mutation"})
+    match_m = r.mapping(m.get("match"), f"{path}.match")
+    r.keys(match_m, f"{path}.match", {"metadata"})
+    matchers = r.each(
+        match_m.get("metadata"), f"{path}.match.metadata", lambda mm, mp: _matcher(r, mm, mp)
+    )
+    if m.get("route") is None:
+        raise r.fail(f"{path}.route", "required")
+    action = _action(r, r.mapping(m["route"], f"{path}.route"), f"{path}.route")
+    return RouteRule(
+        name=r.str_(m, "name", path, default=""),
+        match=tuple(matchers),
+        action=action,
+        request_mutation=_key_values(r, m.get("request_mutation"), f"{path}.request_mutation"),
+        response_mutation=_key_values(r, m.get("response_mutation"), f"{path}.response_mutation"),
+    )
+
+
+_MATCH_FIELDS: Final = {
+    "exact_match": MatchKind.EXACT,
+    "prefix_match": MatchKind.PREFIX,
+    "suffix_match": MatchKind.SUFFIX,
+    "contains_match": MatchKind.CONTAINS,
+    "safe_regex_match": MatchKind.REGEX,
+    "present_match": MatchKind.PRESENT,
+}
+_STRING_MATCH_FIELDS: Final = {
+    "exact": MatchKind.EXACT,
+    "prefix": MatchKind.PREFIX,
+    "suffix": MatchKind.SUFFIX,
+    "contains": MatchKind.CONTAINS,
+    "safe_regex": MatchKind.REGEX,
+}
+
+
+def _matcher(r: _Reader, m: Mapping[str, object], path: str) -> AttributeMatcher:
+    """An Envoy HeaderMatcher over a metadata attribute."""
+    r.keys(m, path, {"name", "invert_match", "string_match", *_MATCH_FIELDS}, {"treat_missing_header_as_empty"})
+    name = r.str_(m, "name", path)
+    invert = bool(m.get("invert_match", False))
+    forms = [k for k in (*_MATCH_FIELDS, "string_match") if k in m]
+    if len(forms) > 1:
+        raise r.fail(path, f"only one of {', '.join(forms)} may be set")
+    ignore_case = False
+    if not forms:
+        kind, value = MatchKind.PRESENT, "true"
+    elif forms[0] == "string_match":
+        sp = f"{path}.string_match"
+        sm = r.mapping(m["string_match"], sp)
+        r.keys(sm, sp, {"ignore_case", *_STRING_MATCH_FIELDS})
+        ignore_case = bool(sm.get("ignore_case", False))
+        sforms = [k for k in _STRING_MATCH_FIELDS if k in sm]
+        if len(sforms) != 1:
+            raise r.fail(sp, "exactly one of exact, prefix, suffix, contains, safe_regex")
+        kind = _STRING_MATCH_FIELDS[sforms[0]]
+        value = _regex_or_str(r, sm, sforms[0], sp)
+    else:
+        kind = _MATCH_FIELDS[forms[0]]
+        if kind is MatchKind.PRESENT:
+            value = "true" if bool(m["present_match"]) else "false"
+        else:
+            value = _regex_or_str(r, m, forms[0], path)
+    if kind is MatchKind.REGEX:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise r.fail(f"{path}.{forms[0]}", f"bad regex {value!r}: {exc}") from exc
+    return AttributeMatcher(name, kind, value, invert, ignore_case)
+
+
+def _regex_or_str(r: _Reader, m: Mapping[str, object], key: str, path: str) -> str:
+    value = m[key]
+    if isinstance(value, Mapping):  # safe_regex: {google_re2: {}, regex: "..."}
+        rp = f"{path}.{key}"
+        r.keys(value, rp, {"regex", "google_re2"})
+        return r.str_(value, "regex", rp)
+    return r.str_(m, key, path)
+
+
+def _action(r: _Reader, m: Mapping[str, object], path: str) -> RouteAction:
+    r.keys(
+        m,
+        path,
+        {"cluster", "weighted_clusters", "hash_policy", "metadata_match", "timeout"},
+        {"request_mirror_policies"},
+    )
+    cluster = m.get("cluster")
+    weighted: list[WeightedCluster] = []
+    if m.get("weighted_clusters") is not None:
+        wp = f"{path}.weighted_clusters"
+        wm = r.mapping(m["weighted_clusters"], wp)
+        r.keys(wm, wp, {"clusters", "total_weight"})
+        for i, c in enumerate(r.seq(wm.get("clusters"), f"{wp}.clusters")):
+            cp = f"{wp}.clusters[{i}]"
+            cm = r.mapping(c, cp)
+            r.keys(cm, cp, {"name", "weight"})
+            weight = r.int_(cm, "weight", cp)
+            if weight < 0:
+                raise r.fail(f"{cp}.weight", "must not be negative")
+            weighted.append(WeightedCluster(r.str_(cm, "name", cp), weight))
+        if not weighted or sum(w.weight for w in weighted) == 0:
+            raise r.fail(wp, "needs at least one cluster with a positive weight")
+    if (cluster is None) == (not weighted):
+        raise r.fail(path, "exactly one of cluster and weighted_clusters is required")
+    hash_policy = []
+    for i, h in enumerate(r.seq(m.get("hash_policy"), f"{path}.hash_policy")):
+        if isinstance(h, Mapping):  # Envoy form: {header: {header_name: key}}
+            header = r.mapping(h.get("header"), f"{path}.hash_policy[{i}].header")
+            hash_policy.append(r.str_(header, "header_name", f"{path}.hash_policy[{i}].header").lower())
+        elif isinstance(h, str):
+            hash_policy.append(h.lower())
+        else:
+            raise r.fail(f"{path}.hash_policy[{i}]", "expected a metadata key")
+    subset: list[tuple[str, str]] = []
+    if m.get("metadata_match") is not None:
+        mm = r.mapping(m["metadata_match"], f"{path}.metadata_match")
+        fm = r.mapping(mm.get("filter_metadata"), f"{path}.metadata_match.filter_metadata")
+        lb = r.mapping(fm.get("envoy.lb"), f"{path}.metadata_match.filter_metadata.envoy.lb")
+        subset = sorted((str(k), str(v)) for k, v in lb.items())
+    return RouteAction(
+        cluster=None if cluster is None else str(cluster),
+        weighted_clusters=tuple(weighted),
+        hash_policy=tuple(hash_policy),
+        subset=tuple(subset),
+        timeout=r.duration(m, "timeout", path, DEFAULT_ROUTE_TIMEOUT),
+    )
+
+
+def _cluster(r: _Reader, m: Mapping[str, object], path: str) -> ClusterConfig:
+    r.keys(
+        m,
+        path,
+        {"name", "connect_timeout", "lb_policy", "load_assignment", "type", "ring_hash_lb_config", "hash_tag", "hash_function"},
+        {
+            "dns_lookup_family", "circuit_breakers", "upstream_connection_options",
+            "typed_extension_protocol_options", "common_lb_config", "outlier_detection",
+            "per_connection_buffer_limit_bytes", "metadata", "lb_subset_config", "maglev_lb_config",
+        },
+    )  # fmt: skip
+    name = r.str_(m, "name", path)
+    ctype = str(m.get("type", "STATIC"))
+    if ctype not in ("STATIC", "STRICT_DNS", "LOGICAL_DNS"):
+        raise r.fail(f"{path}.type", f"unsupported cluster type {ctype!r} (STATIC only; EDS via xDS)")
+    policy_name = str(m.get("lb_policy", "ROUND_ROBIN")).upper()
+    try:
+        policy = LbPolicy(policy_name)
+    except ValueError:
+        options = ", ".join(p.value for p in LbPolicy)
+        raise r.fail(f"{path}.lb_policy", f"unknown policy {policy_name!r} ({options})") from None
+    endpoints = []
+    la_path = f"{path}.load_assignment"
+    la = r.mapping(m.get("load_assignment"), la_path)
+    r.keys(la, la_path, {"cluster_name", "endpoints"}, {"policy"})
+    for i, group in enumerate(r.seq(la.get("endpoints"), f"{la_path}.endpoints")):
+        gp = f"{la_path}.endpoints[{i}]"
+        gm = r.mapping(group, gp)
+        r.keys(gm, gp, {"lb_endpoints"}, {"locality", "priority", "load_balancing_weight"})
+        for j, lbe in enumerate(r.seq(gm.get("lb_endpoints"), f"{gp}.lb_endpoints")):
+            ep = f"{gp}.lb_endpoints[{j}]"
+            em = r.mapping(lbe, ep)
+            r.keys(em, ep, {"endpoint", "load_balancing_weight", "metadata"}, {"health_status"})
+            inner = r.mapping(em.get("endpoint"), f"{ep}.endpoint")
+            r.keys(inner, f"{ep}.endpoint", {"address"}, {"hostname", "health_check_config"})
+            host, port = _socket_address(r, inner.get("address"), f"{ep}.endpoint.address")
+            weight = r.int_(em, "load_balancing_weight", ep, 1)
+            if weight < 1:
+                raise r.fail(f"{ep}.load_balancing_weight", "must be at least 1")
+            meta = r.mapping(em.get("metadata"), f"{ep}.metadata")
+            lb_labels = r.mapping(
+                r.mapping(meta.get("filter_metadata"), f"{ep}.metadata.filter_metadata").get("envoy.lb"),
+                f"{ep}.metadata.filter_metadata.envoy.lb",
+            )
+            labels = tuple(sorted((str(k), str(v)) for k, v in lb_labels.items()))
+            endpoints.append(Endpoint(host, port, weight, labels))
+    hash_function = str(m.get("hash_function", "md5"))
+    if hash_function not in HASH_FUNCTIONS:
+        raise r.fail(f"{path}.hash_function", f"one of {', '.join(HASH_FUNCTIONS)}")
+    return ClusterConfig(
+        name=name,
+        endpoints=tuple(endpoints),
+        lb_policy=policy,
+        connect_timeout=r.duration(m, "connect_timeout", path, DEFAULT_CONNECT_TIMEOUT),
+        hash_function=hash_function,
+        hash_tag=str(m.get("hash_tag", "")),
+    )

@@ -1,0 +1,184 @@
+"""The proxy's configuration model.
+
+Plain, immutable and hashable-by-value: a config is a value that can be compared (to find what
+changed on a live update), dumped as JSON (``/config_dump``) and built from any source (a static
+bootstrap file today, xDS resources from ``aeraki_ctl``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+DEFAULT_ROUTE_TIMEOUT: Final = 15.0
+"""Per-request timeout in seconds when a route names none (Envoy generic_proxy's default)."""
+
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+
+HASH_FUNCTIONS: Final = ("md5", "crc32a", "fnv1a_64", "fnv1a_32")
+"""Key hash functions for RING_HASH/MAGLEV clusters (twemproxy's names)."""
+
+
+class MatchKind(enum.Enum):
+    """How an attribute matcher compares (Envoy HeaderMatcher / StringMatcher forms)."""
+
+    EXACT = "exact"
+    PREFIX = "prefix"
+    SUFFIX = "suffix"
+    CONTAINS = "contains"
+    REGEX = "regex"
+    PRESENT = "present"
+
+
+class LbPolicy(enum.Enum):
+    """Endpoint selection within a cluster (Envoy names)."""
+
+    ROUND_ROBIN = "ROUND_ROBIN"
+    RANDOM = "RANDOM"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    RING_HASH = "RING_HASH"
+    MAGLEV = "MAGLEV"
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeMatcher:
+    """One condition on a metadata attribute; a route matches when all its conditions do.
+
+    ``name`` is compared lower-cased (codec metadata keys are lower-case, as in Aeraki).
+    ``present`` with ``value == "false"`` requires the attribute to be absent.
+    """
+
+    name: str
+    kind: MatchKind
+    value: str = ""
+    invert: bool = False
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    """One destination of a traffic split."""
+
+    name: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    """Where a matched request goes.
+
+    Exactly one of ``cluster`` and ``weighted_clusters`` is set. ``subset`` selects endpoints by
+    label (Envoy ``metadata_match`` under ``envoy.lb``). ``hash_policy`` names metadata keys whose
+    values feed ring-hash/Maglev balancing. ``timeout`` is per request, in seconds (0 = none).
+    """
+
+    cluster: str | None = None
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    hash_policy: tuple[str, ...] = ()
+    subset: tuple[tuple[str, str], ...] = ()
+    timeout: float = DEFAULT_ROUTE_TIMEOUT
+
+    def cluster_names(self) -> tuple[str, ...]:
+        """Every cluster this action may send to."""
+        if self.cluster is not None:
+            return (self.cluster,)
+        return tuple(w.name for w in self.weighted_clusters)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """An ordered route: the first rule whose matchers all match wins."""
+
+    name: str
+    match: tuple[AttributeMatcher, ...]
+    action: RouteAction
+    request_mutation: tuple[tuple[str, str], ...] = ()
+    response_mutation: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """A named route table (RDS resource name ``<host>_<port>`` under Aeraki's convention)."""
+
+    name: str
+    routes: tuple[RouteRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CodecRef:
+    """The codec a listener speaks: an entry-point name (or alias) plus its config mapping."""
+
+    name: str
+    config: Mapping[str, object] = field(default_factory=dict, hash=False, compare=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """A downstream listener running the MetaProtocol proxy filter.
+
+    ``route_config`` is the static table; ``rds_name`` names a table delivered over xDS instead.
+    """
+
+    name: str
+    address: str
+    port: int
+    codec: CodecRef
+    stat_prefix: str
+    route_config: RouteConfig | None = None
+    rds_name: str | None = None
+    idle_timeout: float = 0.0
+    max_pending_per_connection: int = 4096
+    upstream_connections_per_endpoint: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An upstream address with its balancing weight and labels (for subsets)."""
+
+    address: str
+    port: int
+    weight: int = 1
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """``address:port``, the identity used for pools, hashing and stats."""
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A named group of endpoints and how to pick one."""
+
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ring_min_size: int = 1024
+    ring_max_size: int = 8 * 1024 * 1024
+    hash_function: str = "md5"
+    hash_tag: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """Where the admin HTTP endpoint listens."""
+
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """A whole proxy configuration."""
+
+    listeners: tuple[ListenerConfig, ...]
+    clusters: tuple[ClusterConfig, ...]
+    admin: AdminConfig | None = None
+    source: str = "<memory>"
+
+    def cluster_map(self) -> dict[str, ClusterConfig]:
+        """Clusters by name."""
+        return {c.name: c for c in self.clusters}

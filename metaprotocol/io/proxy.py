@@ -1,0 +1,246 @@
+"""The running proxy: listeners, clusters, admin endpoint, live updates and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from enum import Enum
+
+from metaprotocol.config.errors import ConfigError
+from metaprotocol.config.model import Bootstrap, ListenerConfig, RouteConfig
+from metaprotocol.io.loop_io import LoopIO
+from metaprotocol.proxy.context import ListenerContext
+from metaprotocol.proxy.session import DownstreamSession
+from metaprotocol.proxy.stats import render_prometheus
+from metaprotocol.proxy.upstream import Upstreams
+from metaprotocol.registry import CodecRegistry, RegistryError
+from metaprotocol.router.table import RouteTable
+from metaprotocol.spi import CodecConfigError, CodecFactory
+
+log = logging.getLogger(__name__)
+
+
+def build_factories(
+    bootstrap: Bootstrap, registry: CodecRegistry
+) -> dict[str, CodecFactory]:
+    """A codec factory per listener, validating codec names, configs and mutations.
+
+    Raises:
+        ConfigError: the first problem, with the listener it belongs to.
+    """
+    factories: dict[str, CodecFactory] = {}
+    for i, lst in enumerate(bootstrap.listeners):
+        path = f"static_resources.listeners[{i}]"
+        try:
+            factory = registry.get(lst.codec.name)(lst.codec.config)
+        except (RegistryError, CodecConfigError) as exc:
+            raise ConfigError(bootstrap.source, f"{path} ({lst.name}).codec", str(exc)) from exc
+        if lst.route_config is not None:
+            validate_routes(factory, lst.route_config, bootstrap.source, f"{path} ({lst.name})")
+        factories[lst.name] = factory
+    return factories
+
+
+def validate_routes(factory: CodecFactory, routes: RouteConfig, source: str, path: str) -> None:
+    """Reject route features the codec cannot express on the wire."""
+    if factory.supports_mutation:
+        return
+    for j, rule in enumerate(routes.routes):
+        if rule.request_mutation or rule.response_mutation:
+            raise ConfigError(
+                source,
+                f"{path}.route_config.routes[{j}]",
+                f"the {factory.name} codec cannot carry request/response mutations",
+            )
+
+
+class Proxy:
+    """Owns the listeners and upstreams of one proxy process (one event loop)."""
+
+    def __init__(self, bootstrap: Bootstrap, registry: CodecRegistry, seed: int | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.registry = registry
+        self.factories = build_factories(bootstrap, registry)
+        self.seed = seed
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.io: LoopIO | None = None
+        self.upstreams: Upstreams | None = None
+        self.contexts: dict[str, ListenerContext] = {}
+        self.servers: dict[str, asyncio.Server] = {}
+        self.admin_server: asyncio.Server | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        """Bind every listener (and the admin endpoint); raise before serving if any bind fails."""
+        import random
+
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.io = LoopIO(loop)
+        self.upstreams = Upstreams(self.io, self.bootstrap.cluster_map())
+        self.io.upstreams = self.upstreams
+        try:
+            for lst in self.bootstrap.listeners:
+                rng = random.Random(self.seed)  # noqa: S311 - load balancing only
+                await self._start_listener(lst, self.factories[lst.name], rng)
+            if self.bootstrap.admin is not None:
+                from metaprotocol.io.admin import start_admin
+
+                a = self.bootstrap.admin
+                self.admin_server = await start_admin(self, a.address, a.port)
+        except OSError:
+            await self.close()
+            raise
+        self.ready = True
+
+    async def _start_listener(
+        self, lst: ListenerConfig, factory: CodecFactory, rng: object
+    ) -> None:
+        assert self.io is not None and self.upstreams is not None  # noqa: S101
+        table = RouteTable(lst.route_config) if lst.route_config is not None else None
+        ctx = ListenerContext(lst, factory, table, self.upstreams, self.io, rng)  # type: ignore[arg-type]
+        assert self.loop is not None  # noqa: S101
+        server = await self.loop.create_server(
+            lambda: DownstreamSession(ctx),  # type: ignore[arg-type, return-value]
+            lst.address,
+            lst.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        for sock in server.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.contexts[lst.name] = ctx
+        self.servers[lst.name] = server
+        log.info("listener %s on %s:%d (codec %s)", lst.name, lst.address, lst.port, factory.name)
+
+    def bound_port(self, listener: str) -> int:
+        """The port a listener is bound to (useful with port 0)."""
+        return int(self.servers[listener].sockets[0].getsockname()[1])
+
+    def admin_port(self) -> int | None:
+        """The admin endpoint's bound port."""
+        if self.admin_server is None:
+            return None
+        return int(self.admin_server.sockets[0].getsockname()[1])
+
+    # -- live updates -------------------------------------------------------------------------
+
+    def update_routes(self, listener: str, routes: RouteConfig) -> None:
+        """Swap a listener's route table atomically; connections and requests in flight stay."""
+        ctx = self.contexts[listener]
+        validate_routes(ctx.factory, routes, "update", listener)
+        ctx.table = RouteTable(routes)
+
+    async def apply(self, bootstrap: Bootstrap) -> None:
+        """Apply a whole new configuration without dropping existing connections.
+
+        Clusters whose config is unchanged keep their pools; listeners with the same name,
+        address and codec keep their sockets and get the new route table; others are started or
+        drained.
+        """
+        factories = build_factories(bootstrap, self.registry)
+        assert self.upstreams is not None  # noqa: S101
+        self.upstreams.update_clusters(bootstrap.cluster_map())
+        new = {lst.name: lst for lst in bootstrap.listeners}
+        for name in list(self.contexts):
+            ctx = self.contexts[name]
+            lst = new.get(name)
+            same = (
+                lst is not None
+                and (lst.address, lst.port, lst.codec) == (ctx.config.address, ctx.config.port, ctx.config.codec)
+            )
+            if lst is not None and same:
+                ctx.config = lst
+                if lst.route_config is not None:
+                    ctx.table = RouteTable(lst.route_config)
+            else:
+                await self._stop_listener(name)
+        import random
+
+        for name, lst in new.items():
+            if name not in self.contexts:
+                await self._start_listener(lst, factories[name], random.Random(self.seed))  # noqa: S311
+        self.bootstrap = bootstrap
+        self.factories.update(factories)
+
+    async def _stop_listener(self, name: str, timeout: float = 5.0) -> None:
+        server = self.servers.pop(name)
+        server.close()
+        ctx = self.contexts.pop(name)
+        await _drain_sessions([ctx], timeout)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Stop accepting, finish in-flight requests (up to ``timeout``), then close everything."""
+        self.ready = False
+        for server in self.servers.values():
+            server.close()
+        await _drain_sessions(list(self.contexts.values()), timeout)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close listeners, admin and upstream connections immediately."""
+        self.ready = False
+        for server in self.servers.values():
+            server.close()
+        for ctx in self.contexts.values():
+            for session in list(ctx.sessions):
+                if session.transport is not None:
+                    session.transport.close()
+        if self.admin_server is not None:
+            self.admin_server.close()
+        if self.upstreams is not None:
+            for pool in self.upstreams.pools.values():
+                pool.close()
+        await asyncio.sleep(0)
+
+    # -- admin views --------------------------------------------------------------------------
+
+    def stats_text(self) -> str:
+        """Prometheus exposition of every counter."""
+        clusters = self.upstreams.cluster_stats.values() if self.upstreams else []
+        return render_prometheus((c.stats for c in self.contexts.values()), clusters)
+
+    def config_dump(self) -> dict[str, object]:
+        """The effective configuration as plain JSON-able data."""
+        return {
+            "source": self.bootstrap.source,
+            "listeners": [_plain(c.config) for c in self.contexts.values()],
+            "route_tables": {
+                name: _plain(c.table.config) if c.table is not None else None
+                for name, c in self.contexts.items()
+            },
+            "clusters": [_plain(c) for c in self.bootstrap.clusters],
+            "codecs": {name: f.name for name, f in self.factories.items()},
+        }
+
+
+async def _drain_sessions(contexts: list[ListenerContext], timeout: float) -> None:
+    for ctx in contexts:
+        ctx.draining = True
+        for session in list(ctx.sessions):
+            session.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(ctx.sessions for ctx in contexts) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    for ctx in contexts:
+        for session in list(ctx.sessions):
+            if session.transport is not None:
+                session.transport.close()
+
+
+def _plain(value: object) -> object:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

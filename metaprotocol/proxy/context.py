@@ -1,0 +1,130 @@
+"""What a session needs from its surroundings, and the per-request record.
+
+``ProxyIO`` is the narrow interface through which the sans-IO core asks the IO layer for the
+things only it can do: the time, a deferred flush, a connection, a timer. Tests implement it with
+fakes and drive the core byte by byte.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from metaprotocol.config.model import ListenerConfig
+from metaprotocol.proxy.stats import ListenerStats
+from metaprotocol.router.table import CompiledRoute, RouteTable
+from metaprotocol.spi import CodecFactory, Correlation, LocalError, Message
+
+if TYPE_CHECKING:
+    from metaprotocol.proxy.session import DownstreamSession
+    from metaprotocol.proxy.upstream import UpstreamConnection, Upstreams
+
+
+class Flushable(Protocol):
+    """A connection that buffers writes until the end of an event-loop pass."""
+
+    def flush(self) -> None:
+        """Write everything buffered."""
+
+
+class ProxyIO(Protocol):
+    """Services the IO layer provides to the core."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+
+    def schedule_flush(self, conn: Flushable) -> None:
+        """Call ``conn.flush()`` once before the event loop next waits for IO."""
+
+    def connect(self, conn: UpstreamConnection, address: str, port: int, timeout: float) -> None:
+        """Open a TCP connection with ``conn`` as its protocol; on failure ``conn.connect_failed``."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after ``delay`` seconds."""
+
+    def arm_sweeper(self) -> None:
+        """Make sure request deadlines are being swept."""
+
+    def report(self, event: str, detail: str) -> None:
+        """Log an event worth an operator's attention (protocol errors, connect failures)."""
+
+
+class ListenerContext:
+    """Everything sessions of one listener share. ``table`` is swapped whole on a route update."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        factory: CodecFactory,
+        table: RouteTable | None,
+        upstreams: Upstreams,
+        io: ProxyIO,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.factory = factory
+        self.correlation = factory.correlation
+        self.ordered_replies = factory.correlation is not Correlation.REQUEST_ID
+        self.table = table
+        self.upstreams = upstreams
+        self.io = io
+        self.rng = rng or random.Random()  # noqa: S311 - load balancing, not cryptography
+        self.stats = ListenerStats(config.name, config.stat_prefix, factory.name)
+        self.sessions: set[DownstreamSession] = set()
+        self.draining = False
+
+
+class Pending:
+    """One request in flight, from decode until its reply is queued for the client.
+
+    For a split request the parent holds ``parts`` and collects their replies; each part is a
+    Pending of its own with ``parent`` set.
+    """
+
+    __slots__ = (
+        "cluster",
+        "deadline",
+        "done",
+        "parent",
+        "part_index",
+        "part_replies",
+        "parts_left",
+        "reply",
+        "request",
+        "route",
+        "session",
+        "start",
+        "upstream",
+        "upstream_id",
+    )
+
+    def __init__(self, session: DownstreamSession, request: Message, start: float) -> None:
+        self.session = session
+        self.request = request
+        self.start = start
+        self.route: CompiledRoute | None = None
+        self.cluster = ""
+        self.deadline = 0.0
+        self.done = False
+        self.reply: bytes | bytearray | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_id: int | None = None
+        self.parent: Pending | None = None
+        self.part_index = 0
+        self.part_replies: list[Message | None] | None = None
+        self.parts_left = 0
+
+    def __repr__(self) -> str:
+        return f"Pending({self.request!r}, done={self.done})"
+
+
+class Failure:
+    """Why a request could not be sent upstream, with the cluster it was headed to."""
+
+    __slots__ = ("cluster", "error")
+
+    def __init__(self, error: LocalError, cluster: str = "") -> None:
+        self.error = error
+        self.cluster = cluster

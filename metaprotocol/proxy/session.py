@@ -1,0 +1,350 @@
+"""A downstream connection: decode requests, route them, return replies in the protocol's order.
+
+The class is an asyncio-compatible protocol by duck typing (``connection_made``,
+``data_received`` ...) but imports no asyncio: the IO layer hands it a transport, tests hand it a
+fake one. Every read is processed as a batch: all whole frames are decoded, dispatched, and the
+replies that are ready are written with one ``writelines`` at the end of the event-loop pass.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from metaprotocol.proxy.context import Failure, ListenerContext, Pending
+from metaprotocol.router.table import CompiledRoute
+from metaprotocol.spi import (
+    NEED_DATA,
+    ErrorKind,
+    LocalError,
+    LocalProtocolError,
+    Message,
+    MessageType,
+    ReadBuffer,
+    RemoteProtocolError,
+)
+
+
+class Transport(Protocol):
+    """The part of ``asyncio.Transport`` the core uses."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes for sending."""
+
+    def writelines(self, data: list[bytes | bytearray]) -> None:
+        """Queue several buffers for sending."""
+
+    def close(self) -> None:
+        """Close after queued bytes are sent."""
+
+    def pause_reading(self) -> None:
+        """Stop calling ``data_received``."""
+
+    def resume_reading(self) -> None:
+        """Resume calling ``data_received``."""
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        """Socket details."""
+
+
+class DownstreamSession:
+    """One client connection on a listener."""
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.codec = ctx.factory.server_codec()
+        self.buffer = ReadBuffer()
+        self.transport: Transport | None = None
+        self.ordered = ctx.ordered_replies
+        self.slots: deque[Pending] = deque()
+        self.out: list[bytes | bytearray] = []
+        self.inflight = 0
+        self.closed = False
+        self.closing = False  # no more requests are read; close once replies are out
+        self.flush_scheduled = False
+        self.read_paused = False
+        self.write_paused = False
+        self.max_pending = ctx.config.max_pending_per_connection
+
+    # -- asyncio protocol callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport: Transport) -> None:
+        """Register with the listener."""
+        self.transport = transport
+        stats = self.ctx.stats
+        stats.cx_total += 1
+        stats.cx_active += 1
+        self.ctx.sessions.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Decode and dispatch every whole frame received, then write what is ready."""
+        if self.closing:
+            return
+        self.buffer.feed(data)
+        self._process()
+        self.flush()
+
+    def eof_received(self) -> bool:
+        """The client half-closed: finish in-flight requests, then close."""
+        self.closing = True
+        if self.inflight == 0:
+            self.flush()
+            self._close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the client; replies still on their way are dropped when they arrive."""
+        if self.closed:
+            return
+        self.closed = True
+        stats = self.ctx.stats
+        stats.cx_active -= 1
+        if self.inflight:
+            stats.cx_destroy_with_active_rq += 1
+            stats.active_requests -= self.inflight
+            self.inflight = 0
+        self.slots.clear()
+        self.out.clear()
+        self.ctx.sessions.discard(self)
+
+    def pause_writing(self) -> None:
+        """The client is not reading its replies: stop reading its requests."""
+        self.write_paused = True
+        self._pause()
+
+    def resume_writing(self) -> None:
+        """The client caught up."""
+        self.write_paused = False
+        self._maybe_resume()
+
+    # -- request path -------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        codec = self.codec
+        buffer = self.buffer
+        now = self.ctx.io.now()
+        while not self.read_paused and not self.closing:
+            try:
+                msg = codec.decode(buffer)
+            except RemoteProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if msg is NEED_DATA:
+                return
+            assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel for mypy
+            self._handle(msg, now)
+
+    def _handle(self, msg: Message, now: float) -> None:
+        ctx = self.ctx
+        mtype = msg.type
+        if mtype is MessageType.HEARTBEAT:
+            ctx.stats.heartbeats += 1
+            self._local(Pending(self, msg, now), self.codec.heartbeat_reply(msg))
+            return
+        if mtype is not MessageType.REQUEST and mtype is not MessageType.ONEWAY:
+            ctx.stats.errors[ErrorKind.BAD_REQUEST.value] += 1
+            reply = self.codec.on_error(msg, LocalError(ErrorKind.BAD_REQUEST, "not a request"))
+            self._local(Pending(self, msg, now), reply)
+            return
+        ctx.stats.requests += 1
+        answer = self.codec.answer_locally(msg)
+        if answer is not None:
+            ctx.stats.local_answers += 1
+            self._local(Pending(self, msg, now), answer.reply)
+            if answer.close:
+                self.closing = True
+            return
+        oneway = mtype is MessageType.ONEWAY
+        p = Pending(self, msg, now)
+        if oneway:
+            ctx.stats.requests_oneway += 1
+        else:
+            self.inflight += 1
+            ctx.stats.active_requests += 1
+            if self.ordered:
+                self.slots.append(p)
+            if self.inflight >= self.max_pending:
+                self._pause()
+        parts = msg.parts
+        if parts and self._split(p, parts, now):
+            return
+        failure = ctx.upstreams.dispatch(ctx, p, msg, now, oneway)
+        if failure is not None and not oneway:
+            self._fail(p, failure)
+
+    def _split(self, p: Pending, parts: list[Message], now: float) -> bool:
+        """Send the parts of a scatter-gather request separately, unless they share an upstream."""
+        ctx = self.ctx
+        upstreams = ctx.upstreams
+        targets = []
+        for part in parts:
+            target = upstreams.resolve(ctx, part)
+            if isinstance(target, Failure):
+                self._fail(p, target)
+                return True
+            targets.append(target)
+        first = targets[0]
+        if all(t[1] == first[1] and t[2] == first[2] for t in targets):
+            return False
+        ctx.stats.fanout_requests += 1
+        p.parts_left = len(parts)
+        p.part_replies = [None] * len(parts)
+        for i, (part, target) in enumerate(zip(parts, targets, strict=True)):
+            child = Pending(self, part, now)
+            child.parent = p
+            child.part_index = i
+            upstreams.send(ctx, child, part, target, now, oneway=False)
+            if p.done:
+                break
+        return True
+
+    # -- completion ---------------------------------------------------------------------------
+
+    def complete(self, p: Pending, response: Message) -> None:
+        """An upstream response for ``p`` arrived (called by the upstream connection)."""
+        if p.done:
+            self.ctx.stats.late_responses += 1
+            return
+        parent = p.parent
+        if parent is not None:
+            p.done = True
+            if parent.done:
+                return
+            replies = parent.part_replies
+            assert replies is not None  # noqa: S101
+            replies[p.part_index] = response
+            parent.parts_left -= 1
+            if parent.parts_left == 0:
+                try:
+                    merged = self.codec.merge(parent.request, [r for r in replies if r])
+                except LocalProtocolError as exc:
+                    self._local_error(parent, ErrorKind.BAD_RESPONSE, str(exc))
+                    return
+                self._finish(parent, merged)
+            return
+        route = p.route
+        mutation = route.response_mutation if route is not None else None
+        try:
+            data = self.codec.encode(response, mutation, p.request.request_id)
+        except LocalProtocolError as exc:
+            self._local_error(p, ErrorKind.BAD_RESPONSE, str(exc))
+            return
+        self.ctx.stats.responses += 1
+        self._finish(p, data)
+
+    def fail(self, p: Pending, kind: ErrorKind, message: str) -> None:
+        """``p`` failed upstream (reset, timeout ...): answer with the codec's error reply."""
+        if p.done:
+            return
+        parent = p.parent
+        if parent is not None:
+            p.done = True
+            if not parent.done:
+                self._local_error(parent, kind, message)
+            return
+        self._local_error(p, kind, message)
+
+    def _fail(self, p: Pending, failure: Failure) -> None:
+        if failure.cluster:
+            p.cluster = failure.cluster
+        self._local_error(p, failure.error.kind, failure.error.message)
+
+    def _local_error(self, p: Pending, kind: ErrorKind, message: str) -> None:
+        self.ctx.stats.errors[kind.value] += 1
+        if p.request.type is MessageType.ONEWAY:
+            p.done = True
+            return
+        reply = self.codec.on_error(p.request, LocalError(kind, message))
+        self._finish(p, reply)
+
+    def _local(self, p: Pending, reply: bytes) -> None:
+        """A reply made without going upstream, kept in request order."""
+        p.done = True
+        if self.ordered and self.slots:
+            p.reply = reply
+            self.slots.append(p)
+        else:
+            self.out.append(reply)
+
+    def _finish(self, p: Pending, data: bytes | bytearray) -> None:
+        p.done = True
+        if self.closed:
+            return
+        ctx = self.ctx
+        self.inflight -= 1
+        ctx.stats.active_requests -= 1
+        ctx.stats.latency.observe(ctx.io.now() - p.start)
+        if self.ordered:
+            p.reply = data
+            slots = self.slots
+            if slots and slots[0] is p:
+                out = self.out
+                while slots and slots[0].reply is not None:
+                    out.append(slots.popleft().reply)  # type: ignore[arg-type]
+        else:
+            self.out.append(data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            ctx.io.schedule_flush(self)
+        if self.read_paused and not self.write_paused:
+            self._maybe_resume()
+
+    # -- output -------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the replies that are ready, in one call."""
+        self.flush_scheduled = False
+        out = self.out
+        transport = self.transport
+        if out and transport is not None and not self.closed:
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+            out.clear()
+        if self.closing and self.inflight == 0 and not self.slots:
+            self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _pause(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume(self) -> None:
+        if (
+            self.read_paused
+            and not self.write_paused
+            and self.inflight <= self.max_pending // 2
+            and not self.closed
+            and self.transport is not None
+        ):
+            self.read_paused = False
+            self.transport.resume_reading()
+            if self.buffer.pending():
+                self._process()
+
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        """Garbage from the client: reply as the protocol does, keep earlier replies, close."""
+        ctx = self.ctx
+        ctx.stats.request_decoding_errors += 1
+        ctx.io.report("downstream_protocol_error", f"{ctx.name}: {exc}")
+        self.buffer.clear()
+        self.closing = True
+        reply = self.codec.on_error(None, LocalError(exc.kind, str(exc)))
+        if reply:
+            self._local(Pending(self, Message(MessageType.ERROR, b""), 0.0), reply)
+
+    def drain(self) -> None:
+        """Stop reading new requests; close once every in-flight request is answered."""
+        self.closing = True
+        if self.transport is not None and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self.flush()
+
+
+__all__ = ["CompiledRoute", "DownstreamSession", "Transport"]

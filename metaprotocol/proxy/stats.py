@@ -1,0 +1,172 @@
+"""Counters and histograms, rendered in the Prometheus text format by the admin endpoint.
+
+Hot-path objects keep plain int attributes and small dicts; rendering walks them at scrape time,
+so counting costs an attribute increment, never a lock or a label lookup.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable
+from typing import Final
+
+LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """A cumulative-on-render latency histogram in seconds."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Record one duration."""
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        """Number of observations."""
+        return sum(self.counts)
+
+
+class ListenerStats:
+    """Per-listener counters (Aeraki's ``meta_protocol.<stat_prefix>.*`` set, Prometheus-named)."""
+
+    def __init__(self, name: str, stat_prefix: str, protocol: str) -> None:
+        self.name = name
+        self.stat_prefix = stat_prefix
+        self.protocol = protocol
+        self.requests = 0
+        self.requests_oneway = 0
+        self.heartbeats = 0
+        self.local_answers = 0
+        self.responses = 0
+        self.request_decoding_errors = 0
+        self.active_requests = 0
+        self.cx_total = 0
+        self.cx_active = 0
+        self.cx_destroy_with_active_rq = 0
+        self.fanout_requests = 0
+        self.late_responses = 0
+        self.errors: Counter[str] = Counter()
+        self.route_requests: Counter[str] = Counter()
+        self.latency = Histogram()
+
+
+class ClusterStats:
+    """Per-cluster upstream counters."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests = 0
+        self.responses = 0
+        self.cx_total = 0
+        self.cx_active = 0
+        self.cx_connect_fail = 0
+        self.cx_destroy_with_active_rq = 0
+        self.response_decoding_errors = 0
+        self.unsolicited = 0
+        self.errors: Counter[str] = Counter()
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _line(name: str, labels: dict[str, str], value: float) -> str:
+    inner = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+    return f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}"
+
+
+def render_prometheus(
+    listeners: Iterable[ListenerStats], clusters: Iterable[ClusterStats]
+) -> str:
+    """The Prometheus text exposition of all stats."""
+    out: list[str] = []
+    ls = list(listeners)
+    cs = list(clusters)
+
+    def family(name: str, kind: str, help_: str) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+
+    listener_counters = (
+        ("requests", "requests_total", "Requests decoded from downstream."),
+        ("requests_oneway", "requests_oneway_total", "Oneway requests."),
+        ("heartbeats", "heartbeats_total", "Heartbeats answered by the proxy."),
+        ("local_answers", "local_answers_total", "Requests answered by the codec itself."),
+        ("responses", "responses_total", "Upstream responses sent downstream."),
+        ("request_decoding_errors", "request_decoding_errors_total", "Malformed downstream frames."),
+        ("cx_total", "downstream_cx_total", "Downstream connections accepted."),
+        ("cx_destroy_with_active_rq", "downstream_cx_destroy_with_active_rq_total",
+         "Downstream connections closed with requests in flight."),
+        ("fanout_requests", "fanout_requests_total", "Requests split across upstreams."),
+        ("late_responses", "late_responses_total", "Responses that arrived after a timeout."),
+    )  # fmt: skip
+    for attr, metric, help_ in listener_counters:
+        name = f"metaprotocol_{metric}"
+        family(name, "counter", help_)
+        for s in ls:
+            out.append(_line(name, {"listener": s.name, "protocol": s.protocol}, getattr(s, attr)))
+    for attr, metric, help_ in (
+        ("active_requests", "active_requests", "Requests in flight."),
+        ("cx_active", "downstream_cx_active", "Open downstream connections."),
+    ):
+        name = f"metaprotocol_{metric}"
+        family(name, "gauge", help_)
+        for s in ls:
+            out.append(_line(name, {"listener": s.name, "protocol": s.protocol}, getattr(s, attr)))
+    name = "metaprotocol_local_replies_total"
+    family(name, "counter", "Error replies made by the proxy, by error kind.")
+    for s in ls:
+        for kind, n in sorted(s.errors.items()):
+            out.append(_line(name, {"listener": s.name, "kind": kind}, n))
+    name = "metaprotocol_route_requests_total"
+    family(name, "counter", "Requests per matched route.")
+    for s in ls:
+        for route, n in sorted(s.route_requests.items()):
+            out.append(_line(name, {"listener": s.name, "route": route}, n))
+    name = "metaprotocol_request_duration_seconds"
+    family(name, "histogram", "Time from request decode to reply written.")
+    for s in ls:
+        labels = {"listener": s.name}
+        running = 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), s.latency.counts, strict=True):
+            running += n
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            out.append(_line(f"{name}_bucket", {**labels, "le": le}, running))
+        out.append(_line(f"{name}_sum", labels, s.latency.sum))
+        out.append(_line(f"{name}_count", labels, running))
+    cluster_counters = (
+        ("requests", "upstream_requests_total", "Requests sent upstream."),
+        ("responses", "upstream_responses_total", "Responses received from upstream."),
+        ("cx_total", "upstream_cx_total", "Upstream connections opened."),
+        ("cx_connect_fail", "upstream_cx_connect_fail_total", "Upstream connect failures."),
+        ("cx_destroy_with_active_rq", "upstream_cx_destroy_with_active_rq_total",
+         "Upstream connections lost with requests in flight."),
+        ("response_decoding_errors", "upstream_response_decoding_errors_total",
+         "Malformed upstream frames."),
+        ("unsolicited", "upstream_unsolicited_total", "Upstream messages that answer no request."),
+    )  # fmt: skip
+    for attr, metric, help_ in cluster_counters:
+        name = f"metaprotocol_{metric}"
+        family(name, "counter", help_)
+        for c in cs:
+            out.append(_line(name, {"cluster": c.name}, getattr(c, attr)))
+    name = "metaprotocol_upstream_cx_active"
+    family(name, "gauge", "Open upstream connections.")
+    for c in cs:
+        out.append(_line(name, {"cluster": c.name}, c.cx_active))
+    name = "metaprotocol_upstream_errors_total"
+    family(name, "counter", "Upstream failures by error kind.")
+    for c in cs:
+        for kind, n in sorted(c.errors.items()):
+            out.append(_line(name, {"cluster": c.name, "kind": kind}, n))
+    return "\n".join(out) + "\n"

@@ -1,0 +1,451 @@
+"""Upstream side: clusters, per-endpoint connection pools and response correlation.
+
+Correlation modes (declared by the codec factory):
+
+* REQUEST_ID: many clients' requests share a few connections per endpoint; each request gets a
+  fresh upstream id (so ids of different clients never collide) and its response is found by id.
+* ORDERED: requests are pipelined on a shared connection; the n-th response answers the n-th
+  request. A request that timed out stays in the FIFO as a tombstone so that its late response is
+  consumed and order is kept.
+* EXCLUSIVE: one request at a time per connection; extra requests wait for an idle connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Mapping
+
+from metaprotocol.cluster.state import ClusterState
+from metaprotocol.config.model import ClusterConfig, LbPolicy
+from metaprotocol.proxy.context import Failure, ListenerContext, Pending, ProxyIO
+from metaprotocol.proxy.deadlines import DeadlineQueues, Expirable
+from metaprotocol.proxy.stats import ClusterStats
+from metaprotocol.router.table import CompiledRoute
+from metaprotocol.spi import (
+    NEED_DATA,
+    Correlation,
+    ErrorKind,
+    LocalError,
+    LocalProtocolError,
+    Message,
+    MessageType,
+    ReadBuffer,
+    RemoteProtocolError,
+)
+from metaprotocol.spi.codec import Mutation
+
+Target = tuple[CompiledRoute, ClusterState, int]
+
+_HASHING = (LbPolicy.RING_HASH, LbPolicy.MAGLEV)
+_MAX_BACKOFF = 30.0
+_EXCLUSIVE_MIN_CONNECTIONS = 64
+
+
+class UpstreamConnection:
+    """One connection to one endpoint (an asyncio protocol by duck typing)."""
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.codec = pool.ctx.factory.client_codec(pool.profile)
+        self.buffer = ReadBuffer()
+        self.transport: object = None
+        self.connected = False
+        self.closed = False
+        self.fifo: deque[Pending | None] = deque()
+        self.inflight: dict[int, Pending] = {}
+        self.next_id = 1
+        self.max_id = pool.ctx.factory.max_request_id
+        self.out: list[bytes | bytearray] = []
+        self.flush_scheduled = False
+
+    @property
+    def outstanding(self) -> int:
+        """Requests awaiting a response on this connection."""
+        return len(self.fifo) + len(self.inflight)
+
+    def send(self, p: Pending, msg: Message, mutation: Mutation | None, oneway: bool) -> None:
+        """Encode ``msg`` for this connection and queue it; ``p`` awaits the response."""
+        pool = self.pool
+        if pool.correlation is Correlation.REQUEST_ID:
+            rid = self._allocate_id()
+            data = self.codec.encode(msg, mutation, rid)
+            if not oneway:
+                self.inflight[rid] = p
+                p.upstream_id = rid
+        else:
+            data = self.codec.encode(msg, mutation, None)
+            if not oneway:
+                self.fifo.append(p)
+        p.upstream = self
+        pool.stats.requests += 1
+        self.out.append(data)
+        if self.connected and not self.flush_scheduled:
+            self.flush_scheduled = True
+            pool.io.schedule_flush(self)
+
+    def _allocate_id(self) -> int:
+        rid = self.next_id
+        inflight = self.inflight
+        while rid in inflight:
+            rid = rid + 1 if rid < self.max_id else 1
+        self.next_id = rid + 1 if rid < self.max_id else 1
+        return rid
+
+    def flush(self) -> None:
+        """Write every queued request in one call."""
+        self.flush_scheduled = False
+        out = self.out
+        transport = self.transport
+        if out and self.connected and not self.closed:
+            if len(out) == 1:
+                transport.write(out[0])  # type: ignore[attr-defined]
+            else:
+                transport.writelines(out)  # type: ignore[attr-defined]
+            out.clear()
+
+    # -- asyncio protocol callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport: object) -> None:
+        """Send the codec's handshake, then whatever queued while connecting."""
+        self.transport = transport
+        self.connected = True
+        pool = self.pool
+        pool.failures = 0
+        pool.stats.cx_active += 1
+        handshake = self.codec.handshake()
+        if handshake:
+            self.fifo.extendleft([None] * len(handshake))
+            self.out[0:0] = handshake
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        """Match every whole response to its request."""
+        self.buffer.feed(data)
+        codec = self.codec
+        pool = self.pool
+        stats = pool.stats
+        by_id = pool.correlation is Correlation.REQUEST_ID
+        fifo = self.fifo
+        while True:
+            try:
+                msg = codec.decode(self.buffer)
+            except RemoteProtocolError as exc:
+                stats.response_decoding_errors += 1
+                self._abort(ErrorKind.BAD_RESPONSE, f"malformed response: {exc}")
+                return
+            if msg is NEED_DATA:
+                return
+            assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel
+            if msg.type is MessageType.EVENT or msg.type is MessageType.HEARTBEAT:
+                stats.unsolicited += 1
+                continue
+            stats.responses += 1
+            if by_id:
+                p = self.inflight.pop(codec.request_id_of(msg) or 0, None)
+                if p is None:
+                    stats.unsolicited += 1
+                    continue
+            else:
+                if not fifo:
+                    stats.unsolicited += 1
+                    self._abort(ErrorKind.BAD_RESPONSE, "response to no request")
+                    return
+                p = fifo.popleft()
+                if p is None:  # the reply to a handshake request
+                    if msg.type is MessageType.ERROR:
+                        pool.io.report("upstream_handshake_failed", f"{pool.name}: {msg.raw!r}")
+                        self._abort(ErrorKind.CONNECT_FAILURE, "upstream handshake failed")
+                        return
+                    continue
+            pool.release(self, p)
+            if not p.done:
+                p.session.complete(p, msg)
+            else:
+                p.session.ctx.stats.late_responses += 1
+
+    def eof_received(self) -> bool:
+        """The upstream closed its side: treat as a reset."""
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail every request still waiting on this connection."""
+        if self.closed:
+            return
+        self.closed = True
+        pool = self.pool
+        if self.connected:
+            pool.stats.cx_active -= 1
+        if self.outstanding:
+            pool.stats.cx_destroy_with_active_rq += 1
+        self._fail_all(ErrorKind.UPSTREAM_RESET, f"upstream {pool.endpoint_key} closed the connection")
+        pool.remove(self)
+
+    def pause_writing(self) -> None:
+        """Upstream is slow to read; its requests simply queue in the transport."""
+
+    def resume_writing(self) -> None:
+        """See ``pause_writing``."""
+
+    def connect_failed(self, exc: BaseException) -> None:
+        """The IO layer could not connect: fail the queued requests and back off the endpoint."""
+        if self.closed:
+            return
+        self.closed = True
+        pool = self.pool
+        pool.stats.cx_connect_fail += 1
+        pool.io.report("upstream_connect_failed", f"{pool.name}: {exc!r}")
+        self._fail_all(ErrorKind.CONNECT_FAILURE, f"cannot connect to {pool.endpoint_key}")
+        pool.remove(self)
+        pool.upstreams.endpoint_failed(pool)
+
+    # -- failure ------------------------------------------------------------------------------
+
+    def abandon(self, p: Pending) -> None:
+        """``p`` timed out: forget it without desynchronising the connection."""
+        pool = self.pool
+        if pool.correlation is Correlation.REQUEST_ID:
+            if p.upstream_id is not None:
+                self.inflight.pop(p.upstream_id, None)
+            pool.release(self, p)
+        elif pool.correlation is Correlation.EXCLUSIVE:
+            # The answer may still come on this connection: it cannot be reused.
+            self._abort(ErrorKind.UPSTREAM_TIMEOUT, "upstream request timeout", skip=p)
+        # ORDERED: p stays in the FIFO as a tombstone; its late reply is consumed and dropped.
+
+    def _abort(self, kind: ErrorKind, message: str, skip: Pending | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._fail_all(kind, message, skip)
+        if self.connected:
+            self.pool.stats.cx_active -= 1
+            self.connected = False
+        self.pool.remove(self)
+        if self.transport is not None:
+            self.transport.close()  # type: ignore[attr-defined]
+
+    def _fail_all(self, kind: ErrorKind, message: str, skip: Pending | None = None) -> None:
+        waiting = [p for p in self.fifo if p is not None] + list(self.inflight.values())
+        self.fifo.clear()
+        self.inflight.clear()
+        self.out.clear()
+        pool = self.pool
+        for p in waiting:
+            pool.release(self, p)
+            if p is not skip and not p.done:
+                pool.stats.errors[kind.value] += 1
+                p.session.fail(p, kind, message)
+
+
+class EndpointPool:
+    """Connections from one listener to one endpoint, for one upstream profile."""
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        ctx: ListenerContext,
+        cluster: ClusterState,
+        index: int,
+        profile: Hashable,
+    ) -> None:
+        self.upstreams = upstreams
+        self.ctx = ctx
+        self.io: ProxyIO = ctx.io
+        self.cluster = cluster
+        self.index = index
+        self.endpoint = cluster.endpoints[index]
+        self.endpoint_key = self.endpoint.key
+        self.profile = profile
+        self.name = f"{cluster.config.name}/{self.endpoint_key}"
+        self.stats = upstreams.cluster_stats[cluster.config.name]
+        self.correlation = ctx.correlation
+        self.size = max(1, ctx.config.upstream_connections_per_endpoint)
+        if self.correlation is Correlation.EXCLUSIVE:
+            self.size = max(self.size, _EXCLUSIVE_MIN_CONNECTIONS)
+        self.conns: list[UpstreamConnection] = []
+        self.idle: list[UpstreamConnection] = []
+        self.waiting: deque[tuple[Pending, Message, Mutation | None, bool]] = deque()
+        self.rr = 0
+        self.failures = 0
+
+    def send(self, p: Pending, msg: Message, mutation: Mutation | None, oneway: bool) -> None:
+        """Queue ``msg`` on a connection of this pool."""
+        self.cluster.active[self.index] += 1
+        if self.correlation is Correlation.EXCLUSIVE:
+            if self.idle:
+                conn = self.idle.pop()
+            elif len(self.conns) < self.size:
+                conn = self._open()
+            else:
+                self.waiting.append((p, msg, mutation, oneway))
+                return
+        else:
+            conns = self.conns
+            if len(conns) < self.size:
+                conn = self._open()
+            else:
+                self.rr += 1
+                conn = conns[self.rr % len(conns)]
+        conn.send(p, msg, mutation, oneway)
+        if oneway:
+            self.cluster.active[self.index] -= 1
+            if self.correlation is Correlation.EXCLUSIVE:
+                self.idle.append(conn)
+
+    def _open(self) -> UpstreamConnection:
+        conn = UpstreamConnection(self)
+        self.conns.append(conn)
+        self.stats.cx_total += 1
+        cfg = self.cluster.config
+        self.io.connect(conn, self.endpoint.address, self.endpoint.port, cfg.connect_timeout)
+        return conn
+
+    def release(self, conn: UpstreamConnection, p: Pending) -> None:
+        """A request left ``conn`` (answered, failed or abandoned)."""
+        self.cluster.active[self.index] -= 1
+        if self.correlation is Correlation.EXCLUSIVE and not conn.closed:
+            if self.waiting:
+                nxt, msg, mutation, oneway = self.waiting.popleft()
+                self.cluster.active[self.index] += 1
+                conn.send(nxt, msg, mutation, oneway)
+            elif conn.outstanding == 0:
+                self.idle.append(conn)
+
+    def remove(self, conn: UpstreamConnection) -> None:
+        """``conn`` is gone; requests waiting for a connection get a new one or fail."""
+        if conn in self.conns:
+            self.conns.remove(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        if self.waiting and self.correlation is Correlation.EXCLUSIVE:
+            nxt, msg, mutation, oneway = self.waiting.popleft()
+            self.cluster.active[self.index] -= 1
+            self.send(nxt, msg, mutation, oneway)
+
+    def close(self) -> None:
+        """Close every connection (the endpoint left the cluster)."""
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.close()  # type: ignore[attr-defined]
+
+
+class Upstreams:
+    """All clusters and pools of a proxy, and the deadlines of requests in flight."""
+
+    def __init__(self, io: ProxyIO, clusters: Mapping[str, ClusterConfig]) -> None:
+        self.io = io
+        self.clusters: dict[str, ClusterState] = {}
+        self.cluster_stats: dict[str, ClusterStats] = {}
+        self.pools: dict[tuple[str, str, int, Hashable], EndpointPool] = {}
+        self.deadlines = DeadlineQueues()
+        self.update_clusters(clusters)
+
+    def update_clusters(self, clusters: Mapping[str, ClusterConfig]) -> None:
+        """Apply a new cluster set: unchanged clusters keep their state and pools."""
+        for name, cfg in clusters.items():
+            current = self.clusters.get(name)
+            if current is None or current.config != cfg:
+                self.clusters[name] = ClusterState(cfg)
+                self._close_pools(name)
+            self.cluster_stats.setdefault(name, ClusterStats(name))
+        for name in list(self.clusters):
+            if name not in clusters:
+                del self.clusters[name]
+                self._close_pools(name)
+
+    def _close_pools(self, cluster: str) -> None:
+        for key in [k for k in self.pools if k[1] == cluster]:
+            self.pools.pop(key).close()
+
+    def resolve(self, ctx: ListenerContext, msg: Message) -> Target | Failure:
+        """Route ``msg`` and pick its endpoint."""
+        table = ctx.table
+        route = table.match(msg.metadata) if table is not None else None
+        if route is None:
+            return Failure(LocalError(ErrorKind.ROUTE_NOT_FOUND, "no route matched"))
+        cluster_name = route.pick_cluster(ctx.rng)
+        cs = self.clusters.get(cluster_name)
+        if cs is None:
+            return Failure(
+                LocalError(ErrorKind.CLUSTER_NOT_FOUND, f"unknown cluster {cluster_name}"),
+                cluster_name,
+            )
+        action = route.rule.action
+        key = None
+        if cs.config.lb_policy in _HASHING:
+            md = msg.metadata
+            names = action.hash_policy or ctx.factory.default_hash_policy
+            values = [md[k] for k in names if k in md]
+            if values:
+                joined = values[0] if len(values) == 1 else "\x00".join(values)
+                key = joined.encode("utf-8", "surrogateescape")
+        index = cs.pick(action.subset, key, ctx.rng)
+        if index is None:
+            return Failure(
+                LocalError(ErrorKind.NO_HEALTHY_UPSTREAM, f"no healthy upstream in {cluster_name}"),
+                cluster_name,
+            )
+        return route, cs, index
+
+    def dispatch(
+        self, ctx: ListenerContext, p: Pending, msg: Message, now: float, oneway: bool
+    ) -> Failure | None:
+        """Route and send ``msg``; a Failure says why it could not be sent."""
+        target = self.resolve(ctx, msg)
+        if isinstance(target, Failure):
+            return target
+        self.send(ctx, p, msg, target, now, oneway)
+        return None
+
+    def send(
+        self,
+        ctx: ListenerContext,
+        p: Pending,
+        msg: Message,
+        target: Target,
+        now: float,
+        oneway: bool,
+    ) -> None:
+        """Send ``msg`` to the target endpoint and track ``p``'s deadline."""
+        route, cs, index = target
+        p.route = route
+        name = cs.config.name
+        p.cluster = name
+        ctx.stats.route_requests[route.name] += 1
+        profile = p.session.codec.upstream_profile()
+        key = (ctx.name, name, index, profile)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = EndpointPool(self, ctx, cs, index, profile)
+        try:
+            pool.send(p, msg, route.request_mutation, oneway)
+        except LocalProtocolError as exc:
+            pool.cluster.active[index] -= 1
+            p.session.fail(p, ErrorKind.BAD_REQUEST, str(exc))
+            return
+        if not oneway:
+            self.deadlines.add(p, now, route.rule.action.timeout)
+            self.io.arm_sweeper()
+
+    def sweep(self, now: float) -> None:
+        """Expire overdue requests."""
+        self.deadlines.sweep(now, self._expire)
+
+    def _expire(self, item: Expirable) -> None:
+        assert isinstance(item, Pending)  # noqa: S101
+        if item.done:
+            return
+        conn = item.upstream
+        if conn is not None:
+            conn.pool.stats.errors[ErrorKind.UPSTREAM_TIMEOUT.value] += 1
+            conn.abandon(item)
+        item.session.fail(item, ErrorKind.UPSTREAM_TIMEOUT, "upstream request timeout")
+
+    def endpoint_failed(self, pool: EndpointPool) -> None:
+        """Take an endpoint out of balancing for a back-off period after a connect failure."""
+        pool.failures += 1
+        delay = min(_MAX_BACKOFF, 0.5 * 2 ** (pool.failures - 1))
+        cs = pool.cluster
+        index = pool.index
+        if cs.set_healthy(index, False):
+            self.io.call_later(delay, lambda: cs.set_healthy(index, True))

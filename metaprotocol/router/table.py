@@ -1,0 +1,150 @@
+"""A compiled route table: ordered rules, first match wins, indexed for speed.
+
+A linear scan of Python predicates costs ~0.1 us per rule, too slow for tables of thousands. Each
+rule is therefore filed under its most selective non-inverted matcher: an exact value
+(``method == sayHello``) or a literal prefix (``key`` starts with ``user:``). A lookup gathers the
+candidate rules whose indexed condition holds (a dict probe per key, plus one per distinct prefix
+length), adds the rules that have no indexable matcher, and tests them in table order. The result
+is exactly that of a linear first-match scan.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from metaprotocol.config.model import AttributeMatcher, MatchKind, RouteConfig, RouteRule
+from metaprotocol.router.matchers import Predicate, compile_matcher
+from metaprotocol.spi import Metadata
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A rule ready for matching, with its traffic split precomputed."""
+
+    index: int
+    rule: RouteRule
+    predicates: tuple[Predicate, ...]
+    cumulative_weights: tuple[int, ...]
+    cluster_names: tuple[str, ...]
+    request_mutation: dict[str, str] | None
+    response_mutation: dict[str, str] | None
+
+    @property
+    def name(self) -> str:
+        """The rule's name (``route-<index>`` when unnamed)."""
+        return self.rule.name or f"route-{self.index}"
+
+    def matches(self, md: Metadata) -> bool:
+        """Whether every predicate holds."""
+        return all(p(md) for p in self.predicates)
+
+    def pick_cluster(self, rng: random.Random) -> str:
+        """The destination cluster; for a split, drawn by weight with ``rng``."""
+        names = self.cluster_names
+        if len(names) == 1:
+            return names[0]
+        total = self.cumulative_weights[-1]
+        return names[bisect.bisect_right(self.cumulative_weights, rng.random() * total)]
+
+
+def _indexable(m: AttributeMatcher) -> bool:
+    return (
+        not m.invert
+        and not m.ignore_case
+        and m.kind in (MatchKind.EXACT, MatchKind.PREFIX)
+        and (m.kind is MatchKind.EXACT or m.value != "")
+    )
+
+
+class RouteTable:
+    """Ordered routes compiled for lookup. Immutable; build a new one on every config change."""
+
+    def __init__(self, config: RouteConfig) -> None:
+        self.config = config
+        self.routes: tuple[CompiledRoute, ...] = tuple(
+            self._compile(i, rule) for i, rule in enumerate(config.routes)
+        )
+        self._exact: dict[str, dict[str, list[int]]] = {}
+        self._prefix: dict[str, dict[int, dict[str, list[int]]]] = {}
+        self._unindexed: list[int] = []
+        for route in self.routes:
+            self._file(route)
+        self._prefix_lengths = {k: sorted(v) for k, v in self._prefix.items()}
+
+    @staticmethod
+    def _compile(index: int, rule: RouteRule) -> CompiledRoute:
+        action = rule.action
+        names = action.cluster_names()
+        weights: list[int] = []
+        total = 0
+        for w in action.weighted_clusters:
+            total += w.weight
+            weights.append(total)
+        return CompiledRoute(
+            index=index,
+            rule=rule,
+            predicates=tuple(compile_matcher(m) for m in rule.match),
+            cumulative_weights=tuple(weights),
+            cluster_names=names,
+            request_mutation=dict(rule.request_mutation) or None,
+            response_mutation=dict(rule.response_mutation) or None,
+        )
+
+    def _file(self, route: CompiledRoute) -> None:
+        candidates = [m for m in route.rule.match if _indexable(m)]
+        exact = [m for m in candidates if m.kind is MatchKind.EXACT]
+        if exact:
+            m = exact[0]
+            self._exact.setdefault(m.name.lower(), {}).setdefault(m.value, []).append(route.index)
+        elif candidates:
+            m = max(candidates, key=lambda c: len(c.value))
+            by_len = self._prefix.setdefault(m.name.lower(), {})
+            by_len.setdefault(len(m.value), {}).setdefault(m.value, []).append(route.index)
+        else:
+            self._unindexed.append(route.index)
+
+    def match(self, md: Metadata) -> CompiledRoute | None:
+        """The first route whose matchers all hold for ``md``, or None."""
+        if not self._exact and not self._prefix:
+            for route in self.routes:
+                if route.matches(md):
+                    return route
+            return None
+        found: list[Sequence[int]] = []
+        for key, by_value in self._exact.items():
+            value = md.get(key)
+            if value is not None:
+                hit = by_value.get(value)
+                if hit:
+                    found.append(hit)
+        for key, by_len in self._prefix.items():
+            value = md.get(key)
+            if value is None:
+                continue
+            n = len(value)
+            for length in self._prefix_lengths[key]:
+                if length > n:
+                    break
+                hit = by_len[length].get(value[:length])
+                if hit:
+                    found.append(hit)
+        if self._unindexed:
+            found.append(self._unindexed)
+        if not found:
+            return None
+        if len(found) == 1:
+            order: Sequence[int] = found[0]
+        else:
+            order = sorted({i for seq in found for i in seq})
+        routes = self.routes
+        for i in order:
+            route = routes[i]
+            if route.matches(md):
+                return route
+        return None
+
+    def __len__(self) -> int:
+        return len(self.routes)

@@ -1,0 +1,172 @@
+"""The codec interfaces a protocol plugin implements.
+
+A plugin ships one ``CodecFactory`` subclass, registered under the entry-point group
+``metaprotocol.codecs``. The factory makes a fresh, stateful, sans-IO codec per connection:
+
+* a ``ServerCodec`` for each downstream connection: decodes requests, encodes responses, builds
+  local replies (errors, heartbeats, commands the proxy answers itself);
+* a ``ClientCodec`` for each upstream connection: decodes responses, encodes requests.
+
+Codecs never touch sockets, clocks, event loops or loggers: bytes in, messages out, and back.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from metaprotocol.spi.buffer import ReadBuffer
+from metaprotocol.spi.errors import LocalError, LocalProtocolError
+from metaprotocol.spi.message import Correlation, Message, _NeedData
+
+Mutation = Mapping[str, str]
+"""Key/values to set on an outgoing message (Dubbo attachments, THeader headers ...)."""
+
+DecodeResult = Message | _NeedData
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """A reply the codec makes itself, without routing the request (Redis PING, AUTH ...).
+
+    Attributes:
+        reply: the bytes to send to the client.
+        close: close the connection once the reply is written (Redis QUIT).
+    """
+
+    reply: bytes
+    close: bool = False
+
+
+class ServerCodec(abc.ABC):
+    """Downstream side of one connection: requests in, responses and local replies out."""
+
+    @abc.abstractmethod
+    def decode(self, buffer: ReadBuffer) -> DecodeResult:
+        """Consume one whole request frame from ``buffer`` or nothing.
+
+        Returns:
+            A ``Message`` (``buffer.pos`` advanced past it) or ``NEED_DATA`` (buffer untouched).
+
+        Raises:
+            RemoteProtocolError: the bytes cannot be framed; the connection cannot continue.
+        """
+
+    @abc.abstractmethod
+    def encode(
+        self,
+        response: Message,
+        mutation: Mutation | None = None,
+        request_id: int | None = None,
+    ) -> bytes | bytearray:
+        """Bytes to send downstream for ``response``.
+
+        Args:
+            response: as decoded upstream.
+            mutation: key/values to set (only when the factory declares ``supports_mutation``).
+            request_id: the downstream request's id, restored after upstream multiplexing.
+
+        Returns:
+            ``response.raw`` itself when nothing changes (zero copy).
+        """
+
+    @abc.abstractmethod
+    def on_error(self, request: Message | None, error: LocalError) -> bytes:
+        """The protocol's own error reply to ``request`` (echoing its id).
+
+        ``request`` is None when the failure is not tied to a decoded request (a frame that could
+        not be decoded); the codec then answers as the protocol does for garbage, or returns b"".
+        """
+
+    def heartbeat_reply(self, heartbeat: Message) -> bytes:
+        """Reply to a heartbeat; heartbeats stop at the proxy and are never routed."""
+        raise LocalProtocolError(f"{type(self).__name__} has no heartbeats")
+
+    def answer_locally(self, request: Message) -> LocalAnswer | None:
+        """Return a reply when the proxy itself must answer ``request``; None routes it."""
+        return None
+
+    def merge(self, request: Message, replies: Sequence[Message]) -> bytes:
+        """Combine the replies to ``request.parts`` (in order) into one reply to ``request``."""
+        raise LocalProtocolError(f"{type(self).__name__} does not split requests")
+
+    def upstream_profile(self) -> Hashable:
+        """Key of the upstream connection kind this client needs (e.g. RESP2 vs RESP3).
+
+        Requests are only sent on upstream connections made for the same profile.
+        """
+        return None
+
+
+class ClientCodec(abc.ABC):
+    """Upstream side of one connection: responses in, requests out."""
+
+    @abc.abstractmethod
+    def decode(self, buffer: ReadBuffer) -> DecodeResult:
+        """Consume one whole response frame from ``buffer`` or nothing (see ``ServerCodec.decode``).
+
+        Unsolicited server messages (pushes) are returned with type ``EVENT``; they answer no request.
+        """
+
+    @abc.abstractmethod
+    def encode(
+        self,
+        request: Message,
+        mutation: Mutation | None = None,
+        request_id: int | None = None,
+    ) -> bytes | bytearray:
+        """Bytes to send upstream for ``request``.
+
+        Args:
+            request: as decoded downstream.
+            mutation: key/values to set (only when the factory declares ``supports_mutation``).
+            request_id: the id to use upstream instead of ``request.request_id`` (multiplexing).
+
+        Returns:
+            ``request.raw`` itself when nothing changes (zero copy).
+        """
+
+    def handshake(self) -> list[bytes]:
+        """Requests to send first on a new upstream connection; their replies are discarded.
+
+        A reply to a handshake request that is an error fails the connection.
+        """
+        return []
+
+    def request_id_of(self, response: Message) -> int | None:
+        """The id a response answers (default: ``response.request_id``)."""
+        return response.request_id
+
+
+class CodecFactory(abc.ABC):
+    """Entry point of a codec plugin: declares the protocol and makes per-connection codecs.
+
+    Class attributes:
+        name: the entry-point name (``redis``).
+        aliases: other names accepted in configuration (``aeraki.meta_protocol.codec.redis``).
+        correlation: how responses match requests upstream.
+        supports_mutation: whether request/response mutations can be expressed on the wire.
+        max_request_id: for REQUEST_ID codecs, the largest id the wire can carry.
+        default_hash_policy: metadata keys hashed for RING_HASH/MAGLEV when a route names none.
+    """
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    correlation: ClassVar[Correlation]
+    supports_mutation: ClassVar[bool] = False
+    max_request_id: ClassVar[int] = 2**31 - 1
+    default_hash_policy: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Mapping[str, object] | None = None) -> None:
+        """Validate ``config`` (the listener's codec config mapping); raise CodecConfigError."""
+        self.config: Mapping[str, object] = dict(config or {})
+
+    @abc.abstractmethod
+    def server_codec(self) -> ServerCodec:
+        """A fresh codec for one downstream connection."""
+
+    @abc.abstractmethod
+    def client_codec(self, profile: Hashable = None) -> ClientCodec:
+        """A fresh codec for one upstream connection of the given profile."""
