@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaprotocol.config.bootstrap import load_bootstrap, parse_bootstrap
+from metaprotocol.config.errors import ConfigError
+from metaprotocol.config.model import LbPolicy, MatchKind
+from metaprotocol.io.proxy import build_factories
+from metaprotocol.registry import CodecRegistry
+from tests.servers import bootstrap_dict, cluster, listener
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_bootstrap_loads() -> None:
+    b = load_bootstrap(ROOT / "examples/bootstrap/redis.yaml")
+    assert [lst.name for lst in b.listeners] == ["redis"]
+    lst = b.listeners[0]
+    assert lst.codec.name == "redis" and lst.port == 16380
+    assert lst.route_config is not None
+    first = lst.route_config.routes[0]
+    assert first.match[0].kind is MatchKind.PREFIX and first.match[0].value == "user:"
+    assert first.action.timeout == 5.0
+    assert {c.name for c in b.clusters} == {"users", "main"}
+
+
+def test_aeraki_shapes_are_accepted() -> None:
+    """TypedStruct wrapping, deprecated codec field, string_match, weighted clusters, metadata_match."""
+    tree = yaml.safe_load(
+        """
+static_resources:
+  listeners:
+  - name: dubbo
+    address: {socket_address: {address: 127.0.0.1, port_value: 20880}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.meta_protocol_proxy
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy
+          value:
+            stat_prefix: outbound|20880||demo
+            application_protocol: dubbo
+            codec: {name: aeraki.meta_protocol.codec.dubbo}
+            route_config:
+              name: demo_20880
+              routes:
+              - name: v2
+                match:
+                  metadata:
+                  - {name: interface, string_match: {exact: org.apache.dubbo.samples.basic.api.DemoService}}
+                  - {name: method, safe_regex_match: {google_re2: {}, regex: "say.*"}}
+                  - {name: foo, present_match: true}
+                route:
+                  weighted_clusters:
+                    clusters: [{name: "outbound|20880|v1|demo", weight: 20}, {name: "outbound|20880|v2|demo", weight: 80}]
+                  hash_policy: [{header: {header_name: UserId}}]
+                  metadata_match: {filter_metadata: {envoy.lb: {version: v2}}}
+                request_mutation: [{key: foo, value: bar}]
+  clusters:
+  - name: "outbound|20880|v1|demo"
+    load_assignment: {cluster_name: x, endpoints: []}
+  - name: "outbound|20880|v2|demo"
+    lb_policy: maglev
+    connect_timeout: {seconds: 1, nanos: 500000000}
+    load_assignment:
+      cluster_name: x
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 20881}}}
+          load_balancing_weight: 3
+          metadata: {filter_metadata: {envoy.lb: {version: v2}}}
+"""
+    )
+    b = parse_bootstrap(tree)
+    lst = b.listeners[0]
+    assert lst.codec.name == "aeraki.meta_protocol.codec.dubbo"
+    assert lst.route_config is not None
+    rule = lst.route_config.routes[0]
+    assert [m.kind for m in rule.match] == [MatchKind.EXACT, MatchKind.REGEX, MatchKind.PRESENT]
+    assert [w.weight for w in rule.action.weighted_clusters] == [20, 80]
+    assert rule.action.hash_policy == ("userid",)
+    assert rule.action.subset == (("version", "v2"),)
+    assert rule.request_mutation == (("foo", "bar"),)
+    c = b.cluster_map()["outbound|20880|v2|demo"]
+    assert c.lb_policy is LbPolicy.MAGLEV and c.connect_timeout == 1.5
+    assert c.endpoints[0].weight == 3 and c.endpoints[0].labels == (("version", "v2"),)
+
+
+def _tree_with(route: dict[str, object]) -> dict[str, object]:
+    return bootstrap_dict([listener("l", 1, "redis", [route])], [cluster("c", [2])])
+
+
+@pytest.mark.parametrize(
+    ("tree", "path", "reason"),
+    [
+        (_tree_with({"route": {"cluster": "missing"}}), "routes[0].route", "unknown cluster 'missing'"),
+        (_tree_with({"route": {"cluster": "c"}, "match": {"metadata": [{"name": "k", "prefx_match": "a"}]}}),
+         "routes[0].match.metadata[0].prefx_match", "unknown or unsupported field"),
+        (_tree_with({"route": {"cluster": "c"}, "match": {"metadata": [{"name": "k", "safe_regex_match": {"regex": "("}}]}}),
+         "safe_regex_match", "bad regex"),
+        (_tree_with({"route": {"cluster": "c", "timeout": "soon"}}), "route.timeout", "not a duration"),
+        (_tree_with({"route": {}}), "routes[0].route", "exactly one of cluster and weighted_clusters"),
+        (_tree_with({"route": {"weighted_clusters": {"clusters": [{"name": "c", "weight": 0}]}}}),
+         "weighted_clusters", "positive weight"),
+        (bootstrap_dict([], [cluster("c", [1], lb_policy="FASTEST")]), "clusters[0].lb_policy", "unknown policy"),
+        (bootstrap_dict([], [{"name": "c", "load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "h", "port_value": 70000}}}}]}]}}]),
+         "port_value", "out of range"),
+        ({"static_resource": {}}, "static_resource", "unknown or unsupported field"),
+    ],
+)  # fmt: skip
+def test_bad_config_names_path_and_reason(tree: dict[str, object], path: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_bootstrap(tree, "boot.yaml")
+    err = info.value
+    assert err.source == "boot.yaml"
+    assert path in err.path, err
+    assert reason in err.reason, err
+
+
+def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_bootstrap(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("static_resources: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_bootstrap(bad)
+
+
+def test_unknown_codec_and_unsupported_mutation_are_rejected_before_start() -> None:
+    reg = CodecRegistry.from_entry_points()
+    b = parse_bootstrap(bootstrap_dict([listener("l", 1, "nosuch", [{"route": {"cluster": "c"}}])], [cluster("c", [2])]))
+    with pytest.raises(ConfigError, match="unknown codec 'nosuch'"):
+        build_factories(b, reg)
+    b = parse_bootstrap(
+        bootstrap_dict(
+            [listener("l", 1, "redis", [{"route": {"cluster": "c"}, "request_mutation": [{"key": "a", "value": "b"}]}])],
+            [cluster("c", [2])],
+        )
+    )
+    with pytest.raises(ConfigError, match="cannot carry request/response mutations"):
+        build_factories(b, reg)
+    b = parse_bootstrap(
+        bootstrap_dict(
+            [listener("l", 1, "redis", [{"route": {"cluster": "c"}}], protocol={"name": "redis", "codec": {"name": "redis", "config": {"dbb": 1}}})],
+            [cluster("c", [2])],
+        )
+    )
+    with pytest.raises(ConfigError, match="unknown redis codec settings: dbb"):
+        build_factories(b, reg)

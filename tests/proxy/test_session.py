@@ -1,0 +1,308 @@
+"""The sans-IO core driven byte by byte: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import random
+
+from metaprotocol.config.model import (
+    ClusterConfig,
+    CodecRef,
+    Endpoint,
+    ListenerConfig,
+    RouteAction,
+    RouteConfig,
+    RouteRule,
+    AttributeMatcher,
+    MatchKind,
+)
+from metaprotocol.proxy.context import ListenerContext
+from metaprotocol.proxy.session import DownstreamSession
+from metaprotocol.proxy.upstream import Upstreams
+from metaprotocol.router import RouteTable
+from metaprotocol.spi import CodecFactory
+from metaprotocol_codecs.redis import RedisCodecFactory
+from tests.fakes import FakeIO, FakeTransport
+from tests.lenprefix import LenPrefixFactory, frame, parse
+
+
+class Harness:
+    def __init__(
+        self,
+        factory: CodecFactory,
+        routes: tuple[RouteRule, ...],
+        clusters: dict[str, int],
+        max_pending: int = 4096,
+    ) -> None:
+        self.io = FakeIO()
+        cfgs = {
+            name: ClusterConfig(name, tuple(Endpoint("127.0.0.1", 9000 + i) for i in range(n)))
+            for name, n in clusters.items()
+        }
+        self.upstreams = Upstreams(self.io, cfgs)  # type: ignore[arg-type]
+        self.io.upstreams = self.upstreams  # type: ignore[assignment]
+        lst = ListenerConfig("l", "127.0.0.1", 0, CodecRef(factory.name), "l", max_pending_per_connection=max_pending)
+        self.ctx = ListenerContext(lst, factory, RouteTable(RouteConfig("r", routes)), self.upstreams, self.io, random.Random(1))  # type: ignore[arg-type]
+        self.upstream_transports: dict[int, FakeTransport] = {}
+
+    def client(self) -> tuple[DownstreamSession, FakeTransport]:
+        s = DownstreamSession(self.ctx)
+        t = FakeTransport()
+        s.connection_made(t)
+        return s, t
+
+    def connect_all(self) -> None:
+        for conn, _, port in self.io.connects:
+            if conn.transport is None and not conn.closed:
+                t = FakeTransport()
+                self.upstream_transports[id(conn)] = t
+                conn.connection_made(t)
+        self.io.flush()
+
+    def conns(self) -> list[object]:
+        return [c for c, _, _ in self.io.connects]
+
+    def conn_for(self, cluster: str) -> object:
+        return next(c for c, _, _ in self.io.connects if c.pool.cluster.config.name == cluster)
+
+
+def route(name: str, cluster: str, *matchers: AttributeMatcher, timeout: float = 15.0, mutation: tuple[tuple[str, str], ...] = ()) -> RouteRule:
+    return RouteRule(name, matchers, RouteAction(cluster=cluster, timeout=timeout), request_mutation=mutation)
+
+
+# -- request-id (multiplexed) mode ------------------------------------------------------------
+
+
+def test_multiplexing_rewrites_ids_so_clients_never_collide() -> None:
+    h = Harness(LenPrefixFactory(), (route("all", "c"),), {"c": 1})
+    (s1, t1), (s2, t2) = h.client(), h.client()
+    s1.data_received(frame(0, 7, {"method": "a"}))
+    s2.data_received(frame(0, 7, {"method": "b"}))  # same downstream id on another client
+    assert len(h.io.connects) == 1  # one shared upstream connection
+    h.connect_all()
+    conn = h.conns()[0]
+    sent = h.upstream_transports[id(conn)].take()
+    ids = []
+    while sent:
+        n = int.from_bytes(sent[:4], "big") + 4
+        ids.append(parse(sent[:n])[1])
+        sent = sent[n:]
+    assert len(set(ids)) == 2
+    # Answer out of order: each reply goes back to its own client with its own id.
+    conn.data_received(frame(1, ids[1], {}, b"for-b") + frame(1, ids[0], {}, b"for-a"))  # type: ignore[attr-defined]
+    h.io.flush()
+    assert parse(t1.take()) == (1, 7, {}, b"for-a")
+    assert parse(t2.take()) == (1, 7, {}, b"for-b")
+
+
+def test_route_not_found_gets_codec_error_reply_echoing_id() -> None:
+    h = Harness(LenPrefixFactory(), (route("a", "c", AttributeMatcher("method", MatchKind.EXACT, "a")),), {"c": 1})
+    s, t = h.client()
+    s.data_received(frame(0, 42, {"method": "zzz"}))
+    kind, rid, md, _ = parse(t.take())
+    assert (kind, rid, md) == (5, 42, {"error": "route_not_found"})
+    assert h.ctx.stats.errors["route_not_found"] == 1
+
+
+def test_unknown_cluster_and_heartbeat_and_oneway() -> None:
+    h = Harness(LenPrefixFactory(), (route("a", "nope"),), {"c": 1})
+    s, t = h.client()
+    s.data_received(frame(3, 5) + frame(0, 6, {"m": "x"}))
+    out = t.take()
+    first_len = int.from_bytes(out[:4], "big") + 4
+    assert parse(out[:first_len])[:2] == (4, 5)  # heartbeat answered, never routed
+    assert parse(out[first_len:])[2] == {"error": "cluster_not_found"}
+    h2 = Harness(LenPrefixFactory(), (route("a", "c"),), {"c": 1})
+    s2, t2 = h2.client()
+    s2.data_received(frame(2, 9, {"m": "x"}))
+    h2.connect_all()
+    assert s2.inflight == 0 and t2.take() == b""
+    assert parse(h2.upstream_transports[id(h2.conns()[0])].take())[0] == 2
+
+
+def test_request_mutation_reaches_upstream() -> None:
+    h = Harness(LenPrefixFactory(), (route("a", "c", mutation=(("foo", "bar"),)),), {"c": 1})
+    s, _ = h.client()
+    s.data_received(frame(0, 1, {"method": "m"}))
+    h.connect_all()
+    _, _, md, _ = parse(h.upstream_transports[id(h.conns()[0])].take())
+    assert md == {"method": "m", "foo": "bar"}
+
+
+def test_timeout_gives_error_reply_and_late_response_is_dropped() -> None:
+    h = Harness(LenPrefixFactory(), (route("a", "c", timeout=0.5),), {"c": 1})
+    s, t = h.client()
+    s.data_received(frame(0, 1, {"method": "m"}))
+    h.connect_all()
+    conn = h.conns()[0]
+    upstream_id = parse(h.upstream_transports[id(conn)].take())[1]
+    h.io.advance(0.4)
+    assert t.take() == b""
+    h.io.advance(0.2)
+    assert parse(t.take())[2] == {"error": "upstream_timeout"}
+    conn.data_received(frame(1, upstream_id, {}, b"late"))  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b""
+    assert s.inflight == 0
+
+
+def test_upstream_reset_fails_only_its_requests() -> None:
+    h = Harness(LenPrefixFactory(), (route("a", "a", AttributeMatcher("m", MatchKind.EXACT, "a")), route("b", "b")), {"a": 1, "b": 1})
+    (s1, t1), (s2, t2) = h.client(), h.client()
+    s1.data_received(frame(0, 1, {"m": "a"}))
+    s2.data_received(frame(0, 2, {"m": "b"}))
+    h.connect_all()
+    conn_a, conn_b = h.conn_for("a"), h.conn_for("b")
+    conn_a.connection_lost(ConnectionResetError())  # type: ignore[attr-defined]
+    h.io.flush()
+    assert parse(t1.take())[2] == {"error": "upstream_reset"}
+    b_id = parse(h.upstream_transports[id(conn_b)].take())[1]
+    conn_b.data_received(frame(1, b_id, {}, b"ok"))  # type: ignore[attr-defined]
+    h.io.flush()
+    assert parse(t2.take())[3] == b"ok"
+
+
+def test_connect_failure_replies_and_backs_off_endpoint() -> None:
+    h = Harness(LenPrefixFactory(), (route("a", "c"),), {"c": 2})
+    s, t = h.client()
+    s.data_received(frame(0, 1, {}))
+    conn, _, port = h.io.connects[0]
+    conn.connect_failed(ConnectionRefusedError())
+    h.io.flush()
+    assert parse(t.take())[2] == {"error": "connect_failure"}
+    cs = h.upstreams.clusters["c"]
+    assert cs.healthy.count(False) == 1
+    # Next requests go to the healthy endpoint only.
+    for i in range(4):
+        s.data_received(frame(0, 10 + i, {}))
+    assert {p for _, _, p in h.io.connects[1:]} == {9000 if port == 9001 else 9001}
+    h.io.advance(1.0)  # back-off over
+    assert all(cs.healthy)
+
+
+def test_malformed_frame_gets_error_reply_after_earlier_replies_and_closes() -> None:
+    h = Harness(LenPrefixFactory(), (route("a", "c"),), {"c": 1})
+    s, t = h.client()
+    s.data_received(frame(0, 1, {}) + b"\xff\xff\xff\xff\x09garbage")
+    assert h.ctx.stats.request_decoding_errors == 1
+    assert not t.closed  # request 1 is still in flight
+    h.connect_all()
+    conn = h.conns()[0]
+    rid = parse(h.upstream_transports[id(conn)].take())[1]
+    conn.data_received(frame(1, rid, {}, b"answer"))  # type: ignore[attr-defined]
+    h.io.flush()
+    out = t.take()
+    assert b"answer" in out and b"bad_request" in out
+    assert t.closed
+
+
+def test_backpressure_pauses_reading_at_max_pending() -> None:
+    h = Harness(LenPrefixFactory(), (route("a", "c"),), {"c": 1}, max_pending=4)
+    s, t = h.client()
+    s.data_received(b"".join(frame(0, i, {}) for i in range(10)))
+    assert t.paused and s.inflight == 4
+    h.connect_all()
+    conn = h.conns()[0]
+    answered = 0
+    for expected_inflight_after in (4, 2, 0):
+        sent = h.upstream_transports[id(conn)].take()
+        ids = []
+        while sent:
+            n = int.from_bytes(sent[:4], "big") + 4
+            ids.append(parse(sent[:n])[1])
+            sent = sent[n:]
+        conn.data_received(b"".join(frame(1, i, {}) for i in ids))  # type: ignore[attr-defined]
+        h.io.flush()
+        answered += len(ids)
+        # Replies free slots: reading resumes and the buffered requests go out, up to the limit.
+        assert s.inflight == expected_inflight_after
+    assert answered == 10 and not t.paused
+    out = t.take()
+    assert out.count(b"|") == 10
+
+
+# -- ordered (pipelined) mode with the Redis codec ---------------------------------------------
+
+
+def test_ordered_replies_return_in_request_order_across_clusters() -> None:
+    h = Harness(
+        RedisCodecFactory(),
+        (route("a", "a", AttributeMatcher("key", MatchKind.PREFIX, "a")), route("b", "b")),
+        {"a": 1, "b": 1},
+    )
+    s, t = h.client()
+    s.data_received(b"*2\r\n$3\r\nGET\r\n$2\r\na1\r\n*2\r\n$3\r\nGET\r\n$2\r\nb1\r\n*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$2\r\na2\r\n")
+    h.connect_all()
+    conn_a, conn_b = h.conn_for("a"), h.conn_for("b")
+    conn_b.data_received(b"$2\r\nB1\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b""  # a1 is not answered yet: nothing may overtake it
+    conn_a.data_received(b"$2\r\nA1\r\n$2\r\nA2\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"$2\r\nA1\r\n$2\r\nB1\r\n+PONG\r\n$2\r\nA2\r\n"
+
+
+def test_ordered_timeout_keeps_fifo_aligned() -> None:
+    h = Harness(RedisCodecFactory(), (route("a", "c", timeout=1.0),), {"c": 1})
+    s, t = h.client()
+    s.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n")
+    h.connect_all()
+    h.io.advance(1.5)
+    assert t.take() == b"-ERR upstream request timeout\r\n"
+    s.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\ny\r\n")
+    h.io.flush()
+    conn = h.conns()[0]
+    conn.data_received(b"$1\r\nX\r\n$1\r\nY\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"$1\r\nY\r\n"  # X was the timed-out request's and is dropped
+
+
+def test_fanout_merges_replies_in_key_order() -> None:
+    h = Harness(
+        RedisCodecFactory(),
+        (route("a", "a", AttributeMatcher("key", MatchKind.PREFIX, "a")), route("b", "b")),
+        {"a": 1, "b": 1},
+    )
+    s, t = h.client()
+    s.data_received(b"*4\r\n$4\r\nMGET\r\n$2\r\nb1\r\n$2\r\na1\r\n$2\r\nb2\r\n")
+    h.connect_all()
+    conn_a, conn_b = h.conn_for("a"), h.conn_for("b")
+    sent_b = h.upstream_transports[id(conn_b)].take()
+    assert sent_b == b"*2\r\n$3\r\nGET\r\n$2\r\nb1\r\n*2\r\n$3\r\nGET\r\n$2\r\nb2\r\n"
+    conn_a.data_received(b"$-1\r\n")  # type: ignore[attr-defined]
+    conn_b.data_received(b"$2\r\nv1\r\n$2\r\nv2\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"*3\r\n$2\r\nv1\r\n$-1\r\n$2\r\nv2\r\n"
+
+
+def test_fanout_to_one_shard_sends_the_command_whole() -> None:
+    h = Harness(RedisCodecFactory(), (route("a", "c"),), {"c": 1})
+    s, t = h.client()
+    cmd = b"*3\r\n$3\r\nDEL\r\n$1\r\nx\r\n$1\r\ny\r\n"
+    s.data_received(cmd)
+    h.connect_all()
+    assert h.upstream_transports[id(h.conns()[0])].take() == cmd
+    assert h.ctx.stats.fanout_requests == 0
+
+
+def test_quit_answers_then_closes_after_pending_replies() -> None:
+    h = Harness(RedisCodecFactory(), (route("a", "c"),), {"c": 1})
+    s, t = h.client()
+    s.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n*1\r\n$4\r\nQUIT\r\n*1\r\n$4\r\nPING\r\n")
+    h.connect_all()
+    assert not t.closed
+    h.conns()[0].data_received(b"$1\r\nX\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"$1\r\nX\r\n+OK\r\n"  # the PING after QUIT is never read
+    assert t.closed
+
+
+def test_one_write_per_batch() -> None:
+    h = Harness(RedisCodecFactory(), (route("a", "c"),), {"c": 1})
+    s, t = h.client()
+    s.data_received(b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n" * 16)
+    h.connect_all()
+    up = h.upstream_transports[id(h.conns()[0])]
+    assert up.writes == 1
+    h.conns()[0].data_received(b"$1\r\nX\r\n" * 16)  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.writes == 1 and t.take() == b"$1\r\nX\r\n" * 16

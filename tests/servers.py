@@ -1,0 +1,109 @@
+"""Real servers for integration tests: started on free loopback ports, stopped afterwards."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` (Debian package) on a loopback port, no persistence."""
+
+    def __init__(self, password: str | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run scripts/install")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="mp-redis-")
+        args = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no",
+        ]  # fmt: skip
+        if password:
+            args += ["--requirepass", password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def bootstrap_dict(
+    listeners: list[dict[str, object]], clusters: list[dict[str, object]]
+) -> dict[str, object]:
+    return {"static_resources": {"listeners": listeners, "clusters": clusters}}
+
+
+def listener(name: str, port: int, codec: str, routes: list[dict[str, object]], **extra: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "aeraki.meta_protocol_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy",
+                            "stat_prefix": name,
+                            "codec": {"name": codec},
+                            "route_config": {"name": f"{name}_routes", "routes": routes},
+                            **extra,
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def cluster(name: str, ports: list[int], lb_policy: str = "ROUND_ROBIN", **extra: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "connect_timeout": "1s",
+        "lb_policy": lb_policy,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+                        for p in ports
+                    ]
+                }
+            ],
+        },
+        **extra,
+    }
+
+
