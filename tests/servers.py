@@ -39,6 +39,7 @@ class RedisServer:
         args = [
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no",
+            "--enable-debug-command", "yes",
         ]  # fmt: skip
         if password:
             args += ["--requirepass", password]
