@@ -36,12 +36,12 @@ from metaprotocol_codecs.redis.commands import (
     CONNECTION_STATE,
     FANOUT_COMMANDS,
     KEY_SPECS,
+    SINGLE_KEY,
     key_indexes,
 )
 from metaprotocol_codecs.redis.requests import frame_inline, frame_multibulk, pack
 from metaprotocol_codecs.redis.resp import INCOMPLETE, scan_reply
 
-_SINGLE: Final = (1, 1, 1)
 _STAR: Final = ord("*")
 _ERROR_BYTES: Final = frozenset(b"-!")
 _PUSH: Final = ord(">")
@@ -292,19 +292,35 @@ def _bounds_of_packed(args: list[bytes]) -> list[int]:
     return bounds
 
 
+_NAMES: dict[bytes, tuple[bytes, str, object]] = {}
+"""Command name as sent -> (upper-case name, metadata string, key spec); bounded below."""
+_MAX_NAMES: Final = 4096
+
+
+def _name(sent: bytes) -> tuple[bytes, str, object]:
+    cached = _NAMES.get(sent)
+    if cached is None:
+        upper = sent.upper()
+        cached = (upper, upper.decode("latin-1"), KEY_SPECS.get(upper))
+        if len(_NAMES) < _MAX_NAMES:
+            _NAMES[sent] = cached
+    return cached
+
+
 def _command(raw: bytes | bytearray, data: bytes | bytearray, bounds: list[int]) -> Message:
     """Build the request message: command and key metadata, fan-out parts where they apply."""
-    cmd = bytes(data[bounds[0] : bounds[1]]).upper()
+    cmd, name, spec = _name(bytes(data[bounds[0] : bounds[1]]))
     argc = len(bounds) >> 1
-    spec = KEY_SPECS.get(cmd)
-    if spec is _SINGLE and cmd not in _LOCAL_COMMANDS:
-        md = {"command": cmd.decode("latin-1")}
+    if spec is SINGLE_KEY:
         if argc > 1:
-            md["key"] = bytes(data[bounds[2] : bounds[3]]).decode("utf-8", "surrogateescape")
+            key = bytes(data[bounds[2] : bounds[3]])
+            md = {"command": name, "key": key.decode("utf-8", "surrogateescape")}
+        else:
+            md = {"command": name}
         return Message(MessageType.REQUEST, raw, md, opaque=(cmd, None))
     args = [bytes(data[bounds[i] : bounds[i + 1]]) for i in range(0, len(bounds), 2)]
     args[0] = cmd
-    md = {"command": cmd.decode("latin-1")}
+    md = {"command": name}
     keys = key_indexes(cmd, argc, args)
     if keys:
         md["key"] = args[keys[0]].decode("utf-8", "surrogateescape")

@@ -11,7 +11,8 @@ from typing import Final
 
 KeySpec = tuple[int, int, int]
 
-_SINGLE: Final = (1, 1, 1)
+SINGLE_KEY: Final = (1, 1, 1)
+"""The spec of commands whose only key is their first argument (the hot path)."""
 
 _SINGLE_KEY_COMMANDS: Final = """
 APPEND BITCOUNT BITFIELD BITFIELD_RO BITPOS DECR DECRBY DUMP EXPIRE EXPIREAT EXPIRETIME GEOADD
@@ -26,7 +27,7 @@ ZRANDMEMBER ZRANGE ZRANGEBYLEX ZRANGEBYSCORE ZRANK ZREM ZREMRANGEBYLEX ZREMRANGE
 ZREMRANGEBYSCORE ZREVRANGE ZREVRANGEBYLEX ZREVRANGEBYSCORE ZREVRANK ZSCAN ZSCORE LCS
 """
 
-KEY_SPECS: Final[dict[bytes, KeySpec]] = {c.encode(): _SINGLE for c in _SINGLE_KEY_COMMANDS.split()}
+KEY_SPECS: Final[dict[bytes, KeySpec]] = {c.encode(): SINGLE_KEY for c in _SINGLE_KEY_COMMANDS.split()}
 KEY_SPECS.update(
     {
         b"MGET": (1, -1, 1),

@@ -10,6 +10,8 @@ MAX_INLINE: Final = 64 * 1024
 MAX_MULTIBULK: Final = 1024 * 1024
 CRLF: Final = b"\r\n"
 _DOLLAR: Final = ord("$")
+_CR: Final = ord("\r")
+_LF: Final = ord("\n")
 _NEED: Final = None
 
 
@@ -70,10 +72,9 @@ def frame_multibulk(
         end = start + size
         if end + 2 > n:
             return _NEED
-        if data[end : end + 2] != CRLF:
+        if data[end] != _CR or data[end + 1] != _LF:
             raise protocol_error("bulk string not terminated by CRLF")
-        bounds.append(start)
-        bounds.append(end)
+        bounds += (start, end)
         p = end + 2
     return p, bounds
 

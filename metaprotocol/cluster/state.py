@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-
 from metaprotocol.cluster.hashing import hash_tag_of
 from metaprotocol.cluster.lb import LoadBalancer, build_lb
 from metaprotocol.config.model import ClusterConfig, Endpoint
@@ -61,6 +59,9 @@ class ClusterState:
     def pick(self, subset: Subset, key: bytes | None, rng: random.Random) -> int | None:
         """Index (into ``endpoints``) of the endpoint for a request, or None when there is none."""
         hs = self._sets.get(subset) or self._host_set(subset)
+        indexes = hs.indexes
+        if len(indexes) == 1:
+            return indexes[0]
         lb = hs.lb
         if lb is None:
             return None
@@ -76,6 +77,3 @@ class ClusterState:
         self._sets.clear()
         return True
 
-    def hash_key(self, values: Sequence[str]) -> bytes:
-        """The hash-policy key from the metadata values it names."""
-        return "\x00".join(values).encode()

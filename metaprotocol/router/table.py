@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,13 +51,38 @@ class CompiledRoute:
         return names[bisect.bisect_right(self.cumulative_weights, rng.random() * total)]
 
 
-def _indexable(m: AttributeMatcher) -> bool:
-    return (
-        not m.invert
-        and not m.ignore_case
-        and m.kind in (MatchKind.EXACT, MatchKind.PREFIX)
-        and (m.kind is MatchKind.EXACT or m.value != "")
-    )
+def regex_literal_prefix(pattern: str) -> str:
+    """The literal text every full match of ``pattern`` starts with ("" when there is none).
+
+    Read from the parsed pattern: leading LITERAL items only; a top-level alternation, a group or
+    any other construct ends the prefix. Used to index regex routes like prefix routes.
+    """
+    try:
+        items = list(re._parser.parse(pattern))  # type: ignore[attr-defined]
+    except re.error:
+        return ""
+    literal = re._constants.LITERAL  # type: ignore[attr-defined]
+    out = []
+    for op, arg in items:
+        if op is not literal:
+            break
+        out.append(chr(arg))
+    return "".join(out)
+
+
+def _index_key(m: AttributeMatcher) -> tuple[MatchKind, str] | None:
+    """How a matcher can be indexed: an exact value, or a literal prefix."""
+    if m.invert or m.ignore_case:
+        return None
+    if m.kind is MatchKind.EXACT:
+        return MatchKind.EXACT, m.value
+    if m.kind is MatchKind.PREFIX and m.value:
+        return MatchKind.PREFIX, m.value
+    if m.kind is MatchKind.REGEX:
+        prefix = regex_literal_prefix(m.value)
+        if prefix:
+            return MatchKind.PREFIX, prefix
+    return None
 
 
 class RouteTable:
@@ -73,6 +99,8 @@ class RouteTable:
         for route in self.routes:
             self._file(route)
         self._prefix_lengths = {k: sorted(v) for k, v in self._prefix.items()}
+        # A first rule with no conditions takes everything (the common single-route table).
+        self._catch_all = self.routes[0] if self.routes and not self.routes[0].predicates else None
 
     @staticmethod
     def _compile(index: int, rule: RouteRule) -> CompiledRoute:
@@ -94,20 +122,23 @@ class RouteTable:
         )
 
     def _file(self, route: CompiledRoute) -> None:
-        candidates = [m for m in route.rule.match if _indexable(m)]
-        exact = [m for m in candidates if m.kind is MatchKind.EXACT]
+        keys = [(m.name.lower(), k) for m in route.rule.match if (k := _index_key(m)) is not None]
+        exact = [(name, value) for name, (kind, value) in keys if kind is MatchKind.EXACT]
+        prefixes = [(name, value) for name, (kind, value) in keys if kind is MatchKind.PREFIX]
         if exact:
-            m = exact[0]
-            self._exact.setdefault(m.name.lower(), {}).setdefault(m.value, []).append(route.index)
-        elif candidates:
-            m = max(candidates, key=lambda c: len(c.value))
-            by_len = self._prefix.setdefault(m.name.lower(), {})
-            by_len.setdefault(len(m.value), {}).setdefault(m.value, []).append(route.index)
+            name, value = exact[0]
+            self._exact.setdefault(name, {}).setdefault(value, []).append(route.index)
+        elif prefixes:
+            name, value = max(prefixes, key=lambda c: len(c[1]))
+            by_len = self._prefix.setdefault(name, {})
+            by_len.setdefault(len(value), {}).setdefault(value, []).append(route.index)
         else:
             self._unindexed.append(route.index)
 
     def match(self, md: Metadata) -> CompiledRoute | None:
         """The first route whose matchers all hold for ``md``, or None."""
+        if self._catch_all is not None:
+            return self._catch_all
         if not self._exact and not self._prefix:
             for route in self.routes:
                 if route.matches(md):

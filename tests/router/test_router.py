@@ -88,11 +88,11 @@ def test_unindexed_route_before_indexed_one_keeps_order() -> None:
 
 
 names = st.sampled_from(["method", "key", "interface", "foo"])
-values = st.sampled_from(["", "a", "ab", "abc", "b", "ba", "user:", "user:1"])
+values = st.sampled_from(["", "a", "ab", "abc", "b", "ba", "user:", "user:1", "a.*", "ab|b", "(a)b", "a+", "user:\\d"])
 matchers = st.builds(
     AttributeMatcher,
     name=names,
-    kind=st.sampled_from([E, P, S, C, PR]),
+    kind=st.sampled_from([E, P, S, C, PR, R]),
     value=values,
     invert=st.booleans(),
     ignore_case=st.booleans(),
@@ -107,6 +107,16 @@ def test_indexed_lookup_equals_linear_first_match(spec: list[list[AttributeMatch
     table = RouteTable(RouteConfig("t", rules))
     linear = next((r for r in table.routes if r.matches(md)), None)
     assert table.match(md) is linear
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [("say.*", "say"), (r"com\.example\..*", "com.example."), ("a|b", ""), ("(ab)c", ""), ("ab+", "a"), ("x?y", ""), ("", "")],
+)
+def test_regex_literal_prefix(pattern: str, prefix: str) -> None:
+    from metaprotocol.router.table import regex_literal_prefix
+
+    assert regex_literal_prefix(pattern) == prefix
 
 
 def test_weighted_split_follows_weights() -> None:
