@@ -1,0 +1,50 @@
+"""Every installed codec plugin (and the test codec) passes the shipped conformance suite."""
+
+from __future__ import annotations
+
+import pytest
+
+from metaprotocol.registry import CodecRegistry
+from metaprotocol.testing import CHECKS, CodecSamples, check_codec
+from metaprotocol_codecs.redis.requests import pack
+from tests.lenprefix import LenPrefixFactory, frame
+
+SAMPLES = {
+    "redis": (
+        [pack([b"GET", b"k"]), pack([b"SET", b"user:1", b"v" * 300]), pack([b"MGET", b"a", b"b"]), pack([b"PING"])],
+        [b"+OK\r\n", b"$3\r\nabc\r\n", b"*2\r\n$1\r\na\r\n$-1\r\n", b"-ERR x\r\n", b"%1\r\n+k\r\n:1\r\n", b">2\r\n+a\r\n+b\r\n"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", CodecRegistry.from_entry_points().names())
+def test_installed_codec_conforms(name: str) -> None:
+    factory = CodecRegistry.from_entry_points().get(name)()
+    assert name in SAMPLES, f"add conformance samples for codec {name}"
+    requests, responses = SAMPLES[name]
+    samples = CodecSamples(factory, requests, responses)
+    check_codec(samples)
+    assert samples.checks == [c.__name__ for c in CHECKS]
+
+
+def test_test_codec_conforms() -> None:
+    check_codec(CodecSamples(LenPrefixFactory(), [frame(0, 7, {"method": "m"}, b"body"), frame(2, 8)], [frame(1, 7, {}, b"ok"), frame(5, 9)]))
+
+
+def test_suite_catches_a_codec_that_consumes_on_need_data() -> None:
+    from metaprotocol.spi import NEED_DATA, ReadBuffer
+    from tests.lenprefix import LenServer
+
+    class Greedy(LenServer):
+        def decode(self, buffer: ReadBuffer):  # type: ignore[no-untyped-def]
+            result = super().decode(buffer)
+            if result is NEED_DATA:
+                buffer.pos = len(buffer.data)  # wrong: swallows a partial frame
+            return result
+
+    class GreedyFactory(LenPrefixFactory):
+        def server_codec(self) -> LenServer:
+            return Greedy()
+
+    with pytest.raises(AssertionError, match="check_incomplete_frames_need_data"):
+        check_codec(CodecSamples(GreedyFactory(), [frame(0, 1, {"a": "b"})], [frame(1, 1)]))
