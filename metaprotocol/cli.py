@@ -84,7 +84,7 @@ def _list_codecs(registry: CodecRegistry) -> int:
         dist = ep.dist.name if ep is not None and ep.dist is not None else "?"
         print(
             f"{name}\t{factory.correlation.value}\t{ep.value if ep else factory.__module__}"
-            f"\t({dist})\taliases: {', '.join((*factory.aliases, f'aeraki.meta_protocol.codec.{name}'))}"
+            f"\t({dist})\taliases: {', '.join(dict.fromkeys((*factory.aliases, f'aeraki.meta_protocol.codec.{name}')))}"
         )
     return 0
 

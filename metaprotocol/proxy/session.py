@@ -141,6 +141,8 @@ class DownstreamSession:
             ctx.stats.heartbeats += 1
             self._local(Pending(self, msg, now), self.codec.heartbeat_reply(msg))
             return
+        if mtype is MessageType.EVENT:  # unsolicited from the client (e.g. a stray reply): drop
+            return
         if mtype is not MessageType.REQUEST and mtype is not MessageType.ONEWAY:
             ctx.stats.errors[ErrorKind.BAD_REQUEST.value] += 1
             reply = self.codec.on_error(msg, LocalError(ErrorKind.BAD_REQUEST, "not a request"))
@@ -334,7 +336,8 @@ class DownstreamSession:
         ctx.io.report("downstream_protocol_error", f"{ctx.name}: {exc}")
         self.buffer.clear()
         self.closing = True
-        reply = self.codec.on_error(None, LocalError(exc.kind, str(exc)))
+        request = exc.request if isinstance(exc.request, Message) else None
+        reply = self.codec.on_error(request, LocalError(exc.kind, str(exc)))
         if reply:
             self._local(Pending(self, Message(MessageType.ERROR, b""), 0.0), reply)
 

@@ -138,6 +138,12 @@ class UpstreamConnection:
             assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel
             if msg.type is MessageType.EVENT or msg.type is MessageType.HEARTBEAT:
                 stats.unsolicited += 1
+                answer = codec.answer_event(msg)
+                if answer:
+                    self.out.append(answer)
+                    if not self.flush_scheduled:
+                        self.flush_scheduled = True
+                        pool.io.schedule_flush(self)
                 continue
             stats.responses += 1
             if by_id:

@@ -135,6 +135,13 @@ class ClientCodec(abc.ABC):
         """
         return []
 
+    def answer_event(self, event: Message) -> bytes | None:
+        """Bytes to send back for a server-initiated message (e.g. a Dubbo heartbeat request).
+
+        Called for messages decoded as HEARTBEAT or EVENT; None sends nothing.
+        """
+        return None
+
     def request_id_of(self, response: Message) -> int | None:
         """The id a response answers (default: ``response.request_id``)."""
         return response.request_id

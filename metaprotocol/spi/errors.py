@@ -45,11 +45,16 @@ class RemoteProtocolError(MetaProtocolError):
 
     Attributes:
         kind: the error kind the core reports (``BAD_REQUEST`` downstream, ``BAD_RESPONSE`` upstream).
+        request: what is known of the offending request (e.g. its id, from a readable header), so
+            the error reply can echo it; None when nothing is known.
     """
 
-    def __init__(self, message: str, kind: ErrorKind = ErrorKind.BAD_REQUEST) -> None:
+    def __init__(
+        self, message: str, kind: ErrorKind = ErrorKind.BAD_REQUEST, request: object = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
+        self.request = request
 
 
 class LocalProtocolError(MetaProtocolError):

@@ -9,7 +9,17 @@ from metaprotocol.testing import CHECKS, CodecSamples, check_codec
 from metaprotocol_codecs.redis.requests import pack
 from tests.lenprefix import LenPrefixFactory, frame
 
+def _dubbo_samples() -> tuple[list[bytes], list[bytes]]:
+    from tests.vectors import load
+
+    frames = load("dubbo/frames.json")
+    reqs = [bytes.fromhex(v["hex"]) for v in frames if v["kind"] in ("request", "oneway_request", "heartbeat_request")][:5]
+    resps = [bytes.fromhex(v["hex"]) for v in frames if v["kind"] in ("response", "error_response")][:5]
+    return reqs, resps
+
+
 SAMPLES = {
+    "dubbo": _dubbo_samples(),
     "redis": (
         [pack([b"GET", b"k"]), pack([b"SET", b"user:1", b"v" * 300]), pack([b"MGET", b"a", b"b"]), pack([b"PING"])],
         [b"+OK\r\n", b"$3\r\nabc\r\n", b"*2\r\n$1\r\na\r\n$-1\r\n", b"-ERR x\r\n", b"%1\r\n+k\r\n:1\r\n", b">2\r\n+a\r\n+b\r\n"],

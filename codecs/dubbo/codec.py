@@ -1,0 +1,324 @@
+"""The Dubbo codec: multiplexed by request id, routing metadata from a lazily parsed body.
+
+Decoding a request reads the header and the short strings at the head of the body (service,
+version, method, parameter descriptor), skips the arguments without building them, and reads the
+attachments map: every attachment becomes routing metadata. Forwarding is zero-copy unless the
+request id changes (8 bytes patched) or a mutation sets attachments (only the attachments map is
+re-encoded, the body length patched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from metaprotocol.spi import (
+    NEED_DATA,
+    ClientCodec,
+    CodecConfigError,
+    CodecFactory,
+    Correlation,
+    DecodeResult,
+    ErrorKind,
+    LocalAnswer,
+    LocalError,
+    Message,
+    MessageType,
+    Mutation,
+    ReadBuffer,
+    RemoteProtocolError,
+    ServerCodec,
+)
+from metaprotocol_codecs.dubbo import wire
+from metaprotocol_codecs.dubbo.hessian2 import Hessian2Reader, Hessian2Writer, HessianDecodeError
+from metaprotocol_codecs.dubbo.hessian2_types import HessianMap
+
+_STATUS_FOR: Final = {
+    ErrorKind.ROUTE_NOT_FOUND: wire.SERVICE_NOT_FOUND,
+    ErrorKind.CLUSTER_NOT_FOUND: wire.SERVICE_NOT_FOUND,
+    ErrorKind.NO_HEALTHY_UPSTREAM: wire.SERVICE_ERROR,
+    ErrorKind.CONNECT_FAILURE: wire.SERVICE_ERROR,
+    ErrorKind.UPSTREAM_RESET: wire.SERVER_ERROR,
+    ErrorKind.UPSTREAM_TIMEOUT: wire.SERVER_TIMEOUT,
+    ErrorKind.BAD_REQUEST: wire.BAD_REQUEST,
+    ErrorKind.BAD_RESPONSE: wire.BAD_RESPONSE,
+    ErrorKind.OVER_LIMIT: wire.SERVER_THREADPOOL_EXHAUSTED_ERROR,
+    ErrorKind.UNSUPPORTED: wire.BAD_REQUEST,
+    ErrorKind.INTERNAL: wire.SERVER_ERROR,
+}
+_REQUEST_FLAGS: Final = wire.FLAG_REQUEST | wire.FLAG_EVENT
+_PROTOCOL_KEYS: Final = ("interface", "method")
+
+
+class DubboConfig:
+    """Codec settings: ``payload_limit`` (bytes, default 8 MiB as Dubbo) and ``non_hessian2``
+    (``passthrough``: route on the header only, or ``reject``: answer BAD_REQUEST)."""
+
+    def __init__(self, config: Mapping[str, object]) -> None:
+        unknown = set(config) - {"payload_limit", "non_hessian2"}
+        if unknown:
+            raise CodecConfigError(f"unknown dubbo codec settings: {', '.join(sorted(unknown))}")
+        limit = config.get("payload_limit", wire.DEFAULT_PAYLOAD_LIMIT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            raise CodecConfigError("payload_limit must be a positive integer")
+        self.payload_limit = limit
+        self.non_hessian2 = str(config.get("non_hessian2", "passthrough"))
+        if self.non_hessian2 not in ("passthrough", "reject"):
+            raise CodecConfigError("non_hessian2 must be passthrough or reject")
+
+
+@dataclass(slots=True)
+class _Body:
+    """Where a decoded body's attachments start, and the stream state before them."""
+
+    attachments_at: int
+    attachments: dict[Any, Any]
+    reader: Hessian2Reader
+    flag: int = -1  # responses: the result flag; its encoded size is flag_size
+    flag_size: int = 0
+
+
+@dataclass(slots=True)
+class _Invalid:
+    """A frame whose header is sound but whose body is not: answered BAD_REQUEST."""
+
+    reason: str
+
+
+def _frame(buffer: ReadBuffer, limit: int, kind: ErrorKind) -> tuple[int, int, int, int, bytes | bytearray] | None:
+    data = buffer.data
+    pos = buffer.pos
+    n = len(data)
+    if n - pos < wire.HEADER_SIZE:
+        if n - pos >= 2 and (data[pos] != 0xDA or data[pos + 1] != 0xBB):  # noqa: PLR2004
+            raise RemoteProtocolError("not a Dubbo frame (bad magic)", kind)
+        return None
+    magic, flag, status, rid, length = wire.HEADER.unpack_from(data, pos)
+    if magic != wire.MAGIC:
+        raise RemoteProtocolError("not a Dubbo frame (bad magic)", kind)
+    if length > limit:
+        partial = Message(MessageType.REQUEST, b"", {}, rid) if flag & wire.FLAG_REQUEST else None
+        raise RemoteProtocolError(f"Data length too large: {length}, max payload: {limit}", kind, partial)
+    end = pos + wire.HEADER_SIZE + length
+    if end > n:
+        return None
+    buffer.pos = end
+    return flag, status, rid, end - pos, data[pos:end]
+
+
+def _scalar(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
+def _attachment_metadata(attachments: dict[Any, Any], md: dict[str, str]) -> None:
+    for k, v in attachments.items():
+        if isinstance(k, str):
+            text = _scalar(v)
+            if text is not None:
+                md[k.lower()] = text
+
+
+def _patch(raw: bytes | bytearray, request_id: int | None, body: bytes | None, flag: int | None = None) -> bytes:
+    """The frame with a new request id and/or a new body (length patched)."""
+    magic, old_flag, status, rid, length = wire.HEADER.unpack_from(raw, 0)
+    if body is None:
+        body = bytes(raw[wire.HEADER_SIZE :])
+    new_id = rid if request_id is None else request_id
+    return wire.header(old_flag if flag is None else flag, status, new_id, len(body)) + body
+
+
+def _mutated_attachments(info: _Body, mutation: Mutation) -> bytes:
+    merged = HessianMap(info.attachments)
+    merged.update(mutation)
+    r = info.reader
+    w = Hessian2Writer(r.classes, r.types, len(r.refs))
+    w.write(merged)
+    return w.getvalue()
+
+
+class DubboServerCodec(ServerCodec):
+    """Consumer-facing side."""
+
+    def __init__(self, config: DubboConfig) -> None:
+        self.config = config
+
+    def decode(self, buffer: ReadBuffer) -> DecodeResult:
+        """One request, oneway request or heartbeat."""
+        framed = _frame(buffer, self.config.payload_limit, ErrorKind.BAD_REQUEST)
+        if framed is None:
+            return NEED_DATA
+        flag, _status, rid, _size, raw = framed
+        if not flag & wire.FLAG_REQUEST:
+            return Message(MessageType.EVENT, raw, {}, rid)  # a stray response from a consumer
+        if flag & wire.FLAG_EVENT:
+            return Message(MessageType.HEARTBEAT, raw, {}, rid)
+        mtype = MessageType.REQUEST if flag & wire.FLAG_TWO_WAY else MessageType.ONEWAY
+        if flag & wire.SERIALIZATION_MASK != wire.HESSIAN2:
+            md = {"serialization": str(flag & wire.SERIALIZATION_MASK)}
+            opaque = _Invalid("unsupported serialization") if self.config.non_hessian2 == "reject" else None
+            return Message(mtype, raw, md, rid, opaque)
+        try:
+            md, info = _request_metadata(raw)
+        except (HessianDecodeError, ValueError) as exc:
+            return Message(mtype, raw, {}, rid, _Invalid(f"bad request body: {exc}"))
+        return Message(mtype, raw, md, rid, info)
+
+    def answer_locally(self, request: Message) -> LocalAnswer | None:
+        """Requests whose body could not be read get BAD_REQUEST; the connection stays up."""
+        if isinstance(request.opaque, _Invalid):
+            return LocalAnswer(self.on_error(request, LocalError(ErrorKind.BAD_REQUEST, request.opaque.reason)))
+        return None
+
+    def encode(self, response: Message, mutation: Mutation | None = None, request_id: int | None = None) -> bytes | bytearray:
+        """The response with the consumer's request id, and attachments set by ``mutation``."""
+        return _encode(response, mutation, request_id)
+
+    def on_error(self, request: Message | None, error: LocalError) -> bytes:
+        """A response with the matching Dubbo status and the message as its body."""
+        if request is None:
+            return b""  # no request id to answer: Dubbo has no connection-level error reply
+        w = Hessian2Writer()
+        w.write_string(f"metaprotocol: {error.message}")
+        body = w.getvalue()
+        status = _STATUS_FOR.get(error.kind, wire.SERVER_ERROR)
+        return wire.header(wire.HESSIAN2, status, request.request_id or 0, len(body)) + body
+
+    def heartbeat_reply(self, heartbeat: Message) -> bytes:
+        """Heartbeats (and other events) are answered by the proxy with a null event response."""
+        return wire.build_heartbeat(heartbeat.request_id or 0, reply=True)
+
+
+def _request_metadata(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
+    r = Hessian2Reader(raw, wire.HEADER_SIZE)
+    dubbo_version = r.read_string()
+    path = r.read_string()
+    version = r.read_string_or_null()
+    method = r.read_string()
+    desc = r.read_string()
+    for _ in range(wire.count_parameters(desc)):
+        r.skip()
+    at = r.pos
+    attachments = r.read() if not r.at_end() else HessianMap()
+    if not isinstance(attachments, dict):
+        raise HessianDecodeError("attachments are not a map")
+    md: dict[str, str] = {}
+    _attachment_metadata(attachments, md)
+    md["interface"] = path
+    md["method"] = method
+    md["dubbo"] = dubbo_version
+    if version is not None:
+        md["version"] = version
+    return md, _Body(at, attachments, r)
+
+
+def _encode(msg: Message, mutation: Mutation | None, request_id: int | None) -> bytes | bytearray:
+    new_id = None if request_id is None or request_id == msg.request_id else request_id
+    info = msg.opaque
+    if mutation and isinstance(info, _Body):
+        raw = msg.raw
+        if info.flag >= 0 and info.flag < wire.WITH_ATTACHMENTS_OFFSET:
+            # A response without attachments: upgrade the flag to its _WITH_ATTACHMENTS variant.
+            w = Hessian2Writer()
+            w.write_int(info.flag + wire.WITH_ATTACHMENTS_OFFSET)
+            head = w.getvalue() + bytes(raw[wire.HEADER_SIZE + info.flag_size : info.attachments_at])
+        else:
+            head = bytes(raw[wire.HEADER_SIZE : info.attachments_at])
+        return _patch(raw, new_id, head + _mutated_attachments(info, mutation))
+    if new_id is None:
+        return msg.raw
+    raw = msg.raw
+    return bytes(raw[:4]) + (new_id & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big") + bytes(raw[12:])
+
+
+class DubboClientCodec(ClientCodec):
+    """Provider-facing side."""
+
+    def __init__(self, config: DubboConfig) -> None:
+        self.config = config
+
+    def decode(self, buffer: ReadBuffer) -> DecodeResult:
+        """One response; provider heartbeats and other events are EVENTs."""
+        framed = _frame(buffer, self.config.payload_limit, ErrorKind.BAD_RESPONSE)
+        if framed is None:
+            return NEED_DATA
+        flag, status, rid, _size, raw = framed
+        if flag & _REQUEST_FLAGS:
+            return Message(MessageType.EVENT, raw, {}, rid)
+        if status != wire.OK:
+            return Message(MessageType.ERROR, raw, {"status": wire.STATUS_NAMES.get(status, str(status))}, rid)
+        if flag & wire.SERIALIZATION_MASK != wire.HESSIAN2:
+            return Message(MessageType.RESPONSE, raw, {}, rid)
+        try:
+            return _response(raw, rid)
+        except (HessianDecodeError, ValueError) as exc:
+            raise RemoteProtocolError(f"bad response body: {exc}", ErrorKind.BAD_RESPONSE) from None
+
+    def encode(self, request: Message, mutation: Mutation | None = None, request_id: int | None = None) -> bytes | bytearray:
+        """The request with the upstream request id, and attachments set by ``mutation``."""
+        return _encode(request, mutation, request_id)
+
+    def answer_event(self, event: Message) -> bytes | None:
+        """Answer a provider's heartbeat request, or it closes the idle connection."""
+        raw = event.raw
+        if raw[2] & wire.FLAG_REQUEST and raw[2] & wire.FLAG_TWO_WAY:
+            return wire.build_heartbeat(event.request_id or 0, reply=True)
+        return None
+
+
+def _response(raw: bytes | bytearray, rid: int) -> Message:
+    r = Hessian2Reader(raw, wire.HEADER_SIZE)
+    start = r.pos
+    flag = r.read_int()
+    flag_size = r.pos - start
+    md: dict[str, str] = {}
+    attachments: dict[Any, Any] = HessianMap()
+    if flag in (wire.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS, wire.RESPONSE_VALUE_WITH_ATTACHMENTS):
+        r.skip()
+        at = r.pos
+        attachments = r.read()
+        if not isinstance(attachments, dict):
+            raise HessianDecodeError("attachments are not a map")
+        _attachment_metadata(attachments, md)
+    elif flag == wire.RESPONSE_NULL_VALUE_WITH_ATTACHMENTS:
+        at = r.pos
+        attachments = r.read()
+        if not isinstance(attachments, dict):
+            raise HessianDecodeError("attachments are not a map")
+        _attachment_metadata(attachments, md)
+    elif flag in (wire.RESPONSE_WITH_EXCEPTION, wire.RESPONSE_VALUE, wire.RESPONSE_NULL_VALUE):
+        if flag != wire.RESPONSE_NULL_VALUE:
+            r.skip()
+        at = r.pos
+    else:
+        raise HessianDecodeError(f"unknown response flag {flag}")
+    mtype = MessageType.ERROR if flag in (wire.RESPONSE_WITH_EXCEPTION, wire.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS) else MessageType.RESPONSE
+    return Message(mtype, raw, md, rid, _Body(at, attachments, r, flag, flag_size))
+
+
+class DubboCodecFactory(CodecFactory):
+    """Entry point ``dubbo``: Dubbo 2 with Hessian2 bodies, multiplexed by request id."""
+
+    name = "dubbo"
+    aliases = ("aeraki.meta_protocol.codec.dubbo",)
+    correlation = Correlation.REQUEST_ID
+    supports_mutation = True
+    max_request_id = 2**63 - 1
+
+    def __init__(self, config: Mapping[str, object] | None = None) -> None:
+        super().__init__(config)
+        self.settings = DubboConfig(self.config)
+
+    def server_codec(self) -> DubboServerCodec:
+        """A codec for one consumer connection."""
+        return DubboServerCodec(self.settings)
+
+    def client_codec(self, profile: Hashable = None) -> DubboClientCodec:
+        """A codec for one provider connection."""
+        return DubboClientCodec(self.settings)
