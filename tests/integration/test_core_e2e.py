@@ -235,7 +235,9 @@ def test_cli_rejects_bad_config_with_path_and_lists_codecs(tmp_path: Path) -> No
     out = subprocess.run(_cli("validate", "-c", str(path)), capture_output=True, text=True, env=env, timeout=30, check=False)
     assert out.returncode == 1
     out = subprocess.run(_cli("codecs"), capture_output=True, text=True, env=env, timeout=30, check=True)
-    assert out.stdout.startswith("redis\tordered\tmetaprotocol_codecs.redis:RedisCodecFactory")
+    lines = out.stdout.splitlines()
+    assert "redis\tordered\tmetaprotocol_codecs.redis:RedisCodecFactory" in "\n".join(lines)
+    assert any(line.startswith("dubbo\trequest_id\tmetaprotocol_codecs.dubbo:DubboCodecFactory") for line in lines)
 
 
 def test_admin_endpoint_serves_stats_and_config_dump(run_proxy: object) -> None:
