@@ -165,6 +165,8 @@ class DubboProvider:
         """Run the handler for an invocation and make its result."""
         self.calls.append(inv)
         version = inv.version or inv.attachments.get("version")
+        if version == wire.NO_VERSION:
+            version = None
         group = inv.attachments.get("group")
         entry = self.services.get((inv.path, version, group, inv.method)) or self.services.get((inv.path, None, None, inv.method))
         attachments = {"dubbo": wire.DUBBO_VERSION} if inv.dubbo_version >= wire.DUBBO_VERSION else {}
@@ -324,7 +326,8 @@ class DubboConsumer:
         if group:
             att["group"] = group
         att.update(attachments or {})
-        inv = wire.Invocation(interface, method, descriptor(args) if param_types is None else param_types, list(args), att, version)
+        # Dubbo's "no version" is "0.0.0": Envoy's dubbo_proxy refuses a null service version.
+        inv = wire.Invocation(interface, method, descriptor(args) if param_types is None else param_types, list(args), att, version or wire.NO_VERSION)
         frame = wire.build_request(rid, inv, two_way=not oneway)
         if oneway:
             assert self.transport is not None  # noqa: S101

@@ -32,6 +32,8 @@ SERIALIZATION_MASK: Final = 0x1F
 HESSIAN2: Final = 2
 DEFAULT_PAYLOAD_LIMIT: Final = 8 * 1024 * 1024
 DUBBO_VERSION: Final = "2.0.2"
+NO_VERSION: Final = "0.0.0"
+"""The service version Dubbo writes when none is configured."""
 
 OK: Final = 20
 CLIENT_TIMEOUT: Final = 30
