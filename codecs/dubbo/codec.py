@@ -9,6 +9,7 @@ re-encoded, the body length patched).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,6 +32,7 @@ from metaprotocol.spi import (
     ServerCodec,
 )
 from metaprotocol_codecs.dubbo import wire
+from metaprotocol_codecs.dubbo.fastscan import FlatMapCache, read_flat_map, read_string_at, skip_values
 from metaprotocol_codecs.dubbo.hessian2 import Hessian2Reader, Hessian2Writer, HessianDecodeError
 from metaprotocol_codecs.dubbo.hessian2_types import HessianMap
 
@@ -48,6 +50,7 @@ _STATUS_FOR: Final = {
     ErrorKind.INTERNAL: wire.SERVER_ERROR,
 }
 _REQUEST_FLAGS: Final = wire.FLAG_REQUEST | wire.FLAG_EVENT
+_ID: Final = struct.Struct(">Q")
 _PROTOCOL_KEYS: Final = ("interface", "method")
 
 
@@ -70,11 +73,15 @@ class DubboConfig:
 
 @dataclass(slots=True)
 class _Body:
-    """Where a decoded body's attachments start, and the stream state before them."""
+    """Where a decoded body's attachments start, and the stream state before them.
+
+    ``reader`` is None when the fast scanner read the body: the attachments then hold only
+    scalars, which a writer with a fresh state encodes correctly.
+    """
 
     attachments_at: int
     attachments: dict[Any, Any]
-    reader: Hessian2Reader
+    reader: Hessian2Reader | None
     flag: int = -1  # responses: the result flag; its encoded size is flag_size
     flag_size: int = 0
 
@@ -138,7 +145,7 @@ def _mutated_attachments(info: _Body, mutation: Mutation) -> bytes:
     merged = HessianMap(info.attachments)
     merged.update(mutation)
     r = info.reader
-    w = Hessian2Writer(r.classes, r.types, len(r.refs))
+    w = Hessian2Writer() if r is None else Hessian2Writer(r.classes, r.types, len(r.refs))
     w.write(merged)
     return w.getvalue()
 
@@ -196,6 +203,52 @@ class DubboServerCodec(ServerCodec):
 
 
 def _request_metadata(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
+    end = len(raw)
+    pos = wire.HEADER_SIZE
+    dubbo_version, pos = read_string_at(raw, pos, end)
+    path, pos = read_string_at(raw, pos, end)
+    version, pos = read_string_at(raw, pos, end)
+    method, pos = read_string_at(raw, pos, end)
+    desc, pos = read_string_at(raw, pos, end)
+    if dubbo_version is None or path is None or method is None or desc is None:
+        raise HessianDecodeError("null where the request needs a string")
+    at = skip_values(raw, pos, end, wire.count_parameters(desc), [], [])
+    parsed = _attachments_at(raw, at, end)
+    if parsed is None:  # references, objects or nested values: the full reader
+        return _request_metadata_full(raw)
+    attachments, cached_md = parsed
+    md = cached_md.copy()
+    md["interface"] = path
+    md["method"] = method
+    md["dubbo"] = dubbo_version
+    if version is not None:
+        md["version"] = version
+    return md, _Body(at, attachments, None)
+
+
+_ATTACHMENTS = FlatMapCache()
+_EMPTY: Final[tuple[dict[str, Any], dict[str, str]]] = ({}, {})
+
+
+def _attachments_at(raw: bytes | bytearray, at: int, end: int) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """The flat attachments map ending the body, and its metadata; cached by its bytes."""
+    if at >= end:
+        return _EMPTY
+    key = bytes(raw[at:end])
+    hit = _ATTACHMENTS.get(key)
+    if hit is not None:
+        return hit
+    attachments = read_flat_map(raw, at, end)
+    if attachments is None:
+        return None
+    md: dict[str, str] = {}
+    _attachment_metadata(attachments, md)
+    value = (attachments, md)
+    _ATTACHMENTS.put(key, value)
+    return value
+
+
+def _request_metadata_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     r = Hessian2Reader(raw, wire.HEADER_SIZE)
     dubbo_version = r.read_string()
     path = r.read_string()
@@ -233,8 +286,9 @@ def _encode(msg: Message, mutation: Mutation | None, request_id: int | None) -> 
         return _patch(raw, new_id, head + _mutated_attachments(info, mutation))
     if new_id is None:
         return msg.raw
-    raw = msg.raw
-    return bytes(raw[:4]) + (new_id & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big") + bytes(raw[12:])
+    out = bytearray(msg.raw)  # one copy, then the 8 id bytes patched in place
+    _ID.pack_into(out, 4, new_id & 0xFFFFFFFFFFFFFFFF)
+    return out
 
 
 class DubboClientCodec(ClientCodec):
@@ -272,7 +326,31 @@ class DubboClientCodec(ClientCodec):
         return None
 
 
+_FLAG_CODES: Final = {0x90 + f: f for f in range(6)}
+_ERROR_FLAGS: Final = (wire.RESPONSE_WITH_EXCEPTION, wire.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS)
+
+
 def _response(raw: bytes | bytearray, rid: int) -> Message:
+    end = len(raw)
+    pos = wire.HEADER_SIZE
+    flag = _FLAG_CODES.get(raw[pos]) if pos < end else None
+    if flag is not None:
+        pos += 1
+        has_value = flag in (0, 1, 3, 4)
+        at = skip_values(raw, pos, end, 1, [], []) if has_value else pos
+        parsed: tuple[dict[str, Any], dict[str, str]] | None = _EMPTY
+        if flag >= wire.WITH_ATTACHMENTS_OFFSET:
+            parsed = _attachments_at(raw, at, end)
+        elif at != end:
+            raise HessianDecodeError(f"{end - at} bytes after the response value")
+        if parsed is not None:
+            attachments, cached_md = parsed
+            mtype = MessageType.ERROR if flag in _ERROR_FLAGS else MessageType.RESPONSE
+            return Message(mtype, raw, cached_md.copy(), rid, _Body(at, attachments, None, flag, 1))
+    return _response_full(raw, rid)
+
+
+def _response_full(raw: bytes | bytearray, rid: int) -> Message:
     r = Hessian2Reader(raw, wire.HEADER_SIZE)
     start = r.pos
     flag = r.read_int()

@@ -40,7 +40,10 @@ class CompiledRoute:
 
     def matches(self, md: Metadata) -> bool:
         """Whether every predicate holds."""
-        return all(p(md) for p in self.predicates)
+        for predicate in self.predicates:
+            if not predicate(md):
+                return False
+        return True
 
     def pick_cluster(self, rng: random.Random) -> str:
         """The destination cluster; for a split, drawn by weight with ``rng``."""

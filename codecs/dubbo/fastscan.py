@@ -1,0 +1,298 @@
+"""The hot path of the Dubbo codec: step over Hessian values and read flat attachment maps fast.
+
+``skip_values`` walks values with one loop, local variables and an explicit stack (no call per
+value), tracking only what skipping needs: class field counts and type names. ``read_flat_map``
+reads an attachments map whose keys are strings and whose values are strings, numbers, booleans
+or null, and returns None for anything else so the caller falls back to the full reader
+(hessian2.Hessian2Reader), which handles every form. Both raise HessianDecodeError on bad bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from metaprotocol_codecs.dubbo.hessian2 import (
+    Hessian2Reader,
+    HessianDecodeError,
+    _read_int_value,
+    _utf16_units_span,
+)
+from metaprotocol_codecs.dubbo.hessian2_types import Long
+
+_Z: Final = 0x5A
+_VARIABLE: Final = -1
+MAX_DEPTH: Final = 256
+
+
+def _string_span(data: bytes | bytearray, pos: int, end: int, units: int) -> int:
+    """Bytes taken by ``units`` UTF-16 units of text at ``pos``."""
+    stop = pos + units
+    if stop <= end and bytes(data[pos:stop]).isascii():
+        return units
+    r = Hessian2Reader(data, pos, end)
+    return _utf16_units_span(r, units)
+
+
+def _skip_string(data: bytes | bytearray, pos: int, end: int, code: int) -> int:
+    """Offset after a string whose first code byte (at pos - 1) is ``code``."""
+    while True:
+        if code < 0x20:
+            units = code
+        elif 0x30 <= code <= 0x33:
+            if pos >= end:
+                raise HessianDecodeError("truncated string")
+            units = ((code - 0x30) << 8) + data[pos]
+            pos += 1
+        elif code == 0x52 or code == 0x53:
+            if pos + 2 > end:
+                raise HessianDecodeError("truncated string")
+            units = (data[pos] << 8) | data[pos + 1]
+            pos += 2
+        else:
+            raise HessianDecodeError(f"expected a string, got 0x{code:02x}")
+        if units > end - pos:
+            raise HessianDecodeError("string length exceeds the data left")
+        pos += _string_span(data, pos, end, units)
+        if code != 0x52:
+            return pos
+        if pos >= end:
+            raise HessianDecodeError("truncated string")
+        code = data[pos]
+        pos += 1
+
+
+def _int_at(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+    """An int (any int or long form) at ``pos``: (value, offset after)."""
+    if pos >= end:
+        raise HessianDecodeError("truncated int")
+    code = data[pos]
+    r = Hessian2Reader(data, pos + 1, end)
+    value = _read_int_value(r, code)
+    return value, r.pos
+
+
+def _type_at(data: bytes | bytearray, pos: int, end: int, types: list[str]) -> int:
+    """Offset after a list/map type (a string, remembered, or an int reference)."""
+    if pos >= end:
+        raise HessianDecodeError("truncated type")
+    code = data[pos]
+    if code < 0x20 or 0x30 <= code <= 0x33 or code == 0x52 or code == 0x53:
+        after = _skip_string(data, pos + 1, end, code)
+        types.append("")
+        return after
+    index, after = _int_at(data, pos, end)
+    if not 0 <= index < len(types):
+        raise HessianDecodeError(f"undefined type reference {index}")
+    return after
+
+
+def skip_values(
+    data: bytes | bytearray, pos: int, end: int, count: int, classes: list[int], types: list[str]
+) -> int:
+    """Offset after ``count`` values starting at ``pos`` (class field counts kept in ``classes``)."""
+    stack: list[int] = []
+    remaining = count
+    while True:
+        if remaining == 0:
+            if not stack:
+                return pos
+            remaining = stack.pop()
+            continue
+        if pos >= end:
+            raise HessianDecodeError(f"truncated at offset {pos}")
+        code = data[pos]
+        if remaining == _VARIABLE:
+            if code == _Z:
+                pos += 1
+                remaining = stack.pop()
+                continue
+        else:
+            remaining -= 1
+        pos += 1
+        if code >= 0x80:  # ints and longs in compact forms
+            if code <= 0xBF or 0xD8 <= code <= 0xEF:
+                continue
+            pos += 1 if (code <= 0xCF or code >= 0xF0) else 2
+        elif code < 0x20 or 0x30 <= code <= 0x33 or code == 0x52 or code == 0x53:
+            pos = _skip_string(data, pos, end, code)
+        elif code < 0x30:  # 0x20-0x2f short binary
+            pos += code - 0x20
+        elif code <= 0x37:  # 0x34-0x37 medium binary
+            if pos >= end:
+                raise HessianDecodeError("truncated binary")
+            pos += ((code - 0x34) << 8) + data[pos] + 1
+        elif code <= 0x3F:  # 3-byte long
+            pos += 2
+        elif code == 0x4E or code == 0x54 or code == 0x46 or code == 0x5B or code == 0x5C:
+            continue
+        elif code == 0x49 or code == 0x59 or code == 0x5F or code == 0x4B:
+            pos += 4
+        elif code == 0x4C or code == 0x44 or code == 0x4A:
+            pos += 8
+        elif code == 0x5D:
+            pos += 1
+        elif code == 0x5E:
+            pos += 2
+        elif code == 0x41 or code == 0x42:  # binary chunks
+            while True:
+                if pos + 2 > end:
+                    raise HessianDecodeError("truncated binary")
+                pos += 2 + ((data[pos] << 8) | data[pos + 1])
+                if code == 0x42:
+                    break
+                if pos >= end:
+                    raise HessianDecodeError("truncated binary")
+                code = data[pos]
+                pos += 1
+                if code != 0x41 and code != 0x42:
+                    if 0x20 <= code <= 0x2F:
+                        pos += code - 0x20
+                        break
+                    if 0x34 <= code <= 0x37:
+                        pos += ((code - 0x34) << 8) + data[pos] + 1
+                        break
+                    raise HessianDecodeError("bad binary chunk")
+        elif 0x60 <= code <= 0x6F or code == 0x4F:  # object instance
+            if code == 0x4F:
+                index, pos = _int_at(data, pos, end)
+            else:
+                index = code - 0x60
+            if not 0 <= index < len(classes):
+                raise HessianDecodeError(f"object of undefined class {index}")
+            if classes[index]:
+                if len(stack) >= MAX_DEPTH:
+                    raise HessianDecodeError("nesting too deep")
+                stack.append(remaining)
+                remaining = classes[index]
+        elif code == 0x43:  # class definition, then the value it serves
+            if pos >= end:
+                raise HessianDecodeError("truncated class definition")
+            pos = _skip_string(data, pos + 1, end, data[pos])
+            n, pos = _int_at(data, pos, end)
+            if n < 0 or n > end - pos:
+                raise HessianDecodeError("bad field count")
+            for _ in range(n):
+                if pos >= end:
+                    raise HessianDecodeError("truncated class definition")
+                pos = _skip_string(data, pos + 1, end, data[pos])
+            classes.append(n)
+            if remaining != _VARIABLE:
+                remaining += 1  # the definition is not a value: the value after it is
+        elif 0x70 <= code <= 0x7F or code == 0x56 or code == 0x58 or code == 0x55 or code == 0x57:
+            if code <= 0x77 and code >= 0x70 or code == 0x56 or code == 0x55:
+                pos = _type_at(data, pos, end, types)
+            if code == 0x55 or code == 0x57:
+                n = _VARIABLE
+            elif code == 0x56 or code == 0x58:
+                n, pos = _int_at(data, pos, end)
+                if n < 0 or n > end - pos:
+                    raise HessianDecodeError("list length exceeds the data left")
+            else:
+                n = (code - 0x70) if code <= 0x77 else (code - 0x78)
+            if n:
+                if len(stack) >= MAX_DEPTH:
+                    raise HessianDecodeError("nesting too deep")
+                stack.append(remaining)
+                remaining = n
+        elif code == 0x48 or code == 0x4D:
+            if code == 0x4D:
+                pos = _type_at(data, pos, end, types)
+            if len(stack) >= MAX_DEPTH:
+                raise HessianDecodeError("nesting too deep")
+            stack.append(remaining)
+            remaining = _VARIABLE
+        elif code == 0x51:
+            _, pos = _int_at(data, pos, end)
+        else:
+            raise HessianDecodeError(f"unexpected code 0x{code:02x} at offset {pos - 1}")
+        if pos > end:
+            raise HessianDecodeError("truncated value")
+
+
+def read_string_at(data: bytes | bytearray, pos: int, end: int) -> tuple[str | None, int]:
+    """A string (or null) at ``pos``, with the ASCII compact forms inline."""
+    if pos >= end:
+        raise HessianDecodeError("truncated string")
+    code = data[pos]
+    if code < 0x20:
+        stop = pos + 1 + code
+        if stop <= end:
+            chunk = bytes(data[pos + 1 : stop])
+            if chunk.isascii():
+                return chunk.decode("ascii"), stop
+    elif 0x30 <= code <= 0x33:
+        if pos + 1 < end:
+            stop = pos + 2 + ((code - 0x30) << 8) + data[pos + 1]
+            if stop <= end:
+                chunk = bytes(data[pos + 2 : stop])
+                if chunk.isascii():
+                    return chunk.decode("ascii"), stop
+    elif code == 0x4E:
+        return None, pos + 1
+    r = Hessian2Reader(data, pos, end)
+    return r.read_string(), r.pos
+
+
+class FlatMapCache:
+    """Parsed flat maps by their exact bytes: a client's attachments repeat call after call.
+
+    Bounded: when full it is cleared (maps with per-call values simply keep missing).
+    """
+
+    def __init__(self, size: int = 2048) -> None:
+        self.size = size
+        self.entries: dict[bytes, tuple[dict[str, Any], dict[str, str]]] = {}
+
+    def get(self, key: bytes) -> tuple[dict[str, Any], dict[str, str]] | None:
+        """The map and its string metadata, if these bytes were seen."""
+        return self.entries.get(key)
+
+    def put(self, key: bytes, value: tuple[dict[str, Any], dict[str, str]]) -> None:
+        """Remember a parsed map."""
+        if len(self.entries) >= self.size:
+            self.entries.clear()
+        self.entries[key] = value
+
+
+def read_flat_map(data: bytes | bytearray, pos: int, end: int) -> dict[str, Any] | None:
+    """An untyped map of string keys to scalar values at ``pos``; None when it is anything else."""
+    if pos >= end or data[pos] != 0x48:
+        return None
+    pos += 1
+    out: dict[str, Any] = {}
+    while True:
+        if pos >= end:
+            raise HessianDecodeError("truncated map")
+        code = data[pos]
+        if code == _Z:
+            return out if pos + 1 == end else None
+        if not (code < 0x20 or 0x30 <= code <= 0x33 or code == 0x53):
+            return None
+        key, pos = read_string_at(data, pos, end)
+        if pos >= end:
+            raise HessianDecodeError("truncated map")
+        code = data[pos]
+        if code < 0x20 or 0x30 <= code <= 0x33 or code == 0x53 or code == 0x4E:
+            value: Any
+            value, pos = read_string_at(data, pos, end)
+        elif 0x80 <= code <= 0xBF:
+            value = code - 0x90
+            pos += 1
+        elif 0xC0 <= code <= 0xCF:
+            if pos + 2 > end:
+                raise HessianDecodeError("truncated int")
+            value = ((code - 0xC8) << 8) + data[pos + 1]
+            pos += 2
+        elif 0xD0 <= code <= 0xD7 or code == 0x49:
+            value, pos = _int_at(data, pos, end)
+        elif 0xD8 <= code or 0x38 <= code <= 0x3F or code == 0x59 or code == 0x4C:
+            value, pos = _int_at(data, pos, end)
+            value = Long(value)
+        elif code == 0x54 or code == 0x46:
+            value = code == 0x54
+            pos += 1
+        else:
+            return None
+        out[key] = value  # type: ignore[index]
+
+
