@@ -101,8 +101,9 @@ def main() -> None:
                                      capture_output=True, text=True, timeout=args.seconds + 60, check=False)  # fmt: skip
                 cpu = (cpu_seconds(proc.pid) - before) if proc else 0.0
                 result = json.loads(out.stdout) if out.returncode == 0 else {"rps": 0, "p50_ms": 0, "p99_ms": 0, "requests": 0, "errors": out.stderr.strip()}
-                total = result["requests"] or 1
-                rows.append({"target": name, "in_flight": depth, **result, "cpu_us_per_request": round(cpu / total * 1e6, 2) if proc else 0.0})
+                # CPU is read over warm-up + measurement; requests are counted over the measurement only.
+                served = (result["rps"] or 1) * (args.seconds + 0.5)
+                rows.append({"target": name, "in_flight": depth, **result, "cpu_us_per_request": round(cpu / served * 1e6, 2) if proc else 0.0})
     finally:
         for p in procs.values():
             p.terminate()
