@@ -1,0 +1,346 @@
+"""The Thrift codec: binary and compact protocols over framed, unframed and THeader transports.
+
+Transport and protocol are detected on a connection's first bytes (as Envoy's ``auto``) or fixed
+by configuration. Routing metadata: ``method``, ``service`` (``Service:method`` names, as
+TMultiplexedProtocol sends them), ``message_type``, and every THeader string header. Requests are
+multiplexed upstream by rewriting the sequence id (a varint in compact, so lengths are patched);
+THeader headers can be set by mutations. On framed and unframed connections there is nowhere to
+put a mutation: the message passes through unchanged (documented in docs/thrift.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from metaprotocol.spi import (
+    NEED_DATA,
+    ClientCodec,
+    CodecConfigError,
+    CodecFactory,
+    Correlation,
+    DecodeResult,
+    ErrorKind,
+    LocalError,
+    Message,
+    MessageType,
+    Mutation,
+    ReadBuffer,
+    RemoteProtocolError,
+    ServerCodec,
+)
+from metaprotocol_codecs.thrift import wire
+from metaprotocol_codecs.thrift.wire import MessageHeader, NeedMore, Protocol, THeader, Transport
+
+_TYPES: Final = {
+    wire.CALL: MessageType.REQUEST,
+    wire.ONEWAY: MessageType.ONEWAY,
+    wire.REPLY: MessageType.RESPONSE,
+    wire.EXCEPTION: MessageType.ERROR,
+}
+_PROTOCOL_IDS: Final = {wire.PROTOCOL_BINARY: Protocol.BINARY, wire.PROTOCOL_COMPACT: Protocol.COMPACT}
+_MIN_DETECT: Final = 8
+
+
+class ThriftConfig:
+    """Codec settings: ``transport`` (auto, framed, unframed, header), ``protocol`` (auto, binary,
+    binary-nonstrict, compact) and ``max_frame_size`` (bytes, default 16 MiB)."""
+
+    def __init__(self, config: Mapping[str, object]) -> None:
+        unknown = set(config) - {"transport", "protocol", "max_frame_size"}
+        if unknown:
+            raise CodecConfigError(f"unknown thrift codec settings: {', '.join(sorted(unknown))}")
+        transport = str(config.get("transport", "auto"))
+        protocol = str(config.get("protocol", "auto"))
+        try:
+            self.transport = None if transport == "auto" else Transport(transport)
+            self.protocol = None if protocol == "auto" else Protocol(protocol)
+        except ValueError as exc:
+            raise CodecConfigError(str(exc)) from None
+        size = config.get("max_frame_size", wire.DEFAULT_MAX_FRAME)
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise CodecConfigError("max_frame_size must be a positive integer")
+        self.max_frame = size
+
+
+@dataclass(slots=True)
+class _Info:
+    """Where things are in a decoded frame, for rewriting it."""
+
+    transport: Transport
+    protocol: Protocol
+    header: MessageHeader  # offsets into ``payload``
+    payload: bytes | bytearray  # the (untransformed) message bytes; the frame itself for non-THeader
+    theader: THeader | None = None
+    payload_at: int = 0  # offset of the message inside the frame (framed: 4, THeader: header end)
+
+
+def _detect(data: bytes | bytearray, pos: int, n: int) -> tuple[Transport, Protocol | None] | None:
+    """Transport (and protocol when evident) from a connection's first bytes; None: need more."""
+    if n - pos < 2:  # noqa: PLR2004
+        return None
+    b0, b1 = data[pos], data[pos + 1]
+    if b0 == 0x80 and b1 == 0x01:  # noqa: PLR2004
+        return Transport.UNFRAMED, Protocol.BINARY
+    if b0 == wire.COMPACT_ID:
+        return Transport.UNFRAMED, Protocol.COMPACT
+    if n - pos < _MIN_DETECT:
+        return None
+    if data[pos + 4] == 0x0F and data[pos + 5] == 0xFF:  # noqa: PLR2004
+        return Transport.HEADER, None
+    if data[pos + 4] == 0x80 and data[pos + 5] == 0x01:  # noqa: PLR2004
+        return Transport.FRAMED, Protocol.BINARY
+    if data[pos + 4] == wire.COMPACT_ID:
+        return Transport.FRAMED, Protocol.COMPACT
+    # Non-strict binary: unframed starts with the name length, framed with the frame length.
+    first = wire.I32.unpack_from(data, pos)[0]
+    inner = wire.I32.unpack_from(data, pos + 4)[0]
+    if 0 < first <= n - pos - 9:
+        name = bytes(data[pos + 4 : pos + 4 + first])
+        if name.isascii() and name.decode("ascii").isprintable() and data[pos + 4 + first] in _TYPES:
+            return Transport.UNFRAMED, Protocol.BINARY_NONSTRICT
+    if 0 < inner < first:
+        return Transport.FRAMED, Protocol.BINARY_NONSTRICT
+    if 0 < first < 256 and n - pos < first + 9:  # noqa: PLR2004 - maybe an unframed name: wait
+        return None
+    raise RemoteProtocolError("not a Thrift message")
+
+
+class _ThriftSide:
+    """Decoding shared by both directions; remembers the connection's transport and protocol."""
+
+    def __init__(self, config: ThriftConfig, kind: ErrorKind, fixed: tuple[Transport, Protocol | None] | None = None) -> None:
+        self.config = config
+        self.kind = kind
+        self.transport = fixed[0] if fixed else config.transport
+        self.protocol = fixed[1] if fixed else config.protocol
+
+    def _decode(self, buffer: ReadBuffer) -> DecodeResult:
+        data = buffer.data
+        pos = buffer.pos
+        n = len(data)
+        if pos >= n:
+            return NEED_DATA
+        if self.transport is None:
+            try:
+                detected = _detect(data, pos, n)
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(str(exc), self.kind) from None
+            if detected is None:
+                return NEED_DATA
+            self.transport = detected[0]
+            self.protocol = self.protocol or detected[1]
+        try:
+            if self.transport is Transport.UNFRAMED:
+                return self._unframed(buffer, data, pos, n)
+            return self._framed(buffer, data, pos, n)
+        except NeedMore:
+            return NEED_DATA
+        except (ValueError, IndexError) as exc:
+            raise RemoteProtocolError(f"bad Thrift message: {exc}", self.kind) from None
+
+    def _unframed(self, buffer: ReadBuffer, data: bytes | bytearray, pos: int, n: int) -> Message:
+        try:
+            h = wire.read_message_header(data, pos, n, self.protocol)
+            end = wire.skip_struct(data, h.end, n, h.protocol)
+        except NeedMore:
+            if n - pos > self.config.max_frame:
+                raise ValueError(f"message larger than {self.config.max_frame} bytes") from None
+            raise
+        self.protocol = h.protocol
+        frame = data[pos:end]
+        buffer.pos = end
+        _rebase(h, pos)
+        return self._message(frame, _Info(Transport.UNFRAMED, h.protocol, h, frame))
+
+    def _framed(self, buffer: ReadBuffer, data: bytes | bytearray, pos: int, n: int) -> Message:
+        if n - pos < 4:  # noqa: PLR2004
+            raise NeedMore
+        size = wire.I32.unpack_from(data, pos)[0]
+        if size < 0 or size > self.config.max_frame:
+            raise ValueError(f"frame size {size} out of range (max {self.config.max_frame})")
+        end = pos + 4 + size
+        if end > n:
+            raise NeedMore
+        frame = data[pos:end]
+        buffer.pos = end
+        try:
+            if self.transport is Transport.HEADER:
+                if frame[4] != 0x0F or frame[5] != 0xFF:  # noqa: PLR2004
+                    raise ValueError("not a THeader frame")
+                t = wire.read_theader(frame)
+                protocol = _PROTOCOL_IDS.get(t.protocol_id)
+                if protocol is None:
+                    raise ValueError(f"unsupported THeader protocol id {t.protocol_id}")
+                payload = frame[t.payload_at :]
+                if t.transforms:
+                    payload = wire.untransform(bytes(payload), t.transforms)
+                h = wire.read_message_header(payload, 0, len(payload), protocol)
+                return self._message(frame, _Info(Transport.HEADER, protocol, h, payload, t, t.payload_at))
+            h = wire.read_message_header(frame, 4, len(frame), self.protocol)
+        except NeedMore:
+            raise ValueError("message header runs past its frame") from None
+        self.protocol = h.protocol
+        return self._message(frame, _Info(Transport.FRAMED, h.protocol, h, frame, None, 4))
+
+    def _message(self, frame: bytes | bytearray, info: _Info) -> Message:
+        h = info.header
+        mtype = _TYPES.get(h.type)
+        if mtype is None:
+            raise ValueError(f"unknown message type {h.type}")
+        md: dict[str, str] = {}
+        if info.theader is not None:
+            for k, v in info.theader.headers.items():
+                md[k.lower()] = v
+        service, sep, method = h.name.rpartition(":")
+        md["method"] = method
+        if sep:
+            md["service"] = service
+        md["message_type"] = wire.TYPE_NAMES[h.type]
+        if h.type == wire.REPLY and _reply_carries_exception(info):
+            md["status"] = "exception"
+        return Message(mtype, frame, md, h.seqid, info)
+
+    def upstream_profile(self) -> Hashable:
+        """Upstream connections are kept per transport and protocol."""
+        return (self.transport, self.protocol)
+
+
+def _rebase(h: MessageHeader, base: int) -> None:
+    h.start -= base
+    h.end -= base
+    h.seqid_at -= base
+
+
+def _reply_carries_exception(info: _Info) -> bool:
+    """A REPLY whose result struct's first field is not field 0 (success) carries an exception."""
+    p = info.header.end
+    payload = info.payload
+    if p >= len(payload):
+        return False
+    if info.protocol is Protocol.COMPACT:
+        head = payload[p]
+        if head == 0:
+            return False
+        delta = head >> 4
+        if delta:
+            return delta != 0
+        try:
+            fid, _ = wire.read_varint(payload, p + 1, len(payload))
+        except NeedMore:
+            return False
+        return wire.unzigzag(fid) != 0
+    if payload[p] == 0 or p + 3 > len(payload):
+        return False
+    return wire.I16.unpack_from(payload, p + 1)[0] != 0
+
+
+def _rewrite(msg: Message, mutation: Mutation | None, seqid: int | None) -> bytes | bytearray:
+    info = msg.opaque
+    if not isinstance(info, _Info):
+        return msg.raw
+    new_seq = None if seqid is None or seqid == msg.request_id else seqid
+    headers_change = bool(mutation) and info.transport is Transport.HEADER
+    if new_seq is None and not headers_change:
+        return msg.raw
+    h = info.header
+    payload = info.payload
+    if new_seq is not None:
+        payload = bytes(payload[: h.seqid_at]) + wire.encode_seqid(info.protocol, new_seq) + bytes(payload[h.seqid_at + h.seqid_len :])
+    if info.transport is Transport.UNFRAMED:
+        return payload
+    if info.transport is Transport.FRAMED:
+        body = payload[4:]
+        return wire.I32.pack(len(body)) + bytes(body)
+    t = info.theader
+    assert t is not None  # noqa: S101
+    headers = dict(t.headers)
+    if mutation:
+        headers.update(mutation)
+    header_seq = t.seqid
+    if new_seq is not None and t.seqid == msg.request_id:
+        header_seq = new_seq  # Python clients mirror the message seqid; node writes 0: keep that
+    wire_payload = wire.transform(bytes(payload), t.transforms) if t.transforms else bytes(payload)
+    if not headers_change and not t.transforms:
+        raw = msg.raw
+        prefix = bytearray(raw[: info.payload_at])
+        wire.I32.pack_into(prefix, 8, header_seq)
+        wire.I32.pack_into(prefix, 0, len(prefix) - 4 + len(wire_payload))
+        return bytes(prefix) + wire_payload
+    return wire.build_theader(header_seq, {Protocol.BINARY: wire.PROTOCOL_BINARY, Protocol.COMPACT: wire.PROTOCOL_COMPACT}[info.protocol], headers, wire_payload, t.flags, t.transforms)
+
+
+class ThriftServerCodec(_ThriftSide, ServerCodec):
+    """Client-facing side."""
+
+    def __init__(self, config: ThriftConfig) -> None:
+        super().__init__(config, ErrorKind.BAD_REQUEST)
+
+    def decode(self, buffer: ReadBuffer) -> DecodeResult:
+        """One CALL or ONEWAY (replies from a client are EVENTs and ignored)."""
+        msg = self._decode(buffer)
+        if isinstance(msg, Message) and msg.type in (MessageType.RESPONSE, MessageType.ERROR):
+            msg.type = MessageType.EVENT
+        return msg
+
+    def encode(self, response: Message, mutation: Mutation | None = None, request_id: int | None = None) -> bytes | bytearray:
+        """The reply with the client's sequence id (and THeader headers set by ``mutation``)."""
+        return _rewrite(response, mutation, request_id)
+
+    def on_error(self, request: Message | None, error: LocalError) -> bytes:
+        """A TApplicationException reply in the client's transport and protocol."""
+        info = request.opaque if request is not None else None
+        if not isinstance(info, _Info):
+            return b""
+        exc_type = wire.UNKNOWN_METHOD if error.kind is ErrorKind.ROUTE_NOT_FOUND else wire.INTERNAL_ERROR
+        body = wire.application_exception(info.protocol, info.header.name, request.request_id or 0, f"metaprotocol: {error.message}", exc_type)  # type: ignore[union-attr]
+        if info.transport is Transport.FRAMED:
+            return wire.I32.pack(len(body)) + body
+        if info.transport is Transport.HEADER:
+            t = info.theader
+            assert t is not None  # noqa: S101
+            pid = wire.PROTOCOL_COMPACT if info.protocol is Protocol.COMPACT else wire.PROTOCOL_BINARY
+            return wire.build_theader(t.seqid, pid, {}, body)
+        return body
+
+
+class ThriftClientCodec(_ThriftSide, ClientCodec):
+    """Server-facing side, for connections of one transport and protocol."""
+
+    def __init__(self, config: ThriftConfig, profile: tuple[Transport, Protocol | None] | None) -> None:
+        super().__init__(config, ErrorKind.BAD_RESPONSE, profile)
+
+    def decode(self, buffer: ReadBuffer) -> DecodeResult:
+        """One REPLY or EXCEPTION (calls from a server are EVENTs)."""
+        msg = self._decode(buffer)
+        if isinstance(msg, Message) and msg.type in (MessageType.REQUEST, MessageType.ONEWAY):
+            msg.type = MessageType.EVENT
+        return msg
+
+    def encode(self, request: Message, mutation: Mutation | None = None, request_id: int | None = None) -> bytes | bytearray:
+        """The call with the upstream sequence id (and THeader headers set by ``mutation``)."""
+        return _rewrite(request, mutation, request_id)
+
+
+class ThriftCodecFactory(CodecFactory):
+    """Entry point ``thrift``: multiplexed by sequence id."""
+
+    name = "thrift"
+    aliases = ("aeraki.meta_protocol.codec.thrift",)
+    correlation = Correlation.REQUEST_ID
+    supports_mutation = True
+    max_request_id = 2**31 - 1
+
+    def __init__(self, config: Mapping[str, object] | None = None) -> None:
+        super().__init__(config)
+        self.settings = ThriftConfig(self.config)
+
+    def server_codec(self) -> ThriftServerCodec:
+        """A codec for one client connection."""
+        return ThriftServerCodec(self.settings)
+
+    def client_codec(self, profile: Hashable = None) -> ThriftClientCodec:
+        """A codec for one server connection of the client's transport and protocol."""
+        fixed = profile if isinstance(profile, tuple) and profile and isinstance(profile[0], Transport) else None
+        return ThriftClientCodec(self.settings, fixed)  # type: ignore[arg-type]
