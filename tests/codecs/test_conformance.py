@@ -18,7 +18,17 @@ def _dubbo_samples() -> tuple[list[bytes], list[bytes]]:
     return reqs, resps
 
 
+def _thrift_samples() -> tuple[list[bytes], list[bytes]]:
+    from tests.vectors import load
+
+    vs = [v for v in load("thrift/messages.json") if v["transport"] == "framed" and v["protocol"] == "binary-strict"]
+    calls = [bytes.fromhex(v["hex"]) for v in vs if v["message"]["type"] in ("CALL", "ONEWAY")][:4]
+    replies = [bytes.fromhex(v["hex"]) for v in vs if v["message"]["type"] in ("REPLY", "EXCEPTION")][:4]
+    return calls, replies
+
+
 SAMPLES = {
+    "thrift": _thrift_samples(),
     "dubbo": _dubbo_samples(),
     "redis": (
         [pack([b"GET", b"k"]), pack([b"SET", b"user:1", b"v" * 300]), pack([b"MGET", b"a", b"b"]), pack([b"PING"])],
