@@ -282,21 +282,10 @@ class DubboConsumer:
             self.pending.pop(rid, None)
             raise DubboError(wire.CLIENT_TIMEOUT, f"no response within {timeout or self.timeout}s") from None
 
-    async def call(
-        self,
-        interface: str,
-        method: str,
-        args: Sequence[Any] = (),
-        *,
-        param_types: str | None = None,
-        version: str | None = None,
-        group: str | None = None,
-        attachments: dict[str, Any] | None = None,
-        timeout: float | None = None,
-        oneway: bool = False,
-    ) -> Any:
-        """Invoke a method; returns its value, raises RemoteException or DubboError."""
-        result = await self.invoke(interface, method, args, param_types=param_types, version=version, group=group, attachments=attachments, timeout=timeout, oneway=oneway)
+    async def call(self, interface: str, method: str, args: Sequence[Any] = (), **options: Any) -> Any:
+        """Invoke a method (options as for ``invoke``); returns its value, raises
+        RemoteException or DubboError."""
+        result = await self.invoke(interface, method, args, **options)
         if result is None:
             return None
         if result.status != wire.OK:

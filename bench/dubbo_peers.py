@@ -11,7 +11,6 @@ p50/p99, the proxy's CPU microseconds per request (from /proc), and ratios again
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,17 +21,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.redis_peers import cpu_seconds  # noqa: E402
+from bench.peers import build_loadgen, print_table, run_case  # noqa: E402
 from metaprotocol_codecs.dubbo import wire  # noqa: E402
 from tests.servers import free_port, wait_port  # noqa: E402
 
 IFACE = "org.apache.dubbo.samples.basic.api.DemoService"
-
-
-def build_loadgen(tmp: Path) -> Path:
-    exe = tmp / "loadgen"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(ROOT / "bench/loadgen.c")], check=True)
-    return exe
 
 
 def request_hex() -> str:
@@ -96,24 +89,14 @@ def main() -> None:
         hexreq = request_hex()
         for depth in (1, 16):
             for name, (port, proc) in targets.items():
-                before = cpu_seconds(proc.pid) if proc else 0.0
-                out = subprocess.run([str(loadgen), "127.0.0.1", str(port), str(args.connections), str(depth), str(args.seconds), hexreq, "12", "4", "16", "4", "8"],
-                                     capture_output=True, text=True, timeout=args.seconds + 60, check=False)  # fmt: skip
-                cpu = (cpu_seconds(proc.pid) - before) if proc else 0.0
-                result = json.loads(out.stdout) if out.returncode == 0 else {"rps": 0, "p50_ms": 0, "p99_ms": 0, "requests": 0, "errors": out.stderr.strip()}
-                # CPU is read over warm-up + measurement; requests are counted over the measurement only.
-                served = (result["rps"] or 1) * (args.seconds + 0.5)
-                rows.append({"target": name, "in_flight": depth, **result, "cpu_us_per_request": round(cpu / served * 1e6, 2) if proc else 0.0})
+                result = run_case(loadgen, port, proc.pid if proc else None, connections=args.connections, depth=depth, seconds=args.seconds,
+                                  request_hex=hexreq, framing=(12, 4, 16), request_id=(4, 8))  # fmt: skip
+                rows.append({"target": name, "in_flight": depth, **result})
     finally:
         for p in procs.values():
             p.terminate()
             p.wait(10)
-    print(f"{'target':<22}{'in flight':>10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'vs envoy dubbo':>16}")
-    for row in rows:
-        ref = next((r for r in rows if r["target"] == "envoy_dubbo_proxy" and r["in_flight"] == row["in_flight"]), None)
-        ratio = f"{row['rps'] / ref['rps']:.2f}x" if ref and ref["rps"] else "-"
-        print(f"{row['target']:<22}{row['in_flight']:>10}{row['rps']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['cpu_us_per_request']:>12}{ratio:>16}")
-    (ROOT / "bench/results/dubbo_peers.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(rows, lambda r: r["target"] == "envoy_dubbo_proxy", "vs envoy dubbo", ROOT / "bench/results/dubbo_peers.json")
 
 
 if __name__ == "__main__":

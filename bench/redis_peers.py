@@ -23,15 +23,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.peers import cpu_seconds  # noqa: E402
 from tests.servers import free_port, wait_port  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
 
 def start_targets(tmp: Path, redis_port: int) -> dict[str, tuple[int, subprocess.Popen[bytes] | None]]:
     targets: dict[str, tuple[int, subprocess.Popen[bytes] | None]] = {"direct": (redis_port, None)}

@@ -10,7 +10,6 @@ on each of 50 connections (sequence ids patched per call). Envoy is run as in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -21,8 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.dubbo_peers import build_loadgen  # noqa: E402
-from bench.redis_peers import cpu_seconds  # noqa: E402
+from bench.peers import build_loadgen, print_table, run_case  # noqa: E402
 from metaprotocol_codecs.thrift import wire  # noqa: E402
 from tests.servers import free_port, wait_port  # noqa: E402
 
@@ -92,26 +90,16 @@ def main() -> None:
             wait_port(port, 30)
         for depth in (1, 16):
             for name, port, proc, (hexreq, id_off) in cases:
-                before = cpu_seconds(proc.pid) if proc else 0.0
-                out = subprocess.run([str(loadgen), "127.0.0.1", str(port), str(args.connections), str(depth), str(args.seconds), hexreq, "0", "4", "4", str(id_off), "4"],
-                                     capture_output=True, text=True, timeout=args.seconds + 60, check=False)  # fmt: skip
-                cpu = (cpu_seconds(proc.pid) - before) if proc else 0.0
-                result = json.loads(out.stdout) if out.returncode == 0 else {"rps": 0, "p50_ms": 0, "p99_ms": 0, "requests": 0, "errors": out.stderr.strip()}
-                served = (result["rps"] or 1) * (args.seconds + 0.5)
-                rows.append({"target": name, "in_flight": depth, **result, "cpu_us_per_request": round(cpu / served * 1e6, 2) if proc else 0.0})
+                result = run_case(loadgen, port, proc.pid if proc else None, connections=args.connections, depth=depth, seconds=args.seconds,
+                                  request_hex=hexreq, framing=(0, 4, 4), request_id=(id_off, 4))  # fmt: skip
+                rows.append({"target": name, "in_flight": depth, **result})
     finally:
         for p in procs.values():
             p.terminate()
             p.wait(10)
-    print(f"{'target':<22}{'in flight':>10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'vs best envoy':>17}")
-    for row in rows:
-        # The better of Envoy's two listeners at this depth (full decode has closed connections
-        # under 16 in flight in some runs; a failed run reports 0 and its error).
-        envoys = [r for r in rows if r["target"].startswith("envoy") and r["in_flight"] == row["in_flight"]]
-        ref = max(envoys, key=lambda r: r["rps"], default=None)
-        ratio = f"{row['rps'] / ref['rps']:.2f}x" if ref and ref["rps"] else "-"
-        print(f"{row['target']:<22}{row['in_flight']:>10}{row['rps']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['cpu_us_per_request']:>12}{ratio:>17}")
-    (ROOT / "bench/results/thrift_peers.json").write_text(json.dumps(rows, indent=2) + "\n")
+    # The better of Envoy's two listeners at each depth (full decode has closed connections under
+    # 16 in flight in some runs; a failed run reports 0 and its error).
+    print_table(rows, lambda r: str(r["target"]).startswith("envoy"), "vs best envoy", ROOT / "bench/results/thrift_peers.json")
 
 
 if __name__ == "__main__":
