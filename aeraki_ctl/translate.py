@@ -1,0 +1,301 @@
+"""Translation: Aeraki/Istio resources -> proxy configuration. Pure and deterministic.
+
+Conventions follow Aeraki's (``internal/xds``): for every ServiceEntry port named
+``tcp-metaprotocol-<protocol>[-...]`` one listener and one route table named ``<host>_<port>``;
+clusters ``outbound|<port>||<host>`` (all endpoints) and ``outbound|<port>|<subset>|<host>`` per
+DestinationRule subset; a MetaRouter's weighted destinations become weighted clusters;
+``trafficPolicy.loadBalancer.consistentHash.httpHeaderName`` becomes a hash policy on a
+RING_HASH (or MAGLEV) cluster; with no MetaRouter (or no routes) a single ``default`` route sends
+everything to the whole service.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet
+from metaprotocol.config.model import (
+    AttributeMatcher,
+    Bootstrap,
+    ClusterConfig,
+    CodecRef,
+    Endpoint,
+    LbPolicy,
+    ListenerConfig,
+    MatchKind,
+    RouteAction,
+    RouteConfig,
+    RouteRule,
+    WeightedCluster,
+)
+
+PORT_PREFIX = "tcp-metaprotocol-"
+_SIMPLE_LB = {"ROUND_ROBIN": LbPolicy.ROUND_ROBIN, "LEAST_REQUEST": LbPolicy.LEAST_REQUEST, "LEAST_CONN": LbPolicy.LEAST_REQUEST, "RANDOM": LbPolicy.RANDOM, "UNSPECIFIED": LbPolicy.ROUND_ROBIN}
+
+
+@dataclass(frozen=True)
+class Options:
+    """Where the generated listeners bind: ``listen_address`` and ``port_offset`` added to the
+    service port (so one proxy on a host can listen beside the real services)."""
+
+    listen_address: str = "127.0.0.1"
+    port_offset: int = 0
+
+
+@dataclass
+class Translation:
+    """The configuration and the problems met while making it."""
+
+    bootstrap: Bootstrap
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        """Problems that made something be skipped."""
+        return [p for p in self.problems if p.fatal]
+
+
+@dataclass
+class _Service:
+    host: str
+    port: int
+    port_name: str
+    protocol: str
+    codec: str
+    endpoints: list[Endpoint]
+    resource: Resource
+
+
+def cluster_name(port: int, subset: str, host: str) -> str:
+    """Istio's cluster name."""
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def translate(resources: ResourceSet, options: Options | None = None) -> Translation:
+    """Resources -> Bootstrap (listeners, route tables, clusters)."""
+    opts = options or Options()
+    problems = list(resources.problems)
+    codecs = dict(BUILTIN_PROTOCOLS)
+    for ap in resources.of("ApplicationProtocol"):
+        protocol, codec = ap.spec.get("protocol"), ap.spec.get("codec")
+        if not protocol or not codec:
+            problems.append(Problem(ap.source, ap.ref, "protocol and codec are required"))
+            continue
+        codecs[str(protocol)] = str(codec)
+    services = _services(resources, codecs, problems)
+    rules = {(dr.spec.get("host")): dr for dr in resources.of("DestinationRule")}
+    routers = _routers(resources, problems)
+    listeners: list[ListenerConfig] = []
+    clusters: dict[str, ClusterConfig] = {}
+    hosts = {s.host for s in services}
+    for svc in services:
+        dr = rules.get(svc.host)
+        subsets, policy, hash_key = _destination_rule(dr, problems)
+        for name, cfg in _clusters(svc, subsets, policy, hash_key, problems).items():
+            clusters[name] = cfg
+        router = routers.get(svc.host)
+        routes = None
+        if router is not None:
+            routes = _routes(router, svc, hosts, subsets, hash_key, services, problems)
+        if not routes:
+            action = RouteAction(cluster=cluster_name(svc.port, "", svc.host), hash_policy=(hash_key,) if hash_key else ())
+            routes = (RouteRule("default", (), action),)
+        name = f"{svc.host}_{svc.port}"
+        listeners.append(
+            ListenerConfig(
+                name=name,
+                address=opts.listen_address,
+                port=svc.port + opts.port_offset,
+                codec=CodecRef(svc.codec),
+                stat_prefix=cluster_name(svc.port, "", svc.host),
+                route_config=RouteConfig(name, routes),
+            )
+        )
+    # Subset clusters of destinations in other services are made with those services above.
+    return Translation(Bootstrap(tuple(listeners), tuple(clusters[k] for k in sorted(clusters)), None, "aeraki-ctl"), problems)
+
+
+def _services(resources: ResourceSet, codecs: Mapping[str, str], problems: list[Problem]) -> list[_Service]:
+    out = []
+    seen: set[tuple[str, int]] = set()
+    for se in resources.of("ServiceEntry"):
+        hosts = se.spec.get("hosts") or []
+        if not hosts:
+            problems.append(Problem(se.source, se.ref, "hosts is required"))
+            continue
+        host = str(hosts[0])
+        for p in se.spec.get("ports") or []:
+            pname = str(p.get("name", ""))
+            if not pname.startswith(PORT_PREFIX):
+                continue
+            tokens = pname.split("-")
+            protocol = tokens[2] if len(tokens) > 2 else ""  # noqa: PLR2004 - Aeraki reads the third token
+            codec = codecs.get(protocol)
+            if codec is None:
+                problems.append(Problem(se.source, se.ref, f"port {pname}: unknown application protocol {protocol!r} (add an ApplicationProtocol)"))
+                continue
+            try:
+                number = int(p["number"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(Problem(se.source, se.ref, f"port {pname}: number is required"))
+                continue
+            if (host, number) in seen:
+                problems.append(Problem(se.source, se.ref, f"{host}:{number} is defined twice (ignored here)"))
+                continue
+            seen.add((host, number))
+            endpoints = []
+            for e in se.spec.get("endpoints") or []:
+                address = e.get("address")
+                if not address:
+                    problems.append(Problem(se.source, se.ref, "an endpoint without address is ignored", fatal=False))
+                    continue
+                ports = e.get("ports") or {}
+                eport = int(ports.get(pname, ports.get(protocol, number)))
+                labels = tuple(sorted((str(k), str(v)) for k, v in (e.get("labels") or {}).items()))
+                endpoints.append(Endpoint(str(address), eport, int(e.get("weight", 1) or 1), labels))
+            out.append(_Service(host, number, pname, protocol, codec, endpoints, se))
+    return sorted(out, key=lambda s: (s.host, s.port))
+
+
+def _routers(resources: ResourceSet, problems: list[Problem]) -> dict[str, Resource]:
+    out: dict[str, Resource] = {}
+    for mr in resources.of("MetaRouter"):
+        hosts = mr.spec.get("hosts") or []
+        if not hosts:
+            problems.append(Problem(mr.source, mr.ref, "hosts is required"))
+            continue
+        host = str(hosts[0])
+        if host in out:
+            problems.append(Problem(mr.source, mr.ref, f"another MetaRouter ({out[host].ref}) already targets {host}; this one is ignored"))
+            continue
+        out[host] = mr
+    return out
+
+
+def _destination_rule(dr: Resource | None, problems: list[Problem]) -> tuple[dict[str, dict[str, Any]], LbPolicy, str]:
+    if dr is None:
+        return {}, LbPolicy.ROUND_ROBIN, ""
+    policy, hash_key = _lb(dr.spec.get("trafficPolicy") or {}, dr, problems)
+    subsets: dict[str, dict[str, Any]] = {}
+    for s in dr.spec.get("subsets") or []:
+        name = s.get("name")
+        if not name:
+            problems.append(Problem(dr.source, dr.ref, "a subset without name is ignored"))
+            continue
+        sub_policy, sub_hash = _lb(s.get("trafficPolicy") or {}, dr, problems)
+        subsets[str(name)] = {
+            "labels": {str(k): str(v) for k, v in (s.get("labels") or {}).items()},
+            "policy": sub_policy if s.get("trafficPolicy") else policy,
+            "hash": sub_hash or hash_key,
+        }
+    return subsets, policy, hash_key
+
+
+def _lb(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) -> tuple[LbPolicy, str]:
+    lb = tp.get("loadBalancer") or {}
+    if "consistentHash" in lb:
+        ch = lb["consistentHash"] or {}
+        key = ch.get("httpHeaderName")
+        if not key:
+            problems.append(Problem(dr.source, dr.ref, "consistentHash supports httpHeaderName (a metadata key) only"))
+            return LbPolicy.ROUND_ROBIN, ""
+        return (LbPolicy.MAGLEV if "maglev" in ch else LbPolicy.RING_HASH), str(key).lower()
+    simple = str(lb.get("simple", "ROUND_ROBIN")).upper()
+    if simple not in _SIMPLE_LB:
+        problems.append(Problem(dr.source, dr.ref, f"loadBalancer.simple {simple} is not supported (ROUND_ROBIN used)", fatal=False))
+    for unsupported in ("connectionPool", "outlierDetection", "tls", "portLevelSettings"):
+        if unsupported in tp:
+            problems.append(Problem(dr.source, dr.ref, f"trafficPolicy.{unsupported} is not enforced yet", fatal=False))
+    return _SIMPLE_LB.get(simple, LbPolicy.ROUND_ROBIN), ""
+
+
+def _clusters(svc: _Service, subsets: Mapping[str, Mapping[str, Any]], policy: LbPolicy, hash_key: str, problems: list[Problem]) -> dict[str, ClusterConfig]:
+    out = {cluster_name(svc.port, "", svc.host): ClusterConfig(cluster_name(svc.port, "", svc.host), tuple(svc.endpoints), policy)}
+    for name, sub in subsets.items():
+        wanted = set(sub["labels"].items())
+        members = tuple(e for e in svc.endpoints if wanted <= set(e.labels))
+        if not members:
+            problems.append(Problem(svc.resource.source, svc.resource.ref, f"subset {name} of {svc.host} selects no endpoint", fatal=False))
+        cname = cluster_name(svc.port, name, svc.host)
+        out[cname] = ClusterConfig(cname, members, sub["policy"])
+    return out
+
+
+def _routes(
+    mr: Resource,
+    svc: _Service,
+    hosts: set[str],
+    subsets: Mapping[str, Any],
+    hash_key: str,
+    services: list[_Service],
+    problems: list[Problem],
+) -> tuple[RouteRule, ...] | None:
+    """The MetaRouter's routes for one service port; None (and a problem) when it is invalid."""
+    rules = []
+    for unsupported in ("localRateLimit", "globalRateLimit"):
+        if unsupported in mr.spec:
+            problems.append(Problem(mr.source, mr.ref, f"{unsupported} is not enforced yet", fatal=False))
+    for i, route in enumerate(mr.spec.get("routes") or []):
+        where = f"routes[{i}]" + (f" ({route.get('name')})" if route.get("name") else "")
+        try:
+            matchers = tuple(_matchers(route.get("match") or {}))
+            destinations = route.get("route") or []
+            if not destinations:
+                raise ValueError("route needs at least one destination")
+            weighted = []
+            for d in destinations:
+                dest = d.get("destination") or {}
+                host = dest.get("host")
+                if host not in hosts:
+                    raise ValueError(f"unknown destination host {host!r}")
+                subset = str(dest.get("subset", "") or "")
+                port = int((dest.get("port") or {}).get("number", svc.port))
+                if host == svc.host and subset and subset not in subsets:
+                    raise ValueError(f"unknown subset {subset!r} of {host}")
+                if not any(s.host == host and s.port == port for s in services):
+                    raise ValueError(f"{host} has no MetaProtocol port {port}")
+                weighted.append(WeightedCluster(cluster_name(port, subset, str(host)), int(d.get("weight", 100 if len(destinations) == 1 else 0))))
+            if len(weighted) > 1 and sum(w.weight for w in weighted) != 100:  # noqa: PLR2004
+                raise ValueError(f"weights sum to {sum(w.weight for w in weighted)}, not 100")
+        except ValueError as exc:
+            problems.append(Problem(mr.source, mr.ref, f"{where}: {exc}; the MetaRouter is skipped"))
+            return None
+        if route.get("mirror"):
+            problems.append(Problem(mr.source, mr.ref, f"{where}: mirror is not enforced yet", fatal=False))
+        action = (
+            RouteAction(cluster=weighted[0].name, hash_policy=(hash_key,) if hash_key else ())
+            if len(weighted) == 1
+            else RouteAction(weighted_clusters=tuple(weighted), hash_policy=(hash_key,) if hash_key else ())
+        )
+        rules.append(
+            RouteRule(
+                name=str(route.get("name", f"route-{i}")),
+                match=matchers,
+                action=action,
+                request_mutation=tuple((str(kv["key"]), str(kv.get("value", ""))) for kv in route.get("requestMutation") or []),
+                response_mutation=tuple((str(kv["key"]), str(kv.get("value", ""))) for kv in route.get("responseMutation") or []),
+            )
+        )
+    return tuple(rules)
+
+
+def _matchers(match: Mapping[str, Any]) -> list[AttributeMatcher]:
+    out = []
+    for key, sm in sorted((match.get("attributes") or {}).items()):
+        sm = sm or {}
+        if "exact" in sm:
+            out.append(AttributeMatcher(str(key), MatchKind.EXACT, str(sm["exact"])))
+        elif "prefix" in sm:
+            out.append(AttributeMatcher(str(key), MatchKind.PREFIX, str(sm["prefix"])))
+        elif "regex" in sm and str(sm["regex"]) not in ("", "*"):
+            try:
+                re.compile(str(sm["regex"]))
+            except re.error as exc:
+                raise ValueError(f"bad regex {sm['regex']!r} for {key}: {exc}") from None
+            out.append(AttributeMatcher(str(key), MatchKind.REGEX, str(sm["regex"])))
+        else:  # Aeraki: an empty matcher or regex "*" checks presence
+            out.append(AttributeMatcher(str(key), MatchKind.PRESENT, "true"))
+    return out

@@ -1,0 +1,151 @@
+"""The config model as an Envoy-style bootstrap tree: the inverse of ``bootstrap.parse_bootstrap``.
+
+``parse_bootstrap(to_bootstrap_tree(b))`` equals ``b`` (property-tested), so a configuration made
+by the control plane can be written to a file and run with ``metaprotocol proxy -c``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metaprotocol.config.bootstrap import PROXY_TYPE
+from metaprotocol.config.model import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_ROUTE_TIMEOUT,
+    AttributeMatcher,
+    Bootstrap,
+    ClusterConfig,
+    LbPolicy,
+    ListenerConfig,
+    MatchKind,
+    RouteConfig,
+    RouteRule,
+)
+
+_FORMS = {
+    MatchKind.EXACT: "exact",
+    MatchKind.PREFIX: "prefix",
+    MatchKind.SUFFIX: "suffix",
+    MatchKind.CONTAINS: "contains",
+}
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def matcher_tree(m: AttributeMatcher) -> dict[str, Any]:
+    """An Envoy HeaderMatcher for one attribute matcher."""
+    out: dict[str, Any] = {"name": m.name}
+    if m.kind is MatchKind.PRESENT:
+        out["present_match"] = m.value != "false"
+    elif m.kind is MatchKind.REGEX:
+        if m.ignore_case:
+            out["string_match"] = {"safe_regex": {"regex": m.value}, "ignore_case": True}
+        else:
+            out["safe_regex_match"] = {"regex": m.value}
+    else:
+        out["string_match"] = {_FORMS[m.kind]: m.value}
+        if m.ignore_case:
+            out["string_match"]["ignore_case"] = True
+    if m.invert:
+        out["invert_match"] = True
+    return out
+
+
+def route_tree(rule: RouteRule) -> dict[str, Any]:
+    """One route in the bootstrap's route_config shape."""
+    a = rule.action
+    action: dict[str, Any] = {}
+    if a.cluster is not None:
+        action["cluster"] = a.cluster
+    else:
+        action["weighted_clusters"] = {"clusters": [{"name": w.name, "weight": w.weight} for w in a.weighted_clusters]}
+    if a.hash_policy:
+        action["hash_policy"] = list(a.hash_policy)
+    if a.subset:
+        action["metadata_match"] = {"filter_metadata": {"envoy.lb": dict(a.subset)}}
+    if a.timeout != DEFAULT_ROUTE_TIMEOUT:
+        action["timeout"] = _seconds(a.timeout)
+    out: dict[str, Any] = {"name": rule.name, "route": action}
+    if rule.match:
+        out["match"] = {"metadata": [matcher_tree(m) for m in rule.match]}
+    if rule.request_mutation:
+        out["request_mutation"] = [{"key": k, "value": v} for k, v in rule.request_mutation]
+    if rule.response_mutation:
+        out["response_mutation"] = [{"key": k, "value": v} for k, v in rule.response_mutation]
+    return out
+
+
+def route_config_tree(rc: RouteConfig) -> dict[str, Any]:
+    """A route table."""
+    return {"name": rc.name, "routes": [route_tree(r) for r in rc.routes]}
+
+
+def listener_tree(lst: ListenerConfig) -> dict[str, Any]:
+    """A listener running the MetaProtocol filter."""
+    proxy: dict[str, Any] = {
+        "@type": PROXY_TYPE,
+        "stat_prefix": lst.stat_prefix,
+        "protocol": {"name": lst.codec.name, "codec": {"name": lst.codec.name}},
+    }
+    if lst.codec.config:
+        proxy["protocol"]["codec"]["config"] = dict(lst.codec.config)
+    if lst.route_config is not None:
+        proxy["route_config"] = route_config_tree(lst.route_config)
+    else:
+        proxy["rds"] = {"route_config_name": lst.rds_name}
+    if lst.idle_timeout:
+        proxy["idle_timeout"] = _seconds(lst.idle_timeout)
+    if lst.max_pending_per_connection != 4096:  # noqa: PLR2004 - the loader's default
+        proxy["max_pending_per_connection"] = lst.max_pending_per_connection
+    if lst.upstream_connections_per_endpoint != 1:
+        proxy["upstream_connections_per_endpoint"] = lst.upstream_connections_per_endpoint
+    return {
+        "name": lst.name,
+        "address": _address(lst.address, lst.port),
+        "filter_chains": [{"filters": [{"name": "aeraki.meta_protocol_proxy", "typed_config": proxy}]}],
+    }
+
+
+def cluster_tree(c: ClusterConfig) -> dict[str, Any]:
+    """A STATIC cluster with its endpoints."""
+    endpoints = []
+    for e in c.endpoints:
+        lbe: dict[str, Any] = {"endpoint": {"address": _address(e.address, e.port)}}
+        if e.weight != 1:
+            lbe["load_balancing_weight"] = e.weight
+        if e.labels:
+            lbe["metadata"] = {"filter_metadata": {"envoy.lb": dict(e.labels)}}
+        endpoints.append(lbe)
+    out: dict[str, Any] = {
+        "name": c.name,
+        "type": "STATIC",
+        "load_assignment": {"cluster_name": c.name, "endpoints": [{"lb_endpoints": endpoints}] if endpoints else []},
+    }
+    if c.lb_policy is not LbPolicy.ROUND_ROBIN:
+        out["lb_policy"] = c.lb_policy.value
+    if c.connect_timeout != DEFAULT_CONNECT_TIMEOUT:
+        out["connect_timeout"] = _seconds(c.connect_timeout)
+    if c.hash_function != "md5":
+        out["hash_function"] = c.hash_function
+    if c.hash_tag:
+        out["hash_tag"] = c.hash_tag
+    return out
+
+
+def to_bootstrap_tree(b: Bootstrap) -> dict[str, Any]:
+    """The whole configuration as a bootstrap tree."""
+    tree: dict[str, Any] = {
+        "static_resources": {
+            "listeners": [listener_tree(lst) for lst in b.listeners],
+            "clusters": [cluster_tree(c) for c in b.clusters],
+        }
+    }
+    if b.admin is not None:
+        tree["admin"] = {"address": _address(b.admin.address, b.admin.port)}
+    return tree

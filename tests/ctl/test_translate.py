@@ -1,0 +1,257 @@
+"""aeraki_ctl: Aeraki/Istio resources -> proxy configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aeraki_ctl.resources import ResourceSet, load_directory, load_text
+from aeraki_ctl.translate import Options, translate
+from metaprotocol.config.bootstrap import parse_bootstrap
+from metaprotocol.config.dump import to_bootstrap_tree
+from metaprotocol.config.model import (
+    AttributeMatcher,
+    Bootstrap,
+    ClusterConfig,
+    CodecRef,
+    Endpoint,
+    LbPolicy,
+    ListenerConfig,
+    MatchKind,
+    RouteAction,
+    RouteConfig,
+    RouteRule,
+    WeightedCluster,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "org.apache.dubbo.samples.basic.api.demoservice"
+V1 = f"outbound|20880|v1|{HOST}"
+V2 = f"outbound|20880|v2|{HOST}"
+ALL = f"outbound|20880||{HOST}"
+SERVICE = (ROOT / "examples/aeraki/dubbo-demo/service.yaml").read_text()
+
+
+def resources(*texts: str) -> ResourceSet:
+    out = ResourceSet()
+    for i, text in enumerate(texts):
+        load_text(text, f"input{i}.yaml", out)
+    return out
+
+
+def router(routes: str, extra: str = "") -> str:
+    return f"""
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: r, namespace: meta-dubbo}}
+spec:
+  hosts: [{HOST}]
+{extra}
+  routes:
+{routes}
+"""
+
+
+def test_aeraki_demo_weighted_split_on_subsets() -> None:
+    result = translate(load_directory(ROOT / "examples/aeraki/dubbo-demo"))
+    assert not result.problems
+    b = result.bootstrap
+    (lst,) = b.listeners
+    assert (lst.name, lst.port, lst.codec.name, lst.stat_prefix) == (f"{HOST}_20880", 20880, "aeraki.meta_protocol.codec.dubbo", ALL)
+    assert lst.route_config is not None and lst.route_config.name == f"{HOST}_20880"
+    (rule,) = lst.route_config.routes
+    assert rule.name == "traffic-split"
+    assert rule.action.weighted_clusters == (WeightedCluster(V1, 20), WeightedCluster(V2, 80))
+    assert {(m.name, m.kind, m.value) for m in rule.match} == {
+        ("interface", MatchKind.EXACT, "org.apache.dubbo.samples.basic.api.DemoService"),
+        ("method", MatchKind.EXACT, "sayHello"),
+        ("foo", MatchKind.EXACT, "bar"),
+    }
+    clusters = b.cluster_map()
+    assert [e.port for e in clusters[V1].endpoints] == [20881]
+    assert [e.port for e in clusters[V2].endpoints] == [20882]
+    assert [e.port for e in clusters[ALL].endpoints] == [20881, 20882]
+
+
+def test_ordered_regex_routes_presence_and_mutation() -> None:
+    routes = f"""
+  - name: v2-for-say
+    match: {{attributes: {{method: {{regex: "say.*"}}}}}}
+    route: [{{destination: {{host: {HOST}, subset: v2}}}}]
+    requestMutation: [{{key: foo, value: bar}}]
+    responseMutation: [{{key: served-by, value: mesh}}]
+  - name: v1-if-header
+    match: {{attributes: {{x-tenant: {{regex: "*"}}, version: {{prefix: "1."}}}}}}
+    route: [{{destination: {{host: {HOST}, subset: v1}}}}]
+  - name: everything-else
+    route: [{{destination: {{host: {HOST}}}}}]
+"""
+    result = translate(resources(SERVICE, router(routes)))
+    assert not result.problems
+    table = result.bootstrap.listeners[0].route_config
+    assert table is not None
+    assert [r.name for r in table.routes] == ["v2-for-say", "v1-if-header", "everything-else"]
+    first, second, third = table.routes
+    assert first.match == (AttributeMatcher("method", MatchKind.REGEX, "say.*"),)
+    assert first.action.cluster == V2 and first.request_mutation == (("foo", "bar"),) and first.response_mutation == (("served-by", "mesh"),)
+    assert second.match == (AttributeMatcher("version", MatchKind.PREFIX, "1."), AttributeMatcher("x-tenant", MatchKind.PRESENT, "true"))
+    assert third.match == () and third.action.cluster == ALL
+
+
+def test_consistent_hash_from_the_destination_rule() -> None:
+    dr = f"""
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: hash, namespace: meta-dubbo}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    loadBalancer: {{consistentHash: {{httpHeaderName: UserId}}}}
+"""
+    service_only = SERVICE.split("---")[0]
+    result = translate(resources(service_only, dr))
+    (rule,) = result.bootstrap.listeners[0].route_config.routes  # type: ignore[union-attr]
+    assert rule.name == "default" and rule.action.cluster == ALL and rule.action.hash_policy == ("userid",)
+    assert result.bootstrap.cluster_map()[ALL].lb_policy is LbPolicy.RING_HASH
+
+
+def test_no_metarouter_gives_a_default_route() -> None:
+    result = translate(resources(SERVICE))
+    (rule,) = result.bootstrap.listeners[0].route_config.routes  # type: ignore[union-attr]
+    assert (rule.name, rule.match, rule.action.cluster) == ("default", (), ALL)
+
+
+@pytest.mark.parametrize(
+    ("routes", "reason"),
+    [
+        (f"  - route: [{{destination: {{host: nowhere.example}}}}]", "unknown destination host 'nowhere.example'"),
+        (f"  - route: [{{destination: {{host: {HOST}, subset: v9}}}}]", "unknown subset 'v9'"),
+        (f"  - route: [{{destination: {{host: {HOST}, subset: v1}}, weight: 30}}, {{destination: {{host: {HOST}, subset: v2}}, weight: 30}}]", "weights sum to 60, not 100"),
+        (f"  - match: {{attributes: {{method: {{regex: '('}}}}}}\n    route: [{{destination: {{host: {HOST}}}}}]", "bad regex"),
+    ],
+)
+def test_invalid_metarouter_is_reported_and_skipped_the_rest_applies(routes: str, reason: str) -> None:
+    result = translate(resources(SERVICE, router(routes)))
+    (problem,) = result.errors
+    assert problem.source == "input1.yaml" and problem.obj == "MetaRouter meta-dubbo/r" and reason in problem.reason
+    (rule,) = result.bootstrap.listeners[0].route_config.routes  # type: ignore[union-attr]
+    assert rule.name == "default"  # the service still gets its default route
+
+
+def test_unknown_protocol_and_application_protocol() -> None:
+    text = """
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: trpc-svc}
+spec:
+  hosts: [trpc.example]
+  ports: [{number: 8000, name: tcp-metaprotocol-trpc-main, protocol: TCP}]
+  endpoints: [{address: 127.0.0.1}]
+"""
+    result = translate(resources(text))
+    assert not result.bootstrap.listeners and "unknown application protocol 'trpc'" in result.errors[0].reason
+    ap = """
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: ApplicationProtocol
+metadata: {name: trpc}
+spec: {protocol: trpc, codec: aeraki.meta_protocol.codec.trpc}
+"""
+    result = translate(resources(text, ap))
+    assert not result.errors and result.bootstrap.listeners[0].codec == CodecRef("aeraki.meta_protocol.codec.trpc")
+
+
+def test_unsupported_fields_are_warnings_and_other_kinds_are_ignored() -> None:
+    extra = "  localRateLimit: {tokenBucket: {maxTokens: 5, fillInterval: 10s}}"
+    routes = f"  - route: [{{destination: {{host: {HOST}}}}}]\n    mirror: {{host: {HOST}, subset: v1}}"
+    result = translate(resources(SERVICE, router(routes, extra), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"))
+    assert not result.errors
+    warnings = " ".join(p.reason for p in result.problems)
+    assert "localRateLimit is not enforced yet" in warnings and "mirror is not enforced yet" in warnings and "unsupported kind 'ConfigMap'" in warnings
+
+
+def test_translation_is_deterministic_and_runs_in_the_proxy(tmp_path: Path, run_proxy: object) -> None:
+    """The translated demo, run by the proxy in front of two real providers: the split holds."""
+    from metaprotocol_apps.dubbo import DubboConsumer, DubboProvider
+    from tests.servers import free_port
+
+    async def providers() -> list[DubboProvider]:
+        out = []
+        for version in ("v1", "v2"):
+            p = DubboProvider(port=free_port(), name=version)
+            p.expose("org.apache.dubbo.samples.basic.api.DemoService", "sayHello", lambda who, v=version: f"Hello {who}, response from provider-{v}")
+            await p.start()
+            out.append(p)
+        return out
+
+    loop = asyncio.new_event_loop()
+    pv = loop.run_until_complete(providers())
+    try:
+        text = SERVICE.replace("20881", str(pv[0].port)).replace("20882", str(pv[1].port))
+        (tmp_path / "svc.yaml").write_text(text)
+        (tmp_path / "mr.yaml").write_text((ROOT / "examples/aeraki/dubbo-demo/metarouter.yaml").read_text())
+        first = translate(load_directory(tmp_path), Options(port_offset=0))
+        assert first.bootstrap == translate(load_directory(tmp_path)).bootstrap
+        tree = to_bootstrap_tree(first.bootstrap)
+        tree["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = 0
+        rp = run_proxy(tree)  # type: ignore[operator]
+
+        async def calls() -> Counter[str]:
+            async with DubboConsumer("127.0.0.1", rp.port(f"{HOST}_20880")) as c:
+                replies = await asyncio.gather(*(c.call("org.apache.dubbo.samples.basic.api.DemoService", "sayHello", [f"n{i}"], attachments={"foo": "bar"}) for i in range(1000)))
+            return Counter(r.rsplit("-", 1)[1] for r in replies)
+
+        split = loop.run_until_complete(calls())
+        assert 150 <= split["v1"] <= 250 and split["v1"] + split["v2"] == 1000, split
+    finally:
+        for p in pv:
+            loop.run_until_complete(p.close())
+        loop.close()
+
+
+names = st.text(alphabet="abcdefghij-_.|", min_size=1, max_size=12)
+matchers = st.builds(
+    AttributeMatcher,
+    name=st.text(alphabet="abcdefgh-", min_size=1, max_size=8),
+    kind=st.sampled_from(list(MatchKind)),
+    value=st.sampled_from(["a", "b.*", "xyz", "true", "false"]),
+    invert=st.booleans(),
+    ignore_case=st.booleans(),
+).filter(lambda m: m.kind is not MatchKind.PRESENT or (not m.ignore_case and m.value in ("true", "false")))
+endpoints = st.builds(Endpoint, address=st.just("127.0.0.1"), port=st.integers(1, 65535), weight=st.integers(1, 5), labels=st.just((("version", "v1"),)))
+
+
+@given(
+    st.lists(st.tuples(names, st.lists(matchers, max_size=3), st.booleans(), st.floats(0.1, 60).map(lambda f: round(f, 3))), min_size=1, max_size=4),
+    st.lists(endpoints, max_size=3),
+    st.sampled_from(list(LbPolicy)),
+)
+def test_bootstrap_dump_roundtrips(rules: list[tuple[str, list[AttributeMatcher], bool, float]], eps: list[Endpoint], policy: LbPolicy) -> None:
+    routes = tuple(
+        RouteRule(name, tuple(ms), RouteAction(cluster="c", timeout=timeout) if single else RouteAction(weighted_clusters=(WeightedCluster("c", 3), WeightedCluster("d", 1)), hash_policy=("k",), subset=(("version", "v1"),), timeout=timeout),
+                  request_mutation=(("a", "b"),))  # fmt: skip
+        for name, ms, single, timeout in rules
+    )
+    b = Bootstrap(
+        (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes)),),
+        (ClusterConfig("c", tuple(eps), policy, 1.5), ClusterConfig("d", (), LbPolicy.RING_HASH, hash_function="crc32a", hash_tag="{}")),
+    )
+    assert parse_bootstrap(yaml.safe_load(yaml.safe_dump(to_bootstrap_tree(b)))) == b
+
+
+def test_cli_validate_and_translate(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "aeraki_ctl.cli", "validate", str(ROOT / "examples/aeraki/dubbo-demo")], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: 3 resource(s)")
+    (tmp_path / "bad.yaml").write_text(SERVICE + "---\n" + router(f"  - route: [{{destination: {{host: {HOST}, subset: nope}}}}]"))
+    bad = subprocess.run([sys.executable, "-m", "aeraki_ctl.cli", "validate", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "bad.yaml: MetaRouter meta-dubbo/r: routes[0]: unknown subset 'nope'" in bad.stdout
+    out = subprocess.run([sys.executable, "-m", "aeraki_ctl.cli", "translate", str(ROOT / "examples/aeraki/dubbo-demo"), "--port-offset", "1000"], capture_output=True, text=True, check=True)
+    boot = parse_bootstrap(yaml.safe_load(out.stdout))
+    assert boot.listeners[0].port == 21880
