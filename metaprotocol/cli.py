@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from metaprotocol import __version__
 from metaprotocol.config.bootstrap import load_bootstrap
@@ -18,6 +19,7 @@ from metaprotocol.registry import CodecRegistry, RegistryError
 log = logging.getLogger("metaprotocol")
 
 EXIT_CONFIG = 2
+COMMANDS_GROUP = "metaprotocol.commands"
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -40,12 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a bootstrap file and exit")
     validate.add_argument("-c", "--config", required=True)
     sub.add_parser("codecs", help="list installed codec plugins")
+    # Further subcommands (e.g. `demo`) come from plugins, as codecs do: the core imports none.
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            print(f"metaprotocol: ignoring command plugin {ep.name}: {exc}", file=sys.stderr)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metaprotocol`` console script."""
     args = _parser().parse_args(argv)
+    if hasattr(args, "run"):
+        return int(args.run(args))
     registry = CodecRegistry.from_entry_points()
     if args.command == "codecs":
         return _list_codecs(registry)

@@ -148,9 +148,11 @@ class Proxy:
         for name in list(self.contexts):
             ctx = self.contexts[name]
             lst = new.get(name)
+            # Port 0 means "any": the listener bound to some port is the same listener.
             same = (
                 lst is not None
-                and (lst.address, lst.port, lst.codec) == (ctx.config.address, ctx.config.port, ctx.config.codec)
+                and (lst.address, lst.codec) == (ctx.config.address, ctx.config.codec)
+                and lst.port in (ctx.config.port, self.bound_port(name))
             )
             if lst is not None and same:
                 ctx.config = lst
