@@ -1,0 +1,3 @@
+"""xDS: the config model <-> Envoy/metaprotocol protobuf resources, and the ADS client."""
+
+from __future__ import annotations

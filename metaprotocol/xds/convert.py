@@ -1,0 +1,293 @@
+"""The one module that converts between the config model and xDS resources.
+
+Routes travel as Envoy's HTTP ``RouteConfiguration`` (one virtual host; header matchers are
+attribute matchers; ``request_headers_to_add`` are request mutations), exactly as Aeraki serves
+MetaProtocol routes, so stock Envoy accepts them. Listeners carry the MetaProtocol filter config
+(``aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy``) with RDS over ADS. Clusters are EDS
+clusters; our extensions (key hash function, hash tag) ride in the cluster's metadata.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+
+from metaprotocol.config.model import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_ROUTE_TIMEOUT,
+    AttributeMatcher,
+    ClusterConfig,
+    CodecRef,
+    Endpoint,
+    LbPolicy,
+    ListenerConfig,
+    MatchKind,
+    RouteAction,
+    RouteConfig,
+    RouteRule,
+    WeightedCluster,
+)
+from metaprotocol_api.aeraki.meta_protocol_proxy.v1alpha import meta_protocol_proxy_pb2 as mpp
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+FILTER_NAME = "aeraki.meta_protocol_proxy"
+EXT_METADATA = "metaprotocol"
+_LB = {
+    LbPolicy.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
+    LbPolicy.RANDOM: cluster_pb2.Cluster.RANDOM,
+    LbPolicy.LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
+    LbPolicy.RING_HASH: cluster_pb2.Cluster.RING_HASH,
+    LbPolicy.MAGLEV: cluster_pb2.Cluster.MAGLEV,
+}
+_LB_BACK = {v: k for k, v in _LB.items()}
+
+
+class ConversionError(ValueError):
+    """A resource cannot be expressed in the config model (an update to NACK)."""
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.ToNanoseconds() / 1e9
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3)
+
+
+def _address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+
+
+# -- model -> xDS ---------------------------------------------------------------------------------
+
+
+def header_matcher(m: AttributeMatcher) -> route_components_pb2.HeaderMatcher:
+    """An Envoy HeaderMatcher for an attribute matcher."""
+    h = route_components_pb2.HeaderMatcher(name=m.name, invert_match=m.invert)
+    if m.kind is MatchKind.PRESENT:
+        h.present_match = m.value != "false"
+        return h
+    sm = string_pb2.StringMatcher(ignore_case=m.ignore_case)
+    if m.kind is MatchKind.EXACT:
+        sm.exact = m.value
+    elif m.kind is MatchKind.PREFIX:
+        sm.prefix = m.value
+    elif m.kind is MatchKind.SUFFIX:
+        sm.suffix = m.value
+    elif m.kind is MatchKind.CONTAINS:
+        sm.contains = m.value
+    else:
+        sm.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=m.value, google_re2=regex_pb2.RegexMatcher.GoogleRE2()))
+    h.string_match.CopyFrom(sm)
+    return h
+
+
+def route_config_to_xds(rc: RouteConfig) -> route_pb2.RouteConfiguration:
+    """A route table as Envoy's HTTP RouteConfiguration (Aeraki's RDS shape)."""
+    routes = []
+    for rule in rc.routes:
+        a = rule.action
+        action = route_components_pb2.RouteAction()
+        if a.cluster is not None:
+            action.cluster = a.cluster
+        else:
+            action.weighted_clusters.CopyFrom(
+                route_components_pb2.WeightedCluster(
+                    clusters=[route_components_pb2.WeightedCluster.ClusterWeight(name=w.name, weight=wrappers_pb2.UInt32Value(value=w.weight)) for w in a.weighted_clusters]
+                )
+            )
+        for key in a.hash_policy:
+            action.hash_policy.add(header=route_components_pb2.RouteAction.HashPolicy.Header(header_name=key))
+        if a.subset:
+            fields = struct_pb2.Struct()
+            fields.update(dict(a.subset))
+            action.metadata_match.filter_metadata["envoy.lb"].CopyFrom(fields)
+        action.timeout.CopyFrom(_duration(a.timeout))
+        route = route_components_pb2.Route(
+            name=rule.name,
+            match=route_components_pb2.RouteMatch(prefix="/", headers=[header_matcher(m) for m in rule.match]),
+            route=action,
+        )
+        for k, v in rule.request_mutation:
+            route.request_headers_to_add.add(header=base_pb2.HeaderValue(key=k, value=v))
+        for k, v in rule.response_mutation:
+            route.response_headers_to_add.add(header=base_pb2.HeaderValue(key=k, value=v))
+        routes.append(route)
+    return route_pb2.RouteConfiguration(name=rc.name, virtual_hosts=[route_components_pb2.VirtualHost(name=rc.name, domains=["*"], routes=routes)])
+
+
+def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None) -> listener_pb2.Listener:
+    """A listener running the MetaProtocol filter, with its routes over RDS (ADS)."""
+    cfg = mpp.MetaProtocolProxy(
+        stat_prefix=lst.stat_prefix,
+        protocol=mpp.ApplicationProtocol(name=lst.codec.name, codec=mpp.Codec(name=lst.codec.name)),
+        rds=mpp.Rds(config_source=_ads(), route_config_name=rds_name or lst.rds_name or (lst.route_config.name if lst.route_config else lst.name)),
+        max_pending_per_connection=lst.max_pending_per_connection,
+        upstream_connections_per_endpoint=lst.upstream_connections_per_endpoint,
+    )
+    if lst.idle_timeout:
+        cfg.idle_timeout.CopyFrom(_duration(lst.idle_timeout))
+    typed = any_pb2.Any()
+    typed.Pack(cfg)
+    return listener_pb2.Listener(
+        name=lst.name,
+        address=_address(lst.address, lst.port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(name=FILTER_NAME, typed_config=typed)])],
+    )
+
+
+def cluster_to_xds(c: ClusterConfig) -> cluster_pb2.Cluster:
+    """An EDS cluster (endpoints come as a ClusterLoadAssignment)."""
+    out = cluster_pb2.Cluster(
+        name=c.name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+        lb_policy=_LB[c.lb_policy],
+        connect_timeout=_duration(c.connect_timeout),
+    )
+    if c.hash_function != "md5" or c.hash_tag:
+        ext = struct_pb2.Struct()
+        ext.update({"hash_function": c.hash_function, "hash_tag": c.hash_tag})
+        out.metadata.filter_metadata[EXT_METADATA].CopyFrom(ext)
+    return out
+
+
+def endpoints_to_xds(c: ClusterConfig) -> endpoint_pb2.ClusterLoadAssignment:
+    """The cluster's endpoints, with their labels under ``envoy.lb``."""
+    lbes = []
+    for e in c.endpoints:
+        lbe = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=_address(e.address, e.port)), load_balancing_weight=wrappers_pb2.UInt32Value(value=e.weight))
+        if e.labels:
+            labels = struct_pb2.Struct()
+            labels.update(dict(e.labels))
+            lbe.metadata.filter_metadata["envoy.lb"].CopyFrom(labels)
+        lbes.append(lbe)
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=c.name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lbes)] if lbes else [])
+
+
+# -- xDS -> model ---------------------------------------------------------------------------------
+
+
+def attribute_matcher(h: route_components_pb2.HeaderMatcher) -> AttributeMatcher:
+    """The attribute matcher of an Envoy HeaderMatcher."""
+    which = h.WhichOneof("header_match_specifier")
+    if which is None or which == "present_match":
+        return AttributeMatcher(h.name, MatchKind.PRESENT, "true" if (which is None or h.present_match) else "false", h.invert_match)
+    if which != "string_match":
+        legacy = {"exact_match": MatchKind.EXACT, "prefix_match": MatchKind.PREFIX, "suffix_match": MatchKind.SUFFIX, "contains_match": MatchKind.CONTAINS}
+        if which in legacy:
+            return AttributeMatcher(h.name, legacy[which], getattr(h, which), h.invert_match)
+        if which == "safe_regex_match":
+            return AttributeMatcher(h.name, MatchKind.REGEX, h.safe_regex_match.regex, h.invert_match)
+        raise ConversionError(f"header matcher {which} is not supported")
+    sm = h.string_match
+    kind = sm.WhichOneof("match_pattern")
+    kinds = {"exact": MatchKind.EXACT, "prefix": MatchKind.PREFIX, "suffix": MatchKind.SUFFIX, "contains": MatchKind.CONTAINS}
+    if kind in kinds:
+        return AttributeMatcher(h.name, kinds[kind], getattr(sm, kind), h.invert_match, sm.ignore_case)
+    if kind == "safe_regex":
+        return AttributeMatcher(h.name, MatchKind.REGEX, sm.safe_regex.regex, h.invert_match, sm.ignore_case)
+    raise ConversionError(f"string matcher {kind} is not supported")
+
+
+def route_config_from_xds(rc: route_pb2.RouteConfiguration) -> RouteConfig:
+    """A route table from Envoy's HTTP RouteConfiguration (the first virtual host)."""
+    if len(rc.virtual_hosts) != 1:
+        raise ConversionError(f"route config {rc.name}: exactly one virtual host expected, got {len(rc.virtual_hosts)}")
+    rules = []
+    for i, r in enumerate(rc.virtual_hosts[0].routes):
+        a = r.route
+        which = a.WhichOneof("cluster_specifier")
+        if which == "cluster":
+            action_kwargs: dict[str, object] = {"cluster": a.cluster}
+        elif which == "weighted_clusters":
+            action_kwargs = {"weighted_clusters": tuple(WeightedCluster(w.name, w.weight.value) for w in a.weighted_clusters.clusters)}
+        else:
+            raise ConversionError(f"route {r.name or i}: a cluster or weighted clusters is required")
+        subset = tuple(sorted((str(k), str(v)) for k, v in a.metadata_match.filter_metadata["envoy.lb"].items())) if "envoy.lb" in a.metadata_match.filter_metadata else ()
+        action = RouteAction(
+            **action_kwargs,  # type: ignore[arg-type]
+            hash_policy=tuple(h.header.header_name.lower() for h in a.hash_policy if h.HasField("header")),
+            subset=subset,
+            timeout=_seconds(a.timeout) if a.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT,
+        )
+        rules.append(
+            RouteRule(
+                name=r.name,
+                match=tuple(attribute_matcher(h) for h in r.match.headers),
+                action=action,
+                request_mutation=tuple((h.header.key, h.header.value) for h in r.request_headers_to_add),
+                response_mutation=tuple((h.header.key, h.header.value) for h in r.response_headers_to_add),
+            )
+        )
+    return RouteConfig(rc.name, tuple(rules))
+
+
+def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
+    """A listener config from an LDS resource running the MetaProtocol filter."""
+    if len(lst.filter_chains) != 1 or len(lst.filter_chains[0].filters) != 1:
+        raise ConversionError(f"listener {lst.name}: exactly one filter chain with one filter expected")
+    f = lst.filter_chains[0].filters[0]
+    cfg = mpp.MetaProtocolProxy()
+    if not f.typed_config.Is(cfg.DESCRIPTOR):
+        raise ConversionError(f"listener {lst.name}: filter {f.name} is not a MetaProtocolProxy")
+    f.typed_config.Unpack(cfg)
+    codec = cfg.protocol.codec.name or cfg.codec.name
+    if not codec:
+        raise ConversionError(f"listener {lst.name}: no codec")
+    sa = lst.address.socket_address
+    if cfg.WhichOneof("route_specifier") != "rds" or not cfg.rds.route_config_name:
+        raise ConversionError(f"listener {lst.name}: routes must come over RDS (rds.route_config_name)")
+    return ListenerConfig(
+        name=lst.name,
+        address=sa.address,
+        port=sa.port_value,
+        codec=CodecRef(codec),
+        stat_prefix=cfg.stat_prefix or lst.name,
+        rds_name=cfg.rds.route_config_name,
+        idle_timeout=_seconds(cfg.idle_timeout) if cfg.HasField("idle_timeout") else 0.0,
+        max_pending_per_connection=cfg.max_pending_per_connection or 4096,
+        upstream_connections_per_endpoint=cfg.upstream_connections_per_endpoint or 1,
+    )
+
+
+def _struct_str(s: object, key: str, default: str) -> str:
+    """A string field of a protobuf Struct (which has no ``get``), or ``default``."""
+    return str(s[key]) if s and key in s else default  # type: ignore[index, operator]
+
+
+def cluster_from_xds(c: cluster_pb2.Cluster, cla: endpoint_pb2.ClusterLoadAssignment | None) -> ClusterConfig:
+    """A cluster config from a CDS resource and its endpoints (EDS)."""
+    if c.lb_policy not in _LB_BACK:
+        raise ConversionError(f"cluster {c.name}: lb_policy {cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)} is not supported")
+    endpoints = []
+    for group in cla.endpoints if cla is not None else ():
+        for lbe in group.lb_endpoints:
+            sa = lbe.endpoint.address.socket_address
+            labels = lbe.metadata.filter_metadata["envoy.lb"] if "envoy.lb" in lbe.metadata.filter_metadata else {}
+            endpoints.append(
+                Endpoint(sa.address, sa.port_value, lbe.load_balancing_weight.value or 1, tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+            )
+    ext = c.metadata.filter_metadata[EXT_METADATA] if EXT_METADATA in c.metadata.filter_metadata else {}
+    return ClusterConfig(
+        name=c.name,
+        endpoints=tuple(endpoints),
+        lb_policy=_LB_BACK[c.lb_policy],
+        connect_timeout=_seconds(c.connect_timeout) if c.HasField("connect_timeout") else DEFAULT_CONNECT_TIMEOUT,
+        hash_function=_struct_str(ext, "hash_function", "md5"),
+        hash_tag=_struct_str(ext, "hash_tag", ""),
+    )
