@@ -38,14 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--format", choices=["yaml", "json"], default="yaml")
     v = sub.add_parser("validate", help="report every problem in a directory of resources")
     v.add_argument("directory")
-    s = sub.add_parser("serve", help="serve configuration over xDS (not available yet)")
-    s.add_argument("--config-dir")
-    s.add_argument("--xds-address")
-    s.add_argument("--zookeeper")
+    s = sub.add_parser("serve", help="serve the configuration over xDS (ADS, gRPC) and follow changes")
+    s.add_argument("--config-dir", required=True)
+    s.add_argument("--xds-address", default="127.0.0.1:15010")
+    s.add_argument("--listen-address", default="127.0.0.1")
+    s.add_argument("--port-offset", type=int, default=0)
+    s.add_argument("--zookeeper", help="not supported yet")
+    s.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        print("aeraki-ctl serve: the xDS server is not available yet in this version; use translate", file=sys.stderr)
-        return EXIT_NOT_YET
+        if args.zookeeper:
+            print("aeraki-ctl serve: the ZooKeeper source is not available yet", file=sys.stderr)
+            return EXIT_NOT_YET
+        return _serve(args)
     resources = load_directory(args.directory)
     if args.command == "validate":
         result = translate(resources)
@@ -64,6 +69,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(yaml.safe_dump(tree, sort_keys=False), end="")
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from aeraki_ctl.controller import Controller
+    from aeraki_ctl.xds.server import AdsServer, start_server
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> int:
+        ads = AdsServer()
+        grpc_server, port = await start_server(ads, args.xds_address)
+        logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, args.config_dir)
+        controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset))
+        task = asyncio.ensure_future(controller.run())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        task.cancel()
+        await grpc_server.stop(1)
+        return 0
+
+    return asyncio.run(run())
 
 
 if __name__ == "__main__":

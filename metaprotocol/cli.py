@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"metaprotocol {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     proxy = sub.add_parser("proxy", help="run the proxy")
-    proxy.add_argument("-c", "--config", required=True, help="bootstrap YAML file")
+    proxy.add_argument("-c", "--config", help="bootstrap YAML file (optional with --xds)")
+    proxy.add_argument("--xds", type=_host_port, help="ADS server HOST:PORT (aeraki-ctl serve)")
+    proxy.add_argument("--node-id", default="metaprotocol-proxy", help="node id sent to the ADS server")
     proxy.add_argument("--admin", type=_host_port, help="admin endpoint HOST:PORT")
     proxy.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
     proxy.add_argument("--log-level", default="INFO")
@@ -65,7 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        bootstrap = load_bootstrap(args.config)
+        if args.config:
+            bootstrap = load_bootstrap(args.config)
+        elif args.xds:
+            bootstrap = Bootstrap((), (), None, "xds")
+        else:
+            print("metaprotocol proxy: -c FILE or --xds HOST:PORT is required", file=sys.stderr)
+            return EXIT_CONFIG
         if args.admin:
             bootstrap = _with_admin(bootstrap, *args.admin)
         from metaprotocol.io.proxy import Proxy
@@ -74,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"metaprotocol: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop)
+    xds = f"{args.xds[0]}:{args.xds[1]}" if args.xds else None
+    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=args.node_id)
 
 
 def _with_admin(bootstrap: Bootstrap, host: str, port: int) -> Bootstrap:
@@ -112,7 +121,7 @@ def _validate(path: str, registry: CodecRegistry) -> int:
     return 0
 
 
-def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool) -> int:
+def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | None = None, node_id: str = "") -> int:
     from metaprotocol.io.proxy import Proxy
 
     assert isinstance(proxy, Proxy)  # noqa: S101
@@ -129,7 +138,15 @@ def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool) -> int:
             return 1
         for name in proxy.servers:
             log.info("serving %s on port %d", name, proxy.bound_port(name))
+        client_task = None
+        if xds:
+            from metaprotocol.xds.client import AdsClient
+
+            client_task = asyncio.ensure_future(AdsClient(proxy, xds, node_id).run())
+            log.info("configuration from ADS at %s (node %s)", xds, node_id)
         await stop.wait()
+        if client_task is not None:
+            client_task.cancel()
         log.info("draining (up to %.1fs)", drain_timeout)
         await proxy.drain(drain_timeout)
         return 0

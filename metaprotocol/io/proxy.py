@@ -164,7 +164,10 @@ class Proxy:
 
         for name, lst in new.items():
             if name not in self.contexts:
-                await self._start_listener(lst, factories[name], random.Random(self.seed))  # noqa: S311
+                try:
+                    await self._start_listener(lst, factories[name], random.Random(self.seed))  # noqa: S311
+                except OSError as exc:
+                    raise ConfigError(bootstrap.source, f"listener {name}", f"cannot listen on {lst.address}:{lst.port}: {exc}") from exc
         self.bootstrap = bootstrap
         self.factories.update(factories)
 

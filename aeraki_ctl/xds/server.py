@@ -1,0 +1,235 @@
+"""Aggregated Discovery Service over gRPC (asyncio): state-of-the-world and delta.
+
+Per stream and per type it keeps the subscription, the last nonce sent, the version the client
+ACKed and the version it NACKed. A response goes out when the client has not seen the current
+version of what it subscribed to; a NACKed version is not sent again (the next different version
+is); requests carrying a stale nonce are ignored, as the xDS protocol says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from aeraki_ctl.xds.snapshot import Snapshot, _digest
+from metaprotocol.xds import convert
+
+log = logging.getLogger(__name__)
+WILDCARD_TYPES = frozenset({convert.LISTENER_TYPE, convert.CLUSTER_TYPE})
+
+
+@dataclass
+class _Watch:
+    """One type on one stream."""
+
+    names: set[str] = field(default_factory=set)
+    wildcard: bool = False
+    nonce: str = ""
+    sent_version: str = ""
+    acked_version: str = ""
+    nacked_version: str = ""
+    sent: dict[str, str] = field(default_factory=dict)  # delta: resource name -> version sent
+
+
+@dataclass
+class StreamInfo:
+    """What the server knows of one connected client (exposed for tests and /debug)."""
+
+    node_id: str = ""
+    watches: dict[str, _Watch] = field(default_factory=dict)
+    acks: int = 0
+    nacks: list[str] = field(default_factory=list)
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """Serves the current snapshot to every stream, pushing changes as they are set."""
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        self.snapshot = snapshot or Snapshot()
+        self._changed = asyncio.Condition()
+        self._generation = 0
+        self._nonces = itertools.count(1)
+        self.streams: dict[int, StreamInfo] = {}
+        self._stream_ids = itertools.count(1)
+
+    async def set_snapshot(self, snapshot: Snapshot) -> None:
+        """Publish a new snapshot; streams push what changed for them."""
+        if snapshot.versions == self.snapshot.versions:
+            return
+        self.snapshot = snapshot
+        async with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def _nonce(self) -> str:
+        return str(next(self._nonces))
+
+    # -- state of the world -------------------------------------------------------------------
+
+    async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        """One ADS stream (state of the world)."""
+        sid = next(self._stream_ids)
+        info = self.streams[sid] = StreamInfo()
+        queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read(request_iterator, queue))
+        waiter = asyncio.ensure_future(self._wait_change(queue))
+        try:
+            while True:
+                req = await queue.get()
+                if req is None and reader.done():
+                    return
+                if req is not None:
+                    self._on_request(info, req)
+                for type_url, watch in info.watches.items():
+                    response = self._sotw_response(type_url, watch)
+                    if response is not None:
+                        yield response
+        finally:
+            reader.cancel()
+            waiter.cancel()
+            self.streams.pop(sid, None)
+
+    async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None]) -> None:
+        try:
+            async for req in requests:
+                await queue.put(req)
+        finally:
+            await queue.put(None)
+
+    async def _wait_change(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None]) -> None:
+        seen = self._generation
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._generation != seen)
+                seen = self._generation
+            await queue.put(None)
+
+    def _on_request(self, info: StreamInfo, req: discovery_pb2.DiscoveryRequest) -> None:
+        if req.node.id:
+            info.node_id = req.node.id
+        watch = info.watches.setdefault(req.type_url, _Watch())
+        if req.response_nonce and req.response_nonce != watch.nonce:
+            return  # a reply to an older response: ignore
+        if req.response_nonce:
+            if req.HasField("error_detail"):
+                watch.nacked_version = watch.sent_version
+                info.nacks.append(f"{req.type_url}: {req.error_detail.message}")
+                log.warning("NACK from %s for %s version %s: %s", info.node_id, req.type_url, watch.sent_version, req.error_detail.message)
+            else:
+                watch.acked_version = req.version_info
+                info.acks += 1
+        names = set(req.resource_names)
+        wildcard = req.type_url in WILDCARD_TYPES and (not names or "*" in names)
+        if names != watch.names or wildcard != watch.wildcard:
+            watch.names = names
+            watch.wildcard = wildcard
+            watch.sent_version = ""  # a new subscription gets a response
+
+    def _sotw_response(self, type_url: str, watch: _Watch) -> discovery_pb2.DiscoveryResponse | None:
+        version = self._view_version(type_url, watch)
+        if version == watch.sent_version or version == watch.nacked_version:
+            return None
+        resources = self.snapshot.of(type_url)
+        chosen = resources.values() if watch.wildcard else [resources[n] for n in sorted(watch.names) if n in resources]
+        watch.nonce = self._nonce()
+        watch.sent_version = version
+        return discovery_pb2.DiscoveryResponse(version_info=version, resources=[r.packed for r in chosen], type_url=type_url, nonce=watch.nonce)
+
+    def _view_version(self, type_url: str, watch: _Watch) -> str:
+        """The version of what this watch sees (the whole type, or its named resources)."""
+        if watch.wildcard:
+            return self.snapshot.versions.get(type_url, "")
+        resources = self.snapshot.of(type_url)
+        parts = [f"{n}={resources[n].version}" if n in resources else f"{n}=-" for n in sorted(watch.names)]
+        return _digest(p.encode() for p in parts)
+
+    # -- delta ----------------------------------------------------------------------------------
+
+    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        """One ADS stream (incremental)."""
+        sid = next(self._stream_ids)
+        info = self.streams[sid] = StreamInfo()
+        queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read(request_iterator, queue))  # type: ignore[arg-type]
+        waiter = asyncio.ensure_future(self._wait_change(queue))  # type: ignore[arg-type]
+        try:
+            while True:
+                req = await queue.get()
+                if req is None and reader.done():
+                    return
+                if req is not None:
+                    self._on_delta_request(info, req)
+                for type_url, watch in info.watches.items():
+                    response = self._delta_response(type_url, watch)
+                    if response is not None:
+                        yield response
+        finally:
+            reader.cancel()
+            waiter.cancel()
+            self.streams.pop(sid, None)
+
+    def _on_delta_request(self, info: StreamInfo, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        if req.node.id:
+            info.node_id = req.node.id
+        watch = info.watches.get(req.type_url)
+        if watch is None:
+            watch = info.watches[req.type_url] = _Watch()
+            watch.wildcard = req.type_url in WILDCARD_TYPES and not req.resource_names_subscribe
+            watch.sent = dict(req.initial_resource_versions)
+        if req.response_nonce:
+            if req.HasField("error_detail"):
+                info.nacks.append(f"{req.type_url}: {req.error_detail.message}")
+                watch.nacked_version = watch.sent_version
+            else:
+                info.acks += 1
+        for name in req.resource_names_subscribe:
+            if name == "*":
+                watch.wildcard = True
+            else:
+                watch.names.add(name)
+                watch.sent.pop(name, None)
+        for name in req.resource_names_unsubscribe:
+            if name == "*":
+                watch.wildcard = False
+            watch.names.discard(name)
+            watch.sent.pop(name, None)
+
+    def _delta_response(self, type_url: str, watch: _Watch) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        resources = self.snapshot.of(type_url)
+        wanted = set(resources) if watch.wildcard else watch.names
+        changed = [resources[n] for n in sorted(wanted) if n in resources and watch.sent.get(n) != resources[n].version]
+        removed = sorted(n for n in watch.sent if n not in resources or n not in wanted)
+        if not changed and not removed:
+            return None
+        for r in changed:
+            watch.sent[r.name] = r.version
+        for n in removed:
+            watch.sent.pop(n, None)
+        watch.nonce = self._nonce()
+        watch.sent_version = self.snapshot.versions.get(type_url, "")
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=watch.sent_version,
+            resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.packed) for r in changed],
+            type_url=type_url,
+            removed_resources=removed,
+            nonce=watch.nonce,
+        )
+
+
+async def start_server(server: AdsServer, address: str) -> tuple[grpc.aio.Server, int]:
+    """Serve ``server`` on ``address`` (``host:port``, port 0 for any); returns the bound port."""
+    grpc_server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
+    port = grpc_server.add_insecure_port(address)
+    await grpc_server.start()
+    return grpc_server, port
