@@ -30,6 +30,9 @@ def test_dubbo_demo_json_summary_meets_the_acceptance_criteria() -> None:
     assert p1["weights"] == {"v1": 20, "v2": 80} and p2["weights"] == {"v2": 100}
     assert abs(p1["counts"]["v1"] / 10 - 20) <= 5  # within 5 points of 20/80
     assert p2["counts"] == {"v1": 0, "v2": 1000}
+    # The change went over xDS and landed while calls continued on the same connection.
+    assert summary["transition"]["failures"] == 0 and summary["transition"]["seconds"] < 10
+    assert summary["nacks"] == []
 
 
 def test_demo_is_a_plugin_subcommand_and_the_core_imports_no_app() -> None:
