@@ -82,8 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"metaprotocol: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    xds = f"{args.xds[0]}:{args.xds[1]}" if args.xds else None
-    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=args.node_id)
+    ads = args.xds or bootstrap.ads
+    xds = f"{ads[0]}:{ads[1]}" if ads else None
+    node_id = bootstrap.node_id if bootstrap.node_id and args.node_id == "metaprotocol-proxy" else args.node_id
+    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=node_id)
 
 
 def _with_admin(bootstrap: Bootstrap, host: str, port: int) -> Bootstrap:

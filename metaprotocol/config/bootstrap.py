@@ -172,6 +172,8 @@ def parse_bootstrap(tree: object, source: str = "<memory>") -> Bootstrap:
         {"static_resources", "admin", "dynamic_resources", "node"},
         {"layered_runtime", "stats_config", "overload_manager", "cluster_manager"},
     )
+    node = r.mapping(root.get("node"), "node")
+    r.keys(node, "node", {"id", "cluster"}, {"metadata", "locality"})
     static = r.mapping(root.get("static_resources"), "static_resources")
     r.keys(static, "static_resources", {"listeners", "clusters"}, {"secrets"})
     listeners = r.each(static.get("listeners"), "static_resources.listeners", lambda m, p: _listener(r, m, p))
@@ -195,7 +197,35 @@ def parse_bootstrap(tree: object, source: str = "<memory>") -> Bootstrap:
                         f"static_resources.listeners[{i}]...route_config.routes[{j}].route",
                         f"unknown cluster {name!r}",
                     )
-    return Bootstrap(tuple(listeners), tuple(clusters), admin, source)
+    ads = _ads_address(r, root.get("dynamic_resources"), clusters)
+    return Bootstrap(tuple(listeners), tuple(clusters), admin, source, ads, str(node.get("id", "")))
+
+
+def _ads_address(r: _Reader, value: object, clusters: list[ClusterConfig]) -> tuple[str, int] | None:
+    """The ADS server named by ``dynamic_resources.ads_config`` (through its static cluster)."""
+    if value is None:
+        return None
+    path = "dynamic_resources"
+    dyn = r.mapping(value, path)
+    r.keys(dyn, path, {"ads_config"}, {"cds_config", "lds_config"})
+    if dyn.get("ads_config") is None:
+        return None
+    ap = f"{path}.ads_config"
+    ads = r.mapping(dyn["ads_config"], ap)
+    r.keys(ads, ap, {"api_type", "grpc_services"}, {"transport_api_version", "set_node_on_first_message_only"})
+    if str(ads.get("api_type", "GRPC")) not in ("GRPC", "DELTA_GRPC"):
+        raise r.fail(f"{ap}.api_type", "only GRPC (ADS) is supported")
+    services = r.seq(ads.get("grpc_services"), f"{ap}.grpc_services")
+    if len(services) != 1:
+        raise r.fail(f"{ap}.grpc_services", "exactly one gRPC service is required")
+    gp = f"{ap}.grpc_services[0]"
+    svc = r.mapping(services[0], gp)
+    envoy_grpc = r.mapping(svc.get("envoy_grpc"), f"{gp}.envoy_grpc")
+    name = r.str_(envoy_grpc, "cluster_name", f"{gp}.envoy_grpc")
+    cluster = next((c for c in clusters if c.name == name), None)
+    if cluster is None or not cluster.endpoints:
+        raise r.fail(f"{gp}.envoy_grpc.cluster_name", f"no static cluster {name!r} with an endpoint")
+    return cluster.endpoints[0].address, cluster.endpoints[0].port
 
 
 def _check_unique(r: _Reader, names: list[str], path: str, what: str) -> None:

@@ -178,6 +178,8 @@ class Bootstrap:
     clusters: tuple[ClusterConfig, ...]
     admin: AdminConfig | None = None
     source: str = "<memory>"
+    ads: tuple[str, int] | None = None
+    node_id: str = ""
 
     def cluster_map(self) -> dict[str, ClusterConfig]:
         """Clusters by name."""

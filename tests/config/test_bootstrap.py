@@ -151,3 +151,20 @@ def test_unknown_codec_and_unsupported_mutation_are_rejected_before_start() -> N
     )
     with pytest.raises(ConfigError, match="unknown redis codec settings: dbb"):
         build_factories(b, reg)
+
+
+def test_dynamic_resources_ads_config_names_the_control_plane() -> None:
+    tree = {
+        "node": {"id": "proxy-7", "cluster": "demo"},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]},
+            "cds_config": {"ads": {}},
+            "lds_config": {"ads": {}},
+        },
+        "static_resources": {"clusters": [cluster("aeraki-xds", [15010])]},
+    }
+    b = parse_bootstrap(tree)
+    assert b.ads == ("127.0.0.1", 15010) and b.node_id == "proxy-7"
+    tree["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"] = "missing"  # type: ignore[index]
+    with pytest.raises(ConfigError, match="no static cluster 'missing'"):
+        parse_bootstrap(tree)
