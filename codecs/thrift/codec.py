@@ -10,6 +10,7 @@ put a mutation: the message passes through unchanged (documented in docs/thrift.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -137,7 +138,7 @@ class _ThriftSide:
             return self._framed(buffer, data, pos, n)
         except NeedMore:
             return NEED_DATA
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, struct.error) as exc:
             raise RemoteProtocolError(f"bad Thrift message: {exc}", self.kind) from None
 
     def _unframed(self, buffer: ReadBuffer, data: bytes | bytearray, pos: int, n: int) -> Message:

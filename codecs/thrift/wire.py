@@ -30,6 +30,7 @@ I16 = struct.Struct(">h")
 I32 = struct.Struct(">i")
 U16 = struct.Struct(">H")
 HEADER_MAGIC: Final = 0x0FFF
+THEADER_MIN: Final = 14  # length, magic, flags, seqid, header words
 BINARY_VERSION_1: Final = 0x80010000
 BINARY_VERSION_MASK: Final = 0xFFFF0000
 COMPACT_ID: Final = 0x82
@@ -357,6 +358,8 @@ def read_theader(frame: bytes | bytearray) -> THeader:
     """Parse a whole THeader frame (length word included)."""
     t = THeader()
     end = len(frame)
+    if end < THEADER_MIN:
+        raise ValueError(f"THeader frame of {end} bytes is shorter than its fixed header")
     t.flags = U16.unpack_from(frame, 6)[0]
     t.seqid = I32.unpack_from(frame, 8)[0]
     words = U16.unpack_from(frame, 12)[0]

@@ -134,6 +134,12 @@ def test_thrift_conforms() -> None:
     check_codec(CodecSamples(ThriftCodecFactory({"transport": "framed", "protocol": "compact"}), calls, replies, garbage_rounds=200))
 
 
+def test_truncated_theader_frame_is_a_protocol_error() -> None:
+    frame = bytes.fromhex("000000020fff")  # a THeader length word that leaves no room for its header
+    with pytest.raises(RemoteProtocolError, match="shorter than its fixed header"):
+        ThriftCodecFactory({"transport": "header"}).server_codec().decode(ReadBuffer(frame))
+
+
 @given(st.sampled_from([v["hex"] for v in SINGLE]), st.data())
 def test_mutated_messages_never_crash(hexmsg: str, data: st.DataObject) -> None:
     frame = bytearray(bytes.fromhex(hexmsg))
