@@ -39,8 +39,15 @@ from metaprotocol.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_ROUTE_TIMEOUT,
     HASH_FUNCTIONS,
+    AccessLog,
     AdminConfig,
     AttributeMatcher,
+    FaultPolicy,
+    LocalRateLimit,
+    MirrorPolicy,
+    RateLimitCondition,
+    RetryPolicy,
+    TokenBucket,
     Bootstrap,
     ClusterConfig,
     CodecRef,
@@ -191,7 +198,7 @@ def parse_bootstrap(tree: object, source: str = "<memory>") -> Bootstrap:
         if lst.route_config is None:
             continue
         for j, route in enumerate(lst.route_config.routes):
-            for name in route.action.cluster_names():
+            for name in (*route.action.cluster_names(), *(mp.cluster for mp in route.mirrors)):
                 if name not in known:
                     raise r.fail(
                         f"static_resources.listeners[{i}]...route_config.routes[{j}].route",
@@ -310,6 +317,7 @@ def _proxy_filter(
         {"tracing", "access_log"},
     )  # fmt: skip
     codec = _codec(r, m, path)
+    local_rate_limit = None
     rds_name = None
     route_config = None
     if m.get("route_config") is not None:
@@ -321,9 +329,17 @@ def _proxy_filter(
     else:
         raise r.fail(path, "one of route_config and rds is required")
     for i, f in enumerate(r.seq(m.get("meta_protocol_filters"), f"{path}.meta_protocol_filters")):
-        fname = r.mapping(f, f"{path}.meta_protocol_filters[{i}]").get("name")
-        if fname not in ("aeraki.meta_protocol.filters.router", None):
-            raise r.fail(f"{path}.meta_protocol_filters[{i}].name", f"unsupported filter {fname!r}")
+        fp = f"{path}.meta_protocol_filters[{i}]"
+        fm = r.mapping(f, fp)
+        fname = fm.get("name")
+        if fname == "aeraki.meta_protocol.filters.local_ratelimit":
+            local_rate_limit = _local_rate_limit(r, r.mapping(fm.get("config"), f"{fp}.config"), f"{fp}.config")
+        elif fname not in ("aeraki.meta_protocol.filters.router", None):
+            raise r.fail(f"{fp}.name", f"unsupported filter {fname!r}")
+    access_log = tuple(
+        _access_log(r, r.mapping(a, f"{path}.access_log[{i}]"), f"{path}.access_log[{i}]")
+        for i, a in enumerate(r.seq(m.get("access_log"), f"{path}.access_log"))
+    )
     return ListenerConfig(
         name=name,
         address=host,
@@ -335,7 +351,75 @@ def _proxy_filter(
         idle_timeout=r.duration(m, "idle_timeout", path, 0.0),
         max_pending_per_connection=r.int_(m, "max_pending_per_connection", path, 4096),
         upstream_connections_per_endpoint=r.int_(m, "upstream_connections_per_endpoint", path, 1),
+        local_rate_limit=local_rate_limit,
+        access_log=access_log,
     )
+
+
+def _bucket(r: _Reader, m: Mapping[str, object], path: str) -> TokenBucket:
+    r.keys(m, path, {"max_tokens", "tokens_per_fill", "fill_interval"})
+    max_tokens = r.int_(m, "max_tokens", path)
+    per_fill = r.int_(m, "tokens_per_fill", path, 1)
+    interval = r.duration(m, "fill_interval", path, 0.0)
+    if max_tokens < 1 or per_fill < 1:
+        raise r.fail(path, "max_tokens and tokens_per_fill must be at least 1")
+    if interval < 0.05:  # noqa: PLR2004 - Aeraki's (and Envoy's) minimum
+        raise r.fail(f"{path}.fill_interval", "must be at least 50ms")
+    return TokenBucket(max_tokens, per_fill, interval)
+
+
+def _local_rate_limit(r: _Reader, m: Mapping[str, object], path: str) -> LocalRateLimit:
+    """Aeraki's aeraki.meta_protocol_proxy.filters.local_ratelimit.v1alpha.LocalRateLimit."""
+    r.keys(m, path, {"@type", "stat_prefix", "token_bucket", "conditions"})
+    default = _bucket(r, r.mapping(m["token_bucket"], f"{path}.token_bucket"), f"{path}.token_bucket") if m.get("token_bucket") is not None else None
+    conditions = []
+    for i, c in enumerate(r.seq(m.get("conditions"), f"{path}.conditions")):
+        cp = f"{path}.conditions[{i}]"
+        cm = r.mapping(c, cp)
+        r.keys(cm, cp, {"match", "token_bucket"})
+        match = r.mapping(cm.get("match"), f"{cp}.match")
+        r.keys(match, f"{cp}.match", {"metadata"})
+        matchers = r.each(match.get("metadata"), f"{cp}.match.metadata", lambda mm, mp: _matcher(r, mm, mp))
+        conditions.append(RateLimitCondition(tuple(matchers), _bucket(r, r.mapping(cm.get("token_bucket"), f"{cp}.token_bucket"), f"{cp}.token_bucket")))
+    if default is None and not conditions:
+        raise r.fail(path, "token_bucket or conditions is required")
+    return LocalRateLimit(tuple(conditions), default)
+
+
+_ACCESS_LOG_TYPES: Final = frozenset(
+    {
+        "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+    }
+)
+
+
+def _access_log(r: _Reader, m: Mapping[str, object], path: str) -> AccessLog:
+    """An Envoy file/stdout access logger with a ``json_format`` (our loggers write JSON lines)."""
+    r.keys(m, path, {"name", "typed_config"}, {"filter"})
+    tc = r.mapping(m.get("typed_config"), f"{path}.typed_config")
+    kind = tc.get("@type")
+    if kind not in _ACCESS_LOG_TYPES:
+        raise r.fail(f"{path}.typed_config.@type", f"one of {', '.join(sorted(_ACCESS_LOG_TYPES))}")
+    r.keys(tc, f"{path}.typed_config", {"@type", "path", "log_format"})
+    target = "/dev/stdout" if str(kind).endswith("StdoutAccessLog") else r.str_(tc, "path", f"{path}.typed_config")
+    fmt = r.mapping(tc.get("log_format"), f"{path}.typed_config.log_format")
+    r.keys(fmt, f"{path}.typed_config.log_format", {"json_format"})
+    fields = r.mapping(fmt.get("json_format"), f"{path}.typed_config.log_format.json_format")
+    return AccessLog(target, tuple((str(k), str(v)) for k, v in fields.items()))
+
+
+def _fraction(r: _Reader, m: object, path: str, default: float) -> float:
+    """An Envoy FractionalPercent ({numerator, denominator: HUNDRED|TEN_THOUSAND|MILLION})."""
+    if m is None:
+        return default
+    fm = r.mapping(m, path)
+    r.keys(fm, path, {"numerator", "denominator"})
+    denominators = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+    denominator = str(fm.get("denominator", "HUNDRED"))
+    if denominator not in denominators:
+        raise r.fail(f"{path}.denominator", "HUNDRED, TEN_THOUSAND or MILLION")
+    return min(1.0, r.int_(fm, "numerator", path, 0) / denominators[denominator])
 
 
 def _codec(r: _Reader, m: Mapping[str, object], path: str) -> CodecRef:
@@ -374,7 +458,7 @@ def _key_values(r: _Reader, value: object, path: str) -> tuple[tuple[str, str], 
 
 
 def _route(r: _Reader, m: Mapping[str, object], path: str) -> RouteRule:
-    r.keys(m, path, {"name", "match", "route", "request_mutation", "response_mutation"})
+    r.keys(m, path, {"name", "match", "route", "request_mutation", "response_mutation", "fault"})
     match_m = r.mapping(m.get("match"), f"{path}.match")
     r.keys(match_m, f"{path}.match", {"metadata"})
     matchers = r.each(
@@ -382,13 +466,54 @@ def _route(r: _Reader, m: Mapping[str, object], path: str) -> RouteRule:
     )
     if m.get("route") is None:
         raise r.fail(f"{path}.route", "required")
-    action = _action(r, r.mapping(m["route"], f"{path}.route"), f"{path}.route")
+    action_m = r.mapping(m["route"], f"{path}.route")
+    action = _action(r, action_m, f"{path}.route")
+    mirrors = []
+    for i, mp in enumerate(r.seq(action_m.get("request_mirror_policies"), f"{path}.route.request_mirror_policies")):
+        pp = f"{path}.route.request_mirror_policies[{i}]"
+        pm = r.mapping(mp, pp)
+        r.keys(pm, pp, {"cluster", "runtime_fraction"})
+        rf = r.mapping(pm.get("runtime_fraction"), f"{pp}.runtime_fraction")
+        r.keys(rf, f"{pp}.runtime_fraction", {"default_value", "runtime_key"})
+        mirrors.append(MirrorPolicy(r.str_(pm, "cluster", pp), _fraction(r, rf.get("default_value"), f"{pp}.runtime_fraction.default_value", 1.0)))
+    retry = None
+    if action_m.get("retry_policy") is not None:
+        rp = f"{path}.route.retry_policy"
+        rm = r.mapping(action_m["retry_policy"], rp)
+        r.keys(rm, rp, {"num_retries", "retry_on", "per_try_timeout"})
+        kinds = {"connect_failure", "upstream_reset", "upstream_timeout", "no_healthy_upstream", "error"}
+        retry_on = frozenset(k.strip().replace("-", "_") for k in str(rm.get("retry_on", "connect_failure,upstream_reset,upstream_timeout")).split(",") if k.strip())
+        if not retry_on <= kinds:
+            raise r.fail(f"{rp}.retry_on", f"unknown {', '.join(sorted(retry_on - kinds))} (one of {', '.join(sorted(kinds))})")
+        retry = RetryPolicy(r.int_(rm, "num_retries", rp, 1), retry_on, r.duration(rm, "per_try_timeout", rp, 0.0))
+    fault = None
+    if m.get("fault") is not None:
+        fp = f"{path}.fault"
+        fm = r.mapping(m["fault"], fp)
+        r.keys(fm, fp, {"delay", "abort"})
+        dm = r.mapping(fm.get("delay"), f"{fp}.delay")
+        r.keys(dm, f"{fp}.delay", {"fixed_delay", "percentage"})
+        am = r.mapping(fm.get("abort"), f"{fp}.abort")
+        r.keys(am, f"{fp}.abort", {"error", "percentage"})
+        kinds_all = {"route_not_found", "cluster_not_found", "no_healthy_upstream", "upstream_timeout", "upstream_reset", "connect_failure", "bad_request", "bad_response", "over_limit", "unsupported", "internal"}
+        abort_kind = str(am.get("error", "internal"))
+        if abort_kind not in kinds_all:
+            raise r.fail(f"{fp}.abort.error", f"one of {', '.join(sorted(kinds_all))}")
+        fault = FaultPolicy(
+            delay=r.duration(dm, "fixed_delay", f"{fp}.delay", 0.0),
+            delay_fraction=_fraction(r, dm.get("percentage"), f"{fp}.delay.percentage", 1.0 if dm else 0.0),
+            abort_kind=abort_kind,
+            abort_fraction=_fraction(r, am.get("percentage"), f"{fp}.abort.percentage", 1.0 if am else 0.0),
+        )
     return RouteRule(
         name=r.str_(m, "name", path, default=""),
         match=tuple(matchers),
         action=action,
         request_mutation=_key_values(r, m.get("request_mutation"), f"{path}.request_mutation"),
         response_mutation=_key_values(r, m.get("response_mutation"), f"{path}.response_mutation"),
+        mirrors=tuple(mirrors),
+        retry=retry,
+        fault=fault,
     )
 
 
@@ -457,8 +582,7 @@ def _action(r: _Reader, m: Mapping[str, object], path: str) -> RouteAction:
     r.keys(
         m,
         path,
-        {"cluster", "weighted_clusters", "hash_policy", "metadata_match", "timeout"},
-        {"request_mirror_policies"},
+        {"cluster", "weighted_clusters", "hash_policy", "metadata_match", "timeout", "request_mirror_policies", "retry_policy"},
     )
     cluster = m.get("cluster")
     weighted: list[WeightedCluster] = []

@@ -88,6 +88,69 @@ class RouteAction:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """Copy a fraction (0..1) of a route's requests to a shadow cluster; replies are discarded."""
+
+    cluster: str
+    fraction: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry failed requests: up to ``num_retries`` more tries for the failure kinds in
+    ``retry_on`` (error kind values, plus ``error`` for an error reply from upstream), each try
+    with ``per_try_timeout`` seconds (0: the route timeout)."""
+
+    num_retries: int = 1
+    retry_on: frozenset[str] = frozenset({"connect_failure", "upstream_reset", "upstream_timeout"})
+    per_try_timeout: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPolicy:
+    """Chaos testing: delay a fraction of requests, abort a fraction with a local error."""
+
+    delay: float = 0.0
+    delay_fraction: float = 0.0
+    abort_kind: str = "internal"
+    abort_fraction: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """``max_tokens`` (also the initial fill), refilled by ``tokens_per_fill`` every ``fill_interval``."""
+
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitCondition:
+    """Requests matching ``match`` use ``bucket``; the first matching condition wins."""
+
+    match: tuple[AttributeMatcher, ...]
+    bucket: TokenBucket
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRateLimit:
+    """Aeraki's local rate limit: ordered conditions, then the default bucket (None: no limit)."""
+
+    conditions: tuple[RateLimitCondition, ...] = ()
+    default: TokenBucket | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """One JSON line per request to ``path`` (``/dev/stdout`` for stdout); ``fields`` maps JSON keys
+    to Envoy-style command operators (``%REQ(method)%``, ``%DURATION%`` ...)."""
+
+    path: str
+    fields: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RouteRule:
     """An ordered route: the first rule whose matchers all match wins."""
 
@@ -96,6 +159,9 @@ class RouteRule:
     action: RouteAction
     request_mutation: tuple[tuple[str, str], ...] = ()
     response_mutation: tuple[tuple[str, str], ...] = ()
+    mirrors: tuple[MirrorPolicy, ...] = ()
+    retry: RetryPolicy | None = None
+    fault: FaultPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +197,8 @@ class ListenerConfig:
     idle_timeout: float = 0.0
     max_pending_per_connection: int = 4096
     upstream_connections_per_endpoint: int = 1
+    local_rate_limit: LocalRateLimit | None = None
+    access_log: tuple[AccessLog, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

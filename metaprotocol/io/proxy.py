@@ -71,6 +71,7 @@ class Proxy:
         self.contexts: dict[str, ListenerContext] = {}
         self.servers: dict[str, asyncio.Server] = {}
         self.admin_server: asyncio.Server | None = None
+        self.log_writers: dict[str, list[object]] = {}
         self.ready = False
 
     async def start(self) -> None:
@@ -114,7 +115,35 @@ class Proxy:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.contexts[lst.name] = ctx
         self.servers[lst.name] = server
+        self._attach_policies(ctx)
         log.info("listener %s on %s:%d (codec %s)", lst.name, lst.address, lst.port, factory.name)
+
+    def _attach_policies(self, ctx: ListenerContext) -> None:
+        """Access log writers and the idle-timeout check for a listener (IO lives here)."""
+        from metaprotocol.io.access_log import AccessLogWriter, fan_out
+
+        assert self.loop is not None  # noqa: S101
+        for w in self.log_writers.pop(ctx.name, []):
+            w.close()
+        writers = [AccessLogWriter(a, ctx.factory.name, self.loop) for a in ctx.config.access_log]
+        self.log_writers[ctx.name] = writers
+        ctx.access_log = fan_out(writers) if writers else None
+        idle = ctx.config.idle_timeout
+        if idle > 0:
+            self.loop.call_later(min(idle / 2, 1.0), self._check_idle, ctx)
+
+    def _check_idle(self, ctx: ListenerContext) -> None:
+        if self.contexts.get(ctx.name) is not ctx or self.loop is None:
+            return
+        idle = ctx.config.idle_timeout
+        if idle <= 0:
+            return
+        now = self.loop.time()
+        for session in list(ctx.sessions):
+            if session.inflight == 0 and not session.slots and now - session.last_active >= idle and session.transport is not None:
+                ctx.stats.idle_timeouts += 1
+                session.transport.close()
+        self.loop.call_later(min(idle / 2, 1.0), self._check_idle, ctx)
 
     def bound_port(self, listener: str) -> int:
         """The port a listener is bound to (useful with port 0)."""
@@ -155,9 +184,18 @@ class Proxy:
                 and lst.port in (ctx.config.port, self.bound_port(name))
             )
             if lst is not None and same:
+                limits_changed = lst.local_rate_limit != ctx.config.local_rate_limit
+                logs_changed = (lst.access_log, lst.idle_timeout) != (ctx.config.access_log, ctx.config.idle_timeout)
                 ctx.config = lst
                 if lst.route_config is not None:
                     ctx.table = RouteTable(lst.route_config)
+                if limits_changed:
+                    from metaprotocol.proxy.policies import RateLimiter
+
+                    assert self.loop is not None  # noqa: S101
+                    ctx.limiter = RateLimiter(lst.local_rate_limit, self.loop.time()) if lst.local_rate_limit else None
+                if logs_changed:
+                    self._attach_policies(ctx)
             else:
                 await self._stop_listener(name)
         import random
@@ -198,6 +236,9 @@ class Proxy:
                     session.transport.close()
         if self.admin_server is not None:
             self.admin_server.close()
+        for writers in self.log_writers.values():
+            for w in writers:
+                w.close()  # type: ignore[attr-defined]
         if self.upstreams is not None:
             for pool in self.upstreams.pools.values():
                 pool.close()

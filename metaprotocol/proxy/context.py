@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from metaprotocol.config.model import ListenerConfig
+from metaprotocol.proxy.policies import RateLimiter
 from metaprotocol.proxy.stats import ListenerStats
 from metaprotocol.router.table import CompiledRoute, RouteTable
 from metaprotocol.spi import CodecFactory, Correlation, LocalError, Message
@@ -74,6 +75,10 @@ class ListenerContext:
         self.stats = ListenerStats(config.name, config.stat_prefix, factory.name)
         self.sessions: set[DownstreamSession] = set()
         self.draining = False
+        self.limiter: RateLimiter | None = None
+        if config.local_rate_limit is not None:
+            self.limiter = RateLimiter(config.local_rate_limit, io.now())
+        self.access_log: Callable[[dict[str, object]], None] | None = None
 
 
 class Pending:
@@ -96,6 +101,7 @@ class Pending:
         "route",
         "session",
         "start",
+        "tries",
         "upstream",
         "upstream_id",
     )
@@ -115,6 +121,7 @@ class Pending:
         self.part_index = 0
         self.part_replies: list[Message | None] | None = None
         self.parts_left = 0
+        self.tries = 0
 
     def __repr__(self) -> str:
         return f"Pending({self.request!r}, done={self.done})"

@@ -65,6 +65,7 @@ class DownstreamSession:
         self.read_paused = False
         self.write_paused = False
         self.max_pending = ctx.config.max_pending_per_connection
+        self.last_active = ctx.io.now()
 
     # -- asyncio protocol callbacks -----------------------------------------------------------
 
@@ -81,6 +82,7 @@ class DownstreamSession:
         if self.closing:
             return
         self.buffer.feed(data)
+        self.last_active = self.ctx.io.now()
         self._process()
         self.flush()
 
@@ -157,6 +159,16 @@ class DownstreamSession:
                 self.closing = True
             return
         oneway = mtype is MessageType.ONEWAY
+        limiter = ctx.limiter
+        if limiter is not None:
+            if limiter.allow(msg.metadata, now):
+                ctx.stats.rate_limit_ok += 1
+            else:
+                ctx.stats.rate_limited += 1
+                ctx.stats.errors[ErrorKind.OVER_LIMIT.value] += 1
+                if not oneway:
+                    self._local(Pending(self, msg, now), self.codec.on_error(msg, LocalError(ErrorKind.OVER_LIMIT, "rate limited")))
+                return
         p = Pending(self, msg, now)
         if oneway:
             ctx.stats.requests_oneway += 1
@@ -225,6 +237,8 @@ class DownstreamSession:
                 self._finish(parent, merged)
             return
         route = p.route
+        if response.type is MessageType.ERROR and self._retry(p, "error"):
+            return
         mutation = route.response_mutation if route is not None else None
         try:
             data = self.codec.encode(response, mutation, p.request.request_id)
@@ -232,11 +246,14 @@ class DownstreamSession:
             self._local_error(p, ErrorKind.BAD_RESPONSE, str(exc))
             return
         self.ctx.stats.responses += 1
-        self._finish(p, data)
+        self._finish(p, data, "ok" if response.type is MessageType.RESPONSE else "error")
 
     def fail(self, p: Pending, kind: ErrorKind, message: str) -> None:
-        """``p`` failed upstream (reset, timeout ...): answer with the codec's error reply."""
+        """``p`` failed upstream (reset, timeout ...): retry if the route says so, else answer
+        with the codec's error reply."""
         if p.done:
+            return
+        if self._retry(p, kind.value):
             return
         parent = p.parent
         if parent is not None:
@@ -245,6 +262,22 @@ class DownstreamSession:
                 self._local_error(parent, kind, message)
             return
         self._local_error(p, kind, message)
+
+    def _retry(self, p: Pending, reason: str) -> bool:
+        """Send ``p`` again when its route retries ``reason`` and tries are left."""
+        route = p.route
+        policy = route.rule.retry if route is not None else None
+        if policy is None or reason not in policy.retry_on or p.tries >= policy.num_retries or self.closed or p.parent is not None:
+            return False
+        p.tries += 1
+        ctx = self.ctx
+        ctx.stats.retries += 1
+        p.upstream = None
+        p.upstream_id = None
+        failure = ctx.upstreams.dispatch(ctx, p, p.request, ctx.io.now(), oneway=False)
+        if failure is not None:
+            self._fail(p, failure)
+        return True
 
     def _fail(self, p: Pending, failure: Failure) -> None:
         if failure.cluster:
@@ -257,7 +290,7 @@ class DownstreamSession:
             p.done = True
             return
         reply = self.codec.on_error(p.request, LocalError(kind, message))
-        self._finish(p, reply)
+        self._finish(p, reply, kind.value)
 
     def _local(self, p: Pending, reply: bytes) -> None:
         """A reply made without going upstream, kept in request order."""
@@ -268,14 +301,18 @@ class DownstreamSession:
         else:
             self.out.append(reply)
 
-    def _finish(self, p: Pending, data: bytes | bytearray) -> None:
+    def _finish(self, p: Pending, data: bytes | bytearray, status: str = "ok") -> None:
         p.done = True
         if self.closed:
             return
         ctx = self.ctx
         self.inflight -= 1
         ctx.stats.active_requests -= 1
-        ctx.stats.latency.observe(ctx.io.now() - p.start)
+        now = ctx.io.now()
+        ctx.stats.latency.observe(now - p.start)
+        self.last_active = now
+        if ctx.access_log is not None:
+            ctx.access_log(_log_record(ctx.name, p, data, now, status))
         if self.ordered:
             p.reply = data
             slots = self.slots
@@ -348,6 +385,25 @@ class DownstreamSession:
             self.read_paused = True
             self.transport.pause_reading()
         self.flush()
+
+
+def _log_record(listener: str, p: Pending, reply: bytes | bytearray, now: float, status: str) -> dict[str, object]:
+    """What the access log may print about one finished request."""
+    conn = p.upstream
+    return {
+        "listener": listener,
+        "route": p.route.name if p.route is not None else "",
+        "cluster": p.cluster,
+        "upstream_host": conn.pool.endpoint_key if conn is not None else "",
+        "request_id": p.request.request_id,
+        "metadata": p.request.metadata,
+        "bytes_received": len(p.request.raw),
+        "bytes_sent": len(reply),
+        "duration": now - p.start,
+        "start": p.start,
+        "tries": p.tries + 1,
+        "status": status,
+    }
 
 
 __all__ = ["CompiledRoute", "DownstreamSession", "Transport"]

@@ -55,6 +55,12 @@ class ListenerStats:
         self.cx_destroy_with_active_rq = 0
         self.fanout_requests = 0
         self.late_responses = 0
+        self.rate_limit_ok = 0
+        self.rate_limited = 0
+        self.retries = 0
+        self.faults_injected = 0
+        self.mirrored = 0
+        self.idle_timeouts = 0
         self.errors: Counter[str] = Counter()
         self.route_requests: Counter[str] = Counter()
         self.latency = Histogram()
@@ -109,6 +115,12 @@ def render_prometheus(
          "Downstream connections closed with requests in flight."),
         ("fanout_requests", "fanout_requests_total", "Requests split across upstreams."),
         ("late_responses", "late_responses_total", "Responses that arrived after a timeout."),
+        ("rate_limit_ok", "local_rate_limit_ok_total", "Requests the local rate limit let through."),
+        ("rate_limited", "local_rate_limit_rate_limited_total", "Requests refused by the local rate limit."),
+        ("retries", "retries_total", "Retried tries."),
+        ("faults_injected", "faults_injected_total", "Requests delayed or aborted by fault injection."),
+        ("mirrored", "mirrored_requests_total", "Requests copied to a mirror cluster."),
+        ("idle_timeouts", "downstream_cx_idle_timeout_total", "Connections closed for idleness."),
     )  # fmt: skip
     for attr, metric, help_ in listener_counters:
         name = f"metaprotocol_{metric}"

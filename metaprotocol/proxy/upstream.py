@@ -183,8 +183,9 @@ class UpstreamConnection:
             pool.stats.cx_active -= 1
         if self.outstanding:
             pool.stats.cx_destroy_with_active_rq += 1
-        self._fail_all(ErrorKind.UPSTREAM_RESET, f"upstream {pool.endpoint_key} closed the connection")
+        # Leave the pool before failing the waiters: a retry must not land on this connection.
         pool.remove(self)
+        self._fail_all(ErrorKind.UPSTREAM_RESET, f"upstream {pool.endpoint_key} closed the connection")
 
     def pause_writing(self) -> None:
         """Upstream is slow to read; its requests simply queue in the transport."""
@@ -200,9 +201,10 @@ class UpstreamConnection:
         pool = self.pool
         pool.stats.cx_connect_fail += 1
         pool.io.report("upstream_connect_failed", f"{pool.name}: {exc!r}")
-        self._fail_all(ErrorKind.CONNECT_FAILURE, f"cannot connect to {pool.endpoint_key}")
+        # Leave the pool and mark the endpoint first, so that retries go elsewhere.
         pool.remove(self)
         pool.upstreams.endpoint_failed(pool)
+        self._fail_all(ErrorKind.CONNECT_FAILURE, f"cannot connect to {pool.endpoint_key}")
 
     # -- failure ------------------------------------------------------------------------------
 
@@ -222,11 +224,11 @@ class UpstreamConnection:
         if self.closed:
             return
         self.closed = True
-        self._fail_all(kind, message, skip)
         if self.connected:
             self.pool.stats.cx_active -= 1
             self.connected = False
         self.pool.remove(self)
+        self._fail_all(kind, message, skip)
         if self.transport is not None:
             self.transport.close()  # type: ignore[attr-defined]
 
@@ -335,6 +337,23 @@ class EndpointPool:
                 conn.transport.close()  # type: ignore[attr-defined]
 
 
+class _Shadow:
+    """Stands in for the client of a mirrored copy: whatever happens to the copy is dropped."""
+
+    def __init__(self, session: object) -> None:
+        self.codec = session.codec  # type: ignore[attr-defined]
+        self.ctx = session.ctx  # type: ignore[attr-defined]
+        self.closed = False
+
+    def complete(self, p: Pending, response: Message) -> None:
+        """A mirror's reply: read and discarded."""
+        p.done = True
+
+    def fail(self, p: Pending, kind: ErrorKind, message: str) -> None:
+        """A mirror's failure never reaches the client."""
+        p.done = True
+
+
 class Upstreams:
     """All clusters and pools of a proxy, and the deadlines of requests in flight."""
 
@@ -400,8 +419,40 @@ class Upstreams:
         target = self.resolve(ctx, msg)
         if isinstance(target, Failure):
             return target
+        fault = target[0].rule.fault
+        if fault is not None and p.tries == 0:
+            rng = ctx.rng
+            if fault.abort_fraction and rng.random() < fault.abort_fraction:
+                ctx.stats.faults_injected += 1
+                return Failure(LocalError(ErrorKind(fault.abort_kind), "fault injected"), target[1].config.name)
+            if fault.delay and fault.delay_fraction and rng.random() < fault.delay_fraction:
+                ctx.stats.faults_injected += 1
+                self.io.call_later(fault.delay, lambda: self._send_delayed(ctx, p, msg, target, oneway))
+                return None
         self.send(ctx, p, msg, target, now, oneway)
+        if target[0].rule.mirrors and p.tries == 0:
+            self._mirror(ctx, p, msg, target[0], now)
         return None
+
+    def _send_delayed(self, ctx: ListenerContext, p: Pending, msg: Message, target: Target, oneway: bool) -> None:
+        if p.session.closed or p.done:
+            return
+        self.send(ctx, p, msg, target, self.io.now(), oneway)
+
+    def _mirror(self, ctx: ListenerContext, p: Pending, msg: Message, route: CompiledRoute, now: float) -> None:
+        """Copy ``msg`` to the route's mirror clusters; their replies and failures are dropped."""
+        for policy in route.rule.mirrors:
+            if policy.fraction < 1.0 and ctx.rng.random() >= policy.fraction:
+                continue
+            cs = self.clusters.get(policy.cluster)
+            if cs is None:
+                continue
+            index = cs.pick((), None, ctx.rng)
+            if index is None:
+                continue
+            ctx.stats.mirrored += 1
+            shadow = Pending(_Shadow(p.session), msg, now)  # type: ignore[arg-type]
+            self.send(ctx, shadow, msg, (route, cs, index), now, oneway=msg.type is MessageType.ONEWAY, mirror=True)
 
     def send(
         self,
@@ -411,13 +462,15 @@ class Upstreams:
         target: Target,
         now: float,
         oneway: bool,
+        mirror: bool = False,
     ) -> None:
         """Send ``msg`` to the target endpoint and track ``p``'s deadline."""
         route, cs, index = target
         p.route = route
         name = cs.config.name
         p.cluster = name
-        ctx.stats.route_requests[route.name] += 1
+        if not mirror:
+            ctx.stats.route_requests[route.name] += 1
         profile = p.session.codec.upstream_profile()
         key = (ctx.name, name, index, profile)
         pool = self.pools.get(key)
@@ -430,7 +483,9 @@ class Upstreams:
             p.session.fail(p, ErrorKind.BAD_REQUEST, str(exc))
             return
         if not oneway:
-            self.deadlines.add(p, now, route.rule.action.timeout)
+            retry = route.rule.retry
+            timeout = retry.per_try_timeout if retry is not None and retry.per_try_timeout else route.rule.action.timeout
+            self.deadlines.add(p, now, timeout)
             self.io.arm_sweeper()
 
     def sweep(self, now: float) -> None:

@@ -1,0 +1,149 @@
+"""Traffic policies end to end with real Dubbo (app kit) and Redis traffic over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from metaprotocol_apps.dubbo import DubboConsumer, DubboError
+from metaprotocol_codecs.dubbo import wire
+from tests.integration.test_dubbo_proxy import DEMO, Providers
+from tests.servers import RedisServer, bootstrap_dict, cluster, free_port, listener
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def providers() -> Iterator[Providers]:
+    p = Providers()
+    yield p
+    p.stop()
+
+
+def dubbo_tree(providers: Providers, route: dict[str, object], **extra: object) -> dict[str, object]:
+    return bootstrap_dict(
+        [listener("dubbo", 0, "dubbo", [{"name": "main", **route}], **extra)],
+        [cluster("v1", [providers.port("v1")]), cluster("v2", [providers.port("v2")]), cluster("dead", [free_port()]),
+         cluster("flaky", [free_port(), providers.port("v1")])],
+    )  # fmt: skip
+
+
+async def say(port: int, n: int, concurrency: int = 20) -> tuple[Counter[str], list[Exception]]:
+    counts: Counter[str] = Counter()
+    errors: list[Exception] = []
+    async with DubboConsumer("127.0.0.1", port, timeout=10) as c:
+
+        async def one(i: int) -> None:
+            try:
+                counts[(await c.call(DEMO, "sayHello", [f"p{i}"], version="1.0.0")).rsplit("-", 1)[1]] += 1
+            except Exception as exc:  # noqa: BLE001 - collected for the assertions
+                errors.append(exc)
+
+        for start in range(0, n, concurrency):
+            await asyncio.gather(*(one(i) for i in range(start, min(n, start + concurrency))))
+    return counts, errors
+
+
+def test_mirror_receives_its_fraction_and_a_dead_mirror_changes_nothing(run_proxy: object, providers: Providers) -> None:
+    route = {"route": {"cluster": "v1", "request_mirror_policies": [
+        {"cluster": "v2", "runtime_fraction": {"default_value": {"numerator": 10, "denominator": "HUNDRED"}}},
+        {"cluster": "dead"}]}}  # fmt: skip
+    rp = run_proxy(dubbo_tree(providers, route))  # type: ignore[operator]
+    counts, errors = asyncio.run(say(rp.port("dubbo"), 1000))
+    assert not errors and counts == Counter({"v1": 1000})  # clients only ever see the primary
+    time.sleep(0.3)
+    mirrored = sum(1 for inv in providers.providers["v2"].calls if inv.method == "sayHello")
+    assert 60 <= mirrored <= 140, mirrored  # Binomial(1000, 0.1): sd 9.5
+    stats = rp.run(rp.proxy.stats_text)  # type: ignore[attr-defined]
+    assert 'metaprotocol_upstream_cx_connect_fail_total{cluster="dead"}' in stats
+
+
+def test_local_rate_limit_5_per_10s_with_the_protocols_error(run_proxy: object, providers: Providers) -> None:
+    limit = {"meta_protocol_filters": [
+        {"name": "aeraki.meta_protocol.filters.local_ratelimit", "config": {
+            "stat_prefix": "dubbo", "token_bucket": {"max_tokens": 100, "tokens_per_fill": 100, "fill_interval": "1s"},
+            "conditions": [{"match": {"metadata": [{"name": "method", "exact_match": "sayHello"}]},
+                            "token_bucket": {"max_tokens": 5, "tokens_per_fill": 5, "fill_interval": "10s"}}]}},
+        {"name": "aeraki.meta_protocol.filters.router"}]}  # fmt: skip
+    rp = run_proxy(dubbo_tree(providers, {"route": {"cluster": "v1"}}, **limit))  # type: ignore[operator]
+    counts, errors = asyncio.run(say(rp.port("dubbo"), 20, concurrency=1))
+    assert counts == Counter({"v1": 5}) and len(errors) == 15
+    assert all(isinstance(e, DubboError) and e.status == wire.SERVER_THREADPOOL_EXHAUSTED_ERROR for e in errors)
+    stats = rp.run(rp.proxy.stats_text)  # type: ignore[attr-defined]
+    assert 'metaprotocol_local_rate_limit_ok_total{listener="dubbo",protocol="dubbo"} 5' in stats
+    assert 'metaprotocol_local_rate_limit_rate_limited_total{listener="dubbo",protocol="dubbo"} 15' in stats
+
+
+def test_local_rate_limit_on_redis(run_proxy: object) -> None:
+    with RedisServer() as server:
+        limit = {"meta_protocol_filters": [{"name": "aeraki.meta_protocol.filters.local_ratelimit", "config": {
+            "stat_prefix": "r", "token_bucket": {"max_tokens": 5, "tokens_per_fill": 5, "fill_interval": "10s"}}}]}  # fmt: skip
+        rp = run_proxy(bootstrap_dict([listener("redis", 0, "redis", [{"route": {"cluster": "c"}}], **limit)], [cluster("c", [server.port])]))  # type: ignore[operator]
+        r = redis.Redis(port=rp.port("redis"), protocol=2)
+        results = []
+        for i in range(8):
+            try:
+                results.append(r.set(f"k{i}", i))
+            except redis.ResponseError as exc:
+                results.append(str(exc))
+        assert results[:5] == [True] * 5 and results[5:] == ["rate limited"] * 3
+        r.close()
+
+
+def test_retry_turns_a_dead_endpoint_into_success(run_proxy: object, providers: Providers) -> None:
+    route = {"route": {"cluster": "flaky", "retry_policy": {"num_retries": 2, "retry_on": "connect-failure,upstream-reset"}}}
+    rp = run_proxy(dubbo_tree(providers, route))  # type: ignore[operator]
+    counts, errors = asyncio.run(say(rp.port("dubbo"), 100))
+    assert not errors and counts == Counter({"v1": 100})
+    stats = rp.run(rp.proxy.stats_text)  # type: ignore[attr-defined]
+    assert 'metaprotocol_retries_total{listener="dubbo",protocol="dubbo"} 0' not in stats
+
+
+def test_fault_injection_aborts_and_delays(run_proxy: object, providers: Providers) -> None:
+    route = {"route": {"cluster": "v1"}, "fault": {"abort": {"error": "over_limit", "percentage": {"numerator": 30, "denominator": "HUNDRED"}}}}
+    rp = run_proxy(dubbo_tree(providers, route))  # type: ignore[operator]
+    counts, errors = asyncio.run(say(rp.port("dubbo"), 1000))
+    assert 230 <= len(errors) <= 370, len(errors)  # Binomial(1000, 0.3): sd 14.5
+    assert all(isinstance(e, DubboError) and e.status == wire.SERVER_THREADPOOL_EXHAUSTED_ERROR for e in errors)
+    delay = {"route": {"cluster": "v1"}, "fault": {"delay": {"fixed_delay": "0.3s", "percentage": {"numerator": 100, "denominator": "HUNDRED"}}}}
+    rp2 = run_proxy(dubbo_tree(providers, delay))  # type: ignore[operator]
+    start = time.monotonic()
+    counts, errors = asyncio.run(say(rp2.port("dubbo"), 5, concurrency=5))
+    assert not errors and time.monotonic() - start >= 0.3
+
+
+def test_idle_connections_are_closed(run_proxy: object, providers: Providers) -> None:
+    rp = run_proxy(dubbo_tree(providers, {"route": {"cluster": "v1"}}, idle_timeout="0.3s"))  # type: ignore[operator]
+    with socket.create_connection(("127.0.0.1", rp.port("dubbo"))) as s:
+        s.settimeout(5)
+        start = time.monotonic()
+        assert s.recv(10) == b""  # closed by the proxy
+        assert 0.25 <= time.monotonic() - start < 2.5
+
+
+def test_access_log_writes_json_lines(run_proxy: object, providers: Providers, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    access = {"access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": str(log),
+        "log_format": {"json_format": {"start": "%START_TIME%", "protocol": "%PROTOCOL%", "route": "%ROUTE_NAME%",
+                                       "cluster": "%UPSTREAM_CLUSTER%", "upstream": "%UPSTREAM_HOST%", "method": "%REQ(method)%",
+                                       "interface": "%REQ(interface)%", "code": "%RESPONSE_CODE%", "details": "%RESPONSE_CODE_DETAILS%",
+                                       "ms": "%DURATION%", "in": "%BYTES_RECEIVED%", "out": "%BYTES_SENT%", "id": "%REQUEST_ID%"}}}}]}  # fmt: skip
+    rp = run_proxy(dubbo_tree(providers, {"route": {"cluster": "v1"}}, **access))  # type: ignore[operator]
+    counts, errors = asyncio.run(say(rp.port("dubbo"), 3, concurrency=1))
+    assert not errors
+    time.sleep(0.2)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(lines) == 3
+    first = lines[0]
+    assert first["protocol"] == "dubbo" and first["route"] == "main" and first["cluster"] == "v1" and first["method"] == "sayHello"
+    assert first["interface"] == DEMO and first["code"] == 0 and first["details"] == "ok" and first["in"] > 100 and first["out"] > 20
+    assert first["upstream"] == f"127.0.0.1:{providers.port('v1')}" and first["start"].endswith("+00:00") and first["ms"] >= 0
