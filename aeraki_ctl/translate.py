@@ -25,10 +25,14 @@ from metaprotocol.config.model import (
     Endpoint,
     LbPolicy,
     ListenerConfig,
+    LocalRateLimit,
     MatchKind,
+    MirrorPolicy,
+    RateLimitCondition,
     RouteAction,
     RouteConfig,
     RouteRule,
+    TokenBucket,
     WeightedCluster,
 )
 
@@ -98,8 +102,10 @@ def translate(resources: ResourceSet, options: Options | None = None) -> Transla
             clusters[name] = cfg
         router = routers.get(svc.host)
         routes = None
+        limit = None
         if router is not None:
             routes = _routes(router, svc, hosts, subsets, hash_key, services, problems)
+            limit = _local_rate_limit(router, problems)
         if not routes:
             action = RouteAction(cluster=cluster_name(svc.port, "", svc.host), hash_policy=(hash_key,) if hash_key else ())
             routes = (RouteRule("default", (), action),)
@@ -112,6 +118,7 @@ def translate(resources: ResourceSet, options: Options | None = None) -> Transla
                 codec=CodecRef(svc.codec),
                 stat_prefix=cluster_name(svc.port, "", svc.host),
                 route_config=RouteConfig(name, routes),
+                local_rate_limit=limit,
             )
         )
     # Subset clusters of destinations in other services are made with those services above.
@@ -235,9 +242,8 @@ def _routes(
 ) -> tuple[RouteRule, ...] | None:
     """The MetaRouter's routes for one service port; None (and a problem) when it is invalid."""
     rules = []
-    for unsupported in ("localRateLimit", "globalRateLimit"):
-        if unsupported in mr.spec:
-            problems.append(Problem(mr.source, mr.ref, f"{unsupported} is not enforced yet", fatal=False))
+    if "globalRateLimit" in mr.spec:
+        problems.append(Problem(mr.source, mr.ref, "globalRateLimit is not enforced yet", fatal=False))
     for i, route in enumerate(mr.spec.get("routes") or []):
         where = f"routes[{i}]" + (f" ({route.get('name')})" if route.get("name") else "")
         try:
@@ -263,8 +269,16 @@ def _routes(
         except ValueError as exc:
             problems.append(Problem(mr.source, mr.ref, f"{where}: {exc}; the MetaRouter is skipped"))
             return None
+        mirrors: tuple[MirrorPolicy, ...] = ()
         if route.get("mirror"):
-            problems.append(Problem(mr.source, mr.ref, f"{where}: mirror is not enforced yet", fatal=False))
+            m = route["mirror"] or {}
+            if m.get("host") not in hosts:
+                problems.append(Problem(mr.source, mr.ref, f"{where}: unknown mirror host {m.get('host')!r}; the MetaRouter is skipped"))
+                return None
+            mport = int((m.get("port") or {}).get("number", svc.port))
+            percentage = route.get("mirrorPercentage")
+            fraction = float((percentage or {}).get("value", 100.0)) / 100.0
+            mirrors = (MirrorPolicy(cluster_name(mport, str(m.get("subset", "") or ""), str(m["host"])), max(0.0, min(1.0, fraction))),)
         action = (
             RouteAction(cluster=weighted[0].name, hash_policy=(hash_key,) if hash_key else ())
             if len(weighted) == 1
@@ -277,9 +291,42 @@ def _routes(
                 action=action,
                 request_mutation=tuple((str(kv["key"]), str(kv.get("value", ""))) for kv in route.get("requestMutation") or []),
                 response_mutation=tuple((str(kv["key"]), str(kv.get("value", ""))) for kv in route.get("responseMutation") or []),
+                mirrors=mirrors,
             )
         )
     return tuple(rules)
+
+
+def _bucket(spec: Mapping[str, Any]) -> TokenBucket:
+    from metaprotocol.config.bootstrap import _DURATION, _UNITS
+
+    interval = str(spec.get("fillInterval", "1s"))
+    m = _DURATION.match(interval)
+    if m is None:
+        raise ValueError(f"bad fillInterval {interval!r}")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    max_tokens = int(spec.get("maxTokens", 0))
+    per_fill = int(spec.get("tokensPerFill", 1) or 1)
+    if max_tokens < 1 or seconds < 0.05:  # noqa: PLR2004 - Aeraki's rules
+        raise ValueError("maxTokens must be positive and fillInterval at least 50ms")
+    return TokenBucket(max_tokens, per_fill, seconds)
+
+
+def _local_rate_limit(mr: Resource, problems: list[Problem]) -> LocalRateLimit | None:
+    """MetaRouter.localRateLimit: a default token bucket and ordered conditions."""
+    spec = mr.spec.get("localRateLimit")
+    if not spec:
+        return None
+    try:
+        default = _bucket(spec["tokenBucket"]) if spec.get("tokenBucket") else None
+        conditions = tuple(RateLimitCondition(tuple(_matchers(c.get("match") or {})), _bucket(c.get("tokenBucket") or {})) for c in spec.get("conditions") or [])
+    except (ValueError, KeyError, TypeError) as exc:
+        problems.append(Problem(mr.source, mr.ref, f"localRateLimit: {exc}; ignored"))
+        return None
+    if default is None and not conditions:
+        problems.append(Problem(mr.source, mr.ref, "localRateLimit needs tokenBucket or conditions; ignored"))
+        return None
+    return LocalRateLimit(conditions, default)
 
 
 def _matchers(match: Mapping[str, Any]) -> list[AttributeMatcher]:

@@ -23,6 +23,7 @@ DEPENDENCY_MODULES = (
     "envoy.config.core.v3.config_source_pb2",
     "envoy.config.route.v3.route_components_pb2",
     "envoy.type.v3.percent_pb2",
+    "envoy.type.v3.token_bucket_pb2",
     "google.protobuf.any_pb2",
     "google.protobuf.duration_pb2",
     "google.protobuf.wrappers_pb2",

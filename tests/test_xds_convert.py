@@ -5,7 +5,26 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metaprotocol.config.model import AttributeMatcher, ClusterConfig, CodecRef, Endpoint, LbPolicy, ListenerConfig, MatchKind, RouteAction, RouteConfig, RouteRule, WeightedCluster
+from metaprotocol.config.model import (
+    AccessLog,
+    AttributeMatcher,
+    ClusterConfig,
+    CodecRef,
+    Endpoint,
+    FaultPolicy,
+    LbPolicy,
+    ListenerConfig,
+    LocalRateLimit,
+    MatchKind,
+    MirrorPolicy,
+    RateLimitCondition,
+    RetryPolicy,
+    RouteAction,
+    RouteConfig,
+    RouteRule,
+    TokenBucket,
+    WeightedCluster,
+)
 from metaprotocol.xds import convert
 
 matchers = st.builds(
@@ -24,7 +43,10 @@ def test_route_config_roundtrip(rules: list[tuple[str, list[AttributeMatcher], b
         "svc_20880",
         tuple(
             RouteRule(name, tuple(ms), RouteAction(cluster="c", timeout=t) if single else RouteAction(weighted_clusters=(WeightedCluster("a", 20), WeightedCluster("b", 80)), hash_policy=("userid",), subset=(("version", "v2"),), timeout=t),
-                      request_mutation=(("foo", "bar"),), response_mutation=(("x", "y"),))  # fmt: skip
+                      request_mutation=(("foo", "bar"),), response_mutation=(("x", "y"),),
+                      mirrors=(MirrorPolicy("m", 0.1),) if single else (),
+                      retry=RetryPolicy(2, frozenset({"error", "connect_failure"}), 0.25) if single else None,
+                      fault=FaultPolicy(0.5, 0.25, "over_limit", 0.125) if not single else None)  # fmt: skip
             for name, ms, single, t in rules
         ),
     )
@@ -38,7 +60,10 @@ def test_cluster_and_endpoints_roundtrip(eps: list[Endpoint], policy: LbPolicy, 
 
 
 def test_listener_roundtrip_uses_rds() -> None:
-    lst = ListenerConfig("svc_20880", "127.0.0.1", 30880, CodecRef("aeraki.meta_protocol.codec.dubbo"), "outbound|20880||svc", rds_name="svc_20880", idle_timeout=60, max_pending_per_connection=100, upstream_connections_per_endpoint=2)
+    limit = LocalRateLimit((RateLimitCondition((AttributeMatcher("method", MatchKind.EXACT, "sayHello"),), TokenBucket(5, 5, 10.0)),), TokenBucket(100, 10, 1.0))
+    log = (AccessLog("/dev/stdout", (("method", "%REQ(method)%"), ("ms", "%DURATION%"))),)
+    lst = ListenerConfig("svc_20880", "127.0.0.1", 30880, CodecRef("aeraki.meta_protocol.codec.dubbo"), "outbound|20880||svc", rds_name="svc_20880", idle_timeout=60,
+                         max_pending_per_connection=100, upstream_connections_per_endpoint=2, local_rate_limit=limit, access_log=log)  # fmt: skip
     xds = convert.listener_to_xds(lst)
     assert xds.filter_chains[0].filters[0].typed_config.type_url == "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
     assert convert.listener_from_xds(xds) == lst

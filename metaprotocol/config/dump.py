@@ -11,6 +11,7 @@ from typing import Any
 from metaprotocol.config.bootstrap import PROXY_TYPE
 from metaprotocol.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
+    TokenBucket,
     DEFAULT_ROUTE_TIMEOUT,
     AttributeMatcher,
     Bootstrap,
@@ -32,6 +33,14 @@ _FORMS = {
 
 def _seconds(value: float) -> str:
     return f"{value:g}s"
+
+
+def _percent(fraction: float) -> dict[str, Any]:
+    return {"numerator": round(fraction * 1_000_000), "denominator": "MILLION"}
+
+
+def _bucket(b: TokenBucket) -> dict[str, Any]:
+    return {"max_tokens": b.max_tokens, "tokens_per_fill": b.tokens_per_fill, "fill_interval": _seconds(b.fill_interval)}
 
 
 def _address(host: str, port: int) -> dict[str, Any]:
@@ -71,7 +80,23 @@ def route_tree(rule: RouteRule) -> dict[str, Any]:
         action["metadata_match"] = {"filter_metadata": {"envoy.lb": dict(a.subset)}}
     if a.timeout != DEFAULT_ROUTE_TIMEOUT:
         action["timeout"] = _seconds(a.timeout)
+    if rule.mirrors:
+        action["request_mirror_policies"] = [
+            {"cluster": m.cluster, "runtime_fraction": {"default_value": _percent(m.fraction)}} for m in rule.mirrors
+        ]
+    if rule.retry is not None:
+        action["retry_policy"] = {
+            "num_retries": rule.retry.num_retries,
+            "retry_on": ",".join(sorted(rule.retry.retry_on)),
+            "per_try_timeout": _seconds(rule.retry.per_try_timeout),
+        }
     out: dict[str, Any] = {"name": rule.name, "route": action}
+    if rule.fault is not None:
+        f = rule.fault
+        out["fault"] = {
+            "delay": {"fixed_delay": _seconds(f.delay), "percentage": _percent(f.delay_fraction)},
+            "abort": {"error": f.abort_kind, "percentage": _percent(f.abort_fraction)},
+        }
     if rule.match:
         out["match"] = {"metadata": [matcher_tree(m) for m in rule.match]}
     if rule.request_mutation:
@@ -105,6 +130,31 @@ def listener_tree(lst: ListenerConfig) -> dict[str, Any]:
         proxy["max_pending_per_connection"] = lst.max_pending_per_connection
     if lst.upstream_connections_per_endpoint != 1:
         proxy["upstream_connections_per_endpoint"] = lst.upstream_connections_per_endpoint
+    if lst.local_rate_limit is not None:
+        limit: dict[str, Any] = {"stat_prefix": lst.stat_prefix}
+        if lst.local_rate_limit.default is not None:
+            limit["token_bucket"] = _bucket(lst.local_rate_limit.default)
+        if lst.local_rate_limit.conditions:
+            limit["conditions"] = [
+                {"match": {"metadata": [matcher_tree(m) for m in c.match]}, "token_bucket": _bucket(c.bucket)}
+                for c in lst.local_rate_limit.conditions
+            ]
+        proxy["meta_protocol_filters"] = [
+            {"name": "aeraki.meta_protocol.filters.local_ratelimit", "config": limit},
+            {"name": "aeraki.meta_protocol.filters.router"},
+        ]
+    if lst.access_log:
+        proxy["access_log"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": a.path,
+                    "log_format": {"json_format": dict(a.fields)},
+                },
+            }
+            for a in lst.access_log
+        ]
     return {
         "name": lst.name,
         "address": _address(lst.address, lst.port),

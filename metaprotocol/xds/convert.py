@@ -13,11 +13,21 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from metaprotocol.config.model import (
+    AccessLog,
+    FaultPolicy,
+    LocalRateLimit,
+    MirrorPolicy,
+    RateLimitCondition,
+    RetryPolicy,
+    TokenBucket,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_ROUTE_TIMEOUT,
     AttributeMatcher,
@@ -32,7 +42,14 @@ from metaprotocol.config.model import (
     RouteRule,
     WeightedCluster,
 )
+from metaprotocol_api.aeraki.meta_protocol_proxy.config.route.v1alpha import route_pb2 as mp_route
+from metaprotocol_api.aeraki.meta_protocol_proxy.filters.local_ratelimit.v1alpha import local_ratelimit_pb2
 from metaprotocol_api.aeraki.meta_protocol_proxy.v1alpha import meta_protocol_proxy_pb2 as mpp
+
+LOCAL_RATELIMIT_FILTER = "aeraki.meta_protocol.filters.local_ratelimit"
+ROUTER_FILTER = "aeraki.meta_protocol.filters.router"
+FAULT_METADATA = "metaprotocol.fault"
+_MILLION = 1_000_000
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -96,6 +113,23 @@ def header_matcher(m: AttributeMatcher) -> route_components_pb2.HeaderMatcher:
     return h
 
 
+def _percent(fraction: float) -> percent_pb2.FractionalPercent:
+    return percent_pb2.FractionalPercent(numerator=round(fraction * _MILLION), denominator=percent_pb2.FractionalPercent.MILLION)
+
+
+def _fraction(p: percent_pb2.FractionalPercent) -> float:
+    scale = {percent_pb2.FractionalPercent.HUNDRED: 100, percent_pb2.FractionalPercent.TEN_THOUSAND: 10_000, percent_pb2.FractionalPercent.MILLION: _MILLION}
+    return min(1.0, p.numerator / scale[p.denominator])
+
+
+def _bucket_to_xds(b: TokenBucket) -> token_bucket_pb2.TokenBucket:
+    return token_bucket_pb2.TokenBucket(max_tokens=b.max_tokens, tokens_per_fill=wrappers_pb2.UInt32Value(value=b.tokens_per_fill), fill_interval=_duration(b.fill_interval))
+
+
+def _bucket_from_xds(b: token_bucket_pb2.TokenBucket) -> TokenBucket:
+    return TokenBucket(b.max_tokens, b.tokens_per_fill.value if b.HasField("tokens_per_fill") else 1, _seconds(b.fill_interval))
+
+
 def route_config_to_xds(rc: RouteConfig) -> route_pb2.RouteConfiguration:
     """A route table as Envoy's HTTP RouteConfiguration (Aeraki's RDS shape)."""
     routes = []
@@ -117,6 +151,17 @@ def route_config_to_xds(rc: RouteConfig) -> route_pb2.RouteConfiguration:
             fields.update(dict(a.subset))
             action.metadata_match.filter_metadata["envoy.lb"].CopyFrom(fields)
         action.timeout.CopyFrom(_duration(a.timeout))
+        for m in rule.mirrors:
+            policy = action.request_mirror_policies.add(cluster=m.cluster)
+            policy.runtime_fraction.default_value.CopyFrom(_percent(m.fraction))
+        if rule.retry is not None:
+            action.retry_policy.CopyFrom(
+                route_components_pb2.RetryPolicy(
+                    retry_on=",".join(sorted(rule.retry.retry_on)),
+                    num_retries=wrappers_pb2.UInt32Value(value=rule.retry.num_retries),
+                    per_try_timeout=_duration(rule.retry.per_try_timeout),
+                )
+            )
         route = route_components_pb2.Route(
             name=rule.name,
             match=route_components_pb2.RouteMatch(prefix="/", headers=[header_matcher(m) for m in rule.match]),
@@ -126,6 +171,11 @@ def route_config_to_xds(rc: RouteConfig) -> route_pb2.RouteConfiguration:
             route.request_headers_to_add.add(header=base_pb2.HeaderValue(key=k, value=v))
         for k, v in rule.response_mutation:
             route.response_headers_to_add.add(header=base_pb2.HeaderValue(key=k, value=v))
+        if rule.fault is not None:
+            f = rule.fault
+            fault = struct_pb2.Struct()
+            fault.update({"delay": f.delay, "delay_fraction": f.delay_fraction, "abort_kind": f.abort_kind, "abort_fraction": f.abort_fraction})
+            route.metadata.filter_metadata[FAULT_METADATA].CopyFrom(fault)
         routes.append(route)
     return route_pb2.RouteConfiguration(name=rc.name, virtual_hosts=[route_components_pb2.VirtualHost(name=rc.name, domains=["*"], routes=routes)])
 
@@ -141,6 +191,24 @@ def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None) -> listene
     )
     if lst.idle_timeout:
         cfg.idle_timeout.CopyFrom(_duration(lst.idle_timeout))
+    if lst.local_rate_limit is not None:
+        limit = local_ratelimit_pb2.LocalRateLimit(stat_prefix=lst.stat_prefix)
+        if lst.local_rate_limit.default is not None:
+            limit.token_bucket.CopyFrom(_bucket_to_xds(lst.local_rate_limit.default))
+        for c in lst.local_rate_limit.conditions:
+            limit.conditions.add(match=mp_route.RouteMatch(metadata=[header_matcher(m) for m in c.match]), token_bucket=_bucket_to_xds(c.bucket))
+        packed = any_pb2.Any()
+        packed.Pack(limit)
+        cfg.meta_protocol_filters.add(name=LOCAL_RATELIMIT_FILTER, config=packed)
+        cfg.meta_protocol_filters.add(name=ROUTER_FILTER)
+    for a in lst.access_log:
+        fmt = struct_pb2.Struct()
+        fmt.update(dict(a.fields))
+        file_log = file_pb2.FileAccessLog(path=a.path)
+        file_log.log_format.json_format.CopyFrom(fmt)
+        packed = any_pb2.Any()
+        packed.Pack(file_log)
+        cfg.access_log.add(name="envoy.access_loggers.file", typed_config=packed)
     typed = any_pb2.Any()
     typed.Pack(cfg)
     return listener_pb2.Listener(
@@ -225,6 +293,14 @@ def route_config_from_xds(rc: route_pb2.RouteConfiguration) -> RouteConfig:
             subset=subset,
             timeout=_seconds(a.timeout) if a.HasField("timeout") else DEFAULT_ROUTE_TIMEOUT,
         )
+        retry = None
+        if a.HasField("retry_policy"):
+            rp = a.retry_policy
+            retry = RetryPolicy(rp.num_retries.value if rp.HasField("num_retries") else 1, frozenset(k.strip() for k in rp.retry_on.split(",") if k.strip()), _seconds(rp.per_try_timeout))
+        fault = None
+        if FAULT_METADATA in r.metadata.filter_metadata:
+            fm = r.metadata.filter_metadata[FAULT_METADATA]
+            fault = FaultPolicy(float(fm["delay"]), float(fm["delay_fraction"]), str(fm["abort_kind"]), float(fm["abort_fraction"]))
         rules.append(
             RouteRule(
                 name=r.name,
@@ -232,6 +308,11 @@ def route_config_from_xds(rc: route_pb2.RouteConfiguration) -> RouteConfig:
                 action=action,
                 request_mutation=tuple((h.header.key, h.header.value) for h in r.request_headers_to_add),
                 response_mutation=tuple((h.header.key, h.header.value) for h in r.response_headers_to_add),
+                mirrors=tuple(
+                    MirrorPolicy(m.cluster, _fraction(m.runtime_fraction.default_value) if m.HasField("runtime_fraction") else 1.0) for m in a.request_mirror_policies
+                ),
+                retry=retry,
+                fault=fault,
             )
         )
     return RouteConfig(rc.name, tuple(rules))
@@ -252,6 +333,25 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
     sa = lst.address.socket_address
     if cfg.WhichOneof("route_specifier") != "rds" or not cfg.rds.route_config_name:
         raise ConversionError(f"listener {lst.name}: routes must come over RDS (rds.route_config_name)")
+    limit = None
+    for f in cfg.meta_protocol_filters:
+        if f.name == LOCAL_RATELIMIT_FILTER:
+            msg = local_ratelimit_pb2.LocalRateLimit()
+            if not f.config.Unpack(msg):
+                raise ConversionError(f"listener {lst.name}: bad local rate limit config")
+            limit = LocalRateLimit(
+                tuple(RateLimitCondition(tuple(attribute_matcher(h) for h in c.match.metadata), _bucket_from_xds(c.token_bucket)) for c in msg.conditions),
+                _bucket_from_xds(msg.token_bucket) if msg.HasField("token_bucket") else None,
+            )
+        elif f.name != ROUTER_FILTER:
+            raise ConversionError(f"listener {lst.name}: unsupported filter {f.name}")
+    logs = []
+    for a in cfg.access_log:
+        file_log = file_pb2.FileAccessLog()
+        if not a.typed_config.Unpack(file_log):
+            raise ConversionError(f"listener {lst.name}: access log {a.name} is not a FileAccessLog")
+        # A Struct is a map: over xDS the fields arrive in key order.
+        logs.append(AccessLog(file_log.path, tuple(sorted((str(k), str(v)) for k, v in file_log.log_format.json_format.items()))))
     return ListenerConfig(
         name=lst.name,
         address=sa.address,
@@ -262,6 +362,8 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         idle_timeout=_seconds(cfg.idle_timeout) if cfg.HasField("idle_timeout") else 0.0,
         max_pending_per_connection=cfg.max_pending_per_connection or 4096,
         upstream_connections_per_endpoint=cfg.upstream_connections_per_endpoint or 1,
+        local_rate_limit=limit,
+        access_log=tuple(logs),
     )
 
 

@@ -17,8 +17,15 @@ from aeraki_ctl.resources import ResourceSet, load_directory, load_text
 from aeraki_ctl.translate import Options, translate
 from metaprotocol.config.bootstrap import parse_bootstrap
 from metaprotocol.config.dump import to_bootstrap_tree
+from dataclasses import replace
+
 from metaprotocol.config.model import (
+    AccessLog,
     AttributeMatcher,
+    FaultPolicy,
+    LocalRateLimit,
+    RateLimitCondition,
+    RetryPolicy,
     Bootstrap,
     ClusterConfig,
     CodecRef,
@@ -26,9 +33,11 @@ from metaprotocol.config.model import (
     LbPolicy,
     ListenerConfig,
     MatchKind,
+    MirrorPolicy,
     RouteAction,
     RouteConfig,
     RouteRule,
+    TokenBucket,
     WeightedCluster,
 )
 
@@ -168,13 +177,30 @@ spec: {protocol: trpc, codec: aeraki.meta_protocol.codec.trpc}
     assert not result.errors and result.bootstrap.listeners[0].codec == CodecRef("aeraki.meta_protocol.codec.trpc")
 
 
+def test_local_rate_limit_and_mirror_are_translated() -> None:
+    extra = """  localRateLimit:
+    tokenBucket: {maxTokens: 100, tokensPerFill: 100, fillInterval: 1s}
+    conditions:
+    - match: {attributes: {method: {exact: sayHello}}}
+      tokenBucket: {maxTokens: 5, tokensPerFill: 5, fillInterval: 10s}"""
+    routes = f"  - route: [{{destination: {{host: {HOST}}}}}]\n    mirror: {{host: {HOST}, subset: v1}}\n    mirrorPercentage: {{value: 10}}"
+    result = translate(resources(SERVICE, router(routes, extra)))
+    assert not result.problems
+    lst = result.bootstrap.listeners[0]
+    assert lst.local_rate_limit is not None
+    assert lst.local_rate_limit.default == TokenBucket(100, 100, 1.0)
+    (cond,) = lst.local_rate_limit.conditions
+    assert cond.match == (AttributeMatcher("method", MatchKind.EXACT, "sayHello"),) and cond.bucket == TokenBucket(5, 5, 10.0)
+    (rule,) = lst.route_config.routes  # type: ignore[union-attr]
+    assert rule.mirrors == (MirrorPolicy(V1, 0.1),)
+
+
 def test_unsupported_fields_are_warnings_and_other_kinds_are_ignored() -> None:
-    extra = "  localRateLimit: {tokenBucket: {maxTokens: 5, fillInterval: 10s}}"
-    routes = f"  - route: [{{destination: {{host: {HOST}}}}}]\n    mirror: {{host: {HOST}, subset: v1}}"
-    result = translate(resources(SERVICE, router(routes, extra), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"))
+    extra = "  globalRateLimit: {domain: x, rateLimitService: rls}"
+    result = translate(resources(SERVICE, router(f"  - route: [{{destination: {{host: {HOST}}}}}]", extra), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"))
     assert not result.errors
     warnings = " ".join(p.reason for p in result.problems)
-    assert "localRateLimit is not enforced yet" in warnings and "mirror is not enforced yet" in warnings and "unsupported kind 'ConfigMap'" in warnings
+    assert "globalRateLimit is not enforced yet" in warnings and "unsupported kind 'ConfigMap'" in warnings
 
 
 def test_translation_is_deterministic_and_runs_in_the_proxy(tmp_path: Path, run_proxy: object) -> None:
@@ -239,11 +265,18 @@ def test_bootstrap_dump_roundtrips(rules: list[tuple[str, list[AttributeMatcher]
                   request_mutation=(("a", "b"),))  # fmt: skip
         for name, ms, single, timeout in rules
     )
+    routes = tuple(
+        replace(r, mirrors=(MirrorPolicy("d", 0.125),), retry=RetryPolicy(2, frozenset({"error", "upstream_reset"}), 0.5), fault=FaultPolicy(0.25, 0.5, "over_limit", 0.125))
+        if i % 2 else r
+        for i, r in enumerate(routes)
+    )
+    limit = LocalRateLimit((RateLimitCondition((AttributeMatcher("method", MatchKind.EXACT, "a"),), TokenBucket(5, 5, 10.0)),), TokenBucket(100, 10, 1.0))
+    log = (AccessLog("/tmp/x.log", (("m", "%REQ(method)%"), ("d", "%DURATION%"))),)
     b = Bootstrap(
-        (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes)),),
+        (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes), local_rate_limit=limit, access_log=log),),
         (ClusterConfig("c", tuple(eps), policy, 1.5), ClusterConfig("d", (), LbPolicy.RING_HASH, hash_function="crc32a", hash_tag="{}")),
     )
-    assert parse_bootstrap(yaml.safe_load(yaml.safe_dump(to_bootstrap_tree(b)))) == b
+    assert parse_bootstrap(yaml.safe_load(yaml.safe_dump(to_bootstrap_tree(b), sort_keys=False))) == b
 
 
 def test_cli_validate_and_translate(tmp_path: Path) -> None:
