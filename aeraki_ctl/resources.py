@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+# libyaml's loader when PyYAML has it (about ten times faster on large directories).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 METAPROTOCOL_GROUP = "metaprotocol.aeraki.io"
 ISTIO_GROUP = "networking.istio.io"
 KINDS = {"MetaRouter": METAPROTOCOL_GROUP, "ApplicationProtocol": METAPROTOCOL_GROUP, "ServiceEntry": ISTIO_GROUP, "DestinationRule": ISTIO_GROUP}
@@ -76,7 +78,7 @@ def load_directory(path: str | Path) -> ResourceSet:
 def load_text(text: str, source: str, out: ResourceSet) -> None:
     """Parse the objects of one YAML text into ``out``."""
     try:
-        docs: Iterable[Any] = list(yaml.safe_load_all(text))
+        docs: Iterable[Any] = list(yaml.load_all(text, Loader=_LOADER))  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         out.problems.append(Problem(source, "-", f"not valid YAML: {exc}"))
         return
