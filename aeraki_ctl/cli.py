@@ -43,13 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--xds-address", default="127.0.0.1:15010")
     s.add_argument("--listen-address", default="127.0.0.1")
     s.add_argument("--port-offset", type=int, default=0)
-    s.add_argument("--zookeeper", help="not supported yet")
+    s.add_argument("--zookeeper", help="ZooKeeper HOST:PORT of a Dubbo registry (/dubbo/<interface>/providers)")
     s.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        if args.zookeeper:
-            print("aeraki-ctl serve: the ZooKeeper source is not available yet", file=sys.stderr)
-            return EXIT_NOT_YET
         return _serve(args)
     resources = load_directory(args.directory)
     if args.command == "validate":
@@ -85,7 +82,12 @@ def _serve(args: argparse.Namespace) -> int:
         ads = AdsServer()
         grpc_server, port = await start_server(ads, args.xds_address)
         logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, args.config_dir)
-        controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset))
+        zookeeper = None
+        if args.zookeeper:
+            from aeraki_ctl.sources.zookeeper import ZooKeeperSource
+
+            zookeeper = ZooKeeperSource(args.zookeeper)
+        controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset), zookeeper=zookeeper)
         task = asyncio.ensure_future(controller.run())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

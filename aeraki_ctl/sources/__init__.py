@@ -1,0 +1,3 @@
+"""Service registries the controller reads besides its directory of YAML."""
+
+from __future__ import annotations
