@@ -108,3 +108,34 @@ def cluster(name: str, ports: list[int], lb_policy: str = "ROUND_ROBIN", **extra
     }
 
 
+
+
+class ZooKeeperServer:
+    """A throwaway ZooKeeper (Debian's zookeeper package) on a loopback port, standalone."""
+
+    def __init__(self) -> None:
+        if not Path("/usr/share/java/zookeeper.jar").exists():
+            raise RuntimeError("ZooKeeper is not installed: run scripts/install")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="mp-zk-")
+        cfg = Path(self.dir) / "zoo.cfg"
+        cfg.write_text(
+            f"tickTime=2000\ndataDir={self.dir}/data\nclientPort={self.port}\nclientPortAddress=127.0.0.1\n"
+            "admin.enableServer=false\n4lw.commands.whitelist=ruok\n"
+        )
+        java = shutil.which("java") or "/usr/bin/java"
+        self.proc = subprocess.Popen(
+            [java, "-Xmx256m", "-cp", "/usr/share/java/*", "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir,
+        )  # fmt: skip
+        wait_port(self.port, timeout=60)
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

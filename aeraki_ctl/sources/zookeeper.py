@@ -2,8 +2,8 @@
 
 Providers register under ``/dubbo/<interface>/providers`` as URL-encoded ``dubbo://`` URLs, e.g.
 ``dubbo://10.0.0.5:20880/org.apache.dubbo.demo.DemoService?version=1.0.0&side=provider&...``.
-Each interface becomes a ServiceEntry-shaped resource: host = the interface lower-cased, one port
-named ``tcp-metaprotocol-dubbo``, and one endpoint per provider labelled with the URL's parameters
+Each interface becomes a ServiceEntry-shaped resource: host = the interface lower-cased, port 20880
+named ``tcp-metaprotocol-dubbo``, and one endpoint per provider (at its own port) labelled with the URL's parameters
 (``version``, ``group``, ``side``, ``application`` ...), so DestinationRule subsets and MetaRouters
 written against the YAML shape apply unchanged.
 """
@@ -18,6 +18,10 @@ from aeraki_ctl.resources import Problem, Resource
 
 ROOT = "/dubbo"
 PORT_NAME = "tcp-metaprotocol-dubbo"
+SERVICE_PORT = 20880
+"""The service port of every registry service (Dubbo's default): stable whatever the providers'
+own ports, so cluster names (``outbound|20880|<subset>|<host>``) do not change as providers come
+and go. Each endpoint carries its provider's real port."""
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
 _LABEL_KEYS = ("version", "group", "side", "application", "revision", "release", "dubbo", "protocol")
 
@@ -49,10 +53,9 @@ def resources_from_registry(providers: dict[str, list[str]], source: str) -> tup
                 parsed.append(p)
         if not parsed:
             continue
-        port = parsed[0]["port"]
         spec = {
             "hosts": [interface.lower()],
-            "ports": [{"number": port, "name": PORT_NAME, "protocol": "TCP"}],
+            "ports": [{"number": SERVICE_PORT, "name": PORT_NAME, "protocol": "TCP"}],
             "resolution": "STATIC",
             "endpoints": [{"address": p["address"], "ports": {PORT_NAME: p["port"]}, "labels": p["labels"]} for p in parsed],
         }
