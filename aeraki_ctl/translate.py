@@ -19,6 +19,8 @@ from typing import Any
 from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet
 from metaprotocol.config.model import (
     AttributeMatcher,
+    CircuitBreakers,
+    OutlierDetection,
     Bootstrap,
     ClusterConfig,
     CodecRef,
@@ -182,21 +184,47 @@ def _routers(resources: ResourceSet, problems: list[Problem]) -> dict[str, Resou
     return out
 
 
+def _resilience(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) -> tuple[CircuitBreakers | None, OutlierDetection | None]:
+    """DestinationRule connectionPool and outlierDetection, as Istio maps them to Envoy clusters."""
+    breakers = None
+    pool = tp.get("connectionPool") or {}
+    if pool:
+        http = pool.get("http") or {}
+        breakers = CircuitBreakers(int(http.get("http2MaxRequests", 0) or 0), int(http.get("http1MaxPendingRequests", 0) or 0))
+        if (pool.get("tcp") or {}).get("maxConnections"):
+            problems.append(Problem(dr.source, dr.ref, "connectionPool.tcp.maxConnections is not enforced (connections are shared)", fatal=False))
+    outlier = None
+    od = tp.get("outlierDetection") or {}
+    if od:
+        from metaprotocol.config.bootstrap import _DURATION, _UNITS
+
+        ejection = _DURATION.match(str(od.get("baseEjectionTime", "30s")))
+        outlier = OutlierDetection(
+            int(od.get("consecutive5xxErrors", od.get("consecutiveErrors", od.get("consecutiveGatewayErrors", 5)))),
+            float(ejection.group(1)) * _UNITS[ejection.group(2)] if ejection else 30.0,
+            int(od.get("maxEjectionPercent", 10)),
+        )
+    return breakers, outlier
+
+
 def _destination_rule(dr: Resource | None, problems: list[Problem]) -> tuple[dict[str, dict[str, Any]], LbPolicy, str]:
     if dr is None:
         return {}, LbPolicy.ROUND_ROBIN, ""
     policy, hash_key = _lb(dr.spec.get("trafficPolicy") or {}, dr, problems)
-    subsets: dict[str, dict[str, Any]] = {}
+    resilience = _resilience(dr.spec.get("trafficPolicy") or {}, dr, problems)
+    subsets: dict[str, dict[str, Any]] = {"": {"labels": {}, "policy": policy, "hash": hash_key, "resilience": resilience}}
     for s in dr.spec.get("subsets") or []:
         name = s.get("name")
         if not name:
             problems.append(Problem(dr.source, dr.ref, "a subset without name is ignored"))
             continue
         sub_policy, sub_hash = _lb(s.get("trafficPolicy") or {}, dr, problems)
+        sub_tp = s.get("trafficPolicy") or {}
         subsets[str(name)] = {
             "labels": {str(k): str(v) for k, v in (s.get("labels") or {}).items()},
             "policy": sub_policy if s.get("trafficPolicy") else policy,
             "hash": sub_hash or hash_key,
+            "resilience": _resilience(sub_tp, dr, problems) if sub_tp.get("connectionPool") or sub_tp.get("outlierDetection") else resilience,
         }
     return subsets, policy, hash_key
 
@@ -213,21 +241,25 @@ def _lb(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) -> tuple[L
     simple = str(lb.get("simple", "ROUND_ROBIN")).upper()
     if simple not in _SIMPLE_LB:
         problems.append(Problem(dr.source, dr.ref, f"loadBalancer.simple {simple} is not supported (ROUND_ROBIN used)", fatal=False))
-    for unsupported in ("connectionPool", "outlierDetection", "tls", "portLevelSettings"):
+    for unsupported in ("tls", "portLevelSettings"):
         if unsupported in tp:
             problems.append(Problem(dr.source, dr.ref, f"trafficPolicy.{unsupported} is not enforced yet", fatal=False))
     return _SIMPLE_LB.get(simple, LbPolicy.ROUND_ROBIN), ""
 
 
 def _clusters(svc: _Service, subsets: Mapping[str, Mapping[str, Any]], policy: LbPolicy, hash_key: str, problems: list[Problem]) -> dict[str, ClusterConfig]:
-    out = {cluster_name(svc.port, "", svc.host): ClusterConfig(cluster_name(svc.port, "", svc.host), tuple(svc.endpoints), policy)}
+    breakers, outlier = subsets[""]["resilience"] if "" in subsets else (None, None)
+    out = {cluster_name(svc.port, "", svc.host): ClusterConfig(cluster_name(svc.port, "", svc.host), tuple(svc.endpoints), policy, circuit_breakers=breakers, outlier_detection=outlier)}
     for name, sub in subsets.items():
+        if not name:
+            continue
         wanted = set(sub["labels"].items())
         members = tuple(e for e in svc.endpoints if wanted <= set(e.labels))
         if not members:
             problems.append(Problem(svc.resource.source, svc.resource.ref, f"subset {name} of {svc.host} selects no endpoint", fatal=False))
         cname = cluster_name(svc.port, name, svc.host)
-        out[cname] = ClusterConfig(cname, members, sub["policy"])
+        sub_breakers, sub_outlier = sub["resilience"]
+        out[cname] = ClusterConfig(cname, members, sub["policy"], circuit_breakers=sub_breakers, outlier_detection=sub_outlier)
     return out
 
 

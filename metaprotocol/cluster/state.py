@@ -32,6 +32,10 @@ class ClusterState:
         self.endpoints: tuple[Endpoint, ...] = config.endpoints
         self.healthy: list[bool] = [True] * len(self.endpoints)
         self.active: list[int] = [0] * len(self.endpoints)
+        self.in_flight = 0  # requests in flight to the whole cluster (circuit breaking)
+        self.consecutive_failures: list[int] = [0] * len(self.endpoints)
+        self.ejections: list[int] = [0] * len(self.endpoints)
+        self.ejected: list[bool] = [False] * len(self.endpoints)
         self._hash_tag = config.hash_tag.encode()
         self._sets: dict[Subset, HostSet] = {}
 
@@ -68,6 +72,32 @@ class ClusterState:
         if key is not None and self._hash_tag:
             key = hash_tag_of(key, self._hash_tag)
         return hs.indexes[lb.pick(key, rng)]
+
+    def record(self, index: int, ok: bool) -> bool:
+        """Count an outcome for outlier detection; True when the endpoint is to be ejected now."""
+        od = self.config.outlier_detection
+        if od is None:
+            return False
+        if ok:
+            self.consecutive_failures[index] = 0
+            return False
+        self.consecutive_failures[index] += 1
+        if self.consecutive_failures[index] < od.consecutive_errors or self.ejected[index]:
+            return False
+        # Envoy's rule: at most max_ejection_percent of the hosts, but always at least one.
+        allowed = max(1, len(self.endpoints) * od.max_ejection_percent // 100)
+        if sum(self.ejected) >= allowed:
+            return False
+        self.ejected[index] = True
+        self.ejections[index] += 1
+        self.consecutive_failures[index] = 0
+        self.set_healthy(index, False)
+        return True
+
+    def uneject(self, index: int) -> None:
+        """The ejection time is over."""
+        self.ejected[index] = False
+        self.set_healthy(index, True)
 
     def set_healthy(self, index: int, healthy: bool) -> bool:
         """Mark an endpoint; returns whether anything changed (balancers are then rebuilt)."""

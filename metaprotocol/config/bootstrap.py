@@ -41,6 +41,8 @@ from metaprotocol.config.model import (
     HASH_FUNCTIONS,
     AccessLog,
     AdminConfig,
+    CircuitBreakers,
+    OutlierDetection,
     AttributeMatcher,
     FaultPolicy,
     LocalRateLimit,
@@ -630,10 +632,10 @@ def _cluster(r: _Reader, m: Mapping[str, object], path: str) -> ClusterConfig:
     r.keys(
         m,
         path,
-        {"name", "connect_timeout", "lb_policy", "load_assignment", "type", "ring_hash_lb_config", "hash_tag", "hash_function"},
+        {"name", "connect_timeout", "lb_policy", "load_assignment", "type", "ring_hash_lb_config", "hash_tag", "hash_function", "circuit_breakers", "outlier_detection"},
         {
-            "dns_lookup_family", "circuit_breakers", "upstream_connection_options",
-            "typed_extension_protocol_options", "common_lb_config", "outlier_detection",
+            "dns_lookup_family", "upstream_connection_options",
+            "typed_extension_protocol_options", "common_lb_config",
             "per_connection_buffer_limit_bytes", "metadata", "lb_subset_config", "maglev_lb_config",
         },
     )  # fmt: skip
@@ -675,6 +677,27 @@ def _cluster(r: _Reader, m: Mapping[str, object], path: str) -> ClusterConfig:
     hash_function = str(m.get("hash_function", "md5"))
     if hash_function not in HASH_FUNCTIONS:
         raise r.fail(f"{path}.hash_function", f"one of {', '.join(HASH_FUNCTIONS)}")
+    breakers = None
+    if m.get("circuit_breakers") is not None:
+        bp = f"{path}.circuit_breakers"
+        bm = r.mapping(m["circuit_breakers"], bp)
+        r.keys(bm, bp, {"thresholds"}, {"per_host_thresholds"})
+        thresholds = r.seq(bm.get("thresholds"), f"{bp}.thresholds")
+        if thresholds:
+            tp = f"{bp}.thresholds[0]"
+            tm = r.mapping(thresholds[0], tp)
+            r.keys(tm, tp, {"max_requests", "max_pending_requests"}, {"priority", "max_connections", "max_retries", "track_remaining"})
+            breakers = CircuitBreakers(r.int_(tm, "max_requests", tp, 0), r.int_(tm, "max_pending_requests", tp, 0))
+    outlier = None
+    if m.get("outlier_detection") is not None:
+        op = f"{path}.outlier_detection"
+        om = r.mapping(m["outlier_detection"], op)
+        r.keys(om, op, {"consecutive_5xx", "consecutive_gateway_failure", "base_ejection_time", "max_ejection_percent"}, {"interval", "enforcing_consecutive_5xx"})
+        outlier = OutlierDetection(
+            r.int_(om, "consecutive_5xx", op, r.int_(om, "consecutive_gateway_failure", op, 5)),
+            r.duration(om, "base_ejection_time", op, 30.0),
+            r.int_(om, "max_ejection_percent", op, 10),
+        )
     return ClusterConfig(
         name=name,
         endpoints=tuple(endpoints),
@@ -682,4 +705,6 @@ def _cluster(r: _Reader, m: Mapping[str, object], path: str) -> ClusterConfig:
         connect_timeout=r.duration(m, "connect_timeout", path, DEFAULT_CONNECT_TIMEOUT),
         hash_function=hash_function,
         hash_tag=str(m.get("hash_tag", "")),
+        circuit_breakers=breakers,
+        outlier_detection=outlier,
     )

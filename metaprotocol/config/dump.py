@@ -185,6 +185,11 @@ def cluster_tree(c: ClusterConfig) -> dict[str, Any]:
         out["hash_function"] = c.hash_function
     if c.hash_tag:
         out["hash_tag"] = c.hash_tag
+    if c.circuit_breakers is not None:
+        out["circuit_breakers"] = {"thresholds": [{"max_requests": c.circuit_breakers.max_requests, "max_pending_requests": c.circuit_breakers.max_pending_requests}]}
+    if c.outlier_detection is not None:
+        od = c.outlier_detection
+        out["outlier_detection"] = {"consecutive_5xx": od.consecutive_errors, "base_ejection_time": _seconds(od.base_ejection_time), "max_ejection_percent": od.max_ejection_percent}
     return out
 
 

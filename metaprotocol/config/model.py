@@ -217,6 +217,25 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    """Limits per cluster (0: none): requests in flight, and requests waiting for a connection."""
+
+    max_requests: int = 0
+    max_pending_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Eject an endpoint after ``consecutive_errors`` failures in a row, for
+    ``base_ejection_time`` x the number of times it was ejected, at most ``max_ejection_percent``
+    of the cluster at once."""
+
+    consecutive_errors: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """A named group of endpoints and how to pick one."""
 
@@ -228,6 +247,8 @@ class ClusterConfig:
     ring_max_size: int = 8 * 1024 * 1024
     hash_function: str = "md5"
     hash_tag: str = ""
+    circuit_breakers: CircuitBreakers | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 @dataclass(frozen=True, slots=True)

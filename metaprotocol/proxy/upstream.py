@@ -36,6 +36,10 @@ from metaprotocol.spi.codec import Mutation
 
 Target = tuple[CompiledRoute, ClusterState, int]
 
+
+class Overflow(Exception):  # noqa: N818 - Envoy's word for an open circuit breaker
+    """A cluster's circuit breaker refused a request."""
+
 _HASHING = (LbPolicy.RING_HASH, LbPolicy.MAGLEV)
 _MAX_BACKOFF = 30.0
 _EXCLUSIVE_MIN_CONNECTIONS = 64
@@ -164,6 +168,7 @@ class UpstreamConnection:
                         return
                     continue
             pool.release(self, p)
+            pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
             if not p.done:
                 p.session.complete(p, msg)
             else:
@@ -242,6 +247,7 @@ class UpstreamConnection:
             pool.release(self, p)
             if p is not skip and not p.done:
                 pool.stats.errors[kind.value] += 1
+                pool.upstreams.outcome(pool, False)
                 p.session.fail(p, kind, message)
 
 
@@ -277,8 +283,19 @@ class EndpointPool:
         self.failures = 0
 
     def send(self, p: Pending, msg: Message, mutation: Mutation | None, oneway: bool) -> None:
-        """Queue ``msg`` on a connection of this pool."""
+        """Queue ``msg`` on a connection of this pool.
+
+        Raises:
+            Overflow: the cluster's circuit breaker is open.
+        """
+        breakers = self.cluster.config.circuit_breakers
+        if breakers is not None and not oneway:
+            if breakers.max_requests and self.cluster.in_flight >= breakers.max_requests:
+                raise Overflow("max requests")
+            if breakers.max_pending_requests and len(self.waiting) >= breakers.max_pending_requests:
+                raise Overflow("max pending requests")
         self.cluster.active[self.index] += 1
+        self.cluster.in_flight += 1
         if self.correlation is Correlation.EXCLUSIVE:
             if self.idle:
                 conn = self.idle.pop()
@@ -297,6 +314,7 @@ class EndpointPool:
         conn.send(p, msg, mutation, oneway)
         if oneway:
             self.cluster.active[self.index] -= 1
+            self.cluster.in_flight -= 1
             if self.correlation is Correlation.EXCLUSIVE:
                 self.idle.append(conn)
 
@@ -311,10 +329,12 @@ class EndpointPool:
     def release(self, conn: UpstreamConnection, p: Pending) -> None:
         """A request left ``conn`` (answered, failed or abandoned)."""
         self.cluster.active[self.index] -= 1
+        self.cluster.in_flight -= 1
         if self.correlation is Correlation.EXCLUSIVE and not conn.closed:
             if self.waiting:
                 nxt, msg, mutation, oneway = self.waiting.popleft()
                 self.cluster.active[self.index] += 1
+                self.cluster.in_flight += 1
                 conn.send(nxt, msg, mutation, oneway)
             elif conn.outstanding == 0:
                 self.idle.append(conn)
@@ -328,6 +348,7 @@ class EndpointPool:
         if self.waiting and self.correlation is Correlation.EXCLUSIVE:
             nxt, msg, mutation, oneway = self.waiting.popleft()
             self.cluster.active[self.index] -= 1
+            self.cluster.in_flight -= 1
             self.send(nxt, msg, mutation, oneway)
 
     def close(self) -> None:
@@ -478,8 +499,13 @@ class Upstreams:
             pool = self.pools[key] = EndpointPool(self, ctx, cs, index, profile)
         try:
             pool.send(p, msg, route.request_mutation, oneway)
+        except Overflow as exc:
+            pool.stats.errors["overflow"] += 1
+            p.session.fail(p, ErrorKind.OVER_LIMIT, f"upstream overflow ({exc})")
+            return
         except LocalProtocolError as exc:
             pool.cluster.active[index] -= 1
+            pool.cluster.in_flight -= 1
             p.session.fail(p, ErrorKind.BAD_REQUEST, str(exc))
             return
         if not oneway:
@@ -492,6 +518,17 @@ class Upstreams:
         """Expire overdue requests."""
         self.deadlines.sweep(now, self._expire)
 
+    def outcome(self, pool: EndpointPool, ok: bool) -> None:
+        """Feed outlier detection; an ejected endpoint comes back after its ejection time."""
+        cs = pool.cluster
+        index = pool.index
+        if cs.record(index, ok):
+            od = cs.config.outlier_detection
+            assert od is not None  # noqa: S101
+            pool.stats.errors["ejected"] += 1
+            pool.io.report("outlier_ejected", f"{pool.name} after {od.consecutive_errors} consecutive errors")
+            self.io.call_later(od.base_ejection_time * cs.ejections[index], lambda: cs.uneject(index))
+
     def _expire(self, item: Expirable) -> None:
         assert isinstance(item, Pending)  # noqa: S101
         if item.done:
@@ -499,6 +536,7 @@ class Upstreams:
         conn = item.upstream
         if conn is not None:
             conn.pool.stats.errors[ErrorKind.UPSTREAM_TIMEOUT.value] += 1
+            self.outcome(conn.pool, False)
             conn.abandon(item)
         item.session.fail(item, ErrorKind.UPSTREAM_TIMEOUT, "upstream request timeout")
 

@@ -9,7 +9,7 @@ clusters; our extensions (key hash function, hash tag) ride in the cluster's met
 
 from __future__ import annotations
 
-from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -22,7 +22,9 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from metaprotocol.config.model import (
     AccessLog,
+    CircuitBreakers,
     FaultPolicy,
+    OutlierDetection,
     LocalRateLimit,
     MirrorPolicy,
     RateLimitCondition,
@@ -227,6 +229,20 @@ def cluster_to_xds(c: ClusterConfig) -> cluster_pb2.Cluster:
         lb_policy=_LB[c.lb_policy],
         connect_timeout=_duration(c.connect_timeout),
     )
+    if c.circuit_breakers is not None:
+        out.circuit_breakers.thresholds.add(
+            max_requests=wrappers_pb2.UInt32Value(value=c.circuit_breakers.max_requests),
+            max_pending_requests=wrappers_pb2.UInt32Value(value=c.circuit_breakers.max_pending_requests),
+        )
+    if c.outlier_detection is not None:
+        od = c.outlier_detection
+        out.outlier_detection.CopyFrom(
+            outlier_detection_pb2.OutlierDetection(
+                consecutive_5xx=wrappers_pb2.UInt32Value(value=od.consecutive_errors),
+                base_ejection_time=_duration(od.base_ejection_time),
+                max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent),
+            )
+        )
     if c.hash_function != "md5" or c.hash_tag:
         ext = struct_pb2.Struct()
         ext.update({"hash_function": c.hash_function, "hash_tag": c.hash_tag})
@@ -385,6 +401,18 @@ def cluster_from_xds(c: cluster_pb2.Cluster, cla: endpoint_pb2.ClusterLoadAssign
                 Endpoint(sa.address, sa.port_value, lbe.load_balancing_weight.value or 1, tuple(sorted((str(k), str(v)) for k, v in labels.items())))
             )
     ext = c.metadata.filter_metadata[EXT_METADATA] if EXT_METADATA in c.metadata.filter_metadata else {}
+    breakers = None
+    if c.circuit_breakers.thresholds:
+        t = c.circuit_breakers.thresholds[0]
+        breakers = CircuitBreakers(t.max_requests.value, t.max_pending_requests.value)
+    outlier = None
+    if c.HasField("outlier_detection"):
+        o = c.outlier_detection
+        outlier = OutlierDetection(
+            o.consecutive_5xx.value if o.HasField("consecutive_5xx") else 5,
+            _seconds(o.base_ejection_time) if o.HasField("base_ejection_time") else 30.0,
+            o.max_ejection_percent.value if o.HasField("max_ejection_percent") else 10,
+        )
     return ClusterConfig(
         name=c.name,
         endpoints=tuple(endpoints),
@@ -392,4 +420,6 @@ def cluster_from_xds(c: cluster_pb2.Cluster, cla: endpoint_pb2.ClusterLoadAssign
         connect_timeout=_seconds(c.connect_timeout) if c.HasField("connect_timeout") else DEFAULT_CONNECT_TIMEOUT,
         hash_function=_struct_str(ext, "hash_function", "md5"),
         hash_tag=_struct_str(ext, "hash_tag", ""),
+        circuit_breakers=breakers,
+        outlier_detection=outlier,
     )

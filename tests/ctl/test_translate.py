@@ -22,6 +22,8 @@ from dataclasses import replace
 from metaprotocol.config.model import (
     AccessLog,
     AttributeMatcher,
+    CircuitBreakers,
+    OutlierDetection,
     FaultPolicy,
     LocalRateLimit,
     RateLimitCondition,
@@ -130,6 +132,33 @@ spec:
     (rule,) = result.bootstrap.listeners[0].route_config.routes  # type: ignore[union-attr]
     assert rule.name == "default" and rule.action.cluster == ALL and rule.action.hash_policy == ("userid",)
     assert result.bootstrap.cluster_map()[ALL].lb_policy is LbPolicy.RING_HASH
+
+
+def test_destination_rule_connection_pool_and_outlier_detection() -> None:
+    dr = f"""
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: resilient, namespace: meta-dubbo}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    connectionPool: {{http: {{http2MaxRequests: 100, http1MaxPendingRequests: 10}}}}
+    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}}
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+    trafficPolicy:
+      outlierDetection: {{consecutive5xxErrors: 2, baseEjectionTime: 5s}}
+  - name: v2
+    labels: {{version: v2}}
+"""
+    result = translate(resources(SERVICE.split("---")[0], dr))
+    assert not result.errors
+    clusters = result.bootstrap.cluster_map()
+    assert clusters[ALL].circuit_breakers == CircuitBreakers(100, 10)
+    assert clusters[ALL].outlier_detection == OutlierDetection(5, 30.0, 50)
+    assert clusters[V2].outlier_detection == OutlierDetection(5, 30.0, 50)  # inherited
+    assert clusters[V1].outlier_detection == OutlierDetection(2, 5.0, 10)  # the subset's own
 
 
 def test_no_metarouter_gives_a_default_route() -> None:
@@ -274,7 +303,8 @@ def test_bootstrap_dump_roundtrips(rules: list[tuple[str, list[AttributeMatcher]
     log = (AccessLog("/tmp/x.log", (("m", "%REQ(method)%"), ("d", "%DURATION%"))),)
     b = Bootstrap(
         (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes), local_rate_limit=limit, access_log=log),),
-        (ClusterConfig("c", tuple(eps), policy, 1.5), ClusterConfig("d", (), LbPolicy.RING_HASH, hash_function="crc32a", hash_tag="{}")),
+        (ClusterConfig("c", tuple(eps), policy, 1.5, circuit_breakers=CircuitBreakers(100, 10), outlier_detection=OutlierDetection(3, 2.5, 50)),
+         ClusterConfig("d", (), LbPolicy.RING_HASH, hash_function="crc32a", hash_tag="{}")),
     )
     assert parse_bootstrap(yaml.safe_load(yaml.safe_dump(to_bootstrap_tree(b), sort_keys=False))) == b
 

@@ -147,3 +147,60 @@ def test_access_log_writes_json_lines(run_proxy: object, providers: Providers, t
     assert first["protocol"] == "dubbo" and first["route"] == "main" and first["cluster"] == "v1" and first["method"] == "sayHello"
     assert first["interface"] == DEMO and first["code"] == 0 and first["details"] == "ok" and first["in"] > 100 and first["out"] > 20
     assert first["upstream"] == f"127.0.0.1:{providers.port('v1')}" and first["start"].endswith("+00:00") and first["ms"] >= 0
+
+
+def test_outlier_detection_ejects_a_failing_endpoint_and_brings_it_back(run_proxy: object, providers: Providers) -> None:
+    # v1's DemoService has no "fail2" method: every call to it is an error reply (SERVICE_NOT_FOUND).
+    providers.providers["v2"].expose(DEMO, "flaky", lambda: "ok from v2")
+    providers.providers["v1"].expose(DEMO, "flaky", lambda: (_ for _ in ()).throw(RuntimeError("v1 is broken")))
+    tree = bootstrap_dict(
+        [listener("dubbo", 0, "dubbo", [{"route": {"cluster": "both"}}])],
+        [cluster("both", [providers.port("v1"), providers.port("v2")],
+                 outlier_detection={"consecutive_5xx": 3, "base_ejection_time": "0.5s", "max_ejection_percent": 50})],
+    )  # fmt: skip
+    rp = run_proxy(tree)  # type: ignore[operator]
+
+    async def calls(n: int) -> Counter[str]:
+        out: Counter[str] = Counter()
+        async with DubboConsumer("127.0.0.1", rp.port("dubbo"), timeout=5) as c:
+            for _ in range(n):
+                try:
+                    out[await c.call(DEMO, "flaky")] += 1
+                except Exception:  # noqa: BLE001
+                    out["error"] += 1
+        return out
+
+    first = asyncio.run(calls(20))
+    assert first["error"] == 3  # three failures in a row on v1, then it is ejected
+    assert first["ok from v2"] == 17
+    later = asyncio.run(calls(10))
+    assert later == Counter({"ok from v2": 10})  # still ejected
+    time.sleep(0.6)
+    back = asyncio.run(calls(4))
+    assert back["error"] >= 1  # the ejection time is over: v1 receives traffic again
+    stats = rp.run(rp.proxy.stats_text)  # type: ignore[attr-defined]
+    assert 'metaprotocol_upstream_errors_total{cluster="both",kind="ejected"}' in stats
+
+
+def test_circuit_breaker_max_requests(run_proxy: object, providers: Providers) -> None:
+    tree = bootstrap_dict(
+        [listener("dubbo", 0, "dubbo", [{"route": {"cluster": "v1"}}])],
+        [cluster("v1", [providers.port("v1")], circuit_breakers={"thresholds": [{"max_requests": 5}]})],
+    )
+    rp = run_proxy(tree)  # type: ignore[operator]
+
+    async def burst() -> tuple[int, list[Exception]]:
+        errors: list[Exception] = []
+        ok = 0
+        async with DubboConsumer("127.0.0.1", rp.port("dubbo"), timeout=5) as c:
+            results = await asyncio.gather(*(c.call(DEMO, "slow", [0.3]) for _ in range(20)), return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                errors.append(r)
+            else:
+                ok += 1
+        return ok, errors
+
+    ok, errors = asyncio.run(burst())
+    assert ok == 5 and len(errors) == 15
+    assert all(isinstance(e, DubboError) and e.status == wire.SERVER_THREADPOOL_EXHAUSTED_ERROR for e in errors)
