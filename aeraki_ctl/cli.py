@@ -45,7 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--port-offset", type=int, default=0)
     s.add_argument("--zookeeper", help="ZooKeeper HOST:PORT of a Dubbo registry (/dubbo/<interface>/providers)")
     s.add_argument("--log-level", default="INFO")
+    rl = sub.add_parser("ratelimit", help="run the global rate limit service (Envoy's RLS API, counters in Redis)")
+    rl.add_argument("--config", required=True, help="YAML: domain and descriptors, as envoyproxy/ratelimit")
+    rl.add_argument("--redis", default="127.0.0.1:6379")
+    rl.add_argument("--address", default="127.0.0.1:8081")
+    rl.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.command == "ratelimit":
+        return _ratelimit(args)
     if args.command == "serve":
         return _serve(args)
     resources = load_directory(args.directory)
@@ -66,6 +73,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(yaml.safe_dump(tree, sort_keys=False), end="")
     return 0
+
+
+def _ratelimit(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    from aeraki_ctl.ratelimit import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> int:
+        server, _ = await serve(args.config, args.redis, args.address)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(1)
+        return 0
+
+    return asyncio.run(run())
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceS
 from metaprotocol.config.model import (
     AttributeMatcher,
     CircuitBreakers,
+    GlobalRateLimit,
     OutlierDetection,
     Bootstrap,
     ClusterConfig,
@@ -105,9 +106,11 @@ def translate(resources: ResourceSet, options: Options | None = None) -> Transla
         router = routers.get(svc.host)
         routes = None
         limit = None
+        global_limit = None
         if router is not None:
             routes = _routes(router, svc, hosts, subsets, hash_key, services, problems)
             limit = _local_rate_limit(router, problems)
+            global_limit = _global_rate_limit(router, resources, clusters, problems)
         if not routes:
             action = RouteAction(cluster=cluster_name(svc.port, "", svc.host), hash_policy=(hash_key,) if hash_key else ())
             routes = (RouteRule("default", (), action),)
@@ -121,6 +124,7 @@ def translate(resources: ResourceSet, options: Options | None = None) -> Transla
                 stat_prefix=cluster_name(svc.port, "", svc.host),
                 route_config=RouteConfig(name, routes),
                 local_rate_limit=limit,
+                global_rate_limit=global_limit,
             )
         )
     # Subset clusters of destinations in other services are made with those services above.
@@ -274,8 +278,6 @@ def _routes(
 ) -> tuple[RouteRule, ...] | None:
     """The MetaRouter's routes for one service port; None (and a problem) when it is invalid."""
     rules = []
-    if "globalRateLimit" in mr.spec:
-        problems.append(Problem(mr.source, mr.ref, "globalRateLimit is not enforced yet", fatal=False))
     for i, route in enumerate(mr.spec.get("routes") or []):
         where = f"routes[{i}]" + (f" ({route.get('name')})" if route.get("name") else "")
         try:
@@ -359,6 +361,42 @@ def _local_rate_limit(mr: Resource, problems: list[Problem]) -> LocalRateLimit |
         problems.append(Problem(mr.source, mr.ref, "localRateLimit needs tokenBucket or conditions; ignored"))
         return None
     return LocalRateLimit(conditions, default)
+
+
+def _global_rate_limit(mr: Resource, resources: ResourceSet, clusters: dict[str, ClusterConfig], problems: list[Problem]) -> GlobalRateLimit | None:
+    """MetaRouter.globalRateLimit; the service's cluster (``outbound|<port>||<host>``) is made from
+    its ServiceEntry, whatever the port's protocol."""
+    spec = mr.spec.get("globalRateLimit")
+    if not spec:
+        return None
+    service = str(spec.get("rateLimitService", ""))
+    parts = service.split("|")
+    host, port = (parts[3], parts[1]) if len(parts) == 4 else ("", "")  # noqa: PLR2004
+    se = next((r for r in resources.of("ServiceEntry") if host in (r.spec.get("hosts") or [])), None)
+    if se is None or not port.isdigit():
+        problems.append(Problem(mr.source, mr.ref, f"globalRateLimit: rateLimitService {service!r} is not outbound|<port>||<host> of a known ServiceEntry; ignored"))
+        return None
+    port_name = next((str(p.get("name", "")) for p in se.spec.get("ports") or [] if int(p.get("number", 0)) == int(port)), "")
+    endpoints = tuple(
+        Endpoint(str(e["address"]), int((e.get("ports") or {}).get(port_name, port)))
+        for e in se.spec.get("endpoints") or [] if e.get("address")
+    )  # fmt: skip
+    clusters.setdefault(service, ClusterConfig(service, endpoints))
+    from metaprotocol.config.bootstrap import _DURATION, _UNITS
+
+    timeout = _DURATION.match(str(spec.get("requestTimeout", "20ms")))
+    descriptors = tuple((str(d["property"]).lower(), str(d["descriptorKey"])) for d in spec.get("descriptors") or [] if d.get("property") and d.get("descriptorKey"))
+    if not spec.get("domain") or not descriptors:
+        problems.append(Problem(mr.source, mr.ref, "globalRateLimit needs a domain and descriptors; ignored"))
+        return None
+    return GlobalRateLimit(
+        domain=str(spec["domain"]),
+        service_cluster=service,
+        descriptors=descriptors,
+        match=tuple(_matchers(spec.get("match") or {})),
+        timeout=float(timeout.group(1)) * _UNITS[timeout.group(2)] if timeout else 0.02,
+        deny_on_fail=bool(spec.get("denyOnFail", False)),
+    )
 
 
 def _matchers(match: Mapping[str, Any]) -> list[AttributeMatcher]:

@@ -21,6 +21,7 @@ DEPENDENCY_MODULES = (
     "envoy.config.accesslog.v3.accesslog_pb2",
     "envoy.config.core.v3.base_pb2",
     "envoy.config.core.v3.config_source_pb2",
+    "envoy.config.ratelimit.v3.rls_pb2",
     "envoy.config.route.v3.route_components_pb2",
     "envoy.type.v3.percent_pb2",
     "envoy.type.v3.token_bucket_pb2",

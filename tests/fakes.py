@@ -73,6 +73,9 @@ class FakeIO:
     def report(self, event: str, detail: str) -> None:
         self.reports.append((event, detail))
 
+    def rate_limit(self, ctx: object, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
+        self.timers.append((self.clock, lambda: done(True)))
+
     def advance(self, seconds: float) -> None:
         self.clock += seconds
         if self.upstreams is not None:

@@ -14,6 +14,7 @@ from metaprotocol.config.model import (
     CodecRef,
     Endpoint,
     FaultPolicy,
+    GlobalRateLimit,
     LbPolicy,
     ListenerConfig,
     LocalRateLimit,
@@ -66,7 +67,8 @@ def test_listener_roundtrip_uses_rds() -> None:
     limit = LocalRateLimit((RateLimitCondition((AttributeMatcher("method", MatchKind.EXACT, "sayHello"),), TokenBucket(5, 5, 10.0)),), TokenBucket(100, 10, 1.0))
     log = (AccessLog("/dev/stdout", (("method", "%REQ(method)%"), ("ms", "%DURATION%"))),)
     lst = ListenerConfig("svc_20880", "127.0.0.1", 30880, CodecRef("aeraki.meta_protocol.codec.dubbo"), "outbound|20880||svc", rds_name="svc_20880", idle_timeout=60,
-                         max_pending_per_connection=100, upstream_connections_per_endpoint=2, local_rate_limit=limit, access_log=log)  # fmt: skip
+                         max_pending_per_connection=100, upstream_connections_per_endpoint=2, local_rate_limit=limit, access_log=log,
+                         global_rate_limit=GlobalRateLimit("dubbo", "outbound|8081||rls", (("method", "method"),), (AttributeMatcher("interface", MatchKind.EXACT, "x"),), 0.05, True))  # fmt: skip
     xds = convert.listener_to_xds(lst)
     assert xds.filter_chains[0].filters[0].typed_config.type_url == "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
     assert convert.listener_from_xds(xds) == lst

@@ -42,6 +42,7 @@ from metaprotocol.config.model import (
     AccessLog,
     AdminConfig,
     CircuitBreakers,
+    GlobalRateLimit,
     OutlierDetection,
     AttributeMatcher,
     FaultPolicy,
@@ -197,6 +198,8 @@ def parse_bootstrap(tree: object, source: str = "<memory>") -> Bootstrap:
     _check_unique(r, [c.name for c in clusters], "static_resources.clusters", "cluster")
     known = {c.name for c in clusters}
     for i, lst in enumerate(listeners):
+        if lst.global_rate_limit is not None and lst.global_rate_limit.service_cluster not in known and root.get("dynamic_resources") is None:
+            raise r.fail(f"static_resources.listeners[{i}] (ratelimit filter)", f"unknown rate limit service cluster {lst.global_rate_limit.service_cluster!r}")
         if lst.route_config is None:
             continue
         for j, route in enumerate(lst.route_config.routes):
@@ -320,6 +323,7 @@ def _proxy_filter(
     )  # fmt: skip
     codec = _codec(r, m, path)
     local_rate_limit = None
+    global_rate_limit = None
     rds_name = None
     route_config = None
     if m.get("route_config") is not None:
@@ -336,6 +340,8 @@ def _proxy_filter(
         fname = fm.get("name")
         if fname == "aeraki.meta_protocol.filters.local_ratelimit":
             local_rate_limit = _local_rate_limit(r, r.mapping(fm.get("config"), f"{fp}.config"), f"{fp}.config")
+        elif fname == "aeraki.meta_protocol.filters.ratelimit":
+            global_rate_limit = _global_rate_limit(r, r.mapping(fm.get("config"), f"{fp}.config"), f"{fp}.config")
         elif fname not in ("aeraki.meta_protocol.filters.router", None):
             raise r.fail(f"{fp}.name", f"unsupported filter {fname!r}")
     access_log = tuple(
@@ -355,6 +361,7 @@ def _proxy_filter(
         upstream_connections_per_endpoint=r.int_(m, "upstream_connections_per_endpoint", path, 1),
         local_rate_limit=local_rate_limit,
         access_log=access_log,
+        global_rate_limit=global_rate_limit,
     )
 
 
@@ -386,6 +393,36 @@ def _local_rate_limit(r: _Reader, m: Mapping[str, object], path: str) -> LocalRa
     if default is None and not conditions:
         raise r.fail(path, "token_bucket or conditions is required")
     return LocalRateLimit(tuple(conditions), default)
+
+
+def _global_rate_limit(r: _Reader, m: Mapping[str, object], path: str) -> GlobalRateLimit:
+    """Aeraki's aeraki.meta_protocol_proxy.filters.ratelimit.v1alpha.RateLimit."""
+    r.keys(m, path, {"@type", "match", "domain", "timeout", "failure_mode_deny", "rate_limit_service", "descriptors"})
+    match = r.mapping(m.get("match"), f"{path}.match")
+    r.keys(match, f"{path}.match", {"metadata"})
+    matchers = r.each(match.get("metadata"), f"{path}.match.metadata", lambda mm, mp: _matcher(r, mm, mp))
+    rls = r.mapping(m.get("rate_limit_service"), f"{path}.rate_limit_service")
+    r.keys(rls, f"{path}.rate_limit_service", {"grpc_service", "transport_api_version"})
+    grpc_service = r.mapping(rls.get("grpc_service"), f"{path}.rate_limit_service.grpc_service")
+    r.keys(grpc_service, f"{path}.rate_limit_service.grpc_service", {"envoy_grpc", "timeout"})
+    envoy_grpc = r.mapping(grpc_service.get("envoy_grpc"), f"{path}.rate_limit_service.grpc_service.envoy_grpc")
+    cluster = r.str_(envoy_grpc, "cluster_name", f"{path}.rate_limit_service.grpc_service.envoy_grpc")
+    descriptors = []
+    for i, d in enumerate(r.seq(m.get("descriptors"), f"{path}.descriptors")):
+        dp = f"{path}.descriptors[{i}]"
+        dm = r.mapping(d, dp)
+        r.keys(dm, dp, {"property", "descriptor_key"})
+        descriptors.append((r.str_(dm, "property", dp).lower(), r.str_(dm, "descriptor_key", dp)))
+    if not descriptors:
+        raise r.fail(f"{path}.descriptors", "at least one descriptor is required")
+    return GlobalRateLimit(
+        domain=r.str_(m, "domain", path),
+        service_cluster=cluster,
+        descriptors=tuple(descriptors),
+        match=tuple(matchers),
+        timeout=r.duration(m, "timeout", path, 0.02),
+        deny_on_fail=bool(m.get("failure_mode_deny", False)),
+    )
 
 
 _ACCESS_LOG_TYPES: Final = frozenset(

@@ -139,10 +139,21 @@ def listener_tree(lst: ListenerConfig) -> dict[str, Any]:
                 {"match": {"metadata": [matcher_tree(m) for m in c.match]}, "token_bucket": _bucket(c.bucket)}
                 for c in lst.local_rate_limit.conditions
             ]
-        proxy["meta_protocol_filters"] = [
-            {"name": "aeraki.meta_protocol.filters.local_ratelimit", "config": limit},
-            {"name": "aeraki.meta_protocol.filters.router"},
-        ]
+        proxy.setdefault("meta_protocol_filters", []).append({"name": "aeraki.meta_protocol.filters.local_ratelimit", "config": limit})
+    if lst.global_rate_limit is not None:
+        g = lst.global_rate_limit
+        grl: dict[str, Any] = {
+            "domain": g.domain,
+            "timeout": _seconds(g.timeout),
+            "failure_mode_deny": g.deny_on_fail,
+            "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": g.service_cluster}}},
+            "descriptors": [{"property": p, "descriptor_key": k} for p, k in g.descriptors],
+        }
+        if g.match:
+            grl["match"] = {"metadata": [matcher_tree(m) for m in g.match]}
+        proxy.setdefault("meta_protocol_filters", []).append({"name": "aeraki.meta_protocol.filters.ratelimit", "config": grl})
+    if "meta_protocol_filters" in proxy:
+        proxy["meta_protocol_filters"].append({"name": "aeraki.meta_protocol.filters.router"})
     if lst.access_log:
         proxy["access_log"] = [
             {

@@ -142,6 +142,22 @@ class LocalRateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class GlobalRateLimit:
+    """Ask a rate limit service (Envoy's RLS API) about requests matching ``match`` (empty: all).
+
+    ``descriptors`` maps metadata properties to descriptor keys; ``service_cluster`` names the
+    cluster of the service; ``timeout`` bounds the call; on failure ``deny_on_fail`` decides.
+    """
+
+    domain: str
+    service_cluster: str
+    descriptors: tuple[tuple[str, str], ...]
+    match: tuple[AttributeMatcher, ...] = ()
+    timeout: float = 0.02
+    deny_on_fail: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AccessLog:
     """One JSON line per request to ``path`` (``/dev/stdout`` for stdout); ``fields`` maps JSON keys
     to Envoy-style command operators (``%REQ(method)%``, ``%DURATION%`` ...)."""
@@ -199,6 +215,7 @@ class ListenerConfig:
     upstream_connections_per_endpoint: int = 1
     local_rate_limit: LocalRateLimit | None = None
     access_log: tuple[AccessLog, ...] = ()
+    global_rate_limit: GlobalRateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from metaprotocol.proxy.context import Flushable
+from metaprotocol.proxy.context import Flushable, ListenerContext
 from metaprotocol.proxy.upstream import UpstreamConnection, Upstreams
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ class LoopIO:
         self._flush_handle: asyncio.Handle | None = None
         self._sweeping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rls: dict[str, object] = {}
 
     def now(self) -> float:
         """Monotonic seconds."""
@@ -85,3 +86,44 @@ class LoopIO:
     def report(self, event: str, detail: str) -> None:
         """Log an operator-visible event."""
         log.warning("%s: %s", event, detail)
+
+    def rate_limit(self, ctx: ListenerContext, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
+        """Call ShouldRateLimit on the listener's service; failures follow ``deny_on_fail``."""
+        task = self.loop.create_task(self._rate_limit(ctx, entries, done))
+        self._tasks.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+
+    async def _rate_limit(self, ctx: ListenerContext, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
+        from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+        from envoy.service.ratelimit.v3 import rls_pb2
+
+        config = ctx.global_limit
+        assert config is not None and self.upstreams is not None  # noqa: S101
+        allowed = not config.deny_on_fail
+        try:
+            stub = self._rls_stub(config.service_cluster)
+            request = rls_pb2.RateLimitRequest(
+                domain=config.domain,
+                descriptors=[ratelimit_pb2.RateLimitDescriptor(entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=k, value=v) for k, v in entries])],
+                hits_addend=1,
+            )
+            response = await stub.ShouldRateLimit(request, timeout=config.timeout)
+            allowed = response.overall_code != rls_pb2.RateLimitResponse.OVER_LIMIT
+        except Exception as exc:  # noqa: BLE001 - unreachable, slow or broken: deny_on_fail decides
+            log.warning("rate limit service %s: %s; %s", config.service_cluster, getattr(exc, "code", lambda: exc)(), "denying" if config.deny_on_fail else "allowing")
+        done(allowed)
+
+    def _rls_stub(self, cluster: str) -> object:
+        import grpc
+        from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
+        assert self.upstreams is not None  # noqa: S101
+        cs = self.upstreams.clusters.get(cluster)
+        if cs is None or not cs.endpoints:
+            raise LookupError(f"no cluster {cluster!r} for the rate limit service")
+        ep = cs.endpoints[0]
+        target = f"{ep.address}:{ep.port}"
+        stub = self._rls.get(target)
+        if stub is None:
+            stub = self._rls[target] = rls_pb2_grpc.RateLimitServiceStub(grpc.aio.insecure_channel(target))
+        return stub

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from metaprotocol.config.model import ListenerConfig
 from metaprotocol.proxy.policies import RateLimiter
+from metaprotocol.router.matchers import compile_matcher
 from metaprotocol.proxy.stats import ListenerStats
 from metaprotocol.router.table import CompiledRoute, RouteTable
 from metaprotocol.spi import CodecFactory, Correlation, LocalError, Message
@@ -50,6 +51,9 @@ class ProxyIO(Protocol):
     def report(self, event: str, detail: str) -> None:
         """Log an event worth an operator's attention (protocol errors, connect failures)."""
 
+    def rate_limit(self, ctx: ListenerContext, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
+        """Ask the listener's rate limit service; ``done(allowed)`` runs later on the loop."""
+
 
 class ListenerContext:
     """Everything sessions of one listener share. ``table`` is swapped whole on a route update."""
@@ -79,6 +83,8 @@ class ListenerContext:
         if config.local_rate_limit is not None:
             self.limiter = RateLimiter(config.local_rate_limit, io.now())
         self.access_log: Callable[[dict[str, object]], None] | None = None
+        self.global_limit = config.global_rate_limit
+        self.global_match = tuple(compile_matcher(m) for m in config.global_rate_limit.match) if config.global_rate_limit else ()
 
 
 class Pending:

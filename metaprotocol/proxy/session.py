@@ -170,6 +170,18 @@ class DownstreamSession:
                     self._local(Pending(self, msg, now), self.codec.on_error(msg, LocalError(ErrorKind.OVER_LIMIT, "rate limited")))
                 return
         p = Pending(self, msg, now)
+        glimit = ctx.global_limit
+        if glimit is not None and all(pred(msg.metadata) for pred in ctx.global_match):
+            md = msg.metadata
+            entries = [(key, md[prop]) for prop, key in glimit.descriptors if prop in md]
+            if entries:
+                if not oneway:
+                    self.inflight += 1
+                    ctx.stats.active_requests += 1
+                    if self.ordered:
+                        self.slots.append(p)
+                ctx.io.rate_limit(ctx, entries, lambda allowed: self._after_global_limit(p, msg, oneway, allowed))
+                return
         if oneway:
             ctx.stats.requests_oneway += 1
         else:
@@ -185,6 +197,25 @@ class DownstreamSession:
         failure = ctx.upstreams.dispatch(ctx, p, msg, now, oneway)
         if failure is not None and not oneway:
             self._fail(p, failure)
+
+    def _after_global_limit(self, p: Pending, msg: Message, oneway: bool, allowed: bool) -> None:
+        """The rate limit service answered (or failed, already turned into ``allowed``)."""
+        if self.closed:
+            return
+        ctx = self.ctx
+        if not allowed:
+            ctx.stats.rate_limited += 1
+            if oneway:
+                ctx.stats.errors[ErrorKind.OVER_LIMIT.value] += 1
+            else:
+                self._local_error(p, ErrorKind.OVER_LIMIT, "rate limited")
+            self.flush()
+            return
+        ctx.stats.rate_limit_ok += 1
+        failure = ctx.upstreams.dispatch(ctx, p, msg, ctx.io.now(), oneway)
+        if failure is not None and not oneway:
+            self._fail(p, failure)
+        self.flush()
 
     def _split(self, p: Pending, parts: list[Message], now: float) -> bool:
         """Send the parts of a scatter-gather request separately, unless they share an upstream."""

@@ -24,6 +24,7 @@ from metaprotocol.config.model import (
     AccessLog,
     CircuitBreakers,
     FaultPolicy,
+    GlobalRateLimit,
     OutlierDetection,
     LocalRateLimit,
     MirrorPolicy,
@@ -45,10 +46,14 @@ from metaprotocol.config.model import (
     WeightedCluster,
 )
 from metaprotocol_api.aeraki.meta_protocol_proxy.config.route.v1alpha import route_pb2 as mp_route
+from envoy.config.core.v3 import grpc_service_pb2
+from envoy.config.ratelimit.v3 import rls_pb2 as rls_config_pb2
 from metaprotocol_api.aeraki.meta_protocol_proxy.filters.local_ratelimit.v1alpha import local_ratelimit_pb2
+from metaprotocol_api.aeraki.meta_protocol_proxy.filters.ratelimit.v1alpha import ratelimit_pb2
 from metaprotocol_api.aeraki.meta_protocol_proxy.v1alpha import meta_protocol_proxy_pb2 as mpp
 
 LOCAL_RATELIMIT_FILTER = "aeraki.meta_protocol.filters.local_ratelimit"
+GLOBAL_RATELIMIT_FILTER = "aeraki.meta_protocol.filters.ratelimit"
 ROUTER_FILTER = "aeraki.meta_protocol.filters.router"
 FAULT_METADATA = "metaprotocol.fault"
 _MILLION = 1_000_000
@@ -202,6 +207,23 @@ def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None) -> listene
         packed = any_pb2.Any()
         packed.Pack(limit)
         cfg.meta_protocol_filters.add(name=LOCAL_RATELIMIT_FILTER, config=packed)
+    if lst.global_rate_limit is not None:
+        g = lst.global_rate_limit
+        grl = ratelimit_pb2.RateLimit(
+            match=mp_route.RouteMatch(metadata=[header_matcher(m) for m in g.match]),
+            domain=g.domain,
+            timeout=_duration(g.timeout),
+            failure_mode_deny=g.deny_on_fail,
+            rate_limit_service=rls_config_pb2.RateLimitServiceConfig(
+                grpc_service=grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=g.service_cluster)),
+                transport_api_version=config_source_pb2.V3,
+            ),
+            descriptors=[ratelimit_pb2.RateLimit.Descriptor(property=p, descriptor_key=k) for p, k in g.descriptors],
+        )
+        packed = any_pb2.Any()
+        packed.Pack(grl)
+        cfg.meta_protocol_filters.add(name=GLOBAL_RATELIMIT_FILTER, config=packed)
+    if cfg.meta_protocol_filters:
         cfg.meta_protocol_filters.add(name=ROUTER_FILTER)
     for a in lst.access_log:
         fmt = struct_pb2.Struct()
@@ -350,7 +372,21 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
     if cfg.WhichOneof("route_specifier") != "rds" or not cfg.rds.route_config_name:
         raise ConversionError(f"listener {lst.name}: routes must come over RDS (rds.route_config_name)")
     limit = None
+    global_limit = None
     for f in cfg.meta_protocol_filters:
+        if f.name == GLOBAL_RATELIMIT_FILTER:
+            grl = ratelimit_pb2.RateLimit()
+            if not f.config.Unpack(grl):
+                raise ConversionError(f"listener {lst.name}: bad global rate limit config")
+            global_limit = GlobalRateLimit(
+                domain=grl.domain,
+                service_cluster=grl.rate_limit_service.grpc_service.envoy_grpc.cluster_name,
+                descriptors=tuple((d.property, d.descriptor_key) for d in grl.descriptors),
+                match=tuple(attribute_matcher(h) for h in grl.match.metadata),
+                timeout=_seconds(grl.timeout) if grl.HasField("timeout") else 0.02,
+                deny_on_fail=grl.failure_mode_deny,
+            )
+            continue
         if f.name == LOCAL_RATELIMIT_FILTER:
             msg = local_ratelimit_pb2.LocalRateLimit()
             if not f.config.Unpack(msg):
@@ -380,6 +416,7 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         upstream_connections_per_endpoint=cfg.upstream_connections_per_endpoint or 1,
         local_rate_limit=limit,
         access_log=tuple(logs),
+        global_rate_limit=global_limit,
     )
 
 

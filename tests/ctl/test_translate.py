@@ -23,6 +23,7 @@ from metaprotocol.config.model import (
     AccessLog,
     AttributeMatcher,
     CircuitBreakers,
+    GlobalRateLimit,
     OutlierDetection,
     FaultPolicy,
     LocalRateLimit,
@@ -224,12 +225,36 @@ def test_local_rate_limit_and_mirror_are_translated() -> None:
     assert rule.mirrors == (MirrorPolicy(V1, 0.1),)
 
 
-def test_unsupported_fields_are_warnings_and_other_kinds_are_ignored() -> None:
-    extra = "  globalRateLimit: {domain: x, rateLimitService: rls}"
-    result = translate(resources(SERVICE, router(f"  - route: [{{destination: {{host: {HOST}}}}}]", extra), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"))
-    assert not result.errors
-    warnings = " ".join(p.reason for p in result.problems)
-    assert "globalRateLimit is not enforced yet" in warnings and "unsupported kind 'ConfigMap'" in warnings
+def test_global_rate_limit_and_its_service_cluster() -> None:
+    rls = """
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: rate-limit-server, namespace: meta-dubbo}
+spec:
+  hosts: [rate-limit-server.meta-dubbo.svc.cluster.local]
+  ports: [{number: 8081, name: grpc, protocol: GRPC}]
+  endpoints: [{address: 127.0.0.1, ports: {grpc: 18081}}]
+"""
+    extra = """  globalRateLimit:
+    match: {attributes: {method: {exact: sayHello}}}
+    domain: dubbo
+    requestTimeout: 50ms
+    denyOnFail: true
+    rateLimitService: outbound|8081||rate-limit-server.meta-dubbo.svc.cluster.local
+    descriptors: [{property: method, descriptorKey: method}]"""
+    result = translate(resources(SERVICE, rls, router(f"  - route: [{{destination: {{host: {HOST}}}}}]", extra)))
+    assert not result.problems
+    g = result.bootstrap.listeners[0].global_rate_limit
+    assert g == GlobalRateLimit("dubbo", "outbound|8081||rate-limit-server.meta-dubbo.svc.cluster.local", (("method", "method"),),
+                                (AttributeMatcher("method", MatchKind.EXACT, "sayHello"),), 0.05, True)  # fmt: skip
+    assert [e.port for e in result.bootstrap.cluster_map()[g.service_cluster].endpoints] == [18081]
+    bad = translate(resources(SERVICE, router(f"  - route: [{{destination: {{host: {HOST}}}}}]", "  globalRateLimit: {domain: x, rateLimitService: rls}")))
+    assert "rateLimitService 'rls'" in bad.errors[0].reason and bad.bootstrap.listeners[0].global_rate_limit is None
+
+
+def test_other_kinds_are_ignored_with_a_warning() -> None:
+    result = translate(resources(SERVICE, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"))
+    assert not result.errors and "unsupported kind 'ConfigMap'" in " ".join(p.reason for p in result.problems)
 
 
 def test_translation_is_deterministic_and_runs_in_the_proxy(tmp_path: Path, run_proxy: object) -> None:
@@ -301,8 +326,9 @@ def test_bootstrap_dump_roundtrips(rules: list[tuple[str, list[AttributeMatcher]
     )
     limit = LocalRateLimit((RateLimitCondition((AttributeMatcher("method", MatchKind.EXACT, "a"),), TokenBucket(5, 5, 10.0)),), TokenBucket(100, 10, 1.0))
     log = (AccessLog("/tmp/x.log", (("m", "%REQ(method)%"), ("d", "%DURATION%"))),)
+    glimit = GlobalRateLimit("dubbo", "c", (("method", "method"),), (AttributeMatcher("interface", MatchKind.PREFIX, "org."),), 0.05, True)
     b = Bootstrap(
-        (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes), local_rate_limit=limit, access_log=log),),
+        (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes), local_rate_limit=limit, access_log=log, global_rate_limit=glimit),),
         (ClusterConfig("c", tuple(eps), policy, 1.5, circuit_breakers=CircuitBreakers(100, 10), outlier_detection=OutlierDetection(3, 2.5, 50)),
          ClusterConfig("d", (), LbPolicy.RING_HASH, hash_function="crc32a", hash_tag="{}")),
     )
