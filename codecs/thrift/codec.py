@@ -323,6 +323,11 @@ class ThriftClientCodec(_ThriftSide, ClientCodec):
         """The call with the upstream sequence id (and THeader headers set by ``mutation``)."""
         return _rewrite(request, mutation, request_id)
 
+    def can_mutate(self, request: Message) -> bool:
+        """Only THeader frames have headers to set."""
+        info = request.opaque
+        return isinstance(info, _Info) and info.transport is Transport.HEADER
+
 
 class ThriftCodecFactory(CodecFactory):
     """Entry point ``thrift``: multiplexed by sequence id."""

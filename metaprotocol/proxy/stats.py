@@ -61,6 +61,7 @@ class ListenerStats:
         self.faults_injected = 0
         self.mirrored = 0
         self.idle_timeouts = 0
+        self.mutations_dropped = 0
         self.errors: Counter[str] = Counter()
         self.route_requests: Counter[str] = Counter()
         self.latency = Histogram()
@@ -121,6 +122,7 @@ def render_prometheus(
         ("faults_injected", "faults_injected_total", "Requests delayed or aborted by fault injection."),
         ("mirrored", "mirrored_requests_total", "Requests copied to a mirror cluster."),
         ("idle_timeouts", "downstream_cx_idle_timeout_total", "Connections closed for idleness."),
+        ("mutations_dropped", "mutations_dropped_total", "Mutations the codec could not express (e.g. Thrift without THeader)."),
     )  # fmt: skip
     for attr, metric, help_ in listener_counters:
         name = f"metaprotocol_{metric}"

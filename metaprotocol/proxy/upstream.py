@@ -70,6 +70,9 @@ class UpstreamConnection:
     def send(self, p: Pending, msg: Message, mutation: Mutation | None, oneway: bool) -> None:
         """Encode ``msg`` for this connection and queue it; ``p`` awaits the response."""
         pool = self.pool
+        if mutation and not self.codec.can_mutate(msg):
+            p.session.ctx.stats.mutations_dropped += 1
+            mutation = None
         if pool.correlation is Correlation.REQUEST_ID:
             rid = self._allocate_id()
             data = self.codec.encode(msg, mutation, rid)

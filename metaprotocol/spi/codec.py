@@ -128,6 +128,13 @@ class ClientCodec(abc.ABC):
             ``request.raw`` itself when nothing changes (zero copy).
         """
 
+    def can_mutate(self, request: Message) -> bool:
+        """Whether a mutation can be written into ``request`` (Thrift: only over THeader).
+
+        When it cannot, the request is forwarded unchanged and the proxy counts the dropped mutation.
+        """
+        return True
+
     def handshake(self) -> list[bytes]:
         """Requests to send first on a new upstream connection; their replies are discarded.
 

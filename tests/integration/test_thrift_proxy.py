@@ -134,6 +134,23 @@ def test_thriftpy2_through_the_proxy(idl: Any, run_proxy: object, combo: str) ->
     assert not errors
 
 
+def test_mutation_on_a_framed_connection_passes_unchanged_and_is_counted(idl: Any, run_proxy: object) -> None:
+    port, _ = start_server(idl, "main", "framed-binary")
+    tree = bootstrap_dict(
+        [listener("thrift", 0, "thrift", [{"route": {"cluster": "main"}, "request_mutation": [{"key": "x-mesh", "value": "yes"}]}])],
+        [cluster("main", [port])],
+    )
+    rp = run_proxy(tree)  # type: ignore[operator]
+    client = make_client(idl.UserService, "127.0.0.1", rp.port("thrift"), proto_factory=TBinaryProtocolFactory(), trans_factory=TFramedTransportFactory(), timeout=5000)
+    try:
+        assert client.echo("x") == "main:x"
+        assert client.echo("y") == "main:y"
+    finally:
+        client.close()
+    stats = rp.run(rp.proxy.stats_text)  # type: ignore[attr-defined]
+    assert 'metaprotocol_mutations_dropped_total{listener="thrift",protocol="thrift"} 2' in stats
+
+
 def test_unknown_method_gets_an_application_exception(idl: Any, run_proxy: object) -> None:
     port, _ = start_server(idl, "main", "framed-binary")
     tree = bootstrap_dict(
