@@ -53,6 +53,8 @@ _LOCAL_COMMANDS: Final = frozenset(
     {b"PING", b"QUIT", b"AUTH", b"HELLO", b"SELECT", b"CLIENT", *CONNECTION_STATE}
 )
 _connection_ids = itertools.count(1)
+# Answered by the proxy in bound mode too (before the first routed command opens the connection).
+_BOUND_LOCAL: Final = frozenset({b"AUTH", b"HELLO", b"QUIT"})
 
 
 class RedisConfig:
@@ -74,8 +76,8 @@ class RedisConfig:
         self.db = _int(config, "db", 0)
         self.max_bulk = _int(config, "max_bulk_length", 512 * 1024 * 1024)
         self.mode = str(config.get("mode", "pooled"))
-        if self.mode != "pooled":
-            raise CodecConfigError(f"redis mode {self.mode!r} is not supported (pooled)")
+        if self.mode not in ("pooled", "bound"):
+            raise CodecConfigError(f"redis mode {self.mode!r}: pooled or bound")
         if self.db < 0:
             raise CodecConfigError("db must not be negative")
 
@@ -176,6 +178,8 @@ class RedisServerCodec(ServerCodec):
             return LocalAnswer(NOAUTH)
         if cmd not in _LOCAL_COMMANDS:
             return None
+        if self.config.mode == "bound" and cmd not in _BOUND_LOCAL:
+            return None  # bound: the client's own server connection handles everything else
         assert args is not None  # noqa: S101 - local commands always carry their arguments
         if cmd == b"PING":
             if len(args) == 1:
@@ -405,6 +409,7 @@ class RedisCodecFactory(CodecFactory):
     def __init__(self, config: Mapping[str, object] | None = None) -> None:
         super().__init__(config)
         self.settings = RedisConfig(self.config)
+        self.bound_upstream = self.settings.mode == "bound"
 
     def server_codec(self) -> RedisServerCodec:
         """A codec for one client connection."""

@@ -12,6 +12,7 @@ from collections import deque
 from typing import Protocol
 
 from metaprotocol.proxy.context import Failure, ListenerContext, Pending
+from metaprotocol.proxy.tunnel import Tunnel
 from metaprotocol.router.table import CompiledRoute
 from metaprotocol.spi import (
     NEED_DATA,
@@ -66,6 +67,7 @@ class DownstreamSession:
         self.write_paused = False
         self.max_pending = ctx.config.max_pending_per_connection
         self.last_active = ctx.io.now()
+        self.tunnel: Tunnel | None = None
 
     # -- asyncio protocol callbacks -----------------------------------------------------------
 
@@ -79,6 +81,10 @@ class DownstreamSession:
 
     def data_received(self, data: bytes) -> None:
         """Decode and dispatch every whole frame received, then write what is ready."""
+        if self.tunnel is not None:
+            self.last_active = self.ctx.io.now()
+            self.tunnel.forward(data)
+            return
         if self.closing:
             return
         self.buffer.feed(data)
@@ -108,6 +114,8 @@ class DownstreamSession:
         self.slots.clear()
         self.out.clear()
         self.ctx.sessions.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
 
     def pause_writing(self) -> None:
         """The client is not reading its replies: stop reading its requests."""
@@ -135,6 +143,12 @@ class DownstreamSession:
                 return
             assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel for mypy
             self._handle(msg, now)
+            if self.tunnel is not None:  # bound: the rest of the buffer goes through unparsed
+                rest = bytes(buffer.data[buffer.pos :])
+                buffer.clear()
+                if rest:
+                    self.tunnel.forward(rest)
+                return
 
     def _handle(self, msg: Message, now: float) -> None:
         ctx = self.ctx
@@ -169,6 +183,9 @@ class DownstreamSession:
                 if not oneway:
                     self._local(Pending(self, msg, now), self.codec.on_error(msg, LocalError(ErrorKind.OVER_LIMIT, "rate limited")))
                 return
+        if ctx.factory.bound_upstream:
+            self._bind(msg)
+            return
         p = Pending(self, msg, now)
         glimit = ctx.global_limit
         if glimit is not None and all(pred(msg.metadata) for pred in ctx.global_match):
@@ -197,6 +214,42 @@ class DownstreamSession:
         failure = ctx.upstreams.dispatch(ctx, p, msg, now, oneway)
         if failure is not None and not oneway:
             self._fail(p, failure)
+
+    def _bind(self, msg: Message) -> None:
+        """Bound mode: open this client's own upstream connection and pass bytes through."""
+        ctx = self.ctx
+        target = ctx.upstreams.resolve(ctx, msg)
+        if isinstance(target, Failure):
+            self._local(Pending(self, msg, ctx.io.now()), self.codec.on_error(msg, target.error))
+            self.closing = True
+            return
+        route, cs, index = target
+        ctx.stats.route_requests[route.name] += 1
+        endpoint = cs.endpoints[index]
+        codec = ctx.factory.client_codec(self.codec.upstream_profile())
+        self.tunnel = Tunnel(self, codec, f"{cs.config.name}/{endpoint.key}")
+        self.flush()  # replies made before the tunnel go first
+        self.tunnel.forward(codec.encode(msg, None, None))
+        ctx.io.connect(self.tunnel, endpoint.address, endpoint.port, cs.config.connect_timeout)  # type: ignore[arg-type]
+
+    def tunnel_reply(self, data: bytes) -> None:
+        """Server bytes for a bound client."""
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def tunnel_closed(self) -> None:
+        """The bound upstream connection is gone: close the client's too."""
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def pause_for_tunnel(self, paused: bool) -> None:
+        """Backpressure from the bound server."""
+        if self.transport is None or self.closed:
+            return
+        if paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def _after_global_limit(self, p: Pending, msg: Message, oneway: bool, allowed: bool) -> None:
         """The rate limit service answered (or failed, already turned into ``allowed``)."""

@@ -172,6 +172,10 @@ class CodecFactory(abc.ABC):
     supports_mutation: ClassVar[bool] = False
     max_request_id: ClassVar[int] = 2**31 - 1
     default_hash_policy: ClassVar[tuple[str, ...]] = ()
+    bound_upstream: bool = False
+    """True: each client gets its own upstream connection, chosen by its first routed request,
+    and after the codec's handshake bytes pass through unparsed both ways (Envoy generic_proxy's
+    ``bind_upstream_connection``; Redis transactions, pub/sub and blocking commands need it)."""
 
     def __init__(self, config: Mapping[str, object] | None = None) -> None:
         """Validate ``config`` (the listener's codec config mapping); raise CodecConfigError."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 import subprocess
 from collections.abc import Iterator
 
@@ -262,3 +263,60 @@ def test_redis_benchmark_default_suite_completes_without_errors(run_proxy: objec
 
 def test_free_port_helper_gives_bindable_ports() -> None:
     assert 0 < free_port() < 65536
+
+
+def _bound_proxy(run_proxy: object, server: RedisServer, **codec: object) -> int:
+    tree = bootstrap_dict(
+        [listener("redis", 0, "redis", [{"route": {"cluster": "c"}}], protocol={"name": "redis", "codec": {"name": "redis", "config": {"mode": "bound", **codec}}})],
+        [cluster("c", [server.port])],
+    )
+    return int(run_proxy(tree).port("redis"))  # type: ignore[operator]
+
+
+def test_bound_mode_passes_transactions_select_and_blocking_commands(run_proxy: object) -> None:
+    import threading
+
+    with RedisServer() as server:
+        port = _bound_proxy(run_proxy, server)
+        r = redis.Redis(port=port, protocol=2)
+        pipe = r.pipeline(transaction=True)  # MULTI ... EXEC on the client's own connection
+        pipe.set("t1", "a").incr("n").get("t1")
+        assert pipe.execute() == [True, 1, b"a"]
+        with r.pipeline(transaction=True) as watched:  # WATCH + an aborted EXEC
+            watched.watch("t1")
+            redis.Redis(port=server.port).set("t1", "changed")
+            watched.multi()
+            watched.set("t1", "mine")
+            with pytest.raises(redis.WatchError):
+                watched.execute()
+        db2 = redis.Redis(port=port, db=2, protocol=2)  # SELECT 2 passes through
+        db2.set("only-in-2", "x")
+        assert redis.Redis(port=server.port, db=2).get("only-in-2") == b"x"
+        assert redis.Redis(port=server.port, db=0).get("only-in-2") is None
+        result: list[object] = []
+        blocker = redis.Redis(port=port, protocol=2, socket_timeout=10)
+        t = threading.Thread(target=lambda: result.append(blocker.blpop(["queue"], timeout=5)))
+        t.start()
+        time.sleep(0.2)
+        redis.Redis(port=server.port).lpush("queue", "job")
+        t.join(10)
+        assert result == [(b"queue", b"job")]
+        for c in (r, db2, blocker):
+            c.close()
+
+
+def test_bound_mode_pub_sub_and_resp3_with_upstream_auth(run_proxy: object) -> None:
+    with RedisServer(password="pw") as server:
+        port = _bound_proxy(run_proxy, server, upstream_password="pw")
+        for protocol in (2, 3):
+            sub = redis.Redis(port=port, protocol=protocol).pubsub()
+            sub.subscribe("news")
+            assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+            redis.Redis(port=server.port, password="pw").publish("news", f"hello {protocol}")
+            message = None
+            for _ in range(50):
+                message = sub.get_message(timeout=0.1)
+                if message:
+                    break
+            assert message is not None and message["data"] == f"hello {protocol}".encode()
+            sub.close()
