@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metaprotocol.config.model import (  # noqa: E402
     AccessLog,
     FaultPolicy,
-    ListenerConfig,
     LocalRateLimit,
     MirrorPolicy,
     RetryPolicy,

@@ -108,7 +108,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         seen = self._generation
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._generation != seen)
+                await self._changed.wait_for(lambda seen=seen: self._generation != seen)
                 seen = self._generation
             await queue.put(None)
 

@@ -94,6 +94,7 @@ class LoopIO:
         task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
 
     async def _rate_limit(self, ctx: ListenerContext, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
+        import grpc
         from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
         from envoy.service.ratelimit.v3 import rls_pb2
 
@@ -110,7 +111,8 @@ class LoopIO:
             response = await stub.ShouldRateLimit(request, timeout=config.timeout)
             allowed = response.overall_code != rls_pb2.RateLimitResponse.OVER_LIMIT
         except Exception as exc:  # noqa: BLE001 - unreachable, slow or broken: deny_on_fail decides
-            log.warning("rate limit service %s: %s; %s", config.service_cluster, getattr(exc, "code", lambda: exc)(), "denying" if config.deny_on_fail else "allowing")
+            reason = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else exc
+            log.warning("rate limit service %s: %s; %s", config.service_cluster, reason, "denying" if config.deny_on_fail else "allowing")
         done(allowed)
 
     def _rls_stub(self, cluster: str) -> object:

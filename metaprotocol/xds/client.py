@@ -59,7 +59,8 @@ class AdsClient:
                 await self._stream()
                 delay = 0.2
             except (grpc.aio.AioRpcError, ConnectionError, OSError) as exc:
-                log.warning("ADS stream to %s lost (%s); serving the last good configuration", self.address, getattr(exc, "code", lambda: exc)())
+                reason = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else exc
+                log.warning("ADS stream to %s lost (%s); serving the last good configuration", self.address, reason)
             self.connected.clear()
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)

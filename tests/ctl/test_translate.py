@@ -171,7 +171,7 @@ def test_no_metarouter_gives_a_default_route() -> None:
 @pytest.mark.parametrize(
     ("routes", "reason"),
     [
-        (f"  - route: [{{destination: {{host: nowhere.example}}}}]", "unknown destination host 'nowhere.example'"),
+        ("  - route: [{destination: {host: nowhere.example}}]", "unknown destination host 'nowhere.example'"),
         (f"  - route: [{{destination: {{host: {HOST}, subset: v9}}}}]", "unknown subset 'v9'"),
         (f"  - route: [{{destination: {{host: {HOST}, subset: v1}}, weight: 30}}, {{destination: {{host: {HOST}, subset: v2}}, weight: 30}}]", "weights sum to 60, not 100"),
         (f"  - match: {{attributes: {{method: {{regex: '('}}}}}}\n    route: [{{destination: {{host: {HOST}}}}}]", "bad regex"),

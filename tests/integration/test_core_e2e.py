@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from metaprotocol.registry import CodecRegistry
-from tests.lenprefix import HEAD, LenPrefixFactory, frame, parse
+from tests.lenprefix import LenPrefixFactory, frame, parse
 from tests.servers import RedisServer, bootstrap_dict, cluster, free_port, listener, wait_port
 
 pytestmark = pytest.mark.integration

@@ -51,7 +51,7 @@ class Harness:
         return s, t
 
     def connect_all(self) -> None:
-        for conn, _, port in self.io.connects:
+        for conn, _, _port in self.io.connects:
             if conn.transport is None and not conn.closed:
                 t = FakeTransport()
                 self.upstream_transports[id(conn)] = t
