@@ -104,7 +104,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         hits = request.hits_addend or 1
         now = int(self.clock())
         response = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
-        plan = []
+        plan: list[tuple[str, int, int] | None] = []
         for d in request.descriptors:
             found = find_limit(nodes, [(e.key, e.value) for e in d.entries])
             if found is None:
@@ -114,7 +114,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             window = now - now % seconds
             plan.append((f"ratelimit:{request.domain}:{'|'.join(parts)}:{window}", per_unit, seconds))
         keys = [p for p in plan if p is not None]
-        counts = []
+        counts: list[int] = []
         if keys:
             pipe = self.redis.pipeline(transaction=False)
             for key, _, seconds in keys:

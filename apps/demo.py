@@ -139,7 +139,7 @@ async def run_demo(requests: int, as_json: bool, keep_running: bool) -> int:
             applied_before = client.applied
             changed_at = time.monotonic()
             _write(workdir / "metarouter.yaml", router)
-            transition = {"calls": 0, "failures": 0}
+            transition: dict[str, float] = {"calls": 0, "failures": 0}
             while client.applied == applied_before:
                 step = await _phase(consumer, 20, _weights(router), "transition", True)
                 transition["calls"] += step["calls"]

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metaprotocol.spi import NEED_DATA, MessageType, ReadBuffer
+from metaprotocol.spi import Message, MessageType, ReadBuffer
 from metaprotocol_codecs.dubbo import DubboCodecFactory, JavaObject, Long, wire
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class _ProviderProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer.feed(data)
         try:
-            while (msg := self.codec.decode(self.buffer)) is not NEED_DATA:
+            while isinstance(msg := self.codec.decode(self.buffer), Message):
                 if msg.type is MessageType.HEARTBEAT:
                     self.provider.heartbeats += 1
                     self._write(self.codec.heartbeat_reply(msg))
@@ -213,7 +213,7 @@ class _ConsumerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer.feed(data)
         try:
-            while (msg := self.codec.decode(self.buffer)) is not NEED_DATA:
+            while isinstance(msg := self.codec.decode(self.buffer), Message):
                 if msg.type is MessageType.EVENT:
                     answer = self.codec.answer_event(msg)
                     if answer and self.consumer.transport is not None:
@@ -249,7 +249,7 @@ class DubboConsumer:
     async def connect(self) -> DubboConsumer:
         """Open the connection."""
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_connection(lambda: _ConsumerProtocol(self), self.host, self.port)  # type: ignore[assignment]
+        self.transport, _ = await loop.create_connection(lambda: _ConsumerProtocol(self), self.host, self.port)
         return self
 
     async def __aenter__(self) -> DubboConsumer:

@@ -64,7 +64,7 @@ class FakeIO:
     def connect(self, conn: UpstreamConnection, address: str, port: int, timeout: float) -> None:
         self.connects.append((conn, address, port))
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> None:
         self.timers.append((self.clock + delay, callback))
 
     def arm_sweeper(self) -> None:

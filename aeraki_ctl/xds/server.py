@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -22,6 +23,8 @@ from metaprotocol.xds import convert
 
 log = logging.getLogger(__name__)
 WILDCARD_TYPES = frozenset({convert.LISTENER_TYPE, convert.CLUSTER_TYPE})
+Req = TypeVar("Req", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
+Resp = TypeVar("Resp", discovery_pb2.DiscoveryResponse, discovery_pb2.DeltaDiscoveryResponse)
 
 
 @dataclass
@@ -76,10 +79,21 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         """One ADS stream (state of the world)."""
+        async for response in self._stream(request_iterator, self._on_request, self._sotw_response):
+            yield response
+
+    async def _stream(
+        self,
+        requests: AsyncIterator[Req],
+        on_request: Callable[[StreamInfo, Req], None],
+        respond: Callable[[str, _Watch], Resp | None],
+    ) -> AsyncIterator[Resp]:
+        """The loop both ADS variants share: apply each request, and on every request or snapshot
+        change answer each watched type that has something new for this stream."""
         sid = next(self._stream_ids)
         info = self.streams[sid] = StreamInfo()
-        queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-        reader = asyncio.ensure_future(self._read(request_iterator, queue))
+        queue: asyncio.Queue[Req | None] = asyncio.Queue()
+        reader = asyncio.ensure_future(self._read(requests, queue))
         waiter = asyncio.ensure_future(self._wait_change(queue))
         try:
             while True:
@@ -87,9 +101,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if req is None and reader.done():
                     return
                 if req is not None:
-                    self._on_request(info, req)
+                    on_request(info, req)
                 for type_url, watch in info.watches.items():
-                    response = self._sotw_response(type_url, watch)
+                    response = respond(type_url, watch)
                     if response is not None:
                         yield response
         finally:
@@ -97,18 +111,19 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             waiter.cancel()
             self.streams.pop(sid, None)
 
-    async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None]) -> None:
+    async def _read(self, requests: AsyncIterator[Req], queue: asyncio.Queue[Req | None]) -> None:
         try:
             async for req in requests:
                 await queue.put(req)
         finally:
             await queue.put(None)
 
-    async def _wait_change(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None]) -> None:
+    async def _wait_change(self, queue: asyncio.Queue[Req | None]) -> None:
         seen = self._generation
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda seen=seen: self._generation != seen)
+                since = seen
+                await self._changed.wait_for(lambda: self._generation != since)  # noqa: B023 - awaited here, never outlives the iteration
                 seen = self._generation
             await queue.put(None)
 
@@ -157,26 +172,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         """One ADS stream (incremental)."""
-        sid = next(self._stream_ids)
-        info = self.streams[sid] = StreamInfo()
-        queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
-        reader = asyncio.ensure_future(self._read(request_iterator, queue))  # type: ignore[arg-type]
-        waiter = asyncio.ensure_future(self._wait_change(queue))  # type: ignore[arg-type]
-        try:
-            while True:
-                req = await queue.get()
-                if req is None and reader.done():
-                    return
-                if req is not None:
-                    self._on_delta_request(info, req)
-                for type_url, watch in info.watches.items():
-                    response = self._delta_response(type_url, watch)
-                    if response is not None:
-                        yield response
-        finally:
-            reader.cancel()
-            waiter.cancel()
-            self.streams.pop(sid, None)
+        async for response in self._stream(request_iterator, self._on_delta_request, self._delta_response):
+            yield response
 
     def _on_delta_request(self, info: StreamInfo, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
         if req.node.id:

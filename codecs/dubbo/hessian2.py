@@ -165,14 +165,14 @@ def _read_int_value(r: Hessian2Reader, code: int) -> int:
 
 def _read_int(r: Hessian2Reader, code: int) -> int:
     if code == 0x49:  # 'I'
-        return _I32.unpack_from(r.data, r._take(4))[0]
+        return int(_I32.unpack_from(r.data, r._take(4))[0])
     if code <= 0xBF:
         return code - 0x90
     if code <= 0xCF:
         return ((code - 0xC8) << 8) + r._byte()
     if code <= 0xD7:
         p = r._take(2)
-        return ((code - 0xD4) << 16) + _U16.unpack_from(r.data, p)[0]
+        return ((code - 0xD4) << 16) + int(_U16.unpack_from(r.data, p)[0])
     raise HessianDecodeError(f"expected an int, got 0x{code:02x}")
 
 
@@ -200,8 +200,8 @@ def _read_double(r: Hessian2Reader, code: int) -> float:
     if code == 0x5E:
         return float(_I16.unpack_from(r.data, r._take(2))[0])
     if code == 0x5F:
-        return 0.001 * _I32.unpack_from(r.data, r._take(4))[0]
-    return _F64.unpack_from(r.data, r._take(8))[0]  # 'D'
+        return 0.001 * int(_I32.unpack_from(r.data, r._take(4))[0])
+    return float(_F64.unpack_from(r.data, r._take(8))[0])  # 'D'
 
 
 def _read_date(r: Hessian2Reader, code: int) -> _dt.datetime:

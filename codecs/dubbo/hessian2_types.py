@@ -32,7 +32,7 @@ class HessianList(list[Any]):
     def __repr__(self) -> str:
         return f"HessianList({list.__repr__(self)}, type={self.type!r})"
 
-    __hash__ = object.__hash__  # identity: lists may be map keys and back-reference targets
+    __hash__ = object.__hash__  # type: ignore[assignment] # identity: lists may be map keys and back-reference targets
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, HessianList):
@@ -50,7 +50,7 @@ class HessianMap(dict[Any, Any]):
     def __repr__(self) -> str:
         return f"HessianMap({dict.__repr__(self)}, type={self.type!r})"
 
-    __hash__ = object.__hash__
+    __hash__ = object.__hash__  # type: ignore[assignment] # identity, as for HessianList
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, HessianMap):

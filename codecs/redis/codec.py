@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import itertools
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Final
+from typing import Final, cast
 
 from metaprotocol.spi import (
     NEED_DATA,
@@ -21,7 +21,6 @@ from metaprotocol.spi import (
     CodecFactory,
     Correlation,
     DecodeResult,
-    ErrorKind,
     LocalAnswer,
     LocalError,
     LocalProtocolError,
@@ -56,6 +55,11 @@ _connection_ids = itertools.count(1)
 # Answered by the proxy in bound mode too (before the first routed command opens the connection).
 _BOUND_LOCAL: Final = frozenset({b"AUTH", b"HELLO", b"QUIT"})
 
+
+
+def _command_of(request: Message) -> tuple[bytes, list[bytes] | None]:
+    """The upper-cased command name and, when the codec kept them, its arguments."""
+    return cast("tuple[bytes, list[bytes] | None]", request.opaque)
 
 class RedisConfig:
     """Codec settings (the listener's ``codec.config`` mapping).
@@ -142,13 +146,11 @@ class RedisServerCodec(ServerCodec):
     def on_error(self, request: Message | None, error: LocalError) -> bytes:
         """``-ERR <reason>`` (the same form in RESP2 and RESP3)."""
         text = error.message.replace("\r", " ").replace("\n", " ")
-        if error.kind is ErrorKind.BAD_REQUEST and text.startswith("Protocol error"):
-            return f"-ERR {text}\r\n".encode()
         return f"-ERR {text}\r\n".encode()
 
     def merge(self, request: Message, replies: Sequence[Message]) -> bytes:
         """Combine per-key replies into the multi-key command's reply."""
-        cmd, _ = request.opaque  # type: ignore[misc]
+        cmd, _ = _command_of(request)
         _, _, how = FANOUT_COMMANDS[cmd]
         if how == "array":
             return b"*%d\r\n" % len(replies) + b"".join(bytes(r.raw) for r in replies)
@@ -173,7 +175,7 @@ class RedisServerCodec(ServerCodec):
 
     def answer_locally(self, request: Message) -> LocalAnswer | None:
         """Connection-level commands, auth, and refusals of connection-state commands."""
-        cmd, args = request.opaque  # type: ignore[misc]
+        cmd, args = _command_of(request)
         if not self.authenticated and cmd not in (b"AUTH", b"HELLO", b"QUIT"):
             return LocalAnswer(NOAUTH)
         if cmd not in _LOCAL_COMMANDS:

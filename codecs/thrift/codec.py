@@ -234,7 +234,7 @@ def _reply_carries_exception(info: _Info) -> bool:
         return wire.unzigzag(fid) != 0
     if payload[p] == 0 or p + 3 > len(payload):
         return False
-    return wire.I16.unpack_from(payload, p + 1)[0] != 0
+    return bool(wire.I16.unpack_from(payload, p + 1)[0] != 0)
 
 
 def _rewrite(msg: Message, mutation: Mutation | None, seqid: int | None) -> bytes | bytearray:
@@ -349,4 +349,4 @@ class ThriftCodecFactory(CodecFactory):
     def client_codec(self, profile: Hashable = None) -> ThriftClientCodec:
         """A codec for one server connection of the client's transport and protocol."""
         fixed = profile if isinstance(profile, tuple) and profile and isinstance(profile[0], Transport) else None
-        return ThriftClientCodec(self.settings, fixed)  # type: ignore[arg-type]
+        return ThriftClientCodec(self.settings, fixed)

@@ -182,8 +182,6 @@ def read_message_header(data: bytes | bytearray, pos: int, end: int, protocol: P
         h.seqid = I32.unpack_from(data, p)[0]
         h.end = p + 4
         return h
-    if protocol is Protocol.COMPACT:
-        raise ValueError("bad compact protocol header")
     # Non-strict binary: the name length comes first.
     n = word
     p = pos + 4 + n

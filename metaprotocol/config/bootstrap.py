@@ -104,7 +104,7 @@ class _Reader:
         return value
 
     def keys(
-        self, m: Mapping[str, object], path: str, allowed: set[str], ignored: set[str] = frozenset()
+        self, m: Mapping[str, object], path: str, allowed: set[str], ignored: frozenset[str] | set[str] = frozenset()
     ) -> None:
         for k in m:
             if k not in allowed and k not in ignored:
@@ -135,7 +135,7 @@ class _Reader:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, Mapping):  # {seconds: 1, nanos: 0}
-            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9  # type: ignore[arg-type]
+            return float(value.get("seconds", 0)) + float(value.get("nanos", 0)) / 1e9
         match = _DURATION.match(str(value).strip())
         if match is None:
             raise self.fail(_join(path, key), f"not a duration: {value!r} (use e.g. 1.5s, 250ms)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from metaprotocol.proxy.context import Flushable, ListenerContext
 from metaprotocol.proxy.upstream import UpstreamConnection, Upstreams
@@ -55,14 +55,14 @@ class LoopIO:
     ) -> None:
         try:
             async with asyncio.timeout(timeout if timeout > 0 else None):
-                await self.loop.create_connection(lambda: conn, address, port)  # type: ignore[arg-type, return-value]
+                await self.loop.create_connection(lambda: conn, address, port)  # type: ignore[type-var] # duck-typed protocol
         except (OSError, TimeoutError) as exc:
             conn.connect_failed(exc)
         except asyncio.CancelledError:
             conn.connect_failed(ConnectionAbortedError("connect cancelled"))
             raise
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> None:
         """Run ``callback`` after ``delay`` seconds."""
         self.loop.call_later(delay, callback)
 
@@ -90,8 +90,8 @@ class LoopIO:
     def rate_limit(self, ctx: ListenerContext, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
         """Call ShouldRateLimit on the listener's service; failures follow ``deny_on_fail``."""
         task = self.loop.create_task(self._rate_limit(ctx, entries, done))
-        self._tasks.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _rate_limit(self, ctx: ListenerContext, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
         import grpc
@@ -115,7 +115,7 @@ class LoopIO:
             log.warning("rate limit service %s: %s; %s", config.service_cluster, reason, "denying" if config.deny_on_fail else "allowing")
         done(allowed)
 
-    def _rls_stub(self, cluster: str) -> object:
+    def _rls_stub(self, cluster: str) -> Any:  # noqa: ANN401 - a generated gRPC stub (untyped)
         import grpc
         from envoy.service.ratelimit.v3 import rls_pb2_grpc
 

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import Bootstrap, ListenerConfig, RouteConfig
@@ -19,6 +20,9 @@ from metaprotocol.proxy.upstream import Upstreams
 from metaprotocol.registry import CodecRegistry, RegistryError
 from metaprotocol.router.table import RouteTable
 from metaprotocol.spi import CodecConfigError, CodecFactory
+
+if TYPE_CHECKING:
+    from metaprotocol.io.access_log import AccessLogWriter
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class Proxy:
         self.contexts: dict[str, ListenerContext] = {}
         self.servers: dict[str, asyncio.Server] = {}
         self.admin_server: asyncio.Server | None = None
-        self.log_writers: dict[str, list[object]] = {}
+        self.log_writers: dict[str, list[AccessLogWriter]] = {}
         self.ready = False
 
     async def start(self) -> None:
@@ -238,7 +242,7 @@ class Proxy:
             self.admin_server.close()
         for writers in self.log_writers.values():
             for w in writers:
-                w.close()  # type: ignore[attr-defined]
+                w.close()
         if self.upstreams is not None:
             for pool in self.upstreams.pools.values():
                 pool.close()

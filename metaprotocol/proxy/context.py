@@ -42,7 +42,7 @@ class ProxyIO(Protocol):
     def connect(self, conn: UpstreamConnection, address: str, port: int, timeout: float) -> None:
         """Open a TCP connection with ``conn`` as its protocol; on failure ``conn.connect_failed``."""
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> None:
         """Run ``callback`` after ``delay`` seconds."""
 
     def arm_sweeper(self) -> None:

@@ -155,11 +155,11 @@ def check_garbage_is_rejected_cleanly(s: CodecSamples) -> None:
         if i % 2:
             data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64)))
         else:
-            data = bytearray(rng.choice(seeds))
+            mutated = bytearray(rng.choice(seeds))
             for _ in range(rng.randrange(1, 4)):
-                if data:
-                    data[rng.randrange(len(data))] = rng.getrandbits(8)
-            data = bytes(data)
+                if mutated:
+                    mutated[rng.randrange(len(mutated))] = rng.getrandbits(8)
+            data = bytes(mutated)
         for make in (s.factory.server_codec, s.factory.client_codec):
             buf = ReadBuffer(data)
             codec = make()

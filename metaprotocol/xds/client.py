@@ -168,7 +168,7 @@ class AdsClient:
         if any(lst.rds_name not in routes for lst in listeners.values()) or any(name not in endpoints for name in clusters):
             return None
         return Bootstrap(
-            tuple(replace(lst, route_config=routes[lst.rds_name]) for lst in listeners.values() if lst.rds_name),  # type: ignore[index]
+            tuple(replace(lst, route_config=routes[lst.rds_name]) for lst in listeners.values() if lst.rds_name),
             tuple(convert.cluster_from_xds(c, endpoints[name]) for name, c in sorted(clusters.items())),
             self.proxy.bootstrap.admin,
             f"xds://{self.address}",

@@ -84,7 +84,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 def _seconds(d: duration_pb2.Duration) -> float:
-    return d.ToNanoseconds() / 1e9
+    return float(d.ToNanoseconds()) / 1e9
 
 
 def _ads() -> config_source_pb2.ConfigSource:
@@ -125,7 +125,7 @@ def _percent(fraction: float) -> percent_pb2.FractionalPercent:
 
 def _fraction(p: percent_pb2.FractionalPercent) -> float:
     scale = {percent_pb2.FractionalPercent.HUNDRED: 100, percent_pb2.FractionalPercent.TEN_THOUSAND: 10_000, percent_pb2.FractionalPercent.MILLION: _MILLION}
-    return min(1.0, p.numerator / scale[p.denominator])
+    return min(1.0, float(p.numerator) / scale[p.denominator])
 
 
 def _bucket_to_xds(b: TokenBucket) -> token_bucket_pb2.TokenBucket:
