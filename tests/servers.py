@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import struct
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +55,43 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ResettingServer:
+    """An endpoint that takes each request and resets the connection (RST, no reply): the failure
+    after which a request may or may not have been executed, which retries must respect."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    continue
+                if data:
+                    self.received.append(data)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def stop(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ResettingServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

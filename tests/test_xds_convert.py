@@ -48,7 +48,7 @@ def test_route_config_roundtrip(rules: list[tuple[str, list[AttributeMatcher], b
             RouteRule(name, tuple(ms), RouteAction(cluster="c", timeout=t) if single else RouteAction(weighted_clusters=(WeightedCluster("a", 20), WeightedCluster("b", 80)), hash_policy=("userid",), subset=(("version", "v2"),), timeout=t),
                       request_mutation=(("foo", "bar"),), response_mutation=(("x", "y"),),
                       mirrors=(MirrorPolicy("m", 0.1),) if single else (),
-                      retry=RetryPolicy(2, frozenset({"error", "connect_failure"}), 0.25) if single else None,
+                      retry=RetryPolicy(2, frozenset({"error", "connect_failure"}), 0.25, retry_non_idempotent=True) if single else None,
                       fault=FaultPolicy(0.5, 0.25, "over_limit", 0.125) if not single else None)  # fmt: skip
             for name, ms, single, t in rules
         ),

@@ -35,6 +35,7 @@ from metaprotocol_codecs.redis.commands import (
     CONNECTION_STATE,
     FANOUT_COMMANDS,
     KEY_SPECS,
+    READ_ONLY_COMMANDS,
     SINGLE_KEY,
     key_indexes,
 )
@@ -166,6 +167,10 @@ class RedisServerCodec(ServerCodec):
                 raise LocalProtocolError(f"expected an integer reply, got {raw[:20]!r}")
             total += int(raw[1:-2])
         return b":%d\r\n" % total
+
+    def is_idempotent(self, request: Message) -> bool:
+        """Read-only commands may be resent (a fan-out command's parts are never retried)."""
+        return _command_of(request)[0] in READ_ONLY_COMMANDS
 
     def upstream_profile(self) -> Hashable:
         """Upstream connections are kept per RESP version."""

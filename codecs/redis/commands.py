@@ -155,3 +155,23 @@ def _numkeys(args: Sequence[bytes], argc: int, count_at: int, first: int) -> lis
     except ValueError:
         return []
     return list(range(first, min(first + max(count, 0), argc)))
+
+# Commands Redis flags ``readonly``: sending one twice changes nothing, so a retry policy may resend
+# it after a reset or timeout (ServerCodec.is_idempotent). Writes, even ones that look idempotent
+# such as SET (``SET k v GET`` answers differently the second time), are left to the route's opt-in.
+READ_ONLY_COMMANDS: Final = frozenset(
+    c.encode()
+    for c in """
+    GET MGET STRLEN GETRANGE SUBSTR LCS EXISTS TYPE TTL PTTL EXPIRETIME PEXPIRETIME DUMP TOUCH OBJECT
+    HGET HMGET HGETALL HKEYS HVALS HLEN HEXISTS HSTRLEN HSCAN HRANDFIELD
+    LINDEX LLEN LRANGE LPOS
+    SCARD SISMEMBER SMISMEMBER SMEMBERS SRANDMEMBER SSCAN SINTER SUNION SDIFF SINTERCARD
+    ZCARD ZCOUNT ZLEXCOUNT ZRANGE ZRANGEBYSCORE ZRANGEBYLEX ZREVRANGE ZREVRANGEBYSCORE ZREVRANGEBYLEX
+    ZRANK ZREVRANK ZSCORE ZMSCORE ZSCAN ZRANDMEMBER ZINTER ZUNION ZDIFF ZINTERCARD
+    BITCOUNT BITPOS GETBIT BITFIELD_RO PFCOUNT
+    GEOPOS GEODIST GEOHASH GEOSEARCH GEORADIUS_RO GEORADIUSBYMEMBER_RO
+    XRANGE XREVRANGE XLEN XREAD XINFO
+    SORT_RO EVAL_RO EVALSHA_RO FCALL_RO
+    DBSIZE KEYS SCAN RANDOMKEY PING ECHO TIME
+    """.split()
+)

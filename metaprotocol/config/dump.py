@@ -89,6 +89,7 @@ def route_tree(rule: RouteRule) -> dict[str, Any]:
             "num_retries": rule.retry.num_retries,
             "retry_on": ",".join(sorted(rule.retry.retry_on)),
             "per_try_timeout": _seconds(rule.retry.per_try_timeout),
+            "retry_non_idempotent": rule.retry.retry_non_idempotent,
         }
     out: dict[str, Any] = {"name": rule.name, "route": action}
     if rule.fault is not None:

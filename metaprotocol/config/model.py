@@ -99,11 +99,23 @@ class MirrorPolicy:
 class RetryPolicy:
     """Retry failed requests: up to ``num_retries`` more tries for the failure kinds in
     ``retry_on`` (error kind values, plus ``error`` for an error reply from upstream), each try
-    with ``per_try_timeout`` seconds (0: the route timeout)."""
+    with ``per_try_timeout`` seconds (0: the route timeout). A request that may already have
+    reached a server is resent only when the codec says it is idempotent or
+    ``retry_non_idempotent`` is set."""
 
     num_retries: int = 1
     retry_on: frozenset[str] = frozenset({"connect_failure", "upstream_reset", "upstream_timeout"})
     per_try_timeout: float = 0.0
+    retry_non_idempotent: bool = False
+
+    def retry_on_text(self) -> str:
+        """``retry_on`` as Envoy's comma-separated string; the opt-in travels as the token
+        ``non_idempotent`` (Envoy's RetryPolicy has no field for it)."""
+        tokens = sorted(self.retry_on | ({NON_IDEMPOTENT} if self.retry_non_idempotent else set()))
+        return ",".join(tokens)
+
+
+NON_IDEMPOTENT = "non_idempotent"
 
 
 @dataclass(frozen=True, slots=True)

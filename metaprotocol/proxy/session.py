@@ -25,6 +25,8 @@ from metaprotocol.spi import (
     RemoteProtocolError,
 )
 
+# Failures of requests that never left the proxy: resending them is safe for any request.
+NEVER_SENT = frozenset({ErrorKind.CONNECT_FAILURE.value, ErrorKind.NO_HEALTHY_UPSTREAM.value, ErrorKind.OVER_LIMIT.value})
 
 class Transport(Protocol):
     """The part of ``asyncio.Transport`` the core uses."""
@@ -353,8 +355,11 @@ class DownstreamSession:
         policy = route.rule.retry if route is not None else None
         if policy is None or reason not in policy.retry_on or p.tries >= policy.num_retries or self.closed or p.parent is not None:
             return False
-        p.tries += 1
         ctx = self.ctx
+        if reason not in NEVER_SENT and not policy.retry_non_idempotent and not self.codec.is_idempotent(p.request):
+            ctx.stats.retries_not_idempotent += 1
+            return False
+        p.tries += 1
         ctx.stats.retries += 1
         p.upstream = None
         p.upstream_id = None

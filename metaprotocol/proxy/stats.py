@@ -58,6 +58,7 @@ class ListenerStats:
         self.rate_limit_ok = 0
         self.rate_limited = 0
         self.retries = 0
+        self.retries_not_idempotent = 0
         self.faults_injected = 0
         self.mirrored = 0
         self.idle_timeouts = 0
@@ -119,6 +120,7 @@ def render_prometheus(
         ("rate_limit_ok", "local_rate_limit_ok_total", "Requests the local rate limit let through."),
         ("rate_limited", "local_rate_limit_rate_limited_total", "Requests refused by the local rate limit."),
         ("retries", "retries_total", "Retried tries."),
+        ("retries_not_idempotent", "retries_not_idempotent_total", "Retries refused: the request may have reached a server and is not idempotent."),
         ("faults_injected", "faults_injected_total", "Requests delayed or aborted by fault injection."),
         ("mirrored", "mirrored_requests_total", "Requests copied to a mirror cluster."),
         ("idle_timeouts", "downstream_cx_idle_timeout_total", "Connections closed for idleness."),

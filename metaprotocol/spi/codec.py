@@ -88,6 +88,16 @@ class ServerCodec(abc.ABC):
         """Return a reply when the proxy itself must answer ``request``; None routes it."""
         return None
 
+    def is_idempotent(self, request: Message) -> bool:
+        """Whether sending ``request`` twice is safe (e.g. a Redis read), so that a retry policy
+        may resend it after it may already have reached a server (reset, timeout, error reply).
+
+        Asked only when a retry is considered. The default, False, retries such a request only where
+        the route says ``retry_non_idempotent``; requests that never left the proxy (connect failure,
+        no healthy upstream) are always retryable.
+        """
+        return False
+
     def merge(self, request: Message, replies: Sequence[Message]) -> bytes:
         """Combine the replies to ``request.parts`` (in order) into one reply to ``request``."""
         raise LocalProtocolError(f"{type(self).__name__} does not split requests")

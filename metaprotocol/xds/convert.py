@@ -20,6 +20,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from metaprotocol.config.model import (
+    NON_IDEMPOTENT,
     AccessLog,
     CircuitBreakers,
     FaultPolicy,
@@ -163,7 +164,7 @@ def route_config_to_xds(rc: RouteConfig) -> route_pb2.RouteConfiguration:
         if rule.retry is not None:
             action.retry_policy.CopyFrom(
                 route_components_pb2.RetryPolicy(
-                    retry_on=",".join(sorted(rule.retry.retry_on)),
+                    retry_on=rule.retry.retry_on_text(),
                     num_retries=wrappers_pb2.UInt32Value(value=rule.retry.num_retries),
                     per_try_timeout=_duration(rule.retry.per_try_timeout),
                 )
@@ -333,7 +334,11 @@ def route_config_from_xds(rc: route_pb2.RouteConfiguration) -> RouteConfig:
         retry = None
         if a.HasField("retry_policy"):
             rp = a.retry_policy
-            retry = RetryPolicy(rp.num_retries.value if rp.HasField("num_retries") else 1, frozenset(k.strip() for k in rp.retry_on.split(",") if k.strip()), _seconds(rp.per_try_timeout))
+            tokens = frozenset(k.strip() for k in rp.retry_on.split(",") if k.strip())
+            retry = RetryPolicy(
+                rp.num_retries.value if rp.HasField("num_retries") else 1, tokens - {NON_IDEMPOTENT}, _seconds(rp.per_try_timeout),
+                retry_non_idempotent=NON_IDEMPOTENT in tokens,
+            )  # fmt: skip
         fault = None
         if FAULT_METADATA in r.metadata.filter_metadata:
             fm = r.metadata.filter_metadata[FAULT_METADATA]

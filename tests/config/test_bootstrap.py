@@ -95,6 +95,19 @@ def _tree_with(route: dict[str, object]) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
+    ("policy", "opt_in"),
+    [({"retry_on": "upstream-reset"}, False), ({"retry_on": "upstream-reset", "retry_non_idempotent": True}, True),
+     ({"retry_on": "upstream-reset,non_idempotent"}, True)],
+)  # fmt: skip
+def test_retry_non_idempotent_opt_in(policy: dict[str, object], opt_in: bool) -> None:
+    boot = parse_bootstrap(_tree_with({"route": {"cluster": "c", "retry_policy": policy}}), "boot.yaml")
+    route_config = boot.listeners[0].route_config
+    assert route_config is not None
+    retry = route_config.routes[0].retry
+    assert retry is not None and retry.retry_on == frozenset({"upstream_reset"}) and retry.retry_non_idempotent is opt_in
+
+
+@pytest.mark.parametrize(
     ("tree", "path", "reason"),
     [
         (_tree_with({"route": {"cluster": "missing"}}), "routes[0].route", "unknown cluster 'missing'"),
@@ -110,6 +123,8 @@ def _tree_with(route: dict[str, object]) -> dict[str, object]:
         (bootstrap_dict([], [{"name": "c", "load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "h", "port_value": 70000}}}}]}]}}]),
          "port_value", "out of range"),
         ({"static_resource": {}}, "static_resource", "unknown or unsupported field"),
+        (_tree_with({"route": {"cluster": "c", "retry_policy": {"retry_non_idempotent": "yes"}}}),
+         "retry_policy.retry_non_idempotent", "expected true or false"),
     ],
 )  # fmt: skip
 def test_bad_config_names_path_and_reason(tree: dict[str, object], path: str, reason: str) -> None:

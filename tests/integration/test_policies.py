@@ -16,7 +16,7 @@ import redis
 from metaprotocol_apps.dubbo import DubboConsumer, DubboError
 from metaprotocol_codecs.dubbo import wire
 from tests.integration.test_dubbo_proxy import DEMO, Providers
-from tests.servers import RedisServer, bootstrap_dict, cluster, free_port, listener
+from tests.servers import RedisServer, ResettingServer, bootstrap_dict, cluster, free_port, listener
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +105,43 @@ def test_retry_turns_a_dead_endpoint_into_success(run_proxy: object, providers: 
     assert not errors and counts == Counter({"v1": 100})
     stats = rp.run(rp.proxy.stats_text)  # type: ignore[attr-defined]
     assert 'metaprotocol_retries_total{listener="dubbo",protocol="dubbo"} 0' not in stats
+
+
+
+@pytest.mark.parametrize(
+    ("command", "opt_in", "retried"),
+    [("incr", False, False), ("get", False, True), ("incr", True, True)],
+)
+def test_a_reset_is_retried_only_for_idempotent_requests_or_by_opt_in(run_proxy: object, command: str, opt_in: bool, retried: bool) -> None:
+    """A reset request may have run on the server: INCR (a write) is not resent unless the route
+    opts in; GET (read-only, as the Redis codec says) is."""
+    with RedisServer() as server, ResettingServer() as resetter:
+        policy = {"num_retries": 1, "retry_on": "upstream-reset", "retry_non_idempotent": opt_in}
+        tree = bootstrap_dict(
+            [listener("redis", 0, "redis", [{"route": {"cluster": "two", "retry_policy": policy}}])],
+            [cluster("two", [resetter.port, server.port])],
+        )  # fmt: skip
+        rp = run_proxy(tree)  # type: ignore[operator]
+        r = redis.Redis(port=rp.port("redis"), protocol=2, socket_timeout=10)
+        outcomes = []
+        for _ in range(2):  # round robin: the resetting endpoint gets at least one of them
+            try:
+                outcomes.append(r.incr("n") if command == "incr" else r.get("n"))
+            except redis.ResponseError as exc:
+                outcomes.append(str(exc))
+        r.close()
+        resets = len(resetter.received)
+        assert resets >= 1 and all(command.encode() in data.lower() for data in resetter.received)
+        stats = rp.run(rp.proxy.stats_text)  # type: ignore[attr-defined]
+        labels = '{listener="redis",protocol="redis"}'
+        if retried:
+            assert all(not isinstance(o, str) for o in outcomes), outcomes
+            assert f"metaprotocol_retries_total{labels} {resets}" in stats
+            assert f"metaprotocol_retries_not_idempotent_total{labels} 0" in stats
+        else:
+            assert sum(isinstance(o, str) and "closed the connection" in o for o in outcomes) == resets, outcomes
+            assert f"metaprotocol_retries_total{labels} 0" in stats
+            assert f"metaprotocol_retries_not_idempotent_total{labels} {resets}" in stats
 
 
 def test_fault_injection_aborts_and_delays(run_proxy: object, providers: Providers) -> None:
