@@ -58,6 +58,15 @@ _BOUND_LOCAL: Final = frozenset({b"AUTH", b"HELLO", b"QUIT"})
 
 
 
+class _Pipeline:
+    """``opaque`` of a message standing for several commands (ServerCodec.batch)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+
 def _command_of(request: Message) -> tuple[bytes, list[bytes] | None]:
     """The upper-cased command name and, when the codec kept them, its arguments."""
     return cast("tuple[bytes, list[bytes] | None]", request.opaque)
@@ -147,7 +156,15 @@ class RedisServerCodec(ServerCodec):
     def on_error(self, request: Message | None, error: LocalError) -> bytes:
         """``-ERR <reason>`` (the same form in RESP2 and RESP3)."""
         text = error.message.replace("\r", " ").replace("\n", " ")
-        return f"-ERR {text}\r\n".encode()
+        reply = f"-ERR {text}\r\n".encode()
+        if request is not None and isinstance(request.opaque, _Pipeline):
+            return reply * request.opaque.count  # one error per command of a forwarded pipeline
+        return reply
+
+    def batch(self, requests: Sequence[Message]) -> Message:
+        """Consecutive plain commands as one unit: Redis answers a pipeline in order, so their
+        replies come back as one run of bytes for the client."""
+        return Message(MessageType.REQUEST, b"".join(r.raw for r in requests), requests[0].metadata, opaque=_Pipeline(len(requests)))
 
     def merge(self, request: Message, replies: Sequence[Message]) -> bytes:
         """Combine per-key replies into the multi-key command's reply."""

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from metaprotocol.config.model import ListenerConfig
+from metaprotocol.config.model import LbPolicy, ListenerConfig
 from metaprotocol.proxy.policies import RateLimiter
 from metaprotocol.router.matchers import compile_matcher
 from metaprotocol.proxy.stats import ListenerStats
@@ -85,6 +85,39 @@ class ListenerContext:
         self.access_log: Callable[[dict[str, object]], None] | None = None
         self.global_limit = config.global_rate_limit
         self.global_match = tuple(compile_matcher(m) for m in config.global_rate_limit.match) if config.global_rate_limit else ()
+        self._pipeline_key: tuple[object, ...] = ()
+        self._pipeline_ok = False
+
+    def forwards_pipelines(self) -> bool:
+        """Whether consecutive plain requests may travel upstream as one unit (ORDERED codecs that
+        implement ``ServerCodec.batch``): only when no decision is made per request, i.e. one route
+        catches everything and sends it to one non-hashing cluster without circuit breakers, with
+        no mutation, mirror, retry, fault, rate limit or access log. Cached until the route table,
+        the access log or the clusters change."""
+        key = (self.table, self.access_log, self.upstreams.generation)
+        if key != self._pipeline_key:
+            self._pipeline_key = key
+            self._pipeline_ok = self._pipelines_allowed()
+        return self._pipeline_ok
+
+    def _pipelines_allowed(self) -> bool:
+        factory = self.factory
+        if factory.correlation is not Correlation.ORDERED or factory.bound_upstream:
+            return False
+        if self.limiter is not None or self.global_limit is not None or self.access_log is not None:
+            return False
+        table = self.table
+        if table is None or not table.routes:
+            return False
+        rule = table.routes[0].rule
+        if rule.match or rule.request_mutation or rule.response_mutation or rule.mirrors or rule.retry or rule.fault:
+            return False
+        name = rule.action.cluster
+        cs = self.upstreams.clusters.get(name) if name else None
+        if cs is None:
+            return False
+        cfg = cs.config
+        return cfg.lb_policy not in (LbPolicy.RING_HASH, LbPolicy.MAGLEV) and cfg.circuit_breakers is None
 
 
 class Pending:
@@ -95,7 +128,10 @@ class Pending:
     """
 
     __slots__ = (
+        "batch_left",
+        "batch_replies",
         "cluster",
+        "count",
         "deadline",
         "done",
         "parent",
@@ -128,6 +164,9 @@ class Pending:
         self.part_replies: list[Message | None] | None = None
         self.parts_left = 0
         self.tries = 0
+        self.count = 1  # requests this Pending stands for (a forwarded pipeline: more than one)
+        self.batch_left = 0
+        self.batch_replies: list[bytes | bytearray | memoryview] | None = None
 
     def __repr__(self) -> str:
         return f"Pending({self.request!r}, done={self.done})"

@@ -25,10 +25,10 @@ class Histogram:
         self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.sum = 0.0
 
-    def observe(self, seconds: float) -> None:
-        """Record one duration."""
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.sum += seconds
+    def observe(self, seconds: float, times: int = 1) -> None:
+        """Record a duration (``times`` requests that took it: a forwarded pipeline)."""
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += times
+        self.sum += seconds * times
 
     @property
     def count(self) -> int:

@@ -163,7 +163,24 @@ class UpstreamConnection:
                     stats.unsolicited += 1
                     self._abort(ErrorKind.BAD_RESPONSE, "response to no request")
                     return
-                p = fifo.popleft()
+                p = fifo[0]
+                if p is not None and p.count > 1:  # a forwarded pipeline: gather all its replies
+                    replies = p.batch_replies
+                    if replies is None:
+                        replies = p.batch_replies = []
+                    replies.append(msg.raw)
+                    pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
+                    if len(replies) < p.count:
+                        continue
+                    fifo.popleft()
+                    p.batch_replies = None
+                    pool.release(self, p)
+                    if not p.done:
+                        p.session.complete(p, Message(MessageType.RESPONSE, b"".join(replies), {}))
+                    else:
+                        p.session.ctx.stats.late_responses += 1
+                    continue
+                fifo.popleft()
                 if p is None:  # the reply to a handshake request
                     if msg.type is MessageType.ERROR:
                         pool.io.report("upstream_handshake_failed", f"{pool.name}: {msg.raw!r}")
@@ -387,10 +404,12 @@ class Upstreams:
         self.cluster_stats: dict[str, ClusterStats] = {}
         self.pools: dict[tuple[str, str, int, Hashable], EndpointPool] = {}
         self.deadlines = DeadlineQueues()
+        self.generation = 0  # bumped by every cluster update (cached decisions depend on it)
         self.update_clusters(clusters)
 
     def update_clusters(self, clusters: Mapping[str, ClusterConfig]) -> None:
         """Apply a new cluster set: unchanged clusters keep their state and pools."""
+        self.generation += 1
         for name, cfg in clusters.items():
             current = self.clusters.get(name)
             if current is None or current.config != cfg:

@@ -88,6 +88,16 @@ class ServerCodec(abc.ABC):
         """Return a reply when the proxy itself must answer ``request``; None routes it."""
         return None
 
+    def batch(self, requests: Sequence[Message]) -> Message | None:
+        """One message standing for consecutive plain requests of an ORDERED protocol, so that
+        the proxy routes and forwards a client's pipeline as a unit when nothing is decided per
+        request (``ListenerContext.forwards_pipelines``). Its ``raw`` is the requests' bytes in
+        order; the upstream's replies to them are passed back concatenated, and ``on_error`` on it
+        must answer every request in it with the same reply (when the pipeline fails part-way,
+        the replies that came are kept and the rest are errors). None (the default) keeps
+        requests one by one."""
+        return None
+
     def is_idempotent(self, request: Message) -> bool:
         """Whether sending ``request`` twice is safe (e.g. a Redis read), so that a retry policy
         may resend it after it may already have reached a server (reset, timeout, error reply).

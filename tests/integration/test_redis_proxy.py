@@ -320,3 +320,41 @@ def test_bound_mode_pub_sub_and_resp3_with_upstream_auth(run_proxy: object) -> N
                     break
             assert message is not None and message["data"] == f"hello {protocol}".encode()
             sub.close()
+
+
+def _mixed_pipeline(r: redis.Redis, n: int) -> list[object]:
+    """The same commands, whoever runs them: plain ones, local ones, fan-out, errors, big values."""
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.set(f"k{i}", "v" * (i % 5) * 1000)
+        pipe.get(f"k{i}")
+        pipe.incr(f"c{i % 7}")
+        if i % 10 == 0:
+            pipe.ping()
+            pipe.echo(f"e{i}")
+            pipe.mget(f"k{i}", f"k{i // 2}", "missing")
+            pipe.lpush(f"k{i}", "x")  # WRONGTYPE: an error reply inside the unit
+            pipe.delete(f"k{i}", f"nope{i}")
+    return pipe.execute(raise_on_error=False)
+
+
+def test_pipelines_forwarded_as_units_answer_exactly_as_redis_does(run_proxy: object) -> None:
+    with RedisServer() as through, RedisServer() as reference:
+        tree = bootstrap_dict([listener("redis", 0, "redis", [{"route": {"cluster": "c"}}])], [cluster("c", [through.port])])
+        rp = run_proxy(tree)  # type: ignore[operator]
+        got = _mixed_pipeline(redis.Redis(port=rp.port("redis")), 400)  # type: ignore[attr-defined]
+        want = _mixed_pipeline(redis.Redis(port=reference.port), 400)
+        assert len(got) == len(want) == 400 * 3 + 40 * 5
+        assert [repr(x) for x in got] == [repr(x) for x in want]
+        stats = rp.run(rp.proxy.stats_text)  # type: ignore[attr-defined]
+        counters = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in stats.splitlines() if line.endswith(tuple("0123456789")) and 'listener="redis"' in line}
+        # Every request counted once (1400 plus redis-py's CLIENT SETINFO on connect), each answered once.
+        assert counters["metaprotocol_requests_total"] >= 1400
+        assert counters["metaprotocol_requests_total"] == counters["metaprotocol_responses_total"] + counters["metaprotocol_local_answers_total"]
+        assert counters["metaprotocol_active_requests"] == 0
+        out = subprocess.run(
+            ["redis-benchmark", "-p", str(rp.port("redis")), "-t", "get,set,incr,lpush", "-n", "20000", "-c", "20", "-P", "16", "-q", "--csv"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0 and "ERR" not in out.stdout + out.stderr, out.stdout + out.stderr
+        assert redis.Redis(port=through.port).llen("mylist") > 0

@@ -13,6 +13,7 @@ from metaprotocol.config.model import (
     RouteConfig,
     RouteRule,
     AttributeMatcher,
+    LbPolicy,
     MatchKind,
 )
 from metaprotocol.proxy.context import ListenerContext
@@ -306,3 +307,83 @@ def test_one_write_per_batch() -> None:
     h.conns()[0].data_received(b"$1\r\nX\r\n" * 16)  # type: ignore[attr-defined]
     h.io.flush()
     assert t.writes == 1 and t.take() == b"$1\r\nX\r\n" * 16
+
+
+# -- forwarded pipelines (ORDERED codecs with ServerCodec.batch) --------------------------------
+
+GET = b"*2\r\n$3\r\nGET\r\n$1\r\n%b\r\n"
+
+
+def test_a_pipeline_goes_upstream_as_one_unit_around_local_answers() -> None:
+    h = Harness(RedisCodecFactory(), (route("a", "c"),), {"c": 1})
+    assert h.ctx.forwards_pipelines()
+    s, t = h.client()
+    s.data_received(GET % b"a" + GET % b"b" + b"*1\r\n$4\r\nPING\r\n" + GET % b"c" + GET % b"d" + GET % b"e")
+    h.connect_all()
+    conn = h.conns()[0]
+    assert h.upstream_transports[id(conn)].take() == GET % b"a" + GET % b"b" + GET % b"c" + GET % b"d" + GET % b"e"
+    assert len(conn.fifo) == 2 and h.ctx.stats.requests == 6 and h.ctx.stats.active_requests == 5  # type: ignore[attr-defined]
+    conn.data_received(b"$1\r\nA\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b""  # half a unit: nothing yet, and the PONG waits its turn
+    conn.data_received(b"$1\r\nB\r\n$1\r\nC\r\n$1\r\nD\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"$1\r\nA\r\n$1\r\nB\r\n+PONG\r\n"
+    conn.data_received(b"-ERR wrong\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"$1\r\nC\r\n$1\r\nD\r\n-ERR wrong\r\n"
+    assert h.ctx.stats.responses == 5 and h.ctx.stats.active_requests == 0 and s.inflight == 0
+    assert h.ctx.stats.latency.count == 5
+
+
+def test_a_pipeline_cut_by_a_reset_keeps_the_replies_that_came() -> None:
+    h = Harness(RedisCodecFactory(), (route("a", "c"),), {"c": 1})
+    s, t = h.client()
+    s.data_received(GET % b"a" + GET % b"b" + GET % b"c")
+    h.connect_all()
+    conn = h.conns()[0]
+    conn.data_received(b"$1\r\nA\r\n")  # type: ignore[attr-defined]
+    conn.connection_lost(None)  # type: ignore[attr-defined]
+    h.io.flush()
+    out = t.take()
+    assert out.startswith(b"$1\r\nA\r\n") and out.count(b"-ERR upstream") == 2 and out.count(b"\r\n") == 4
+    assert h.ctx.stats.errors["upstream_reset"] == 2  # one per request left unanswered...
+    s.data_received(GET % b"x")  # ...and the client goes on
+    h.connect_all()
+    h.conns()[-1].data_received(b"$1\r\nX\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"$1\r\nX\r\n"
+
+
+def test_a_timed_out_pipeline_answers_every_request_and_keeps_the_fifo_aligned() -> None:
+    h = Harness(RedisCodecFactory(), (route("a", "c", timeout=1.0),), {"c": 1})
+    s, t = h.client()
+    s.data_received(GET % b"a" + GET % b"b")
+    h.connect_all()
+    h.io.advance(1.5)
+    assert t.take() == b"-ERR upstream request timeout\r\n" * 2
+    s.data_received(GET % b"y")
+    h.io.flush()
+    h.conns()[0].data_received(b"$1\r\nA\r\n$1\r\nB\r\n$1\r\nY\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"$1\r\nY\r\n" and h.ctx.stats.late_responses == 1
+
+
+def test_pipelines_are_forwarded_only_when_nothing_is_decided_per_request() -> None:
+    plain = Harness(RedisCodecFactory(), (route("a", "c"),), {"c": 2})
+    assert plain.ctx.forwards_pipelines()
+    by_key = Harness(RedisCodecFactory(), (route("a", "c", AttributeMatcher("key", MatchKind.PREFIX, "a")), route("b", "c")), {"c": 1})
+    assert not by_key.ctx.forwards_pipelines()
+    mutated = Harness(LenPrefixFactory(), (route("a", "c"),), {"c": 1})  # REQUEST_ID correlation
+    assert not mutated.ctx.forwards_pipelines()
+    plain.ctx.access_log = lambda record: None
+    assert not plain.ctx.forwards_pipelines()
+    plain.ctx.access_log = None
+    assert plain.ctx.forwards_pipelines()
+    hashed = {"c": ClusterConfig("c", (Endpoint("127.0.0.1", 9000),), lb_policy=LbPolicy.RING_HASH)}
+    plain.upstreams.update_clusters(hashed)  # a cluster update is seen at once
+    assert not plain.ctx.forwards_pipelines()
+    s, _ = plain.client()
+    s.data_received(GET % b"a" + GET % b"b")
+    plain.connect_all()
+    assert len(plain.conns()[0].fifo) == 2  # type: ignore[attr-defined]
