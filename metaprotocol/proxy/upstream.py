@@ -169,7 +169,8 @@ class UpstreamConnection:
                     if replies is None:
                         replies = p.batch_replies = []
                     replies.append(msg.raw)
-                    pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
+                    if pool.cluster.config.outlier_detection is not None:
+                        pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
                     if len(replies) < p.count:
                         continue
                     fifo.popleft()
