@@ -194,7 +194,9 @@ def _resilience(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) ->
     pool = tp.get("connectionPool") or {}
     if pool:
         http = pool.get("http") or {}
-        breakers = CircuitBreakers(int(http.get("http2MaxRequests", 0) or 0), int(http.get("http1MaxPendingRequests", 0) or 0))
+        breakers = CircuitBreakers(
+            int(http.get("http2MaxRequests", 0) or 0), int(http.get("http1MaxPendingRequests", 0) or 0), int(http.get("maxRetries", 0) or 0)
+        )
         if (pool.get("tcp") or {}).get("maxConnections"):
             problems.append(Problem(dr.source, dr.ref, "connectionPool.tcp.maxConnections is not enforced (connections are shared)", fatal=False))
     outlier = None

@@ -59,7 +59,7 @@ def test_route_config_roundtrip(rules: list[tuple[str, list[AttributeMatcher], b
 @given(st.lists(st.builds(Endpoint, address=st.just("127.0.0.1"), port=st.integers(1, 65535), weight=st.integers(1, 9), labels=st.sampled_from([(), (("version", "v1"),)])), max_size=4), st.sampled_from(list(LbPolicy)), st.sampled_from(["md5", "crc32a"]), st.sampled_from(["", "{}"]))
 def test_cluster_and_endpoints_roundtrip(eps: list[Endpoint], policy: LbPolicy, hash_function: str, tag: str) -> None:
     c = ClusterConfig("outbound|20880|v1|svc", tuple(eps), policy, 1.25, hash_function=hash_function, hash_tag=tag,
-                      circuit_breakers=CircuitBreakers(100, 5) if tag else None, outlier_detection=OutlierDetection(3, 7.5, 25) if tag else None)  # fmt: skip
+                      circuit_breakers=(CircuitBreakers(100, 5, 4) if hash_function == "md5" else CircuitBreakers(0, 5, 0, 25.0, 2)) if tag else None, outlier_detection=OutlierDetection(3, 7.5, 25) if tag else None)  # fmt: skip
     assert convert.cluster_from_xds(convert.cluster_to_xds(c), convert.endpoints_to_xds(c)) == c
 
 

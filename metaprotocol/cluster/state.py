@@ -33,11 +33,25 @@ class ClusterState:
         self.healthy: list[bool] = [True] * len(self.endpoints)
         self.active: list[int] = [0] * len(self.endpoints)
         self.in_flight = 0  # requests in flight to the whole cluster (circuit breaking)
+        self.active_retries = 0  # requests being retried (retry budget)
         self.consecutive_failures: list[int] = [0] * len(self.endpoints)
         self.ejections: list[int] = [0] * len(self.endpoints)
         self.ejected: list[bool] = [False] * len(self.endpoints)
         self._hash_tag = config.hash_tag.encode()
         self._sets: dict[Subset, HostSet] = {}
+
+    def retry_allowed(self) -> bool:
+        """Whether one more retry fits the cluster's retry limit or budget (none configured: yes)."""
+        breakers = self.config.circuit_breakers
+        if breakers is None:
+            return True
+        if breakers.retry_budget_percent > 0:
+            limit = max(breakers.min_retry_concurrency, int(self.in_flight * breakers.retry_budget_percent / 100))
+        elif breakers.max_retries:
+            limit = breakers.max_retries
+        else:
+            return True
+        return self.active_retries < limit
 
     def _host_set(self, subset: Subset) -> HostSet:
         hs = self._sets.get(subset)

@@ -198,7 +198,11 @@ def cluster_tree(c: ClusterConfig) -> dict[str, Any]:
     if c.hash_tag:
         out["hash_tag"] = c.hash_tag
     if c.circuit_breakers is not None:
-        out["circuit_breakers"] = {"thresholds": [{"max_requests": c.circuit_breakers.max_requests, "max_pending_requests": c.circuit_breakers.max_pending_requests}]}
+        cb = c.circuit_breakers
+        threshold: dict[str, Any] = {"max_requests": cb.max_requests, "max_pending_requests": cb.max_pending_requests, "max_retries": cb.max_retries}
+        if cb.retry_budget_percent > 0:
+            threshold["retry_budget"] = {"budget_percent": {"value": cb.retry_budget_percent}, "min_retry_concurrency": cb.min_retry_concurrency}
+        out["circuit_breakers"] = {"thresholds": [threshold]}
     if c.outlier_detection is not None:
         od = c.outlier_detection
         out["outlier_detection"] = {"consecutive_5xx": od.consecutive_errors, "base_ejection_time": _seconds(od.base_ejection_time), "max_ejection_percent": od.max_ejection_percent}

@@ -247,10 +247,16 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class CircuitBreakers:
-    """Limits per cluster (0: none): requests in flight, and requests waiting for a connection."""
+    """Limits per cluster (0: none): requests in flight, requests waiting for a connection, and
+    retries in progress: at most ``max_retries``, or with a retry budget (``retry_budget_percent``
+    above 0, which then takes precedence, as in Envoy) that percentage of the requests in flight
+    but never fewer than ``min_retry_concurrency``."""
 
     max_requests: int = 0
     max_pending_requests: int = 0
+    max_retries: int = 0
+    retry_budget_percent: float = 0.0
+    min_retry_concurrency: int = 3
 
 
 @dataclass(frozen=True, slots=True)

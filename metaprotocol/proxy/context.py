@@ -19,6 +19,7 @@ from metaprotocol.router.table import CompiledRoute, RouteTable
 from metaprotocol.spi import CodecFactory, Correlation, LocalError, Message
 
 if TYPE_CHECKING:
+    from metaprotocol.cluster.state import ClusterState
     from metaprotocol.proxy.session import DownstreamSession
     from metaprotocol.proxy.upstream import UpstreamConnection, Upstreams
 
@@ -140,6 +141,7 @@ class Pending:
         "parts_left",
         "reply",
         "request",
+        "retry_cluster",
         "route",
         "session",
         "start",
@@ -164,6 +166,7 @@ class Pending:
         self.part_replies: list[Message | None] | None = None
         self.parts_left = 0
         self.tries = 0
+        self.retry_cluster: ClusterState | None = None  # holds one of its active retries
         self.count = 1  # requests this Pending stands for (a forwarded pipeline: more than one)
         self.batch_left = 0
         self.batch_replies: list[bytes | bytearray | memoryview] | None = None

@@ -418,10 +418,24 @@ class DownstreamSession:
         policy = route.rule.retry if route is not None else None
         if policy is None or reason not in policy.retry_on or p.tries >= policy.num_retries or self.closed or p.parent is not None:
             return False
+        if p.request.type is not MessageType.REQUEST:
+            return False  # one-way requests are not answered, so not retried
         ctx = self.ctx
         if reason not in NEVER_SENT and not policy.retry_non_idempotent and not self.codec.is_idempotent(p.request):
             ctx.stats.retries_not_idempotent += 1
             return False
+        upstreams = ctx.upstreams
+        cs = upstreams.clusters.get(p.cluster)
+        cstats = upstreams.cluster_stats.get(p.cluster)
+        if cs is not None and p.retry_cluster is None:
+            if not cs.retry_allowed():
+                if cstats is not None:
+                    cstats.retry_overflows += 1
+                return False
+            cs.active_retries += 1
+            p.retry_cluster = cs
+        if cstats is not None:
+            cstats.retries += 1
         p.tries += 1
         ctx.stats.retries += 1
         p.upstream = None
@@ -459,6 +473,14 @@ class DownstreamSession:
 
     def _finish(self, p: Pending, data: bytes | bytearray, status: str = "ok") -> None:
         p.done = True
+        retrying = p.retry_cluster
+        if retrying is not None:  # the retry is over, whatever its outcome
+            retrying.active_retries -= 1
+            p.retry_cluster = None
+            if status == "ok":
+                cstats = self.ctx.upstreams.cluster_stats.get(p.cluster)
+                if cstats is not None:
+                    cstats.retry_successes += 1
         if self.closed:
             return
         ctx = self.ctx

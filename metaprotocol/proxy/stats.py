@@ -81,6 +81,9 @@ class ClusterStats:
         self.cx_destroy_with_active_rq = 0
         self.response_decoding_errors = 0
         self.unsolicited = 0
+        self.retries = 0
+        self.retry_successes = 0
+        self.retry_overflows = 0
         self.errors: Counter[str] = Counter()
 
 
@@ -170,6 +173,9 @@ def render_prometheus(
         ("response_decoding_errors", "upstream_response_decoding_errors_total",
          "Malformed upstream frames."),
         ("unsolicited", "upstream_unsolicited_total", "Upstream messages that answer no request."),
+        ("retries", "upstream_rq_retry_total", "Requests to this cluster retried."),
+        ("retry_successes", "upstream_rq_retry_success_total", "Retried requests that ended in a non-error response."),
+        ("retry_overflows", "upstream_rq_retry_overflow_total", "Retries refused by the retry limit or budget."),
     )  # fmt: skip
     for attr, metric, help_ in cluster_counters:
         name = f"metaprotocol_{metric}"

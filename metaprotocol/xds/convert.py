@@ -252,10 +252,15 @@ def cluster_to_xds(c: ClusterConfig) -> cluster_pb2.Cluster:
         connect_timeout=_duration(c.connect_timeout),
     )
     if c.circuit_breakers is not None:
-        out.circuit_breakers.thresholds.add(
-            max_requests=wrappers_pb2.UInt32Value(value=c.circuit_breakers.max_requests),
-            max_pending_requests=wrappers_pb2.UInt32Value(value=c.circuit_breakers.max_pending_requests),
-        )
+        # Unset limits stay unset: to Envoy a 0 means "none allowed", to us "no limit".
+        cb = c.circuit_breakers
+        t = out.circuit_breakers.thresholds.add()
+        for field, value in (("max_requests", cb.max_requests), ("max_pending_requests", cb.max_pending_requests), ("max_retries", cb.max_retries)):
+            if value:
+                getattr(t, field).value = value
+        if cb.retry_budget_percent > 0:
+            t.retry_budget.budget_percent.value = cb.retry_budget_percent
+            t.retry_budget.min_retry_concurrency.value = cb.min_retry_concurrency
     if c.outlier_detection is not None:
         od = c.outlier_detection
         out.outlier_detection.CopyFrom(
@@ -445,7 +450,12 @@ def cluster_from_xds(c: cluster_pb2.Cluster, cla: endpoint_pb2.ClusterLoadAssign
     breakers = None
     if c.circuit_breakers.thresholds:
         t = c.circuit_breakers.thresholds[0]
-        breakers = CircuitBreakers(t.max_requests.value, t.max_pending_requests.value)
+        budget = t.retry_budget if t.HasField("retry_budget") else None
+        breakers = CircuitBreakers(
+            t.max_requests.value, t.max_pending_requests.value, t.max_retries.value,
+            (budget.budget_percent.value if budget.HasField("budget_percent") else 20.0) if budget is not None else 0.0,
+            (budget.min_retry_concurrency.value if budget.HasField("min_retry_concurrency") else 3) if budget is not None else 3,
+        )  # fmt: skip
     outlier = None
     if c.HasField("outlier_detection"):
         o = c.outlier_detection

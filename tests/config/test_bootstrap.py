@@ -7,7 +7,7 @@ import yaml
 
 from metaprotocol.config.bootstrap import load_bootstrap, parse_bootstrap
 from metaprotocol.config.errors import ConfigError
-from metaprotocol.config.model import LbPolicy, MatchKind
+from metaprotocol.config.model import CircuitBreakers, LbPolicy, MatchKind
 from metaprotocol.io.proxy import build_factories
 from metaprotocol.registry import CodecRegistry
 from tests.servers import bootstrap_dict, cluster, listener
@@ -183,3 +183,15 @@ def test_dynamic_resources_ads_config_names_the_control_plane() -> None:
     tree["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"] = "missing"  # type: ignore[index]
     with pytest.raises(ConfigError, match="no static cluster 'missing'"):
         parse_bootstrap(tree)
+
+
+def test_retry_limits_from_envoy_circuit_breakers() -> None:
+    def parsed(threshold: dict[str, object]) -> object:
+        tree = bootstrap_dict([], [cluster("c", [1], circuit_breakers={"thresholds": [threshold]})])
+        return parse_bootstrap(tree, "boot.yaml").clusters[0].circuit_breakers
+
+    assert parsed({"max_retries": 7}) == CircuitBreakers(0, 0, 7)
+    assert parsed({"retry_budget": {"budget_percent": {"value": 25.0}, "min_retry_concurrency": 2}}) == CircuitBreakers(0, 0, 0, 25.0, 2)
+    assert parsed({"retry_budget": {}}) == CircuitBreakers(0, 0, 0, 20.0, 3)  # Envoy's defaults
+    with pytest.raises(ConfigError, match="budget_percent"):
+        parsed({"retry_budget": {"budget_percent": {"value": 0}}})

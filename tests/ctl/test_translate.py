@@ -143,7 +143,7 @@ metadata: {{name: resilient, namespace: meta-dubbo}}
 spec:
   host: {HOST}
   trafficPolicy:
-    connectionPool: {{http: {{http2MaxRequests: 100, http1MaxPendingRequests: 10}}}}
+    connectionPool: {{http: {{http2MaxRequests: 100, http1MaxPendingRequests: 10, maxRetries: 4}}}}
     outlierDetection: {{consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s, maxEjectionPercent: 50}}
   subsets:
   - name: v1
@@ -156,7 +156,7 @@ spec:
     result = translate(resources(SERVICE.split("---")[0], dr))
     assert not result.errors
     clusters = result.bootstrap.cluster_map()
-    assert clusters[ALL].circuit_breakers == CircuitBreakers(100, 10)
+    assert clusters[ALL].circuit_breakers == CircuitBreakers(100, 10, 4)
     assert clusters[ALL].outlier_detection == OutlierDetection(5, 30.0, 50)
     assert clusters[V2].outlier_detection == OutlierDetection(5, 30.0, 50)  # inherited
     assert clusters[V1].outlier_detection == OutlierDetection(2, 5.0, 10)  # the subset's own

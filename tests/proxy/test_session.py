@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import random
 
+from metaprotocol.cluster.state import ClusterState
 from metaprotocol.config.model import (
+    CircuitBreakers,
     ClusterConfig,
     CodecRef,
     Endpoint,
     ListenerConfig,
     RouteAction,
     RouteConfig,
+    RetryPolicy,
     RouteRule,
     AttributeMatcher,
     LbPolicy,
@@ -387,3 +390,52 @@ def test_pipelines_are_forwarded_only_when_nothing_is_decided_per_request() -> N
     s.data_received(GET % b"a" + GET % b"b")
     plain.connect_all()
     assert len(plain.conns()[0].fifo) == 2  # type: ignore[attr-defined]
+
+
+# -- retry limits -------------------------------------------------------------------------------
+
+
+def _frames(data: bytes) -> list[tuple[int, int, dict[str, str], bytes]]:
+    out = []
+    while data:
+        n = int.from_bytes(data[:4], "big") + 4
+        out.append(parse(data[:n]))
+        data = data[n:]
+    return out
+
+
+def test_max_retries_caps_retries_in_progress_and_counts_overflow_and_success() -> None:
+    retry = RetryPolicy(1, frozenset({"error"}), retry_non_idempotent=True)
+    h = Harness(LenPrefixFactory(), (RouteRule("r", (), RouteAction(cluster="c"), retry=retry),), {"c": 1})
+    h.upstreams.update_clusters({"c": ClusterConfig("c", (Endpoint("127.0.0.1", 9000),), circuit_breakers=CircuitBreakers(max_retries=1))})
+    s, t = h.client()
+    s.data_received(frame(0, 1) + frame(0, 2) + frame(0, 3))
+    h.connect_all()
+    conn = h.conns()[0]
+    upstream = h.upstream_transports[id(conn)]
+    first = [rid for _, rid, _, _ in _frames(upstream.take())]
+    conn.data_received(b"".join(frame(5, rid, {"error": "boom"}) for rid in first))  # type: ignore[attr-defined]
+    h.io.flush()
+    # One retry fits; the two others overflow and the client gets their error replies.
+    assert sorted(rid for _, rid, _, _ in _frames(t.take())) == [2, 3]
+    cluster = h.upstreams.clusters["c"]
+    stats = h.upstreams.cluster_stats["c"]
+    assert (cluster.active_retries, stats.retries, stats.retry_overflows) == (1, 1, 2)
+    (retried,) = [rid for _, rid, _, _ in _frames(upstream.take())]
+    conn.data_received(frame(1, retried, {}, b"ok"))  # type: ignore[attr-defined]
+    h.io.flush()
+    assert _frames(t.take()) == [(1, 1, {}, b"ok")]
+    assert (cluster.active_retries, stats.retry_successes) == (0, 1)
+
+
+def test_retry_budget_scales_with_requests_in_flight() -> None:
+    budget = CircuitBreakers(retry_budget_percent=50.0, min_retry_concurrency=1)
+    state = ClusterState(ClusterConfig("c", (Endpoint("127.0.0.1", 9000),), circuit_breakers=budget))
+    assert state.retry_allowed()  # the floor: min_retry_concurrency
+    state.active_retries = 1
+    assert not state.retry_allowed()
+    state.in_flight = 10  # 50 % of 10 in flight
+    assert state.retry_allowed()
+    state.active_retries = 5
+    assert not state.retry_allowed()
+    assert ClusterState(ClusterConfig("c", ())).retry_allowed()  # no limits configured
