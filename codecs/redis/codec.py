@@ -395,6 +395,27 @@ class RedisClientCodec(ClientCodec):
             mtype = MessageType.RESPONSE
         return Message(mtype, data[pos:end])
 
+    def frame_replies(self, buffer: ReadBuffer, limit: int) -> tuple[int, int]:
+        """Scan up to ``limit`` replies without building messages; stops before a push."""
+        data = buffer.data
+        pos = buffer.pos
+        end = len(data)
+        max_bulk = self.config.max_bulk
+        count = errors = 0
+        while count < limit and pos < end:
+            first = data[pos]
+            if first == _PUSH:
+                break
+            stop = scan_reply(data, pos, max_bulk)
+            if stop == INCOMPLETE:
+                break
+            if first in _ERROR_BYTES:
+                errors += 1
+            pos = stop
+            count += 1
+        buffer.pos = pos
+        return count, errors
+
     def encode(
         self, request: Message, mutation: Mutation | None = None, request_id: int | None = None
     ) -> bytes | bytearray:

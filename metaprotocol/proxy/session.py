@@ -203,7 +203,7 @@ class DownstreamSession:
         n = len(run)
         ctx.stats.requests += n
         p = Pending(self, batch, now)
-        p.count = n
+        p.count = p.batch_left = n
         self.inflight += n
         ctx.stats.active_requests += n
         self.slots.append(p)
@@ -452,14 +452,14 @@ class DownstreamSession:
 
     def _local_error(self, p: Pending, kind: ErrorKind, message: str) -> None:
         answered = p.batch_replies
-        self.ctx.stats.errors[kind.value] += p.count - len(answered) if answered else p.count
+        self.ctx.stats.errors[kind.value] += p.batch_left if answered else p.count
         if p.request.type is MessageType.ONEWAY:
             p.done = True
             return
         reply = self.codec.on_error(p.request, LocalError(kind, message))
         if answered:  # a forwarded pipeline failed part-way: replies that came stay, errors for the rest
             per_request = len(reply) // p.count
-            reply = b"".join(answered) + reply[per_request * len(answered) :]
+            reply = b"".join(answered) + reply[per_request * (p.count - p.batch_left) :]
         self._finish(p, reply, kind.value)
 
     def _local(self, p: Pending, reply: bytes) -> None:

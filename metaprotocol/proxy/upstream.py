@@ -135,6 +135,8 @@ class UpstreamConnection:
         fifo = self.fifo
         while True:
             try:
+                if not by_id and fifo and fifo[0] is not None and fifo[0].count > 1 and self._gather(fifo[0]):
+                    continue
                 msg = codec.decode(self.buffer)
             except RemoteProtocolError as exc:
                 stats.response_decoding_errors += 1
@@ -163,25 +165,7 @@ class UpstreamConnection:
                     stats.unsolicited += 1
                     self._abort(ErrorKind.BAD_RESPONSE, "response to no request")
                     return
-                p = fifo[0]
-                if p is not None and p.count > 1:  # a forwarded pipeline: gather all its replies
-                    replies = p.batch_replies
-                    if replies is None:
-                        replies = p.batch_replies = []
-                    replies.append(msg.raw)
-                    if pool.cluster.config.outlier_detection is not None:
-                        pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
-                    if len(replies) < p.count:
-                        continue
-                    fifo.popleft()
-                    p.batch_replies = None
-                    pool.release(self, p)
-                    if not p.done:
-                        p.session.complete(p, Message(MessageType.RESPONSE, b"".join(replies), {}))
-                    else:
-                        p.session.ctx.stats.late_responses += 1
-                    continue
-                fifo.popleft()
+                p = fifo.popleft()
                 if p is None:  # the reply to a handshake request
                     if msg.type is MessageType.ERROR:
                         pool.io.report("upstream_handshake_failed", f"{pool.name}: {msg.raw!r}")
@@ -194,6 +178,37 @@ class UpstreamConnection:
                 p.session.complete(p, msg)
             else:
                 p.session.ctx.stats.late_responses += 1
+
+    def _gather(self, p: Pending) -> bool:
+        """Take the replies to the forwarded pipeline ``p`` that are here, in one slice; complete
+        it with the last. False when none could be taken (incomplete, or an event first)."""
+        buffer = self.buffer
+        start = buffer.pos
+        taken, errors = self.codec.frame_replies(buffer, p.batch_left)
+        if not taken:
+            return False
+        pool = self.pool
+        pool.stats.responses += taken
+        if pool.cluster.config.outlier_detection is not None:
+            for _ in range(errors):
+                pool.upstreams.outcome(pool, False)
+            if taken > errors:
+                pool.upstreams.outcome(pool, True)
+        chunk = buffer.data[start : buffer.pos]
+        replies = p.batch_replies
+        if replies is None:
+            replies = p.batch_replies = []
+        replies.append(chunk)
+        p.batch_left -= taken
+        if p.batch_left:
+            return True
+        self.fifo.popleft()
+        pool.release(self, p)
+        if p.done:
+            p.session.ctx.stats.late_responses += 1
+        else:
+            p.session.complete(p, Message(MessageType.RESPONSE, b"".join(replies), {}))
+        return True
 
     def eof_received(self) -> bool:
         """The upstream closed its side: treat as a reset."""

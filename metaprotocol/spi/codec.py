@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from metaprotocol.spi.buffer import ReadBuffer
 from metaprotocol.spi.errors import LocalError, LocalProtocolError
-from metaprotocol.spi.message import Correlation, Message, _NeedData
+from metaprotocol.spi.message import Correlation, Message, MessageType, _NeedData
 
 Mutation = Mapping[str, str]
 """Key/values to set on an outgoing message (Dubbo attachments, THeader headers ...)."""
@@ -161,6 +161,26 @@ class ClientCodec(abc.ABC):
         A reply to a handshake request that is an error fails the connection.
         """
         return []
+
+    def frame_replies(self, buffer: ReadBuffer, limit: int) -> tuple[int, int]:
+        """Step over up to ``limit`` whole replies (ORDERED codecs, for forwarded pipelines):
+        returns how many and how many of them are errors, and stops early at anything that is not
+        a plain reply (an event, a heartbeat) or at an incomplete frame, leaving it to ``decode``.
+
+        The default decodes one message at a time; a codec can scan without building messages.
+        """
+        count = errors = 0
+        while count < limit:
+            start = buffer.pos
+            msg = self.decode(buffer)
+            if not isinstance(msg, Message):
+                break
+            if msg.type is not MessageType.RESPONSE and msg.type is not MessageType.ERROR:
+                buffer.pos = start  # left for decode
+                break
+            count += 1
+            errors += msg.type is MessageType.ERROR
+        return count, errors
 
     def answer_event(self, event: Message) -> bytes | None:
         """Bytes to send back for a server-initiated message (e.g. a Dubbo heartbeat request).

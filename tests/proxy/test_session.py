@@ -439,3 +439,16 @@ def test_retry_budget_scales_with_requests_in_flight() -> None:
     state.active_retries = 5
     assert not state.retry_allowed()
     assert ClusterState(ClusterConfig("c", ())).retry_allowed()  # no limits configured
+
+
+def test_a_push_between_the_replies_of_a_pipeline_is_not_taken_for_one() -> None:
+    h = Harness(RedisCodecFactory(), (route("a", "c"),), {"c": 1})
+    s, t = h.client()
+    s.data_received(GET % b"a" + GET % b"b")
+    h.connect_all()
+    conn = h.conns()[0]
+    conn.data_received(b"$1\r\nA\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\na\r\n$1")  # type: ignore[attr-defined]
+    conn.data_received(b"\r\nB\r\n")  # type: ignore[attr-defined]
+    h.io.flush()
+    assert t.take() == b"$1\r\nA\r\n$1\r\nB\r\n"
+    assert h.upstreams.cluster_stats["c"].unsolicited == 1 and h.upstreams.cluster_stats["c"].responses == 2

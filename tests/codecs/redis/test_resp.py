@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from metaprotocol.spi import NEED_DATA, MessageType, ReadBuffer, RemoteProtocolError
+from metaprotocol.spi import NEED_DATA, ClientCodec, MessageType, ReadBuffer, RemoteProtocolError
 from metaprotocol_codecs.redis import RedisCodecFactory
 from metaprotocol_codecs.redis.resp import INCOMPLETE, scan_reply
 from tests.vectors import load
@@ -157,3 +157,18 @@ def test_streamed_aggregates_and_strings() -> None:
     assert scan_reply(nested, 0) == len(nested)
     assert scan_reply(nested[:-3], 0) == INCOMPLETE
     assert scan_reply(b"*?\r\n:1\r\n", 0) == INCOMPLETE
+
+
+_push = st.lists(_bulk, min_size=1, max_size=3).map(lambda xs: b">%d\r\n" % len(xs) + b"".join(xs))
+
+
+@given(st.lists(st.one_of(replies, _push), max_size=8), st.integers(0, 10), st.integers(0, 40))
+def test_frame_replies_agrees_with_decoding_one_by_one(stream: list[bytes], limit: int, cut: int) -> None:
+    """The scanning ``frame_replies`` of the Redis client codec against the SPI's default, which
+    decodes message by message: same count, same errors, same stop (before a push, a cut frame)."""
+    data = b"".join(stream)
+    data = data[: max(0, len(data) - cut)]
+    codec = RedisCodecFactory().client_codec(3)
+    fast, slow = ReadBuffer(data), ReadBuffer(data)
+    assert codec.frame_replies(fast, limit) == ClientCodec.frame_replies(codec, slow, limit)
+    assert fast.pos == slow.pos
