@@ -86,7 +86,9 @@ class ListenerContext:
         self.access_log: Callable[[dict[str, object]], None] | None = None
         self.global_limit = config.global_rate_limit
         self.global_match = tuple(compile_matcher(m) for m in config.global_rate_limit.match) if config.global_rate_limit else ()
-        self._pipeline_key: tuple[object, ...] = ()
+        self._pipeline_table: RouteTable | None = None
+        self._pipeline_log: Callable[[dict[str, object]], None] | None = None
+        self._pipeline_generation = -1
         self._pipeline_ok = False
 
     def forwards_pipelines(self) -> bool:
@@ -95,9 +97,13 @@ class ListenerContext:
         catches everything and sends it to one non-hashing cluster without circuit breakers, with
         no mutation, mirror, retry, fault, rate limit or access log. Cached until the route table,
         the access log or the clusters change."""
-        key = (self.table, self.access_log, self.upstreams.generation)
-        if key != self._pipeline_key:
-            self._pipeline_key = key
+        if (
+            self.table is not self._pipeline_table
+            or self.access_log is not self._pipeline_log
+            or self.upstreams.generation != self._pipeline_generation
+        ):
+            self._pipeline_table, self._pipeline_log = self.table, self.access_log
+            self._pipeline_generation = self.upstreams.generation
             self._pipeline_ok = self._pipelines_allowed()
         return self._pipeline_ok
 

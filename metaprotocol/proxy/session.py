@@ -181,7 +181,10 @@ class DownstreamSession:
             if msg.type is MessageType.REQUEST and not msg.parts:
                 answer = codec.answer_locally(msg)
                 if answer is None:
-                    run.append(msg)
+                    if run or buffer.pos < len(buffer.data):
+                        run.append(msg)
+                    else:  # alone in its read (no pipelining): the ordinary path
+                        self._handle(msg, now, None)
                     continue
                 self._forward_run(run, now)
                 run = []
