@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -72,3 +73,18 @@ def test_listener_roundtrip_uses_rds() -> None:
     xds = convert.listener_to_xds(lst)
     assert xds.filter_chains[0].filters[0].typed_config.type_url == "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
     assert convert.listener_from_xds(xds) == lst
+
+
+def test_envoy_retry_on_over_rds_is_understood_and_http_only_conditions_refused() -> None:
+    from envoy.config.route.v3 import route_components_pb2, route_pb2
+
+    def config(retry_on: str) -> route_pb2.RouteConfiguration:
+        route = route_components_pb2.Route(name="r", match=route_components_pb2.RouteMatch(prefix="/"))
+        route.route.cluster = "c"
+        route.route.retry_policy.retry_on = retry_on
+        return route_pb2.RouteConfiguration(name="rc", virtual_hosts=[route_components_pb2.VirtualHost(name="rc", domains=["*"], routes=[route])])
+
+    retry = convert.route_config_from_xds(config("reset,non_idempotent")).routes[0].retry
+    assert retry is not None and retry.retry_on == {"upstream_reset", "upstream_timeout"} and retry.retry_non_idempotent
+    with pytest.raises(convert.ConversionError, match="retriable-status-codes"):
+        convert.route_config_from_xds(config("retriable-status-codes"))

@@ -116,6 +116,40 @@ class RetryPolicy:
 
 
 NON_IDEMPOTENT = "non_idempotent"
+RETRY_KINDS: Final = frozenset({"connect_failure", "upstream_reset", "upstream_timeout", "no_healthy_upstream", "error"})
+# Envoy's retry_on conditions, in this proxy's terms (a protocol error reply stands for a 5xx).
+ENVOY_RETRY_ON: Final[dict[str, frozenset[str]]] = {
+    "5xx": frozenset({"error", "upstream_reset", "upstream_timeout", "connect_failure"}),
+    "gateway_error": frozenset({"upstream_reset", "upstream_timeout", "connect_failure"}),
+    "reset": frozenset({"upstream_reset", "upstream_timeout"}),
+    "reset_before_request": frozenset({"connect_failure"}),
+}
+
+
+def parse_retry_on(text: str) -> tuple[frozenset[str], bool]:
+    """``retry_on`` (comma-separated; ``-`` or ``_``): this proxy's failure kinds, Envoy's
+    conditions that make sense outside HTTP, and ``non_idempotent``. Returns the kinds and the
+    opt-in.
+
+    Raises:
+        ValueError: a token this proxy cannot honour (HTTP-only ones such as retriable-4xx).
+    """
+    kinds: set[str] = set()
+    opt_in = False
+    for raw in text.split(","):
+        token = raw.strip().lower().replace("-", "_")
+        if not token:
+            continue
+        if token == NON_IDEMPOTENT:
+            opt_in = True
+        elif token in RETRY_KINDS:
+            kinds.add(token)
+        elif token in ENVOY_RETRY_ON:
+            kinds |= ENVOY_RETRY_ON[token]
+        else:
+            known = sorted(RETRY_KINDS | {NON_IDEMPOTENT} | {k.replace("_", "-") for k in ENVOY_RETRY_ON})
+            raise ValueError(f"unknown {raw.strip()!r} (one of {', '.join(known)})")
+    return frozenset(kinds), opt_in
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from metaprotocol.config.model import (
-    NON_IDEMPOTENT,
+    parse_retry_on,
     AccessLog,
     CircuitBreakers,
     FaultPolicy,
@@ -339,11 +339,13 @@ def route_config_from_xds(rc: route_pb2.RouteConfiguration) -> RouteConfig:
         retry = None
         if a.HasField("retry_policy"):
             rp = a.retry_policy
-            tokens = frozenset(k.strip() for k in rp.retry_on.split(",") if k.strip())
+            try:
+                kinds, opt_in = parse_retry_on(rp.retry_on)
+            except ValueError as exc:
+                raise ConversionError(f"route {r.name or i}: retry_on: {exc}") from None
             retry = RetryPolicy(
-                rp.num_retries.value if rp.HasField("num_retries") else 1, tokens - {NON_IDEMPOTENT}, _seconds(rp.per_try_timeout),
-                retry_non_idempotent=NON_IDEMPOTENT in tokens,
-            )  # fmt: skip
+                rp.num_retries.value if rp.HasField("num_retries") else 1, kinds, _seconds(rp.per_try_timeout), retry_non_idempotent=opt_in
+            )
         fault = None
         if FAULT_METADATA in r.metadata.filter_metadata:
             fm = r.metadata.filter_metadata[FAULT_METADATA]

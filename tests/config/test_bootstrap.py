@@ -195,3 +195,23 @@ def test_retry_limits_from_envoy_circuit_breakers() -> None:
     assert parsed({"retry_budget": {}}) == CircuitBreakers(0, 0, 0, 20.0, 3)  # Envoy's defaults
     with pytest.raises(ConfigError, match="budget_percent"):
         parsed({"retry_budget": {"budget_percent": {"value": 0}}})
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "kinds"),
+    [("5xx", {"error", "upstream_reset", "upstream_timeout", "connect_failure"}),
+     ("gateway-error", {"upstream_reset", "upstream_timeout", "connect_failure"}),
+     ("reset,connect-failure", {"upstream_reset", "upstream_timeout", "connect_failure"}),
+     ("reset-before-request", {"connect_failure"}),
+     ("error, no_healthy_upstream", {"error", "no_healthy_upstream"})],
+)  # fmt: skip
+def test_envoy_retry_on_conditions_map_to_failure_kinds(retry_on: str, kinds: set[str]) -> None:
+    boot = parse_bootstrap(_tree_with({"route": {"cluster": "c", "retry_policy": {"retry_on": retry_on}}}), "boot.yaml")
+    route_config = boot.listeners[0].route_config
+    assert route_config is not None and route_config.routes[0].retry is not None
+    assert route_config.routes[0].retry.retry_on == frozenset(kinds)
+
+
+def test_http_only_retry_on_conditions_are_rejected_by_name() -> None:
+    with pytest.raises(ConfigError, match="retriable-4xx"):
+        parse_bootstrap(_tree_with({"route": {"cluster": "c", "retry_policy": {"retry_on": "5xx,retriable-4xx"}}}), "boot.yaml")
