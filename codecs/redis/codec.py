@@ -28,6 +28,7 @@ from metaprotocol.spi import (
     MessageType,
     Mutation,
     ReadBuffer,
+    RemoteProtocolError,
     ServerCodec,
 )
 from metaprotocol_codecs.redis.commands import (
@@ -160,6 +161,38 @@ class RedisServerCodec(ServerCodec):
         if request is not None and isinstance(request.opaque, _Pipeline):
             return reply * request.opaque.count  # one error per command of a forwarded pipeline
         return reply
+
+    def decode_run(self, buffer: ReadBuffer) -> tuple[Message, int] | None:
+        """Consecutive single-key commands (never answered locally nor split) framed in one pass.
+
+        A malformed frame ends the run; ``decode`` then reports it after the run's replies."""
+        if not self.authenticated or self.config.mode == "bound":
+            return None
+        data = buffer.data
+        start = pos = buffer.pos
+        end = len(data)
+        max_bulk = self.config.max_bulk
+        count = 0
+        first = ""
+        while pos < end and data[pos] == _STAR:
+            try:
+                framed = frame_multibulk(data, pos, max_bulk)
+            except RemoteProtocolError:
+                break
+            if framed is None or not framed[1]:
+                break
+            stop, bounds = framed
+            _, name, spec = _name(bytes(data[bounds[0] : bounds[1]]))
+            if spec is not SINGLE_KEY:
+                break
+            if not count:
+                first = name
+            count += 1
+            pos = stop
+        if count < 2:  # noqa: PLR2004 - a single command takes the ordinary path
+            return None
+        buffer.pos = pos
+        return Message(MessageType.REQUEST, data[start:pos], {"command": first}, opaque=_Pipeline(count)), count
 
     def batch(self, requests: Sequence[Message]) -> Message:
         """Consecutive plain commands as one unit: Redis answers a pipeline in order, so their

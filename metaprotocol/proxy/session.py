@@ -170,6 +170,12 @@ class DownstreamSession:
         run: list[Message] = []
         while not self.read_paused and not self.closing:
             try:
+                unit = codec.decode_run(buffer)
+                if unit is not None:
+                    self._forward_run(run, now)
+                    run = []
+                    self._forward_unit(unit[0], unit[1], now)
+                    continue
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
                 self._forward_run(run, now)
@@ -202,8 +208,11 @@ class DownstreamSession:
             for msg in run:
                 self._handle(msg, now, None)
             return
+        self._forward_unit(batch, len(run), now)
+
+    def _forward_unit(self, batch: Message, n: int, now: float) -> None:
+        """Route and send ``n`` requests standing as one message; one pending entry answers all."""
         ctx = self.ctx
-        n = len(run)
         ctx.stats.requests += n
         p = Pending(self, batch, now)
         p.count = p.batch_left = n

@@ -98,6 +98,13 @@ class ServerCodec(abc.ABC):
         requests one by one."""
         return None
 
+    def decode_run(self, buffer: ReadBuffer) -> tuple[Message, int] | None:
+        """Optional fast path for forwarded pipelines: frame, without a message per request, the
+        run of plain requests (routed, not answered locally, not split) starting at the buffer's
+        position, and return it as one ``batch``-style message with its request count. None (the
+        default, or fewer than two such requests) leaves the buffer to ``decode``."""
+        return None
+
     def is_idempotent(self, request: Message) -> bool:
         """Whether sending ``request`` twice is safe (e.g. a Redis read), so that a retry policy
         may resend it after it may already have reached a server (reset, timeout, error reply).

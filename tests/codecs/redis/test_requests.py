@@ -175,3 +175,53 @@ def test_fanout_parts_and_merges() -> None:
     assert codec.merge(dele, ints) == b":2\r\n"
     (single,) = decode_all(pack([b"MGET", b"a"]), codec)
     assert single.parts is None
+
+
+# -- decode_run: a pipeline's plain commands framed in one pass ---------------------------------
+
+_COMMANDS = [
+    pack([b"GET", b"k"]), pack([b"set", b"k", b"v" * 300]), pack([b"INCR", b"n"]), pack([b"PING"]),
+    pack([b"MGET", b"a", b"b"]), pack([b"ECHO", b"x"]), b"*0\r\n", b"PING\r\n", pack([b"AUTH", b"pw"]),
+]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(_COMMANDS), max_size=30), st.integers(0, 20))
+def test_decode_run_takes_exactly_what_decode_would_route_in_the_same_order(commands: list[bytes], cut: int) -> None:
+    data = b"".join(commands)
+    data = data[: max(0, len(data) - cut)]
+    one_by_one = RedisCodecFactory().server_codec()
+    expected = []
+    buf = ReadBuffer(data)
+    while isinstance(msg := one_by_one.decode(buf), Message):
+        expected.append(bytes(msg.raw))
+    codec = RedisCodecFactory().server_codec()
+    got = []
+    buf = ReadBuffer(data)
+    while True:
+        unit = codec.decode_run(buf)
+        if unit is not None:
+            msg, count = unit
+            assert count >= 2 and msg.type is MessageType.REQUEST
+            got.append((bytes(msg.raw), count))
+            continue
+        msg = codec.decode(buf)
+        if not isinstance(msg, Message):
+            break
+        got.append((bytes(msg.raw), 1))
+    assert b"".join(raw for raw, _ in got) == b"".join(expected)
+    assert sum(n for _, n in got) == len(expected)
+
+
+def test_decode_run_stops_before_local_commands_and_malformed_frames() -> None:
+    codec = RedisCodecFactory().server_codec()
+    get = pack([b"GET", b"k"])
+    buf = ReadBuffer(get * 3 + pack([b"PING"]) + get * 2 + b"*2\r\n$3\r\nGET\r\nxx\r\n")
+    unit = codec.decode_run(buf)
+    assert unit is not None and unit[1] == 3 and bytes(unit[0].raw) == get * 3
+    assert codec.decode_run(buf) is None and codec.decode(buf).metadata == {"command": "PING"}  # type: ignore[union-attr]
+    unit = codec.decode_run(buf)
+    assert unit is not None and unit[1] == 2  # the good commands before the bad frame
+    with pytest.raises(RemoteProtocolError):
+        codec.decode(buf)
+    locked = RedisCodecFactory({"password": "pw"}).server_codec()
+    assert locked.decode_run(ReadBuffer(get * 3)) is None  # NOAUTH replies come from decode's path
