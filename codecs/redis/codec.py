@@ -174,6 +174,8 @@ class RedisServerCodec(ServerCodec):
         max_bulk = self.config.max_bulk
         count = 0
         first = ""
+        first_stop = 0
+        first_bounds: list[int] = []
         while pos < end and data[pos] == _STAR:
             try:
                 framed = frame_multibulk(data, pos, max_bulk)
@@ -186,12 +188,14 @@ class RedisServerCodec(ServerCodec):
             if spec is not SINGLE_KEY:
                 break
             if not count:
-                first = name
+                first, first_stop, first_bounds = name, stop, bounds
             count += 1
             pos = stop
-        if count < 2:  # noqa: PLR2004 - a single command takes the ordinary path
+        if not count:
             return None
         buffer.pos = pos
+        if count == 1:
+            return _command(data[start:first_stop], data, first_bounds), 1
         return Message(MessageType.REQUEST, data[start:pos], {"command": first}, opaque=_Pipeline(count)), count
 
     def batch(self, requests: Sequence[Message]) -> Message:

@@ -174,7 +174,10 @@ class DownstreamSession:
                 if unit is not None:
                     self._forward_run(run, now)
                     run = []
-                    self._forward_unit(unit[0], unit[1], now)
+                    if unit[1] == 1:  # one plain request: the ordinary path, no local answer
+                        self._handle(unit[0], now, None)
+                    else:
+                        self._forward_unit(unit[0], unit[1], now)
                     continue
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:

@@ -101,8 +101,10 @@ class ServerCodec(abc.ABC):
     def decode_run(self, buffer: ReadBuffer) -> tuple[Message, int] | None:
         """Optional fast path for forwarded pipelines: frame, without a message per request, the
         run of plain requests (routed, not answered locally, not split) starting at the buffer's
-        position, and return it as one ``batch``-style message with its request count. None (the
-        default, or fewer than two such requests) leaves the buffer to ``decode``."""
+        position, and return it as one ``batch``-style message with its request count. A run of
+        one is returned as the ordinary decoded request with a count of 1 (so that nothing is
+        framed twice). None (the default, or no plain request first) leaves the buffer to
+        ``decode``."""
         return None
 
     def is_idempotent(self, request: Message) -> bool:

@@ -201,7 +201,9 @@ def test_decode_run_takes_exactly_what_decode_would_route_in_the_same_order(comm
         unit = codec.decode_run(buf)
         if unit is not None:
             msg, count = unit
-            assert count >= 2 and msg.type is MessageType.REQUEST
+            assert count >= 1 and msg.type is MessageType.REQUEST
+            if count == 1:  # an ordinary request, as decode makes it
+                assert msg.metadata == RedisCodecFactory().server_codec().decode(ReadBuffer(bytes(msg.raw))).metadata  # type: ignore[union-attr]
             got.append((bytes(msg.raw), count))
             continue
         msg = codec.decode(buf)
@@ -219,6 +221,8 @@ def test_decode_run_stops_before_local_commands_and_malformed_frames() -> None:
     unit = codec.decode_run(buf)
     assert unit is not None and unit[1] == 3 and bytes(unit[0].raw) == get * 3
     assert codec.decode_run(buf) is None and codec.decode(buf).metadata == {"command": "PING"}  # type: ignore[union-attr]
+    single = codec.decode_run(ReadBuffer(get))
+    assert single is not None and single[1] == 1 and single[0].metadata == {"command": "GET", "key": "k"}
     unit = codec.decode_run(buf)
     assert unit is not None and unit[1] == 2  # the good commands before the bad frame
     with pytest.raises(RemoteProtocolError):
