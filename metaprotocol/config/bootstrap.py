@@ -37,6 +37,8 @@ import yaml
 from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MIN_RETRY_CONCURRENCY,
+    DEFAULT_RETRY_BUDGET_PERCENT,
     DEFAULT_ROUTE_TIMEOUT,
     HASH_FUNCTIONS,
     parse_retry_on,
@@ -731,16 +733,16 @@ def _cluster(r: _Reader, m: Mapping[str, object], path: str) -> ClusterConfig:
             tp = f"{bp}.thresholds[0]"
             tm = r.mapping(thresholds[0], tp)
             r.keys(tm, tp, {"max_requests", "max_pending_requests", "max_retries", "retry_budget"}, {"priority", "max_connections", "track_remaining"})
-            budget_percent, min_concurrency = 0.0, 3
+            budget_percent, min_concurrency = 0.0, DEFAULT_MIN_RETRY_CONCURRENCY
             if tm.get("retry_budget") is not None:
                 bp2 = f"{tp}.retry_budget"
                 bm2 = r.mapping(tm["retry_budget"], bp2)
                 r.keys(bm2, bp2, {"budget_percent", "min_retry_concurrency"})
-                percent = bm2.get("budget_percent", {"value": 20.0})
+                percent = bm2.get("budget_percent", {"value": DEFAULT_RETRY_BUDGET_PERCENT})
                 value = percent.get("value") if isinstance(percent, Mapping) else None
                 if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 100:
                     raise r.fail(f"{bp2}.budget_percent", "expected {value: <percent above 0, at most 100>}")
-                budget_percent, min_concurrency = float(value), r.int_(bm2, "min_retry_concurrency", bp2, 3)
+                budget_percent, min_concurrency = float(value), r.int_(bm2, "min_retry_concurrency", bp2, DEFAULT_MIN_RETRY_CONCURRENCY)
             breakers = CircuitBreakers(
                 r.int_(tm, "max_requests", tp, 0), r.int_(tm, "max_pending_requests", tp, 0), r.int_(tm, "max_retries", tp, 0),
                 budget_percent, min_concurrency,

@@ -42,6 +42,10 @@ class LbPolicy(enum.Enum):
     MAGLEV = "MAGLEV"
 
 
+HASHING_POLICIES: Final = frozenset({LbPolicy.RING_HASH, LbPolicy.MAGLEV})
+"""Policies that pick the endpoint from a hash of request metadata."""
+
+
 @dataclass(frozen=True, slots=True)
 class AttributeMatcher:
     """One condition on a metadata attribute; a route matches when all its conditions do.
@@ -279,6 +283,11 @@ class Endpoint:
         return f"{self.address}:{self.port}"
 
 
+DEFAULT_RETRY_BUDGET_PERCENT: Final = 20.0
+"""Envoy's defaults for a ``retry_budget`` that leaves its fields out."""
+DEFAULT_MIN_RETRY_CONCURRENCY: Final = 3
+
+
 @dataclass(frozen=True, slots=True)
 class CircuitBreakers:
     """Limits per cluster (0: none): requests in flight, requests waiting for a connection, and
@@ -290,7 +299,7 @@ class CircuitBreakers:
     max_pending_requests: int = 0
     max_retries: int = 0
     retry_budget_percent: float = 0.0
-    min_retry_concurrency: int = 3
+    min_retry_concurrency: int = DEFAULT_MIN_RETRY_CONCURRENCY
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from metaprotocol.config.model import LbPolicy, ListenerConfig
+from metaprotocol.config.model import HASHING_POLICIES, ListenerConfig
 from metaprotocol.proxy.policies import RateLimiter
 from metaprotocol.router.matchers import compile_matcher
 from metaprotocol.proxy.stats import ListenerStats
@@ -93,7 +93,7 @@ class ListenerContext:
 
     def forwards_pipelines(self) -> bool:
         """Whether consecutive plain requests may travel upstream as one unit (ORDERED codecs that
-        implement ``ServerCodec.batch``): only when no decision is made per request, i.e. one route
+        implement ``ServerCodec.decode_run`` or ``batch``): only when no decision is made per request, i.e. one route
         catches everything and sends it to one non-hashing cluster without circuit breakers, with
         no mutation, mirror, retry, fault, rate limit or access log. Cached until the route table,
         the access log or the clusters change."""
@@ -124,7 +124,7 @@ class ListenerContext:
         if cs is None:
             return False
         cfg = cs.config
-        return cfg.lb_policy not in (LbPolicy.RING_HASH, LbPolicy.MAGLEV) and cfg.circuit_breakers is None
+        return cfg.lb_policy not in HASHING_POLICIES and cfg.circuit_breakers is None
 
 
 class Pending:

@@ -142,7 +142,7 @@ class DownstreamSession:
         codec = self.codec
         buffer = self.buffer
         now = self.ctx.io.now()
-        if self.tunnel is None and self.ctx.forwards_pipelines():
+        if self.ctx.forwards_pipelines():  # never in bound mode, the only one with a tunnel
             self._process_pipeline(now)
             return
         while not self.read_paused and not self.closing:
@@ -173,7 +173,6 @@ class DownstreamSession:
                 unit = codec.decode_run(buffer)
                 if unit is not None:
                     self._forward_run(run, now)
-                    run = []
                     if unit[1] == 1:  # one plain request: the ordinary path, no local answer
                         self._handle(unit[0], now, None)
                     else:
@@ -196,22 +195,23 @@ class DownstreamSession:
                         self._handle(msg, now, None)
                     continue
                 self._forward_run(run, now)
-                run = []
                 self._handle(msg, now, answer)
             else:
                 self._forward_run(run, now)
-                run = []
                 self._handle(msg, now)
         self._forward_run(run, now)
 
     def _forward_run(self, run: list[Message], now: float) -> None:
+        """Send the plain requests gathered so far (as one unit where the codec can) and empty
+        ``run``."""
         if not run:
             return
         if len(run) == 1 or (batch := self.codec.batch(run)) is None:
             for msg in run:
                 self._handle(msg, now, None)
-            return
-        self._forward_unit(batch, len(run), now)
+        else:
+            self._forward_unit(batch, len(run), now)
+        run.clear()
 
     def _forward_unit(self, batch: Message, n: int, now: float) -> None:
         """Route and send ``n`` requests standing as one message; one pending entry answers all."""

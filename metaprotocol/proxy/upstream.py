@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Hashable, Mapping
 
 from metaprotocol.cluster.state import ClusterState
-from metaprotocol.config.model import ClusterConfig, LbPolicy
+from metaprotocol.config.model import HASHING_POLICIES, ClusterConfig
 from metaprotocol.proxy.context import Failure, ListenerContext, Pending, ProxyIO
 from metaprotocol.proxy.deadlines import DeadlineQueues, Expirable
 from metaprotocol.proxy.stats import ClusterStats
@@ -40,7 +40,6 @@ Target = tuple[CompiledRoute, ClusterState, int]
 class Overflow(Exception):  # noqa: N818 - Envoy's word for an open circuit breaker
     """A cluster's circuit breaker refused a request."""
 
-_HASHING = (LbPolicy.RING_HASH, LbPolicy.MAGLEV)
 _MAX_BACKOFF = 30.0
 _EXCLUSIVE_MIN_CONNECTIONS = 64
 
@@ -456,7 +455,7 @@ class Upstreams:
             )
         action = route.rule.action
         key = None
-        if cs.config.lb_policy in _HASHING:
+        if cs.config.lb_policy in HASHING_POLICIES:
             md = msg.metadata
             names = action.hash_policy or ctx.factory.default_hash_policy
             values = [md[k] for k in names if k in md]

@@ -9,6 +9,8 @@ clusters; our extensions (key hash function, hash tag) ride in the cluster's met
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -20,6 +22,8 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from metaprotocol.config.model import (
+    DEFAULT_MIN_RETRY_CONCURRENCY,
+    DEFAULT_RETRY_BUDGET_PERCENT,
     parse_retry_on,
     AccessLog,
     CircuitBreakers,
@@ -452,12 +456,14 @@ def cluster_from_xds(c: cluster_pb2.Cluster, cla: endpoint_pb2.ClusterLoadAssign
     breakers = None
     if c.circuit_breakers.thresholds:
         t = c.circuit_breakers.thresholds[0]
-        budget = t.retry_budget if t.HasField("retry_budget") else None
-        breakers = CircuitBreakers(
-            t.max_requests.value, t.max_pending_requests.value, t.max_retries.value,
-            (budget.budget_percent.value if budget.HasField("budget_percent") else 20.0) if budget is not None else 0.0,
-            (budget.min_retry_concurrency.value if budget.HasField("min_retry_concurrency") else 3) if budget is not None else 3,
-        )  # fmt: skip
+        breakers = CircuitBreakers(t.max_requests.value, t.max_pending_requests.value, t.max_retries.value)
+        if t.HasField("retry_budget"):
+            b = t.retry_budget
+            breakers = replace(
+                breakers,
+                retry_budget_percent=b.budget_percent.value if b.HasField("budget_percent") else DEFAULT_RETRY_BUDGET_PERCENT,
+                min_retry_concurrency=b.min_retry_concurrency.value if b.HasField("min_retry_concurrency") else DEFAULT_MIN_RETRY_CONCURRENCY,
+            )
     outlier = None
     if c.HasField("outlier_detection"):
         o = c.outlier_detection
