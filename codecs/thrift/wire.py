@@ -169,11 +169,7 @@ def read_message_header(data: bytes | bytearray, pos: int, end: int, protocol: P
         h.type = word & 0xFF
         if pos + 8 > end:
             raise NeedMore
-        n = I32.unpack_from(data, pos + 4)[0]
-        if n < 0 or n > end - pos:
-            if n < 0:
-                raise ValueError("negative name length")
-            raise NeedMore
+        n = _declared_size(I32.unpack_from(data, pos + 4)[0], end - pos, "name length")
         p = pos + 8 + n
         if p + 4 > end:
             raise NeedMore
@@ -204,6 +200,16 @@ def skip_struct(data: bytes | bytearray, pos: int, end: int, protocol: Protocol)
     if protocol is Protocol.COMPACT:
         return _skip_compact_struct(data, pos, end, 0)
     return _skip_binary_value(data, pos, end, 12, 0)
+
+
+def _declared_size(n: int, room: int, what: str) -> int:
+    """A length or element count read from the wire: negative is malformed; more than the bytes
+    left (every element takes at least one) means the frame is not whole yet."""
+    if n < 0:
+        raise ValueError(f"negative {what}")
+    if n > room:
+        raise NeedMore
+    return n
 
 
 def _need(pos: int, end: int) -> None:
@@ -238,11 +244,7 @@ def _skip_binary_value(data: bytes | bytearray, pos: int, end: int, ttype: int, 
     if ttype == 13:  # noqa: PLR2004 - map
         _need(pos + 6, end)
         ktype, vtype = data[pos], data[pos + 1]
-        n = I32.unpack_from(data, pos + 2)[0]
-        if n < 0 or n > end - pos:
-            if n < 0:
-                raise ValueError("negative map size")
-            raise NeedMore
+        n = _declared_size(I32.unpack_from(data, pos + 2)[0], end - pos, "map size")
         pos += 6
         for _ in range(n):
             pos = _skip_binary_value(data, pos, end, ktype, depth + 1)
@@ -251,11 +253,7 @@ def _skip_binary_value(data: bytes | bytearray, pos: int, end: int, ttype: int, 
     if ttype in (14, 15):  # set, list
         _need(pos + 5, end)
         etype = data[pos]
-        n = I32.unpack_from(data, pos + 1)[0]
-        if n < 0 or n > end - pos:
-            if n < 0:
-                raise ValueError("negative list size")
-            raise NeedMore
+        n = _declared_size(I32.unpack_from(data, pos + 1)[0], end - pos, "list size")
         pos += 5
         fixed = _BINARY_FIXED.get(etype)
         if fixed is not None:

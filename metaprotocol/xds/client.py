@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -32,6 +32,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 INVALID_ARGUMENT = 3
+
+
+def _unpacked(response: discovery_pb2.DiscoveryResponse, message_type: Any) -> Iterator[Any]:  # noqa: ANN401 - generated protobuf classes are untyped
+    """The response's resources, each unpacked into a fresh ``message_type``."""
+    for packed in response.resources:
+        message = message_type()
+        packed.Unpack(message)
+        yield message
 
 
 class AdsClient:
@@ -125,34 +133,17 @@ class AdsClient:
         """The state this response would lead to (nothing is changed yet)."""
         t = r.type_url
         if t == convert.LISTENER_TYPE:
-            listeners = {}
-            for a in r.resources:
-                lst = listener_pb2.Listener()
-                a.Unpack(lst)
-                listeners[lst.name] = convert.listener_from_xds(lst)
-            return {"listeners": listeners}
-        if t == convert.ROUTE_TYPE:
-            routes = dict(self.routes)
-            for a in r.resources:
-                rc = route_pb2.RouteConfiguration()
-                a.Unpack(rc)
-                routes[rc.name] = convert.route_config_from_xds(rc)
-            return {"routes": routes}
+            return {"listeners": {lst.name: convert.listener_from_xds(lst) for lst in _unpacked(r, listener_pb2.Listener)}}
+        if t == convert.ROUTE_TYPE:  # routes and endpoints are named, not wildcard: updates merge
+            return {"routes": {**self.routes, **{rc.name: convert.route_config_from_xds(rc) for rc in _unpacked(r, route_pb2.RouteConfiguration)}}}
         if t == convert.CLUSTER_TYPE:
             clusters = {}
-            for a in r.resources:
-                c = cluster_pb2.Cluster()
-                a.Unpack(c)
+            for c in _unpacked(r, cluster_pb2.Cluster):
                 convert.cluster_from_xds(c, None)  # validates
                 clusters[c.name] = c
             return {"clusters": clusters}
         if t == convert.ENDPOINT_TYPE:
-            endpoints = dict(self.endpoints)
-            for a in r.resources:
-                cla = endpoint_pb2.ClusterLoadAssignment()
-                a.Unpack(cla)
-                endpoints[cla.cluster_name] = cla
-            return {"endpoints": endpoints}
+            return {"endpoints": {**self.endpoints, **{cla.cluster_name: cla for cla in _unpacked(r, endpoint_pb2.ClusterLoadAssignment)}}}
         raise convert.ConversionError(f"unexpected type {t}")
 
     def _commit(self, staged: dict[str, object]) -> None:
