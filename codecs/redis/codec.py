@@ -58,7 +58,6 @@ _connection_ids = itertools.count(1)
 _BOUND_LOCAL: Final = frozenset({b"AUTH", b"HELLO", b"QUIT"})
 
 
-
 class _Pipeline:
     """``opaque`` of a message standing for several commands (ServerCodec.batch)."""
 
@@ -71,6 +70,7 @@ class _Pipeline:
 def _command_of(request: Message) -> tuple[bytes, list[bytes] | None]:
     """The upper-cased command name and, when the codec kept them, its arguments."""
     return cast("tuple[bytes, list[bytes] | None]", request.opaque)
+
 
 class RedisConfig:
     """Codec settings (the listener's ``codec.config`` mapping).

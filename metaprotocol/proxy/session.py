@@ -26,6 +26,7 @@ from metaprotocol.spi import (
     RemoteProtocolError,
 )
 
+
 class _Ask:
     """Type of ASK: ``_handle`` asks the codec whether it answers the request itself."""
 
@@ -34,6 +35,7 @@ ASK: Final = _Ask()
 
 # Failures of requests that never left the proxy: resending them is safe for any request.
 NEVER_SENT = frozenset({ErrorKind.CONNECT_FAILURE.value, ErrorKind.NO_HEALTHY_UPSTREAM.value, ErrorKind.OVER_LIMIT.value})
+
 
 class Transport(Protocol):
     """The part of ``asyncio.Transport`` the core uses."""
