@@ -22,8 +22,10 @@ from metaprotocol.spi import (
     Correlation,
     DecodeResult,
     ErrorKind,
+    LazyMessage,
     LocalAnswer,
     LocalError,
+    LocalProtocolError,
     Message,
     MessageType,
     Mutation,
@@ -204,6 +206,51 @@ class DubboServerCodec(ServerCodec):
 
 def _request_metadata(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     end = len(raw)
+    guess = _head_end_guess(raw, end)
+    head = _HEADS.get(bytes(raw[wire.HEADER_SIZE : guess])) if guess > 0 else None
+    if head is None:
+        head = _read_head(raw, end, guess)
+    head_md, params, pos = head
+    at = skip_values(raw, pos, end, params, [], []) if params else pos
+    parsed = _attachments_at(raw, at, end)
+    if parsed is None:  # references, objects or nested values: the full reader
+        return _request_metadata_full(raw)
+    attachments, cached_md = parsed
+    # Attachments first: the head's own attributes (interface, method ...) win over them.
+    return cached_md | head_md, _Body(at, attachments, None)
+
+
+_Head = tuple[dict[str, str], int, int]
+"""A request head's metadata, its parameter count, and the body offset after it."""
+
+_HEADS: dict[bytes, _Head] = {}
+_HEADS_MAX: Final = 2048
+
+
+def _head_end_guess(raw: bytes | bytearray, end: int) -> int:
+    """Where the five head strings would end if each is ASCII in a compact form, else -1.
+
+    Only a guess: the bytes up to it are looked up among heads already read in full, and a
+    match proves them (a head is self-delimiting, so equal bytes parse equally).
+    """
+    pos = wire.HEADER_SIZE
+    for _ in range(5):
+        if pos >= end:
+            return -1
+        code = raw[pos]
+        if code < 0x20:
+            pos += 1 + code
+        elif 0x30 <= code <= 0x33 and pos + 1 < end:
+            pos += 2 + ((code - 0x30) << 8) + raw[pos + 1]
+        elif code == 0x4E:
+            pos += 1
+        else:
+            return -1
+    return pos if pos <= end else -1
+
+
+def _read_head(raw: bytes | bytearray, end: int, guess: int) -> _Head:
+    """Read the head strings in full; remember the head when the guess found its end."""
     pos = wire.HEADER_SIZE
     dubbo_version, pos = read_string_at(raw, pos, end)
     path, pos = read_string_at(raw, pos, end)
@@ -212,18 +259,15 @@ def _request_metadata(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     desc, pos = read_string_at(raw, pos, end)
     if dubbo_version is None or path is None or method is None or desc is None:
         raise HessianDecodeError("null where the request needs a string")
-    at = skip_values(raw, pos, end, wire.count_parameters(desc), [], [])
-    parsed = _attachments_at(raw, at, end)
-    if parsed is None:  # references, objects or nested values: the full reader
-        return _request_metadata_full(raw)
-    attachments, cached_md = parsed
-    md = cached_md.copy()
-    md["interface"] = path
-    md["method"] = method
-    md["dubbo"] = dubbo_version
+    md = {"interface": path, "method": method, "dubbo": dubbo_version}
     if version is not None:
         md["version"] = version
-    return md, _Body(at, attachments, None)
+    head = (md, wire.count_parameters(desc), pos)
+    if pos == guess:
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[bytes(raw[wire.HEADER_SIZE : pos])] = head
+    return head
 
 
 _ATTACHMENTS = FlatMapCache()
@@ -273,6 +317,11 @@ def _request_metadata_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Bod
 
 def _encode(msg: Message, mutation: Mutation | None, request_id: int | None) -> bytes | bytearray:
     new_id = None if request_id is None or request_id == msg.request_id else request_id
+    if mutation and isinstance(msg, LazyMessage):
+        try:
+            msg.metadata  # noqa: B018 - parses the body and sets opaque
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(f"cannot set attachments: {exc}") from None
     info = msg.opaque
     if mutation and isinstance(info, _Body):
         raw = msg.raw
@@ -309,10 +358,15 @@ class DubboClientCodec(ClientCodec):
             return Message(MessageType.ERROR, raw, {"status": wire.STATUS_NAMES.get(status, str(status))}, rid)
         if flag & wire.SERIALIZATION_MASK != wire.HESSIAN2:
             return Message(MessageType.RESPONSE, raw, {}, rid)
+        result_flag = _FLAG_CODES.get(raw[wire.HEADER_SIZE]) if len(raw) > wire.HEADER_SIZE else None
+        if result_flag is not None:  # the usual one-byte flag: the value is not walked unless asked
+            mtype = MessageType.ERROR if result_flag in _ERROR_FLAGS else MessageType.RESPONSE
+            return LazyMessage(mtype, raw, _lazy_response_metadata, rid)
         try:
-            return _response(raw, rid)
+            md, body = _response_body(raw)
         except (HessianDecodeError, ValueError) as exc:
             raise RemoteProtocolError(f"bad response body: {exc}", ErrorKind.BAD_RESPONSE) from None
+        return Message(_response_type(body.flag), raw, md, rid, body)
 
     def encode(self, request: Message, mutation: Mutation | None = None, request_id: int | None = None) -> bytes | bytearray:
         """The request with the upstream request id, and attachments set by ``mutation``."""
@@ -330,7 +384,20 @@ _FLAG_CODES: Final = {0x90 + f: f for f in range(6)}
 _ERROR_FLAGS: Final = (wire.RESPONSE_WITH_EXCEPTION, wire.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS)
 
 
-def _response(raw: bytes | bytearray, rid: int) -> Message:
+def _response_type(flag: int) -> MessageType:
+    return MessageType.ERROR if flag in _ERROR_FLAGS else MessageType.RESPONSE
+
+
+def _lazy_response_metadata(msg: LazyMessage) -> dict[str, str]:
+    """A response's attachments as metadata, read when first asked for (mutation, logs)."""
+    try:
+        md, msg.opaque = _response_body(msg.raw)
+    except (HessianDecodeError, ValueError) as exc:
+        raise RemoteProtocolError(f"bad response body: {exc}", ErrorKind.BAD_RESPONSE) from None
+    return md
+
+
+def _response_body(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     end = len(raw)
     pos = wire.HEADER_SIZE
     flag = _FLAG_CODES.get(raw[pos]) if pos < end else None
@@ -345,12 +412,11 @@ def _response(raw: bytes | bytearray, rid: int) -> Message:
             raise HessianDecodeError(f"{end - at} bytes after the response value")
         if parsed is not None:
             attachments, cached_md = parsed
-            mtype = MessageType.ERROR if flag in _ERROR_FLAGS else MessageType.RESPONSE
-            return Message(mtype, raw, cached_md.copy(), rid, _Body(at, attachments, None, flag, 1))
-    return _response_full(raw, rid)
+            return cached_md.copy(), _Body(at, attachments, None, flag, 1)
+    return _response_full(raw)
 
 
-def _response_full(raw: bytes | bytearray, rid: int) -> Message:
+def _response_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     r = Hessian2Reader(raw, wire.HEADER_SIZE)
     start = r.pos
     flag = r.read_int()
@@ -376,8 +442,7 @@ def _response_full(raw: bytes | bytearray, rid: int) -> Message:
         at = r.pos
     else:
         raise HessianDecodeError(f"unknown response flag {flag}")
-    mtype = MessageType.ERROR if flag in (wire.RESPONSE_WITH_EXCEPTION, wire.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS) else MessageType.RESPONSE
-    return Message(mtype, raw, md, rid, _Body(at, attachments, r, flag, flag_size))
+    return md, _Body(at, attachments, r, flag, flag_size)
 
 
 class DubboCodecFactory(CodecFactory):

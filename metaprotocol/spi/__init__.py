@@ -19,7 +19,7 @@ from metaprotocol.spi.errors import (
     MetaProtocolError,
     RemoteProtocolError,
 )
-from metaprotocol.spi.message import NEED_DATA, Correlation, Message, MessageType, Metadata
+from metaprotocol.spi.message import NEED_DATA, Correlation, LazyMessage, Message, MessageType, Metadata
 
 __all__ = [
     "NEED_DATA",
@@ -29,6 +29,7 @@ __all__ = [
     "Correlation",
     "DecodeResult",
     "ErrorKind",
+    "LazyMessage",
     "LocalAnswer",
     "LocalError",
     "LocalProtocolError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Final
 
 
@@ -90,3 +91,43 @@ class Message:
             f"Message({self.type.name}, id={self.request_id}, size={len(self.raw)}, "
             f"metadata={self.metadata!r})"
         )
+
+
+class LazyMessage(Message):
+    """A message whose metadata is read from its frame only when first asked for.
+
+    For frames the core forwards without looking inside (responses, when no mutation or log
+    reads them): the body is not walked at all on the hot path. ``parse`` gets the message and
+    returns its metadata; it may also set ``opaque``. It raises RemoteProtocolError for a body
+    it cannot read.
+    """
+
+    __slots__ = ("_metadata", "_parse")
+
+    def __init__(
+        self,
+        type: MessageType,  # noqa: A002 - the protocol's own word
+        raw: bytes | bytearray,
+        parse: Callable[[LazyMessage], Metadata],
+        request_id: int | None = None,
+        opaque: object = None,
+    ) -> None:
+        self.type = type
+        self.raw = raw
+        self._metadata: Metadata | None = None
+        self._parse = parse
+        self.request_id = request_id
+        self.opaque = opaque
+        self.parts = None
+
+    @property
+    def metadata(self) -> Metadata:
+        """Parsed on first read, then kept."""
+        md = self._metadata
+        if md is None:
+            md = self._metadata = self._parse(self)
+        return md
+
+    @metadata.setter
+    def metadata(self, value: Metadata) -> None:
+        self._metadata = value

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metaprotocol.spi import NEED_DATA, ErrorKind, LocalError, MessageType, ReadBuffer, RemoteProtocolError
+from metaprotocol.spi import NEED_DATA, ErrorKind, LazyMessage, LocalError, LocalProtocolError, MessageType, ReadBuffer, RemoteProtocolError
 from metaprotocol.testing import CodecSamples, check_codec
 from metaprotocol_codecs.dubbo import DubboCodecFactory, wire
 from metaprotocol_codecs.dubbo.hessian2 import loads_all
@@ -213,7 +213,56 @@ def test_mutated_frames_never_crash(noise: bytes, hexframe: str, data: st.DataOb
         codec = f.server_codec() if side == "server" else f.client_codec()
         buf = ReadBuffer(bytes(frame) + noise)
         try:
-            while codec.decode(buf) is not NEED_DATA:
-                pass
+            while (msg := codec.decode(buf)) is not NEED_DATA:
+                msg.metadata  # noqa: B018 - a response's body is read here, on first use
         except RemoteProtocolError:
             pass
+
+
+def test_response_value_is_walked_only_when_metadata_is_asked_for() -> None:
+    good = bytes.fromhex(BY_ID["resp-value-with-attachments"]["hex"])
+    msg = decode_one(good, "client")
+    assert isinstance(msg, LazyMessage) and msg.opaque is None  # nothing read past the flag yet
+    assert msg.metadata == {"dubbo": "2.0.2"} and msg.opaque is not None
+    # A body that is not Hessian past its flag still forwards untouched (as Envoy's dubbo_proxy
+    # does: it reads the header); only a mutation, which must re-encode it, refuses it.
+    bad = wire.header(0x02, wire.OK, 4, 3) + b"\x91\x45\x45"
+    msg = decode_one(bad, "client")
+    assert msg.type is MessageType.RESPONSE and msg.request_id == 4
+    server = DubboCodecFactory().server_codec()
+    assert server.encode(msg, None, 9)[16:] == bad[16:]
+    with pytest.raises(LocalProtocolError):
+        server.encode(msg, {"a": "b"}, 9)
+    with pytest.raises(RemoteProtocolError, match="bad response body"):
+        msg.metadata  # noqa: B018
+    exception = wire.build_response(6, wire.Result(exception="boom"))
+    assert decode_one(exception, "client").type is MessageType.ERROR
+
+
+def test_response_flag_in_a_long_int_form_is_read_eagerly() -> None:
+    body = b"\x49\x00\x00\x00\x01\x05hello"  # RESPONSE_VALUE as a 4-byte int, then "hello"
+    msg = decode_one(wire.header(0x02, wire.OK, 8, len(body)) + body, "client")
+    assert not isinstance(msg, LazyMessage) and msg.type is MessageType.RESPONSE
+    with pytest.raises(RemoteProtocolError):
+        bad = b"\x49\x00\x00\x00\x09"
+        decode_one(wire.header(0x02, wire.OK, 8, len(bad)) + bad, "client")
+
+
+@given(
+    path=st.text(min_size=1, max_size=40),
+    method=st.text(min_size=1, max_size=20),
+    version=st.one_of(st.none(), st.text(max_size=8)),
+    attachments=st.dictionaries(st.text(alphabet="abcxyz-", min_size=1, max_size=6), st.text(max_size=10), max_size=4),
+)
+def test_request_heads_decode_the_same_from_the_cache(path: str, method: str, version: str | None, attachments: dict[str, str]) -> None:
+    """Heads are remembered by their bytes; any text (non-ASCII, long forms) decodes the same
+    the first time and from the cache, and one head never stands for another."""
+    inv = wire.Invocation(path, method, "Ljava/lang/String;I", ["x", 5], attachments, version)
+    frame = wire.build_request(3, inv)
+    first, second = decode_one(frame).metadata, decode_one(frame).metadata
+    expected = {k.lower(): v for k, v in attachments.items()} | {"interface": path, "method": method, "dubbo": "2.0.2"}
+    if version is not None:
+        expected["version"] = version
+    assert first == second == expected
+    other = wire.build_request(4, wire.Invocation(path + "2", method, "I", [1], {}, version))
+    assert decode_one(other).metadata["interface"] == path + "2"
