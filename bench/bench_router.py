@@ -39,8 +39,24 @@ def _table(n: int, kind: MatchKind) -> RouteTable:
 def test_match_1000_routes_last_rule(benchmark: object, kind: MatchKind) -> None:
     table = _table(1000, kind)
     md = {"interface": "com.example.Service999", "key": "tenant999:abc", "method": "get"}
-    route = benchmark(table.match, md)  # type: ignore[operator]
+    route = benchmark(table.lookup, md)  # type: ignore[operator]
     assert route is not None and route.name == "r999"
+
+
+def test_match_remembered_decision(benchmark: object) -> None:
+    """A Dubbo-shaped table read on interface, method and an attachment, answered from the memo
+    (the same attribute values came before, as in steady traffic)."""
+    iface = "org.apache.dubbo.samples.basic.api.DemoService"
+    rules = (
+        RouteRule("by-attachment", (AttributeMatcher("interface", MatchKind.EXACT, iface), AttributeMatcher("method", MatchKind.EXACT, "sayHello"),
+                                    AttributeMatcher("foo", MatchKind.EXACT, "bar")), RouteAction(cluster="v2")),
+        RouteRule("default", (), RouteAction(cluster="v1")),
+    )  # fmt: skip
+    table = RouteTable(RouteConfig("bench", rules))
+    md = {"interface": iface, "method": "sayHello", "foo": "bar", "version": "1.0.0", "timeout": "3000", "dubbo": "2.0.2"}
+    assert table.lookup(md) is table.match(md)
+    route = benchmark(table.match, md)  # type: ignore[operator]
+    assert route is not None and route.name == "by-attachment"
 
 
 def test_match_1000_regex_routes_indexed_by_literal_prefix(benchmark: object) -> None:
@@ -49,7 +65,7 @@ def test_match_1000_regex_routes_indexed_by_literal_prefix(benchmark: object) ->
         for i in range(1000)
     )
     table = RouteTable(RouteConfig("bench", rules))
-    route = benchmark(table.match, {"method": "m999x"})  # type: ignore[operator]
+    route = benchmark(table.lookup, {"method": "m999x"})  # type: ignore[operator]
     assert route is not None and route.name == "r999"
 
 
@@ -69,5 +85,5 @@ def test_match_1000_unindexable_routes_linear_worst_case(benchmark: object) -> N
         for i in range(1000)
     )
     table = RouteTable(RouteConfig("bench", rules))
-    route = benchmark(table.match, {"method": "m-999"})  # type: ignore[operator]
+    route = benchmark(table.lookup, {"method": "m-999"})  # type: ignore[operator]
     assert route is not None and route.name == "r999"

@@ -6,6 +6,11 @@ rule is therefore filed under its most selective non-inverted matcher: an exact 
 candidate rules whose indexed condition holds (a dict probe per key, plus one per distinct prefix
 length), adds the rules that have no indexable matcher, and tests them in table order. The result
 is exactly that of a linear first-match scan.
+
+In front of that, the decision is remembered by the values of the attributes the table reads:
+matching is a pure function of them, and real traffic repeats a few (service, method, version)
+combinations, so a lookup is usually one tuple and one dict probe. A table whose attributes take
+too many values (Redis keys, say) stops remembering after a few refills.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from dataclasses import dataclass
 from metaprotocol.config.model import AttributeMatcher, MatchKind, RouteConfig, RouteRule
 from metaprotocol.router.matchers import Predicate, compile_matcher
 from metaprotocol.spi import Metadata
+
+
+MEMO_SIZE = 4096
+"""Decisions remembered per table before the memo is emptied and refilled."""
+MEMO_REFILLS = 4
+"""Refills after which a table's attribute values are deemed too varied to remember."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +115,9 @@ class RouteTable:
         self._prefix_lengths = {k: sorted(v) for k, v in self._prefix.items()}
         # A first rule with no conditions takes everything (the common single-route table).
         self._catch_all = self.routes[0] if self.routes and not self.routes[0].predicates else None
+        self._attributes = tuple(sorted({m.name.lower() for rule in config.routes for m in rule.match}))
+        self._memo: dict[object, CompiledRoute | None] | None = {} if self._attributes else None
+        self._memo_refills = 0
 
     @staticmethod
     def _compile(index: int, rule: RouteRule) -> CompiledRoute:
@@ -142,6 +156,30 @@ class RouteTable:
         """The first route whose matchers all hold for ``md``, or None."""
         if self._catch_all is not None:
             return self._catch_all
+        memo = self._memo
+        if memo is None:
+            return self.lookup(md)
+        attributes = self._attributes
+        key = md.get(attributes[0]) if len(attributes) == 1 else tuple([md.get(a) for a in attributes])
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        route = memo[key] = self.lookup(md)
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+            self._memo_refills += 1
+            if self._memo_refills >= MEMO_REFILLS:
+                self._memo = None
+        return route
+
+    @property
+    def remembers(self) -> bool:
+        """Whether decisions are still remembered (False once values proved too varied)."""
+        return self._memo is not None
+
+    def lookup(self, md: Metadata) -> CompiledRoute | None:
+        """``match`` without the memo: the index, then the candidates in table order."""
         if not self._exact and not self._prefix:
             for route in self.routes:
                 if route.matches(md):

@@ -109,6 +109,31 @@ def test_indexed_lookup_equals_linear_first_match(spec: list[list[AttributeMatch
     assert table.match(md) is linear
 
 
+@given(tables, st.lists(metadata, min_size=1, max_size=30))
+def test_remembered_decisions_equal_linear_first_match(spec: list[list[AttributeMatcher]], mds: list[dict[str, str]]) -> None:
+    """The memo keyed by attribute values never changes an answer, whatever the lookup order."""
+    rules = tuple(_rule(f"r{i}", *ms) for i, ms in enumerate(spec))
+    table = RouteTable(RouteConfig("t", rules))
+    for md in mds + mds:
+        assert table.match(md) is next((r for r in table.routes if r.matches(md)), None)
+
+
+def test_memo_gives_up_on_too_varied_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    import metaprotocol.router.table as table_module
+
+    monkeypatch.setattr(table_module, "MEMO_SIZE", 8)
+    table = RouteTable(RouteConfig("t", (_rule("users", AttributeMatcher("key", P, "user:")), _rule("rest"))))
+    for i in range(8 * table_module.MEMO_REFILLS + 1):
+        key = f"user:{i}" if i % 2 else f"item:{i}"
+        assert table.match({"key": key}).name == ("users" if i % 2 else "rest")  # type: ignore[union-attr]
+    assert not table.remembers
+    assert table.match({"key": "user:x"}).name == "users"  # type: ignore[union-attr]
+    repeated = RouteTable(RouteConfig("t", (_rule("users", AttributeMatcher("key", P, "user:")), _rule("rest"))))
+    for _ in range(100):
+        repeated.match({"key": "user:1"})
+    assert repeated.remembers
+
+
 @pytest.mark.parametrize(
     ("pattern", "prefix"),
     [("say.*", "say"), (r"com\.example\..*", "com.example."), ("a|b", ""), ("(ab)c", ""), ("ab+", "a"), ("x?y", ""), ("", "")],
