@@ -545,10 +545,8 @@ class Upstreams:
             pool.cluster.in_flight -= 1
             p.session.fail(p, ErrorKind.BAD_REQUEST, str(exc))
             return
-        if not oneway:
-            retry = route.rule.retry
-            timeout = retry.per_try_timeout if retry is not None and retry.per_try_timeout else route.rule.action.timeout
-            self.deadlines.add(p, now, timeout)
+        if not oneway and route.timeout > 0:
+            self.deadlines.add(p, now, route.timeout)
             self.io.arm_sweeper()
 
     def sweep(self, now: float) -> None:

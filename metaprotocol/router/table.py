@@ -43,11 +43,10 @@ class CompiledRoute:
     cluster_names: tuple[str, ...]
     request_mutation: dict[str, str] | None
     response_mutation: dict[str, str] | None
-
-    @property
-    def name(self) -> str:
-        """The rule's name (``route-<index>`` when unnamed)."""
-        return self.rule.name or f"route-{self.index}"
+    name: str
+    """The rule's name (``route-<index>`` when unnamed)."""
+    timeout: float
+    """Deadline of one try: the retry policy's per-try timeout when set, else the route's."""
 
     def matches(self, md: Metadata) -> bool:
         """Whether every predicate holds."""
@@ -136,6 +135,8 @@ class RouteTable:
             cluster_names=names,
             request_mutation=dict(rule.request_mutation) or None,
             response_mutation=dict(rule.response_mutation) or None,
+            name=rule.name or f"route-{index}",
+            timeout=rule.retry.per_try_timeout if rule.retry is not None and rule.retry.per_try_timeout else rule.action.timeout,
         )
 
     def _file(self, route: CompiledRoute) -> None:
