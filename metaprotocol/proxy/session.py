@@ -403,7 +403,7 @@ class DownstreamSession:
                 self._finish(parent, merged)
             return
         route = p.route
-        if response.type is MessageType.ERROR and self._retry(p, "error"):
+        if response.type is MessageType.ERROR and route is not None and route.rule.retry is not None and self._retry(p, "error"):
             return
         mutation = route.response_mutation if route is not None else None
         try:

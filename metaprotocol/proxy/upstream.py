@@ -73,7 +73,11 @@ class UpstreamConnection:
             p.session.ctx.stats.mutations_dropped += 1
             mutation = None
         if pool.correlation is Correlation.REQUEST_ID:
-            rid = self._allocate_id()
+            rid = self.next_id
+            if rid in self.inflight or rid >= self.max_id:
+                rid = self._allocate_id()
+            else:
+                self.next_id = rid + 1
             data = self.codec.encode(msg, mutation, rid)
             if not oneway:
                 self.inflight[rid] = p
@@ -127,14 +131,56 @@ class UpstreamConnection:
     def data_received(self, data: bytes) -> None:
         """Match every whole response to its request."""
         self.buffer.feed(data)
+        if self.pool.correlation is Correlation.REQUEST_ID:
+            self._responses_by_id()
+        else:
+            self._responses_in_order()
+
+    def _responses_by_id(self) -> None:
+        codec = self.codec
+        buffer = self.buffer
+        pool = self.pool
+        stats = pool.stats
+        inflight = self.inflight
+        cluster = pool.cluster
+        index = pool.index
+        detect = cluster.config.outlier_detection is not None
+        while True:
+            try:
+                msg = codec.decode(buffer)
+            except RemoteProtocolError as exc:
+                stats.response_decoding_errors += 1
+                self._abort(ErrorKind.BAD_RESPONSE, f"malformed response: {exc}")
+                return
+            if msg is NEED_DATA:
+                return
+            assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel
+            mtype = msg.type
+            if mtype is MessageType.EVENT or mtype is MessageType.HEARTBEAT:
+                self._unsolicited(msg)
+                continue
+            stats.responses += 1
+            p = inflight.pop(codec.request_id_of(msg) or 0, None)
+            if p is None:
+                stats.unsolicited += 1
+                continue
+            cluster.active[index] -= 1  # pool.release, inlined: the hot path
+            cluster.in_flight -= 1
+            if detect:
+                pool.upstreams.outcome(pool, mtype is not MessageType.ERROR)
+            if not p.done:
+                p.session.complete(p, msg)
+            else:
+                p.session.ctx.stats.late_responses += 1
+
+    def _responses_in_order(self) -> None:
         codec = self.codec
         pool = self.pool
         stats = pool.stats
-        by_id = pool.correlation is Correlation.REQUEST_ID
         fifo = self.fifo
         while True:
             try:
-                if not by_id and fifo and fifo[0] is not None and fifo[0].count > 1 and self._gather(fifo[0]):
+                if fifo and fifo[0] is not None and fifo[0].count > 1 and self._gather(fifo[0]):
                     continue
                 msg = codec.decode(self.buffer)
             except RemoteProtocolError as exc:
@@ -145,38 +191,36 @@ class UpstreamConnection:
                 return
             assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel
             if msg.type is MessageType.EVENT or msg.type is MessageType.HEARTBEAT:
-                stats.unsolicited += 1
-                answer = codec.answer_event(msg)
-                if answer:
-                    self.out.append(answer)
-                    if not self.flush_scheduled:
-                        self.flush_scheduled = True
-                        pool.io.schedule_flush(self)
+                self._unsolicited(msg)
                 continue
             stats.responses += 1
-            if by_id:
-                p = self.inflight.pop(codec.request_id_of(msg) or 0, None)
-                if p is None:
-                    stats.unsolicited += 1
-                    continue
-            else:
-                if not fifo:
-                    stats.unsolicited += 1
-                    self._abort(ErrorKind.BAD_RESPONSE, "response to no request")
+            if not fifo:
+                stats.unsolicited += 1
+                self._abort(ErrorKind.BAD_RESPONSE, "response to no request")
+                return
+            p = fifo.popleft()
+            if p is None:  # the reply to a handshake request
+                if msg.type is MessageType.ERROR:
+                    pool.io.report("upstream_handshake_failed", f"{pool.name}: {msg.raw!r}")
+                    self._abort(ErrorKind.CONNECT_FAILURE, "upstream handshake failed")
                     return
-                p = fifo.popleft()
-                if p is None:  # the reply to a handshake request
-                    if msg.type is MessageType.ERROR:
-                        pool.io.report("upstream_handshake_failed", f"{pool.name}: {msg.raw!r}")
-                        self._abort(ErrorKind.CONNECT_FAILURE, "upstream handshake failed")
-                        return
-                    continue
+                continue
             pool.release(self, p)
             pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
             if not p.done:
                 p.session.complete(p, msg)
             else:
                 p.session.ctx.stats.late_responses += 1
+
+    def _unsolicited(self, msg: Message) -> None:
+        """A server event or heartbeat: counted, and answered when the codec says so."""
+        self.pool.stats.unsolicited += 1
+        answer = self.codec.answer_event(msg)
+        if answer:
+            self.out.append(answer)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.pool.io.schedule_flush(self)
 
     def _gather(self, p: Pending) -> bool:
         """Take the replies to the forwarded pipeline ``p`` that are here, in one slice; complete
