@@ -23,6 +23,7 @@ from metaprotocol.spi import (
     Correlation,
     DecodeResult,
     ErrorKind,
+    LazyMessage,
     LocalError,
     Message,
     MessageType,
@@ -190,22 +191,50 @@ class _ThriftSide:
         mtype = _TYPES.get(h.type)
         if mtype is None:
             raise ValueError(f"unknown message type {h.type}")
-        md: dict[str, str] = {}
-        if info.theader is not None:
-            for k, v in info.theader.headers.items():
-                md[k.lower()] = v
-        service, sep, method = h.name.rpartition(":")
-        md["method"] = method
-        if sep:
-            md["service"] = service
-        md["message_type"] = wire.TYPE_NAMES[h.type]
-        if h.type == wire.REPLY and _reply_carries_exception(info):
-            md["status"] = "exception"
-        return Message(mtype, frame, md, h.seqid, info)
+        if mtype is MessageType.RESPONSE or mtype is MessageType.ERROR:
+            # Forwarded by sequence id alone: its metadata is worked out only if asked for.
+            return LazyMessage(mtype, frame, _response_metadata, h.seqid, info)
+        return Message(mtype, frame, _metadata(info), h.seqid, info)
 
     def upstream_profile(self) -> Hashable:
         """Upstream connections are kept per transport and protocol."""
         return (self.transport, self.protocol)
+
+
+_NAMES: dict[tuple[str, int], dict[str, str]] = {}
+_NAMES_MAX: Final = 4096
+
+
+def _metadata(info: _Info) -> dict[str, str]:
+    """``method``, ``service``, ``message_type`` (from a cache by name and type), then the
+    THeader headers; REPLYs carrying a declared exception get ``status: exception``."""
+    h = info.header
+    base = _NAMES.get((h.name, h.type))
+    if base is None:
+        base = {}
+        service, sep, method = h.name.rpartition(":")
+        base["method"] = method
+        if sep:
+            base["service"] = service
+        base["message_type"] = wire.TYPE_NAMES[h.type]
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[(h.name, h.type)] = base
+    t = info.theader
+    if t is None:
+        md = base.copy()
+    else:
+        md = {k.lower(): v for k, v in t.headers.items()}
+        md.update(base)
+    if h.type == wire.REPLY and _reply_carries_exception(info):
+        md["status"] = "exception"
+    return md
+
+
+def _response_metadata(msg: LazyMessage) -> dict[str, str]:
+    info = msg.opaque
+    assert isinstance(info, _Info)  # noqa: S101 - set by _message
+    return _metadata(info)
 
 
 def _rebase(h: MessageHeader, base: int) -> None:
@@ -246,6 +275,14 @@ def _rewrite(msg: Message, mutation: Mutation | None, seqid: int | None) -> byte
     if new_seq is None and not headers_change:
         return msg.raw
     h = info.header
+    t = info.theader
+    if not headers_change and info.protocol is not Protocol.COMPACT and (t is None or not t.transforms):
+        # A fixed-width seqid: one copy of the frame, four bytes patched (two places in THeader).
+        out = bytearray(msg.raw)
+        wire.I32.pack_into(out, (info.payload_at if t is not None else 0) + h.seqid_at, new_seq)
+        if t is not None and t.seqid == msg.request_id:
+            wire.I32.pack_into(out, 8, new_seq)  # Python clients mirror it; node writes 0: keep that
+        return out
     payload = info.payload
     if new_seq is not None:
         payload = bytes(payload[: h.seqid_at]) + wire.encode_seqid(info.protocol, new_seq) + bytes(payload[h.seqid_at + h.seqid_len :])
@@ -254,7 +291,6 @@ def _rewrite(msg: Message, mutation: Mutation | None, seqid: int | None) -> byte
     if info.transport is Transport.FRAMED:
         body = payload[4:]
         return wire.I32.pack(len(body)) + bytes(body)
-    t = info.theader
     assert t is not None  # noqa: S101
     headers = dict(t.headers)
     if mutation:

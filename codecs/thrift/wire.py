@@ -124,21 +124,32 @@ class MessageHeader:
 
     __slots__ = ("end", "name", "protocol", "seqid", "seqid_at", "seqid_len", "start", "type")
 
-    def __init__(self) -> None:
-        self.name = ""
-        self.type = 0
-        self.seqid = 0
-        self.seqid_at = 0
-        self.seqid_len = 4
-        self.protocol = Protocol.BINARY
-        self.start = 0
-        self.end = 0  # offset after the header (the struct follows)
+    def __init__(
+        self,
+        name: str,
+        type: int,  # noqa: A002 - Thrift's own word
+        seqid: int,
+        seqid_at: int,
+        seqid_len: int,
+        protocol: Protocol,
+        start: int,
+        end: int,
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.seqid = seqid
+        self.seqid_at = seqid_at
+        self.seqid_len = seqid_len
+        self.protocol = protocol
+        self.start = start
+        self.end = end  # offset after the header (the struct follows)
+
+
+_VERSION_AND_LENGTH: Final = struct.Struct(">ii")
 
 
 def read_message_header(data: bytes | bytearray, pos: int, end: int, protocol: Protocol | None) -> MessageHeader:
     """Parse a message header at ``pos`` (detecting the protocol when ``protocol`` is None)."""
-    h = MessageHeader()
-    h.start = pos
     if pos >= end:
         raise NeedMore
     first = data[pos]
@@ -147,49 +158,34 @@ def read_message_header(data: bytes | bytearray, pos: int, end: int, protocol: P
             raise NeedMore
         if first != COMPACT_ID or data[pos + 1] & 0x1F != COMPACT_VERSION:
             raise ValueError("bad compact protocol header")
-        h.protocol = Protocol.COMPACT
-        h.type = data[pos + 1] >> 5
-        h.seqid_at = pos + 2
         raw_seq, p = read_varint(data, pos + 2, end)  # writeVarint32(seqid): no zigzag
-        h.seqid_len = p - h.seqid_at
-        h.seqid = (raw_seq + 2**31) % 2**32 - 2**31
+        seqid_len = p - pos - 2
         n, p = read_varint(data, p, end)
         if p + n > end:
             raise NeedMore
-        h.name = bytes(data[p : p + n]).decode("utf-8", "replace")
-        h.end = p + n
-        return h
-    if pos + 4 > end:
-        raise NeedMore
-    word = I32.unpack_from(data, pos)[0]
-    if word < 0:  # strict binary: version word
-        if (word & BINARY_VERSION_MASK) & 0xFFFFFFFF != BINARY_VERSION_1:
-            raise ValueError(f"bad binary protocol version 0x{word & 0xFFFFFFFF:08x}")
-        h.protocol = Protocol.BINARY
-        h.type = word & 0xFF
+        name = str(data[p : p + n], "utf-8", "replace")
+        return MessageHeader(name, data[pos + 1] >> 5, (raw_seq + 2**31) % 2**32 - 2**31, pos + 2, seqid_len, Protocol.COMPACT, pos, p + n)
+    if first & 0x80:  # strict binary: a version word (negative as an i32), then the name length
         if pos + 8 > end:
             raise NeedMore
-        n = _declared_size(I32.unpack_from(data, pos + 4)[0], end - pos, "name length")
+        word, n = _VERSION_AND_LENGTH.unpack_from(data, pos)
+        if (word & BINARY_VERSION_MASK) & 0xFFFFFFFF != BINARY_VERSION_1:
+            raise ValueError(f"bad binary protocol version 0x{word & 0xFFFFFFFF:08x}")
+        n = _declared_size(n, end - pos, "name length")
         p = pos + 8 + n
         if p + 4 > end:
             raise NeedMore
-        h.name = bytes(data[pos + 8 : p]).decode("utf-8", "replace")
-        h.seqid_at = p
-        h.seqid = I32.unpack_from(data, p)[0]
-        h.end = p + 4
-        return h
+        name = str(data[pos + 8 : p], "utf-8", "replace")
+        return MessageHeader(name, word & 0xFF, I32.unpack_from(data, p)[0], p, 4, Protocol.BINARY, pos, p + 4)
+    if pos + 4 > end:
+        raise NeedMore
     # Non-strict binary: the name length comes first.
-    n = word
+    n = I32.unpack_from(data, pos)[0]
     p = pos + 4 + n
     if p + 5 > end:
         raise NeedMore
-    h.protocol = Protocol.BINARY_NONSTRICT
-    h.name = bytes(data[pos + 4 : p]).decode("utf-8", "replace")
-    h.type = data[p]
-    h.seqid_at = p + 1
-    h.seqid = I32.unpack_from(data, p + 1)[0]
-    h.end = p + 5
-    return h
+    name = str(data[pos + 4 : p], "utf-8", "replace")
+    return MessageHeader(name, data[p], I32.unpack_from(data, p + 1)[0], p + 1, 4, Protocol.BINARY_NONSTRICT, pos, p + 5)
 
 
 _BINARY_FIXED: Final = {2: 1, 3: 1, 4: 8, 6: 2, 8: 4, 10: 8, 16: 16}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metaprotocol.spi import NEED_DATA, ErrorKind, LocalError, MessageType, ReadBuffer, RemoteProtocolError
+from metaprotocol.spi import NEED_DATA, ErrorKind, LazyMessage, LocalError, MessageType, ReadBuffer, RemoteProtocolError
 from metaprotocol.testing import CodecSamples, check_codec
 from metaprotocol_codecs.thrift import ThriftCodecFactory
 from metaprotocol_codecs.thrift import wire
@@ -76,6 +76,14 @@ def test_every_vector_of_a_kind_back_to_back_on_one_connection(transport: str, p
         assert [(m.request_id, m.metadata["method"]) for m in msgs] == [(v["message"]["seqid"], v["message"]["name"].rpartition(":")[2]) for v in group]
 
 
+def test_replies_are_forwarded_without_building_metadata() -> None:
+    reply = next(v for v in SINGLE if v["message"]["type"] == "REPLY" and v["transport"] == "framed")
+    (msg,) = decode_all(ThriftCodecFactory().client_codec(), bytes.fromhex(reply["hex"]))
+    assert isinstance(msg, LazyMessage) and msg._metadata is None
+    assert ThriftCodecFactory().server_codec().encode(msg, None, 77) != msg.raw and msg._metadata is None
+    assert msg.metadata["method"] == reply["message"]["name"].rpartition(":")[2]
+
+
 def test_declared_exception_reply_is_a_response_with_error_status() -> None:
     declared = [v for v in SINGLE if v["message"]["type"] == "REPLY" and "xception" in v["desc"]]
     assert declared
@@ -95,8 +103,9 @@ def test_seqid_rewrite_roundtrip(v: dict) -> None:  # type: ignore[type-arg]
         (again,) = decode_all(ThriftCodecFactory().server_codec(), bytes(out))
         assert again.request_id == new
         assert again.metadata == msg.metadata
-        # Everything after the message header is unchanged.
+        # Everything after the message header is unchanged, and rewriting back restores the frame.
         assert bytes(again.opaque.payload[again.opaque.header.end :]) == bytes(msg.opaque.payload[msg.opaque.header.end :])  # type: ignore[union-attr]
+        assert bytes(client.encode(again, None, v["message"]["seqid"])) == data
 
 
 @pytest.mark.parametrize("v", [v for v in SINGLE if v["transport"] == "header" and v["message"]["type"] == "CALL"], ids=lambda v: v["id"])
@@ -150,7 +159,9 @@ def test_mutated_messages_never_crash(hexmsg: str, data: st.DataObject) -> None:
         codec = make()
         try:
             for _ in range(len(frame) + 1):
-                if codec.decode(buf) is NEED_DATA:
+                msg = codec.decode(buf)
+                if msg is NEED_DATA:
                     break
+                msg.metadata  # noqa: B018 - replies are read here, on first use
         except RemoteProtocolError:
             pass
