@@ -40,8 +40,8 @@ from metaprotocol_codecs.redis.commands import (
     SINGLE_KEY,
     key_indexes,
 )
-from metaprotocol_codecs.redis.requests import frame_inline, frame_multibulk, pack
-from metaprotocol_codecs.redis.resp import INCOMPLETE, scan_reply
+from metaprotocol_codecs.redis.requests import frame_inline, frame_multibulk, pack, short_command_size, short_commands
+from metaprotocol_codecs.redis.resp import INCOMPLETE, scan_flat_replies, scan_reply
 
 _STAR: Final = ord("*")
 _ERROR_BYTES: Final = frozenset(b"-!")
@@ -172,6 +172,10 @@ class RedisServerCodec(ServerCodec):
         start = pos = buffer.pos
         end = len(data)
         max_bulk = self.config.max_bulk
+        short = _short_run(data, pos, max_bulk)
+        if short is not None:
+            buffer.pos, count, first = short
+            return Message(MessageType.REQUEST, data[start : buffer.pos], {"command": first}, opaque=_Pipeline(count)), count
         count = 0
         first = ""
         first_stop = 0
@@ -372,6 +376,39 @@ def _name(sent: bytes) -> tuple[bytes, str, object]:
     return cached
 
 
+def _short_run(data: bytes | bytearray, pos: int, max_bulk: int) -> tuple[int, int, str] | None:
+    """Two or more single-key short commands at ``pos``: (end, count, first command's name).
+
+    Each command's declared lengths are checked against its bytes; the run ends before the
+    first that fails a check or is not single-key (the exact framer takes it from there)."""
+    run_end, commands = short_commands(data, pos)
+    if len(commands) < 2:  # noqa: PLR2004 - one command goes the ordinary way
+        return None
+    names = _NAMES
+    count = 0
+    first = ""
+    for argc, n1, name, n2, key, n3, value in commands:
+        cached = names.get(name) or _name(name)
+        if (
+            cached[2] is not SINGLE_KEY
+            or int(n1) != len(name)
+            or int(n2) != len(key)
+            or (argc == b"3") != bool(n3)
+            or (n3 and int(n3) != len(value))
+            or len(key) > max_bulk
+            or len(value) > max_bulk
+        ):
+            break
+        if not count:
+            first = cached[1]
+        count += 1
+    if count < 2:  # noqa: PLR2004
+        return None
+    if count == len(commands):
+        return run_end, count, first
+    return pos + sum(short_command_size(c) for c in commands[:count]), count, first
+
+
 def _command(raw: bytes | bytearray, data: bytes | bytearray, bounds: list[int]) -> Message:
     """Build the request message: command and key metadata, fan-out parts where they apply."""
     cmd, name, spec = _name(bytes(data[bounds[0] : bounds[1]]))
@@ -440,6 +477,11 @@ class RedisClientCodec(ClientCodec):
         max_bulk = self.config.max_bulk
         count = errors = 0
         while count < limit and pos < end:
+            pos, flat, flat_errors = scan_flat_replies(data, pos, limit - count, max_bulk)
+            if flat:
+                count += flat
+                errors += flat_errors
+                continue
             first = data[pos]
             if first == _PUSH:
                 break

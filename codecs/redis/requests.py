@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from metaprotocol.spi import ErrorKind, RemoteProtocolError
@@ -161,3 +162,32 @@ def _hex2(line: bytes, i: int) -> bool:
 
 
 __all__ = ["CRLF", "frame_inline", "frame_multibulk", "pack", "protocol_error", "split_inline"]
+
+
+# Short commands (a name, a key, at most one more argument, none holding a CR) are the bulk of
+# pipelined traffic. One regex match finds a run of them; another pass lists each one's declared
+# lengths and bytes, and a run counts only when every declared length equals its bytes' length:
+# then the exact framer would cut the same bytes the same way (the pattern can match a position
+# in only one way), so the regex is a fast guess that the check turns into proof.
+_SHORT = rb"\*([23])\r\n\$(\d{1,2})\r\n([A-Za-z]{1,32})\r\n\$(\d{1,10})\r\n([^\r]*)\r\n(?:\$(\d{1,10})\r\n([^\r]*)\r\n)?"
+_SHORT_ONE: Final = re.compile(_SHORT)
+_SHORT_RUN: Final = re.compile(b"(?:" + re.sub(rb"\((?!\?)", b"(?:", _SHORT) + b")+")  # groups not captured
+
+ShortCommand = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
+"""argc, name length, name, key length, key, value length (b"" when absent), value."""
+
+
+def short_commands(data: bytes | bytearray, pos: int) -> tuple[int, list[ShortCommand]]:
+    """The run of short commands at ``pos`` as the regex sees them (lengths not yet checked),
+    and where it ends."""
+    run = _SHORT_RUN.match(data, pos)
+    if run is None:
+        return pos, []
+    end = run.end()
+    return end, _SHORT_ONE.findall(data, pos, end)
+
+
+def short_command_size(c: ShortCommand) -> int:
+    """Bytes taken by a short command on the wire."""
+    size = 4 + 5 + len(c[1]) + len(c[2]) + 5 + len(c[3]) + len(c[4])
+    return size + 5 + len(c[5]) + len(c[6]) if c[5] else size

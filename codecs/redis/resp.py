@@ -13,6 +13,7 @@ length, never scanned.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from metaprotocol.spi import ErrorKind, RemoteProtocolError
@@ -144,3 +145,48 @@ def _skip_string_chunks(data: bytes | bytearray, pos: int, max_bulk: int) -> int
         pos += chunk + 2
         if pos > n:
             return INCOMPLETE
+
+
+# Flat replies (bulk strings without a CR, nulls, simple strings, errors, integers) are what a
+# pipeline of GETs and SETs gets back. A regex bounded to ``limit`` repetitions finds a run of
+# them at C speed; a run counts up to the first reply whose declared length differs from its
+# bytes' length, so the result is exactly what scan_reply would find reply by reply.
+_FLAT = rb"\$(\d{1,10})\r\n([^\r]*)\r\n|\$-1\r\n|([+\-:])([^\r\n]*)\r\n"
+_FLAT_ONE: Final = re.compile(_FLAT)
+_FLAT_RUNS: dict[int, re.Pattern[bytes]] = {}
+FLAT_RUN_MAX: Final = 64
+"""Replies one regex run takes at most (a compiled pattern per bound, so the bounds are few)."""
+
+
+def _flat_run(bound: int) -> re.Pattern[bytes]:
+    pattern = _FLAT_RUNS.get(bound)
+    if pattern is None:
+        body = re.sub(rb"\((?!\?)", b"(?:", _FLAT)
+        pattern = _FLAT_RUNS[bound] = re.compile(b"(?:%s){1,%d}" % (body, bound))
+    return pattern
+
+
+def scan_flat_replies(data: bytes | bytearray, pos: int, limit: int, max_bulk: int) -> tuple[int, int, int]:
+    """(end, replies, errors) for a run of at most ``limit`` (capped at FLAT_RUN_MAX) flat
+    replies at ``pos``; (pos, 0, 0) when none is there."""
+    bound = min(limit, FLAT_RUN_MAX)
+    run = _flat_run(bound).match(data, pos)
+    if run is None:
+        return pos, 0, 0
+    end = run.end()
+    errors = 0
+    found = _FLAT_ONE.findall(data, pos, end)
+    for count, (length, body, kind, _) in enumerate(found):
+        if length:
+            if int(length) != len(body) or len(body) > max_bulk:
+                return pos + sum(_flat_size(r) for r in found[:count]), count, errors
+        elif kind == b"-":
+            errors += 1
+    return end, len(found), errors
+
+
+def _flat_size(reply: tuple[bytes, bytes, bytes, bytes]) -> int:
+    length, body, kind, line = reply
+    if length:
+        return 5 + len(length) + len(body)
+    return 3 + len(line) if kind else 5

@@ -214,6 +214,63 @@ def test_decode_run_takes_exactly_what_decode_would_route_in_the_same_order(comm
     assert sum(n for _, n in got) == len(expected)
 
 
+def _framed_one_by_one(data: bytes) -> tuple[list[bytes], bool]:
+    codec, buf, raws = RedisCodecFactory().server_codec(), ReadBuffer(data), []
+    try:
+        while isinstance(msg := codec.decode(buf), Message):
+            raws.append(bytes(msg.raw))
+    except RemoteProtocolError:
+        return raws, True
+    return raws, False
+
+
+def _framed_by_runs(data: bytes) -> tuple[list[bytes], bool]:
+    """Units split back into commands with the one-by-one framer (their bytes must agree)."""
+    codec, buf, raws = RedisCodecFactory().server_codec(), ReadBuffer(data), []
+    try:
+        while True:
+            unit = codec.decode_run(buf)
+            if unit is not None:
+                parts, failed = _framed_one_by_one(bytes(unit[0].raw))
+                assert not failed and len(parts) == unit[1]
+                raws += parts
+                continue
+            msg = codec.decode(buf)
+            if not isinstance(msg, Message):
+                return raws, False
+            raws.append(bytes(msg.raw))
+    except RemoteProtocolError:
+        return raws, True
+
+
+_short_args = st.lists(st.binary(max_size=6) | st.sampled_from([b"\r\n", b"a\r\n*2\r\n$3\r\nGET\r\n$1\r\nb", b"\r"]), min_size=1, max_size=2)
+
+
+@st.composite
+def _short_frames(draw: st.DrawFn) -> bytes:
+    """Commands shaped like the short ones, some with a key holding CR/LF or a crafted command,
+    some whose declared lengths or argument count lie."""
+    name = draw(st.sampled_from([b"GET", b"get", b"SET", b"INCR", b"MGET", b"PING", b"GETX"]))
+    args = [name, *draw(_short_args)]
+    frame = b"*%d\r\n" % (len(args) + draw(st.sampled_from([0, 0, 0, 0, 1, -1])))
+    for a in args:
+        declared = len(a) + draw(st.sampled_from([0, 0, 0, 0, 0, 1, -1]))
+        frame += b"$%s\r\n%s\r\n" % (draw(st.sampled_from([b"%d" % declared, b"0%d" % declared])), a)
+    return frame
+
+
+@given(st.lists(_short_frames(), max_size=20), st.integers(0, 12))
+def test_short_command_runs_frame_exactly_as_the_exact_framer(frames: list[bytes], cut: int) -> None:
+    """The regex run framer never cuts differently from the exact one, whatever the keys hold
+    and however the lengths lie; and honest GET/SET runs are taken in one unit."""
+    data = b"".join(frames)
+    data = data[: max(0, len(data) - cut)]
+    assert _framed_by_runs(data) == _framed_one_by_one(data)
+    honest = pack([b"GET", b"key:1"]) * 3 + pack([b"set", b"k", b"v\nv"]) * 2
+    unit = RedisCodecFactory().server_codec().decode_run(ReadBuffer(honest))
+    assert unit is not None and unit[1] == 5 and bytes(unit[0].raw) == honest and unit[0].metadata == {"command": "GET"}
+
+
 def test_decode_run_stops_before_local_commands_and_malformed_frames() -> None:
     codec = RedisCodecFactory().server_codec()
     get = pack([b"GET", b"k"])

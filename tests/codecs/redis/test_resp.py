@@ -172,3 +172,33 @@ def test_frame_replies_agrees_with_decoding_one_by_one(stream: list[bytes], limi
     fast, slow = ReadBuffer(data), ReadBuffer(data)
     assert codec.frame_replies(fast, limit) == ClientCodec.frame_replies(codec, slow, limit)
     assert fast.pos == slow.pos
+
+
+@st.composite
+def _flat_shaped(draw: st.DrawFn) -> bytes:
+    """Replies shaped like the flat ones the regex run takes, some with CR/LF inside or a
+    declared length that lies."""
+    body = draw(st.binary(max_size=6) | st.sampled_from([b"\r\n", b"a\r\n$1\r\nb", b"\r", b"\n"]))
+    kind = draw(st.sampled_from(["bulk", "null", "+", "-", ":"]))
+    if kind == "bulk":
+        return b"$%d\r\n%s\r\n" % (len(body) + draw(st.sampled_from([0, 0, 0, 1, -1])), body)
+    if kind == "null":
+        return b"$-1\r\n"
+    return kind.encode() + body.replace(b"\r\n", b"") + b"\r\n"
+
+
+def _outcome(frame: object, buffer: ReadBuffer, limit: int) -> object:
+    try:
+        return frame(buffer, limit), buffer.pos  # type: ignore[operator]
+    except RemoteProtocolError as exc:
+        return type(exc)
+
+
+@given(st.lists(_flat_shaped(), max_size=12), st.integers(0, 80), st.integers(0, 6))
+def test_flat_reply_runs_frame_exactly_as_scanning_one_by_one(stream: list[bytes], limit: int, cut: int) -> None:
+    data = b"".join(stream)
+    data = data[: max(0, len(data) - cut)]
+    codec = RedisCodecFactory().client_codec(2)
+    fast = _outcome(codec.frame_replies, ReadBuffer(data), limit)
+    slow = _outcome(lambda b, n: ClientCodec.frame_replies(codec, b, n), ReadBuffer(data), limit)
+    assert fast == slow
