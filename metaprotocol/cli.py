@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -123,6 +124,23 @@ def _validate(path: str, registry: CodecRegistry) -> int:
     return 0
 
 
+GC_YOUNG_THRESHOLD = 50_000
+"""Container allocations between young-generation collections while serving (Python's is 700)."""
+
+
+def relax_gc() -> None:
+    """Collect less often once the proxy serves.
+
+    Requests, messages and their dicts are freed by reference counting the moment they are
+    answered; the cyclic collector only finds them alive, yet with Python's default it walks
+    the young ones every 700 allocations (about 2 % of the CPU at 50k requests/s). Objects made
+    at start-up (config, tables, modules) are frozen out of collections altogether."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | None = None, node_id: str = "") -> int:
     from metaprotocol.io.proxy import Proxy
 
@@ -140,6 +158,7 @@ def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | No
             return 1
         for name in proxy.servers:
             log.info("serving %s on port %d", name, proxy.bound_port(name))
+        relax_gc()
         client_task = None
         if xds:
             from metaprotocol.xds.client import AdsClient

@@ -174,8 +174,12 @@ class RedisServerCodec(ServerCodec):
         max_bulk = self.config.max_bulk
         short = _short_run(data, pos, max_bulk)
         if short is not None:
-            buffer.pos, count, first = short
-            return Message(MessageType.REQUEST, data[start : buffer.pos], {"command": first}, opaque=_Pipeline(count)), count
+            stop, count, (cmd, name, _), key = short
+            buffer.pos = stop
+            if count == 1:  # as _command makes it: a plain single-key request
+                md = {"command": name, "key": key.decode("utf-8", "surrogateescape")}
+                return Message(MessageType.REQUEST, data[start:stop], md, opaque=(cmd, None)), 1
+            return Message(MessageType.REQUEST, data[start:stop], {"command": name}, opaque=_Pipeline(count)), count
         count = 0
         first = ""
         first_stop = 0
@@ -376,17 +380,16 @@ def _name(sent: bytes) -> tuple[bytes, str, object]:
     return cached
 
 
-def _short_run(data: bytes | bytearray, pos: int, max_bulk: int) -> tuple[int, int, str] | None:
-    """Two or more single-key short commands at ``pos``: (end, count, first command's name).
+def _short_run(data: bytes | bytearray, pos: int, max_bulk: int) -> tuple[int, int, tuple[bytes, str, object], bytes] | None:
+    """Single-key short commands at ``pos``: (end, count, the first one's name entry, its key).
 
     Each command's declared lengths are checked against its bytes; the run ends before the
     first that fails a check or is not single-key (the exact framer takes it from there)."""
     run_end, commands = short_commands(data, pos)
-    if len(commands) < 2:  # noqa: PLR2004 - one command goes the ordinary way
+    if not commands:
         return None
     names = _NAMES
     count = 0
-    first = ""
     for argc, n1, name, n2, key, n3, value in commands:
         cached = names.get(name) or _name(name)
         if (
@@ -399,14 +402,14 @@ def _short_run(data: bytes | bytearray, pos: int, max_bulk: int) -> tuple[int, i
             or len(value) > max_bulk
         ):
             break
-        if not count:
-            first = cached[1]
         count += 1
-    if count < 2:  # noqa: PLR2004
+    if not count:
         return None
+    first = commands[0]
+    entry = names.get(first[2]) or _name(first[2])
     if count == len(commands):
-        return run_end, count, first
-    return pos + sum(short_command_size(c) for c in commands[:count]), count, first
+        return run_end, count, entry, first[4]
+    return pos + sum(short_command_size(c) for c in commands[:count]), count, entry, first[4]
 
 
 def _command(raw: bytes | bytearray, data: bytes | bytearray, bounds: list[int]) -> Message:
