@@ -40,18 +40,21 @@ class DeadlineQueues:
 
     def sweep(self, now: float, expire: Callable[[Expirable], None]) -> None:
         """Drop finished items from the fronts and call ``expire`` on each overdue one."""
-        for q in self._queues.values():
+        for q in list(self._queues.values()):  # ``expire`` may add (a retry): never mid-iteration
+            popleft = q.popleft
+            dropped = 0
             while q:
                 head = q[0]
                 if head.done:
-                    q.popleft()
-                    self.size -= 1
+                    popleft()
+                    dropped += 1
                 elif head.deadline <= now:
-                    q.popleft()
+                    popleft()
                     self.size -= 1
                     expire(head)
                 else:
                     break
+            self.size -= dropped
 
     def next_deadline(self) -> float | None:
         """The earliest deadline still pending at a queue front, if any."""
