@@ -99,9 +99,9 @@ class DownstreamSession:
         if self.closing:
             return
         self.buffer.feed(data)
-        self.last_active = self.ctx.io.now()
         self._process()
-        self.flush()
+        if self.out or self.closing:
+            self.flush()
 
     def eof_received(self) -> bool:
         """The client half-closed: finish in-flight requests, then close."""
@@ -143,10 +143,16 @@ class DownstreamSession:
     def _process(self) -> None:
         codec = self.codec
         buffer = self.buffer
-        now = self.ctx.io.now()
-        if self.ctx.forwards_pipelines():  # never in bound mode, the only one with a tunnel
+        ctx = self.ctx
+        now = self.last_active = ctx.io.now()
+        if self.ordered and ctx.forwards_pipelines():  # never in bound mode, the only one with a tunnel
             self._process_pipeline(now)
             return
+        # Express: with no rate limit and no bound mode, a plain two-way request goes from decode
+        # to dispatch without _handle's checks (the same steps, in the same order).
+        express = ctx.limiter is None and ctx.global_limit is None and not ctx.factory.bound_upstream
+        stats = ctx.stats
+        upstreams = ctx.upstreams
         while not self.read_paused and not self.closing:
             try:
                 msg = codec.decode(buffer)
@@ -156,6 +162,23 @@ class DownstreamSession:
             if msg is NEED_DATA:
                 return
             assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel for mypy
+            if express and msg.type is MessageType.REQUEST and not msg.parts:
+                answer = codec.answer_locally(msg)
+                if answer is None:
+                    stats.requests += 1
+                    p = Pending(self, msg, now)
+                    self.inflight += 1
+                    stats.active_requests += 1
+                    if self.ordered:
+                        self.slots.append(p)
+                    if self.inflight >= self.max_pending:
+                        self._pause()
+                    failure = upstreams.dispatch(ctx, p, msg, now, False)
+                    if failure is not None:
+                        self._fail(p, failure)
+                    continue
+                self._handle(msg, now, answer)
+                continue
             self._handle(msg, now)
             if self.tunnel is not None:  # bound: the rest of the buffer goes through unparsed
                 rest = bytes(buffer.data[buffer.pos :])
