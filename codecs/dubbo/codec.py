@@ -157,6 +157,7 @@ class DubboServerCodec(ServerCodec):
 
     def __init__(self, config: DubboConfig) -> None:
         self.config = config
+        self.recent = _Recent()
 
     def decode(self, buffer: ReadBuffer) -> DecodeResult:
         """One request, oneway request or heartbeat."""
@@ -174,7 +175,7 @@ class DubboServerCodec(ServerCodec):
             opaque = _Invalid("unsupported serialization") if self.config.non_hessian2 == "reject" else None
             return Message(mtype, raw, md, rid, opaque)
         try:
-            md, info = _request_metadata(raw)
+            md, info = _request_metadata(raw, self.recent)
         except (HessianDecodeError, ValueError) as exc:
             return Message(mtype, raw, {}, rid, _Invalid(f"bad request body: {exc}"))
         return Message(mtype, raw, md, rid, info)
@@ -204,17 +205,41 @@ class DubboServerCodec(ServerCodec):
         return wire.build_heartbeat(heartbeat.request_id or 0, reply=True)
 
 
-def _request_metadata(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
+class _Recent:
+    """The head and attachments a connection sent last, with their bytes: a consumer repeats
+    them call after call, and equal bytes (a prefix compare, no copy) read equally."""
+
+    __slots__ = ("attachments", "attachments_bytes", "head", "head_bytes")
+
+    def __init__(self) -> None:
+        self.head_bytes: bytes | None = None
+        self.head: _Head = ({}, 0, 0)
+        self.attachments_bytes = b""  # no attachments at all: what _attachments_at says too
+        self.attachments: tuple[dict[str, Any], dict[str, str]] = _EMPTY
+
+
+def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> tuple[dict[str, str], _Body]:
     end = len(raw)
-    guess = _head_end_guess(raw, end)
-    head = _HEADS.get(bytes(raw[wire.HEADER_SIZE : guess])) if guess > 0 else None
-    if head is None:
-        head = _read_head(raw, end, guess)
+    if recent is not None and recent.head_bytes is not None and raw.startswith(recent.head_bytes, wire.HEADER_SIZE):
+        head = recent.head
+    else:
+        guess = _head_end_guess(raw, end)
+        key = bytes(raw[wire.HEADER_SIZE : guess]) if guess > 0 else b""
+        head = _HEADS.get(key) if key else None
+        if head is None:
+            head = _read_head(raw, end, guess)
+        if recent is not None and head[2] == guess:
+            recent.head_bytes, recent.head = key, head
     head_md, params, pos = head
     at = skip_values(raw, pos, end, params, [], []) if params else pos
-    parsed = _attachments_at(raw, at, end)
-    if parsed is None:  # references, objects or nested values: the full reader
-        return _request_metadata_full(raw)
+    if recent is not None and end - at == len(recent.attachments_bytes) and raw.startswith(recent.attachments_bytes, at):
+        parsed: tuple[dict[str, Any], dict[str, str]] | None = recent.attachments
+    else:
+        parsed = _attachments_at(raw, at, end)
+        if parsed is None:  # references, objects or nested values: the full reader
+            return _request_metadata_full(raw)
+        if recent is not None:
+            recent.attachments_bytes, recent.attachments = bytes(raw[at:end]), parsed
     attachments, cached_md = parsed
     # Attachments first: the head's own attributes (interface, method ...) win over them.
     return cached_md | head_md, _Body(at, attachments, None)

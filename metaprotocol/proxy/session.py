@@ -153,7 +153,7 @@ class DownstreamSession:
         express = ctx.limiter is None and ctx.global_limit is None and not ctx.factory.bound_upstream
         stats = ctx.stats
         upstreams = ctx.upstreams
-        while not self.read_paused and not self.closing:
+        while not self.read_paused and not self.closing and buffer.pos < len(buffer.data):
             try:
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
@@ -193,7 +193,7 @@ class DownstreamSession:
         codec = self.codec
         buffer = self.buffer
         run: list[Message] = []
-        while not self.read_paused and not self.closing:
+        while not self.read_paused and not self.closing and buffer.pos < len(buffer.data):
             try:
                 unit = codec.decode_run(buffer)
                 if unit is not None:

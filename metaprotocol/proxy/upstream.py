@@ -145,7 +145,7 @@ class UpstreamConnection:
         cluster = pool.cluster
         index = pool.index
         detect = cluster.config.outlier_detection is not None
-        while True:
+        while buffer.pos < len(buffer.data):
             try:
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
@@ -175,14 +175,15 @@ class UpstreamConnection:
 
     def _responses_in_order(self) -> None:
         codec = self.codec
+        buffer = self.buffer
         pool = self.pool
         stats = pool.stats
         fifo = self.fifo
-        while True:
+        while buffer.pos < len(buffer.data):
             try:
                 if fifo and fifo[0] is not None and fifo[0].count > 1 and self._gather(fifo[0]):
                     continue
-                msg = codec.decode(self.buffer)
+                msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
                 stats.response_decoding_errors += 1
                 self._abort(ErrorKind.BAD_RESPONSE, f"malformed response: {exc}")

@@ -45,7 +45,8 @@ class ServerCodec(abc.ABC):
 
     @abc.abstractmethod
     def decode(self, buffer: ReadBuffer) -> DecodeResult:
-        """Consume one whole request frame from ``buffer`` or nothing.
+        """Consume one whole request frame from ``buffer`` or nothing. The core calls it only
+        while the buffer holds unread bytes.
 
         Returns:
             A ``Message`` (``buffer.pos`` advanced past it) or ``NEED_DATA`` (buffer untouched).

@@ -266,3 +266,27 @@ def test_request_heads_decode_the_same_from_the_cache(path: str, method: str, ve
     assert first == second == expected
     other = wire.build_request(4, wire.Invocation(path + "2", method, "I", [1], {}, version))
     assert decode_one(other).metadata["interface"] == path + "2"
+
+
+_invocations = st.builds(
+    wire.Invocation,
+    st.sampled_from(["a.B", "a.Bc", "x.Y"]),
+    st.sampled_from(["m", "mm", "sayHello"]),
+    st.just("Ljava/lang/String;"),
+    st.lists(st.sampled_from(["", "w", "world"]), min_size=1, max_size=1),
+    st.dictionaries(st.sampled_from(["foo", "fo", "timeout"]), st.sampled_from(["", "bar", "b"]), max_size=2),
+    st.sampled_from([None, "1.0.0", "1.0"]),
+)
+
+
+@given(st.lists(st.one_of(_invocations, st.binary(max_size=20)), min_size=1, max_size=12))
+def test_a_connection_remembering_its_last_head_decodes_as_a_fresh_codec(calls: list[object]) -> None:
+    """Each connection remembers the head and attachments bytes it saw last; whatever follows
+    (another method, other attachments, a garbage body), it decodes as a codec without memory."""
+    remembering = DubboCodecFactory().server_codec()
+    for i, call in enumerate(calls):
+        frame = wire.build_request(i, call) if isinstance(call, wire.Invocation) else wire.header(0xC2, 0, i, len(call)) + call
+        fresh = DubboCodecFactory().server_codec().decode(ReadBuffer(frame))
+        got = remembering.decode(ReadBuffer(frame))
+        assert got.metadata == fresh.metadata  # type: ignore[union-attr]
+        assert (remembering.answer_locally(got) is None) == (DubboCodecFactory().server_codec().answer_locally(fresh) is None)  # type: ignore[arg-type]
