@@ -225,9 +225,8 @@ def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> 
     else:
         guess = _head_end_guess(raw, end)
         key = bytes(raw[wire.HEADER_SIZE : guess]) if guess > 0 else b""
-        head = _HEADS.get(key) if key else None
-        if head is None:
-            head = _read_head(raw, end, guess)
+        known = _HEADS.get(key) if key else None
+        head = known if known is not None else _read_head(raw, end, guess)
         if recent is not None and head[2] == guess:
             recent.head_bytes, recent.head = key, head
     head_md, params, pos = head
