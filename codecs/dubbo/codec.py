@@ -232,14 +232,14 @@ def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> 
     head_md, params, pos = head
     at = skip_values(raw, pos, end, params, [], []) if params else pos
     if recent is not None and end - at == len(recent.attachments_bytes) and raw.startswith(recent.attachments_bytes, at):
-        parsed: tuple[dict[str, Any], dict[str, str]] | None = recent.attachments
+        attachments, cached_md = recent.attachments
     else:
         parsed = _attachments_at(raw, at, end)
         if parsed is None:  # references, objects or nested values: the full reader
             return _request_metadata_full(raw)
         if recent is not None:
             recent.attachments_bytes, recent.attachments = bytes(raw[at:end]), parsed
-    attachments, cached_md = parsed
+        attachments, cached_md = parsed
     # Attachments first: the head's own attributes (interface, method ...) win over them.
     return cached_md | head_md, _Body(at, attachments, None)
 
