@@ -117,6 +117,9 @@ class _ThriftSide:
         self.kind = kind
         self.transport = fixed[0] if fixed else config.transport
         self.protocol = fixed[1] if fixed else config.protocol
+        # The last binary message header read on this connection up to its seqid (version word,
+        # name length, name): a client repeats it call after call, and equal bytes read equally.
+        self.last_head: tuple[bytes, str, int, Protocol] | None = None
 
     def _decode(self, buffer: ReadBuffer) -> DecodeResult:
         data = buffer.data
@@ -144,7 +147,7 @@ class _ThriftSide:
 
     def _unframed(self, buffer: ReadBuffer, data: bytes | bytearray, pos: int, n: int) -> Message:
         try:
-            h = wire.read_message_header(data, pos, n, self.protocol)
+            h = self._header(data, pos, n)
             end = wire.skip_struct(data, h.end, n, h.protocol)
         except NeedMore:
             if n - pos > self.config.max_frame:
@@ -180,11 +183,24 @@ class _ThriftSide:
                     payload = wire.untransform(bytes(payload), t.transforms)
                 h = wire.read_message_header(payload, 0, len(payload), protocol)
                 return self._message(frame, _Info(Transport.HEADER, protocol, h, payload, t, t.payload_at))
-            h = wire.read_message_header(frame, 4, len(frame), self.protocol)
+            h = self._header(frame, 4, len(frame))
         except NeedMore:
             raise ValueError("message header runs past its frame") from None
         self.protocol = h.protocol
         return self._message(frame, _Info(Transport.FRAMED, h.protocol, h, frame, None, 4))
+
+    def _header(self, data: bytes | bytearray, pos: int, end: int) -> MessageHeader:
+        """The message header at ``pos``; binary ones equal to the last up to the seqid are not
+        read again."""
+        last = self.last_head
+        if last is not None and data.startswith(last[0], pos):
+            at = pos + len(last[0])
+            if at + 4 <= end:
+                return MessageHeader(last[1], last[2], wire.I32.unpack_from(data, at)[0], at, 4, last[3], pos, at + 4)
+        h = wire.read_message_header(data, pos, end, self.protocol)
+        if h.protocol is not Protocol.COMPACT:  # compact puts the seqid before the name
+            self.last_head = (bytes(data[pos : h.seqid_at]), h.name, h.type, h.protocol)
+        return h
 
     def _message(self, frame: bytes | bytearray, info: _Info) -> Message:
         h = info.header

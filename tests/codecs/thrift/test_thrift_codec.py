@@ -165,3 +165,35 @@ def test_mutated_messages_never_crash(hexmsg: str, data: st.DataObject) -> None:
                 msg.metadata  # noqa: B018 - replies are read here, on first use
         except RemoteProtocolError:
             pass
+
+
+@st.composite
+def _binary_messages(draw: st.DrawFn, strict: bool) -> bytes:
+    name = draw(st.sampled_from([b"get", b"ge", b"getX", b"Svc:get", b""]))
+    mtype = draw(st.sampled_from([wire.CALL, wire.ONEWAY, wire.REPLY]))
+    seqid = draw(st.integers(-(2**31), 2**31 - 1))
+    if strict:
+        head = wire.I32.pack(wire.BINARY_VERSION_1 - 2**32 + mtype) + wire.I32.pack(len(name)) + name
+    else:
+        head = wire.I32.pack(len(name)) + name + bytes([mtype])
+    return head + wire.I32.pack(seqid) + draw(st.sampled_from([b"\x00", b"\x08\x00\x01\x00\x00\x00\x07\x00"]))
+
+
+@given(st.booleans(), st.booleans(), st.data())
+def test_a_connection_remembering_its_last_header_decodes_as_a_fresh_codec(framed: bool, strict: bool, data: st.DataObject) -> None:
+    """Each connection remembers the binary header bytes it read last (up to the seqid);
+    whatever follows, it decodes as a codec without memory would, or fails as it would."""
+    messages = data.draw(st.lists(st.one_of(_binary_messages(strict), st.binary(max_size=12)), min_size=1, max_size=10))
+    config = {"transport": "framed" if framed else "unframed", "protocol": "binary" if strict else "binary-nonstrict"}
+
+    def outcome(codec: object, data: bytes) -> object:
+        try:
+            msg = codec.decode(ReadBuffer(data))  # type: ignore[attr-defined]
+        except RemoteProtocolError:
+            return "error"
+        return msg if msg is NEED_DATA else (msg.type, msg.request_id, msg.metadata, bytes(msg.raw))
+
+    remembering = ThriftCodecFactory(config).server_codec()
+    for m in messages:
+        data = wire.I32.pack(len(m)) + m if framed else m
+        assert outcome(remembering, data) == outcome(ThriftCodecFactory(config).server_codec(), data)
