@@ -120,6 +120,8 @@ class _ThriftSide:
         # The last binary message header read on this connection up to its seqid (version word,
         # name length, name): a client repeats it call after call, and equal bytes read equally.
         self.last_head: tuple[bytes, str, int, Protocol] | None = None
+        # Likewise the last THeader block: magic and flags, then header size and headers.
+        self.last_theader: tuple[bytes, bytes, THeader] | None = None
 
     def _decode(self, buffer: ReadBuffer) -> DecodeResult:
         data = buffer.data
@@ -174,14 +176,14 @@ class _ThriftSide:
             if self.transport is Transport.HEADER:
                 if frame[4] != 0x0F or frame[5] != 0xFF:  # noqa: PLR2004
                     raise ValueError("not a THeader frame")
-                t = wire.read_theader(frame)
+                t = self._theader(frame)
                 protocol = _PROTOCOL_IDS.get(t.protocol_id)
                 if protocol is None:
                     raise ValueError(f"unsupported THeader protocol id {t.protocol_id}")
                 payload = frame[t.payload_at :]
                 if t.transforms:
                     payload = wire.untransform(bytes(payload), t.transforms)
-                h = wire.read_message_header(payload, 0, len(payload), protocol)
+                h = self._header(payload, 0, len(payload), protocol)
                 return self._message(frame, _Info(Transport.HEADER, protocol, h, payload, t, t.payload_at))
             h = self._header(frame, 4, len(frame))
         except NeedMore:
@@ -189,15 +191,28 @@ class _ThriftSide:
         self.protocol = h.protocol
         return self._message(frame, _Info(Transport.FRAMED, h.protocol, h, frame, None, 4))
 
-    def _header(self, data: bytes | bytearray, pos: int, end: int) -> MessageHeader:
-        """The message header at ``pos``; binary ones equal to the last up to the seqid are not
-        read again."""
+    def _theader(self, frame: bytes | bytearray) -> THeader:
+        """The THeader block of ``frame``; one equal to the last (all but the seqid) is not read
+        again."""
+        last = self.last_theader
+        if last is not None and frame.startswith(last[0], 4) and frame.startswith(last[1], 12) and len(frame) >= last[2].payload_at:
+            return last[2].with_seqid(wire.I32.unpack_from(frame, 8)[0])
+        t = wire.read_theader(frame)
+        t.metadata = {k.lower(): v for k, v in t.headers.items()}
+        self.last_theader = (bytes(frame[4:8]), bytes(frame[12 : t.payload_at]), t)
+        return t
+
+    def _header(self, data: bytes | bytearray, pos: int, end: int, protocol: Protocol | None = None) -> MessageHeader:
+        """The message header at ``pos`` (in ``protocol``, else the connection's); binary ones
+        equal to the last up to the seqid are not read again."""
+        if protocol is None:
+            protocol = self.protocol
         last = self.last_head
-        if last is not None and data.startswith(last[0], pos):
+        if last is not None and (protocol is None or protocol is last[3]) and data.startswith(last[0], pos):
             at = pos + len(last[0])
             if at + 4 <= end:
                 return MessageHeader(last[1], last[2], wire.I32.unpack_from(data, at)[0], at, 4, last[3], pos, at + 4)
-        h = wire.read_message_header(data, pos, end, self.protocol)
+        h = wire.read_message_header(data, pos, end, protocol)
         if h.protocol is not Protocol.COMPACT:  # compact puts the seqid before the name
             self.last_head = (bytes(data[pos : h.seqid_at]), h.name, h.type, h.protocol)
         return h
@@ -240,8 +255,10 @@ def _metadata(info: _Info) -> dict[str, str]:
     if t is None:
         md = base.copy()
     else:
-        md = {k.lower(): v for k, v in t.headers.items()}
-        md.update(base)
+        lowered = t.metadata
+        if lowered is None:
+            lowered = t.metadata = {k.lower(): v for k, v in t.headers.items()}
+        md = lowered | base
     if h.type == wire.REPLY and _reply_carries_exception(info):
         md["status"] = "exception"
     return md

@@ -197,3 +197,29 @@ def test_a_connection_remembering_its_last_header_decodes_as_a_fresh_codec(frame
     for m in messages:
         data = wire.I32.pack(len(m)) + m if framed else m
         assert outcome(remembering, data) == outcome(ThriftCodecFactory(config).server_codec(), data)
+
+
+@given(st.data())
+def test_a_connection_remembering_its_last_theader_block_decodes_as_a_fresh_codec(data: st.DataObject) -> None:
+    """Likewise for THeader blocks (everything but the seqid): other headers, flags, protocols,
+    truncated or garbage frames decode, or fail, as they would on a new connection."""
+    frames = []
+    for _ in range(data.draw(st.integers(1, 8))):
+        if data.draw(st.integers(0, 4)) == 0:
+            frames.append(data.draw(st.binary(max_size=30)))
+            continue
+        headers = data.draw(st.dictionaries(st.sampled_from(["a", "B", "trace"]), st.sampled_from(["", "x", "yy"]), max_size=2))
+        message = data.draw(_binary_messages(True))
+        frame = wire.build_theader(data.draw(st.integers(0, 2**31 - 1)), wire.PROTOCOL_BINARY, headers, message, flags=data.draw(st.sampled_from([0, 1])))
+        frames.append(frame[: len(frame) - data.draw(st.sampled_from([0, 0, 0, 1, 5]))])
+
+    def outcome(codec: object, frame: bytes) -> object:
+        try:
+            msg = codec.decode(ReadBuffer(frame))  # type: ignore[attr-defined]
+        except RemoteProtocolError:
+            return "error"
+        return msg if msg is NEED_DATA else (msg.type, msg.request_id, msg.metadata, bytes(msg.raw))
+
+    remembering = ThriftCodecFactory({"transport": "header"}).server_codec()
+    for frame in frames:
+        assert outcome(remembering, frame) == outcome(ThriftCodecFactory({"transport": "header"}).server_codec(), frame)
