@@ -29,9 +29,17 @@ BODY = FRAME[16:]
 
 
 def test_decode_request_to_routing_metadata(benchmark: object) -> None:
+    """Steady state: the connection's previous request had the same head and attachments."""
     codec = DubboCodecFactory().server_codec()
     msg = benchmark(lambda: codec.decode(ReadBuffer(FRAME)))  # type: ignore[operator]
     assert msg.metadata["method"] == "updateUser" and msg.metadata["group"] == "demo"
+
+
+def test_decode_request_on_a_new_connection(benchmark: object) -> None:
+    """A new connection each time: the head and attachments come from the process-wide caches."""
+    factory = DubboCodecFactory()
+    msg = benchmark(lambda: factory.server_codec().decode(ReadBuffer(FRAME)))  # type: ignore[operator]
+    assert msg.metadata["method"]
 
 
 def test_rewrite_request_id(benchmark: object) -> None:
