@@ -148,11 +148,7 @@ class DownstreamSession:
         if self.ordered and ctx.forwards_pipelines():  # never in bound mode, the only one with a tunnel
             self._process_pipeline(now)
             return
-        # Express: with no rate limit and no bound mode, a plain two-way request goes from decode
-        # to dispatch without _handle's checks (the same steps, in the same order).
-        express = ctx.limiter is None and ctx.global_limit is None and not ctx.factory.bound_upstream
-        stats = ctx.stats
-        upstreams = ctx.upstreams
+        express = self._express_allowed()
         while not self.read_paused and not self.closing and buffer.pos < len(buffer.data):
             try:
                 msg = codec.decode(buffer)
@@ -165,19 +161,9 @@ class DownstreamSession:
             if express and msg.type is MessageType.REQUEST and not msg.parts:
                 answer = codec.answer_locally(msg)
                 if answer is None:
-                    stats.requests += 1
-                    p = Pending(self, msg, now)
-                    self.inflight += 1
-                    stats.active_requests += 1
-                    if self.ordered:
-                        self.slots.append(p)
-                    if self.inflight >= self.max_pending:
-                        self._pause()
-                    failure = upstreams.dispatch(ctx, p, msg, now, False)
-                    if failure is not None:
-                        self._fail(p, failure)
-                    continue
-                self._handle(msg, now, answer)
+                    self._express(msg, now)
+                else:
+                    self._handle(msg, now, answer)
                 continue
             self._handle(msg, now)
             if self.tunnel is not None:  # bound: the rest of the buffer goes through unparsed
@@ -187,19 +173,41 @@ class DownstreamSession:
                     self.tunnel.forward(rest)
                 return
 
+    def _express_allowed(self) -> bool:
+        """With no rate limit and no bound mode, a plain two-way request may go from decode to
+        dispatch without _handle's checks (``_express``: the same steps, in the same order)."""
+        ctx = self.ctx
+        return ctx.limiter is None and ctx.global_limit is None and not ctx.factory.bound_upstream
+
+    def _express(self, msg: Message, now: float) -> None:
+        """Dispatch a plain two-way request that needs no local answer (see _express_allowed)."""
+        ctx = self.ctx
+        stats = ctx.stats
+        stats.requests += 1
+        p = Pending(self, msg, now)
+        self.inflight += 1
+        stats.active_requests += 1
+        if self.ordered:
+            self.slots.append(p)
+        if self.inflight >= self.max_pending:
+            self._pause()
+        failure = ctx.upstreams.dispatch(ctx, p, msg, now, False)
+        if failure is not None:
+            self._fail(p, failure)
+
     def _process_pipeline(self, now: float) -> None:
         """Decode what was read, forwarding each run of plain requests as one unit (one route
         decision, one upstream write, one completion) instead of one by one."""
         codec = self.codec
         buffer = self.buffer
-        run: list[Message] = []
+        run: list[Message] = []  # forwarded pipelines imply no limits and no bound mode: express
         while not self.read_paused and not self.closing and buffer.pos < len(buffer.data):
             try:
                 unit = codec.decode_run(buffer)
                 if unit is not None:
                     self._forward_run(run, now)
                     if unit[1] == 1:  # one plain request: the ordinary path, no local answer
-                        self._handle(unit[0], now, None)
+                        self._express(unit[0], now)
                     else:
                         self._forward_unit(unit[0], unit[1], now)
                     continue
@@ -217,7 +225,7 @@ class DownstreamSession:
                     if run or buffer.pos < len(buffer.data):
                         run.append(msg)
                     else:  # alone in its read (no pipelining): the ordinary path
-                        self._handle(msg, now, None)
+                        self._express(msg, now)
                     continue
                 self._forward_run(run, now)
                 self._handle(msg, now, answer)
@@ -233,7 +241,7 @@ class DownstreamSession:
             return
         if len(run) == 1 or (batch := self.codec.batch(run)) is None:
             for msg in run:
-                self._handle(msg, now, None)
+                self._express(msg, now)
         else:
             self._forward_unit(batch, len(run), now)
         run.clear()
