@@ -41,7 +41,7 @@ from metaprotocol_codecs.redis.commands import (
     key_indexes,
 )
 from metaprotocol_codecs.redis.requests import frame_inline, frame_multibulk, pack, short_command_size, short_commands
-from metaprotocol_codecs.redis.resp import INCOMPLETE, scan_flat_replies, scan_reply
+from metaprotocol_codecs.redis.resp import INCOMPLETE, flat_reply_end, scan_flat_replies, scan_reply
 
 _STAR: Final = ord("*")
 _ERROR_BYTES: Final = frozenset(b"-!")
@@ -459,9 +459,11 @@ class RedisClientCodec(ClientCodec):
         pos = buffer.pos
         if pos >= len(data):
             return NEED_DATA
-        end = scan_reply(data, pos, self.config.max_bulk)
-        if end == INCOMPLETE:
-            return NEED_DATA
+        end = flat_reply_end(data, pos, self.config.max_bulk)
+        if end < 0:
+            end = scan_reply(data, pos, self.config.max_bulk)
+            if end == INCOMPLETE:
+                return NEED_DATA
         buffer.pos = end
         first = data[pos]
         if first in _ERROR_BYTES:

@@ -11,6 +11,7 @@ MAX_INLINE: Final = 64 * 1024
 MAX_MULTIBULK: Final = 1024 * 1024
 CRLF: Final = b"\r\n"
 _DOLLAR: Final = ord("$")
+_STAR: Final = ord("*")
 _CR: Final = ord("\r")
 _LF: Final = ord("\n")
 _NEED: Final = None
@@ -180,9 +181,14 @@ ShortCommand = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
 def short_commands(data: bytes | bytearray, pos: int) -> tuple[int, list[ShortCommand]]:
     """The run of short commands at ``pos`` as the regex sees them (lengths not yet checked),
     and where it ends."""
-    run = _SHORT_RUN.match(data, pos)
-    if run is None:
+    first = _SHORT_ONE.match(data, pos)
+    if first is None:
         return pos, []
+    end = first.end()
+    if end >= len(data) or data[end] != _STAR:  # a lone command (no pipelining): no run to find
+        return end, [first.groups(b"")]  # type: ignore[list-item]
+    run = _SHORT_RUN.match(data, pos)
+    assert run is not None  # noqa: S101 - its first command matched
     end = run.end()
     return end, _SHORT_ONE.findall(data, pos, end)
 

@@ -190,3 +190,17 @@ def _flat_size(reply: tuple[bytes, bytes, bytes, bytes]) -> int:
     if length:
         return 5 + len(length) + len(body)
     return 3 + len(line) if kind else 5
+
+
+def flat_reply_end(data: bytes | bytearray, pos: int, max_bulk: int) -> int:
+    """End of the flat reply at ``pos`` (checked as in scan_flat_replies), or -1 when the reply
+    there is not flat (or not whole): scan_reply decides then."""
+    m = _FLAT_ONE.match(data, pos)
+    if m is None:
+        return -1
+    length = m.group(1)
+    if length is not None:
+        body = m.group(2)
+        if int(length) != len(body) or len(body) > max_bulk:
+            return -1
+    return m.end()

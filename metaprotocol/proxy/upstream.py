@@ -179,6 +179,10 @@ class UpstreamConnection:
         pool = self.pool
         stats = pool.stats
         fifo = self.fifo
+        cluster = pool.cluster
+        index = pool.index
+        exclusive = pool.correlation is Correlation.EXCLUSIVE
+        detect = cluster.config.outlier_detection is not None
         while buffer.pos < len(buffer.data):
             try:
                 if fifo and fifo[0] is not None and fifo[0].count > 1 and self._gather(fifo[0]):
@@ -206,8 +210,13 @@ class UpstreamConnection:
                     self._abort(ErrorKind.CONNECT_FAILURE, "upstream handshake failed")
                     return
                 continue
-            pool.release(self, p)
-            pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
+            if exclusive:
+                pool.release(self, p)
+            else:  # pool.release, inlined: the hot path
+                cluster.active[index] -= 1
+                cluster.in_flight -= 1
+            if detect:
+                pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
             if not p.done:
                 p.session.complete(p, msg)
             else:
