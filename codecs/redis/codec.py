@@ -40,7 +40,7 @@ from metaprotocol_codecs.redis.commands import (
     SINGLE_KEY,
     key_indexes,
 )
-from metaprotocol_codecs.redis.requests import frame_inline, frame_multibulk, pack, short_command_size, short_commands
+from metaprotocol_codecs.redis.requests import frame_inline, frame_multibulk, pack, short_command_name, short_command_size, short_commands
 from metaprotocol_codecs.redis.resp import INCOMPLETE, flat_reply_end, scan_flat_replies, scan_reply
 
 _STAR: Final = ord("*")
@@ -388,28 +388,46 @@ def _short_run(data: bytes | bytearray, pos: int, max_bulk: int) -> tuple[int, i
     run_end, commands = short_commands(data, pos)
     if not commands:
         return None
-    names = _NAMES
+    fields = _SHORT_NAMES
+    small = run_end - pos <= max_bulk  # then no argument can exceed max_bulk
     count = 0
-    for argc, n1, name, n2, key, n3, value in commands:
-        cached = names.get(name) or _name(name)
+    for argc, field, n2, key, n3, value in commands:
+        entry = fields.get(field, _UNSEEN)
+        if entry is _UNSEEN:
+            entry = _short_name_entry(field)
         if (
-            cached[2] is not SINGLE_KEY
-            or int(n1) != len(name)
+            entry is None
             or int(n2) != len(key)
             or (argc == b"3") != bool(n3)
             or (n3 and int(n3) != len(value))
-            or len(key) > max_bulk
-            or len(value) > max_bulk
+            or not (small or (len(key) <= max_bulk and len(value) <= max_bulk))
         ):
             break
         count += 1
     if not count:
         return None
     first = commands[0]
-    entry = names.get(first[2]) or _name(first[2])
+    entry = fields[first[1]]
+    assert entry is not None  # noqa: S101 - checked in the loop
     if count == len(commands):
-        return run_end, count, entry, first[4]
-    return pos + sum(short_command_size(c) for c in commands[:count]), count, entry, first[4]
+        return run_end, count, entry, first[3]
+    return pos + sum(short_command_size(c) for c in commands[:count]), count, entry, first[3]
+
+
+_UNSEEN: Final = object()
+_SHORT_NAMES: dict[bytes, tuple[bytes, str, object] | None] = {}
+
+
+def _short_name_entry(field: bytes) -> tuple[bytes, str, object] | None:
+    """The name entry of a short command's name field, when its length is right and the command
+    single-key (else None); remembered per field (bounded like _NAMES)."""
+    name = short_command_name(field)
+    entry = _name(name) if name is not None else None
+    if entry is not None and entry[2] is not SINGLE_KEY:
+        entry = None
+    if len(_SHORT_NAMES) < _MAX_NAMES:
+        _SHORT_NAMES[field] = entry
+    return entry
 
 
 def _command(raw: bytes | bytearray, data: bytes | bytearray, bounds: list[int]) -> Message:

@@ -170,12 +170,12 @@ __all__ = ["CRLF", "frame_inline", "frame_multibulk", "pack", "protocol_error", 
 # lengths and bytes, and a run counts only when every declared length equals its bytes' length:
 # then the exact framer would cut the same bytes the same way (the pattern can match a position
 # in only one way), so the regex is a fast guess that the check turns into proof.
-_SHORT = rb"\*([23])\r\n\$(\d{1,2})\r\n([A-Za-z]{1,32})\r\n\$(\d{1,10})\r\n([^\r]*)\r\n(?:\$(\d{1,10})\r\n([^\r]*)\r\n)?"
+_SHORT = rb"\*([23])\r\n(\$\d{1,2}\r\n[A-Za-z]{1,32})\r\n\$(\d{1,10})\r\n([^\r]*)\r\n(?:\$(\d{1,10})\r\n([^\r]*)\r\n)?"
 _SHORT_ONE: Final = re.compile(_SHORT)
 _SHORT_RUN: Final = re.compile(b"(?:" + re.sub(rb"\((?!\?)", b"(?:", _SHORT) + b")+")  # groups not captured
 
-ShortCommand = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
-"""argc, name length, name, key length, key, value length (b"" when absent), value."""
+ShortCommand = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
+"""argc, name field (``$3\r\nGET``), key length, key, value length (b"" when absent), value."""
 
 
 def short_commands(data: bytes | bytearray, pos: int) -> tuple[int, list[ShortCommand]]:
@@ -195,5 +195,11 @@ def short_commands(data: bytes | bytearray, pos: int) -> tuple[int, list[ShortCo
 
 def short_command_size(c: ShortCommand) -> int:
     """Bytes taken by a short command on the wire."""
-    size = 4 + 5 + len(c[1]) + len(c[2]) + 5 + len(c[3]) + len(c[4])
-    return size + 5 + len(c[5]) + len(c[6]) if c[5] else size
+    size = 4 + len(c[1]) + 2 + 5 + len(c[2]) + len(c[3])
+    return size + 5 + len(c[4]) + len(c[5]) if c[4] else size
+
+
+def short_command_name(field: bytes) -> bytes | None:
+    """The name in a name field (``$3\r\nGET``), or None when its declared length is wrong."""
+    length, _, name = field[1:].partition(CRLF)
+    return name if int(length) == len(name) else None
