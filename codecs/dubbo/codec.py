@@ -95,25 +95,21 @@ class _Invalid:
     reason: str
 
 
-def _frame(buffer: ReadBuffer, limit: int, kind: ErrorKind) -> tuple[int, int, int, int, bytes | bytearray] | None:
-    data = buffer.data
-    pos = buffer.pos
-    n = len(data)
-    if n - pos < wire.HEADER_SIZE:
-        if n - pos >= 2 and (data[pos] != 0xDA or data[pos + 1] != 0xBB):  # noqa: PLR2004
-            raise RemoteProtocolError("not a Dubbo frame (bad magic)", kind)
-        return None
-    magic, flag, status, rid, length = wire.HEADER.unpack_from(data, pos)
+def _short(data: bytes | bytearray, pos: int, kind: ErrorKind) -> DecodeResult:
+    """Less than a header: wait, unless the magic is already wrong."""
+    if len(data) - pos >= 2 and (data[pos] != 0xDA or data[pos + 1] != 0xBB):  # noqa: PLR2004
+        raise RemoteProtocolError("not a Dubbo frame (bad magic)", kind)
+    return NEED_DATA
+
+
+def _frame_trouble(magic: int, flag: int, rid: int, length: int, limit: int, kind: ErrorKind) -> DecodeResult:
+    """A header that is wrong (bad magic, too long: raises) or a body not all here (waits)."""
     if magic != wire.MAGIC:
         raise RemoteProtocolError("not a Dubbo frame (bad magic)", kind)
     if length > limit:
         partial = Message(MessageType.REQUEST, b"", {}, rid) if flag & wire.FLAG_REQUEST else None
         raise RemoteProtocolError(f"Data length too large: {length}, max payload: {limit}", kind, partial)
-    end = pos + wire.HEADER_SIZE + length
-    if end > n:
-        return None
-    buffer.pos = end
-    return flag, status, rid, end - pos, data[pos:end]
+    return NEED_DATA
 
 
 def _scalar(value: Any) -> str | None:
@@ -161,10 +157,16 @@ class DubboServerCodec(ServerCodec):
 
     def decode(self, buffer: ReadBuffer) -> DecodeResult:
         """One request, oneway request or heartbeat."""
-        framed = _frame(buffer, self.config.payload_limit, ErrorKind.BAD_REQUEST)
-        if framed is None:
-            return NEED_DATA
-        flag, _status, rid, _size, raw = framed
+        data = buffer.data
+        pos = buffer.pos
+        if len(data) - pos < wire.HEADER_SIZE:
+            return _short(data, pos, ErrorKind.BAD_REQUEST)
+        magic, flag, _status, rid, length = wire.HEADER.unpack_from(data, pos)
+        end = pos + wire.HEADER_SIZE + length
+        if magic != wire.MAGIC or length > self.config.payload_limit or end > len(data):
+            return _frame_trouble(magic, flag, rid, length, self.config.payload_limit, ErrorKind.BAD_REQUEST)
+        buffer.pos = end
+        raw = data[pos:end]
         if not flag & wire.FLAG_REQUEST:
             return Message(MessageType.EVENT, raw, {}, rid)  # a stray response from a consumer
         if flag & wire.FLAG_EVENT:
@@ -340,6 +342,12 @@ def _request_metadata_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Bod
 
 
 def _encode(msg: Message, mutation: Mutation | None, request_id: int | None) -> bytes | bytearray:
+    if not mutation:  # the hot path: at most the id changes
+        if request_id is None or request_id == msg.request_id:
+            return msg.raw
+        out = bytearray(msg.raw)  # one copy, then the 8 id bytes patched in place
+        _ID.pack_into(out, 4, request_id & 0xFFFFFFFFFFFFFFFF)
+        return out
     new_id = None if request_id is None or request_id == msg.request_id else request_id
     if mutation and isinstance(msg, LazyMessage):
         try:
@@ -372,10 +380,16 @@ class DubboClientCodec(ClientCodec):
 
     def decode(self, buffer: ReadBuffer) -> DecodeResult:
         """One response; provider heartbeats and other events are EVENTs."""
-        framed = _frame(buffer, self.config.payload_limit, ErrorKind.BAD_RESPONSE)
-        if framed is None:
-            return NEED_DATA
-        flag, status, rid, _size, raw = framed
+        data = buffer.data
+        pos = buffer.pos
+        if len(data) - pos < wire.HEADER_SIZE:
+            return _short(data, pos, ErrorKind.BAD_RESPONSE)
+        magic, flag, status, rid, length = wire.HEADER.unpack_from(data, pos)
+        end = pos + wire.HEADER_SIZE + length
+        if magic != wire.MAGIC or length > self.config.payload_limit or end > len(data):
+            return _frame_trouble(magic, flag, rid, length, self.config.payload_limit, ErrorKind.BAD_RESPONSE)
+        buffer.pos = end
+        raw = data[pos:end]
         if flag & _REQUEST_FLAGS:
             return Message(MessageType.EVENT, raw, {}, rid)
         if status != wire.OK:
