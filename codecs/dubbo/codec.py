@@ -232,7 +232,7 @@ def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> 
         if recent is not None and head[2] == guess:
             recent.head_bytes, recent.head = key, head
     head_md, params, pos = head
-    at = skip_values(raw, pos, end, params, [], []) if params else pos
+    at = _skip_arguments(raw, pos, end, params) if params else pos
     if recent is not None and end - at == len(recent.attachments_bytes) and raw.startswith(recent.attachments_bytes, at):
         attachments, cached_md = recent.attachments
     else:
@@ -244,6 +244,27 @@ def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> 
         attachments, cached_md = parsed
     # Attachments first: the head's own attributes (interface, method ...) win over them.
     return cached_md | head_md, _Body(at, attachments, None)
+
+
+def _skip_arguments(raw: bytes | bytearray, at: int, end: int, params: int) -> int:
+    """Offset after ``params`` arguments: short ASCII strings and one-byte ints (the common
+    arguments) are stepped over here, anything else by skip_values from where it starts."""
+    left = params
+    while left:
+        if at < end:
+            code = raw[at]
+            if code < 0x20:  # a short string: its length is in UTF-16 units, bytes when ASCII
+                stop = at + 1 + code
+                if stop <= end and raw[at + 1 : stop].isascii():
+                    at = stop
+                    left -= 1
+                    continue
+            elif 0x80 <= code <= 0xBF:  # noqa: PLR2004 - a one-byte int
+                at += 1
+                left -= 1
+                continue
+        return skip_values(raw, at, end, left, [], [])  # also reports truncation
+    return at
 
 
 _Head = tuple[dict[str, str], int, int]

@@ -23,6 +23,7 @@ from metaprotocol.proxy.stats import ClusterStats
 from metaprotocol.router.table import CompiledRoute
 from metaprotocol.spi import (
     NEED_DATA,
+    ClientCodec,
     Correlation,
     ErrorKind,
     LocalError,
@@ -145,6 +146,7 @@ class UpstreamConnection:
         cluster = pool.cluster
         index = pool.index
         detect = cluster.config.outlier_detection is not None
+        plain_ids = type(codec).request_id_of is ClientCodec.request_id_of  # the id is msg.request_id
         while buffer.pos < len(buffer.data):
             try:
                 msg = codec.decode(buffer)
@@ -160,7 +162,7 @@ class UpstreamConnection:
                 self._unsolicited(msg)
                 continue
             stats.responses += 1
-            p = inflight.pop(codec.request_id_of(msg) or 0, None)
+            p = inflight.pop((msg.request_id if plain_ids else codec.request_id_of(msg)) or 0, None)
             if p is None:
                 stats.unsolicited += 1
                 continue

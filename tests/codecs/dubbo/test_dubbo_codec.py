@@ -290,3 +290,29 @@ def test_a_connection_remembering_its_last_head_decodes_as_a_fresh_codec(calls: 
         got = remembering.decode(ReadBuffer(frame))
         assert got.metadata == fresh.metadata  # type: ignore[union-attr]
         assert (remembering.answer_locally(got) is None) == (DubboCodecFactory().server_codec().answer_locally(fresh) is None)  # type: ignore[arg-type]
+
+
+_arguments = st.lists(st.one_of(st.text(max_size=40), st.integers(-(2**40), 2**40), st.booleans(), st.none(), st.lists(st.integers(-5, 5), max_size=3)), max_size=5)
+
+
+@given(_arguments, st.integers(0, 3))
+def test_simple_argument_stepping_agrees_with_skip_values(args: list[object], cut: int) -> None:
+    """The inline step over short ASCII strings and one-byte ints ends where skip_values ends,
+    and fails where it fails (truncated arguments)."""
+    from metaprotocol_codecs.dubbo.codec import _skip_arguments
+    from metaprotocol_codecs.dubbo.fastscan import skip_values
+    from metaprotocol_codecs.dubbo.hessian2 import Hessian2Writer, HessianDecodeError
+
+    w = Hessian2Writer()
+    for a in args:
+        w.write(a)
+    data = w.getvalue()
+    data = data[: max(0, len(data) - cut)]
+
+    def outcome(step: object) -> object:
+        try:
+            return step(data, 0, len(data), len(args)) if args else 0  # type: ignore[operator]
+        except HessianDecodeError:
+            return "error"
+
+    assert outcome(_skip_arguments) == outcome(lambda d, p, e, n: skip_values(d, p, e, n, [], []))
