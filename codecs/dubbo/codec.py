@@ -157,6 +157,8 @@ class DubboServerCodec(ServerCodec):
 
     def decode(self, buffer: ReadBuffer) -> DecodeResult:
         """One request, oneway request or heartbeat."""
+        # Framing is written out here and in DubboClientCodec.decode rather than shared: a call
+        # and a result tuple per frame were a measurable part of the per-request cost.
         data = buffer.data
         pos = buffer.pos
         if len(data) - pos < wire.HEADER_SIZE:

@@ -131,24 +131,23 @@ class UpstreamConnection:
 
     def data_received(self, data: bytes) -> None:
         """Match every whole response to its request."""
-        self.buffer.feed(data)
-        if self.pool.correlation is Correlation.REQUEST_ID:
-            self._responses_by_id()
-        else:
-            self._responses_in_order()
-
-    def _responses_by_id(self) -> None:
-        codec = self.codec
         buffer = self.buffer
+        buffer.feed(data)
+        codec = self.codec
         pool = self.pool
         stats = pool.stats
         inflight = self.inflight
+        fifo = self.fifo
         cluster = pool.cluster
         index = pool.index
+        by_id = pool.correlation is Correlation.REQUEST_ID
+        exclusive = pool.correlation is Correlation.EXCLUSIVE
         detect = cluster.config.outlier_detection is not None
         plain_ids = type(codec).request_id_of is ClientCodec.request_id_of  # the id is msg.request_id
         while buffer.pos < len(buffer.data):
             try:
+                if not by_id and fifo and fifo[0] is not None and fifo[0].count > 1 and self._gather(fifo[0]):
+                    continue
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
                 stats.response_decoding_errors += 1
@@ -162,63 +161,30 @@ class UpstreamConnection:
                 self._unsolicited(msg)
                 continue
             stats.responses += 1
-            p = inflight.pop((msg.request_id if plain_ids else codec.request_id_of(msg)) or 0, None)
-            if p is None:
-                stats.unsolicited += 1
-                continue
-            cluster.active[index] -= 1  # pool.release, inlined: the hot path
-            cluster.in_flight -= 1
-            if detect:
-                pool.upstreams.outcome(pool, mtype is not MessageType.ERROR)
-            if not p.done:
-                p.session.complete(p, msg)
-            else:
-                p.session.ctx.stats.late_responses += 1
-
-    def _responses_in_order(self) -> None:
-        codec = self.codec
-        buffer = self.buffer
-        pool = self.pool
-        stats = pool.stats
-        fifo = self.fifo
-        cluster = pool.cluster
-        index = pool.index
-        exclusive = pool.correlation is Correlation.EXCLUSIVE
-        detect = cluster.config.outlier_detection is not None
-        while buffer.pos < len(buffer.data):
-            try:
-                if fifo and fifo[0] is not None and fifo[0].count > 1 and self._gather(fifo[0]):
+            if by_id:
+                p = inflight.pop((msg.request_id if plain_ids else codec.request_id_of(msg)) or 0, None)
+                if p is None:
+                    stats.unsolicited += 1
                     continue
-                msg = codec.decode(buffer)
-            except RemoteProtocolError as exc:
-                stats.response_decoding_errors += 1
-                self._abort(ErrorKind.BAD_RESPONSE, f"malformed response: {exc}")
-                return
-            if msg is NEED_DATA:
-                return
-            assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel
-            if msg.type is MessageType.EVENT or msg.type is MessageType.HEARTBEAT:
-                self._unsolicited(msg)
-                continue
-            stats.responses += 1
-            if not fifo:
-                stats.unsolicited += 1
-                self._abort(ErrorKind.BAD_RESPONSE, "response to no request")
-                return
-            p = fifo.popleft()
-            if p is None:  # the reply to a handshake request
-                if msg.type is MessageType.ERROR:
-                    pool.io.report("upstream_handshake_failed", f"{pool.name}: {msg.raw!r}")
-                    self._abort(ErrorKind.CONNECT_FAILURE, "upstream handshake failed")
+            else:
+                if not fifo:
+                    stats.unsolicited += 1
+                    self._abort(ErrorKind.BAD_RESPONSE, "response to no request")
                     return
-                continue
+                p = fifo.popleft()
+                if p is None:  # the reply to a handshake request
+                    if mtype is MessageType.ERROR:
+                        pool.io.report("upstream_handshake_failed", f"{pool.name}: {msg.raw!r}")
+                        self._abort(ErrorKind.CONNECT_FAILURE, "upstream handshake failed")
+                        return
+                    continue
             if exclusive:
                 pool.release(self, p)
             else:  # pool.release, inlined: the hot path
                 cluster.active[index] -= 1
                 cluster.in_flight -= 1
             if detect:
-                pool.upstreams.outcome(pool, msg.type is not MessageType.ERROR)
+                pool.upstreams.outcome(pool, mtype is not MessageType.ERROR)
             if not p.done:
                 p.session.complete(p, msg)
             else:

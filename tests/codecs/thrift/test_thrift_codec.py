@@ -186,17 +186,19 @@ def test_a_connection_remembering_its_last_header_decodes_as_a_fresh_codec(frame
     messages = data.draw(st.lists(st.one_of(_binary_messages(strict), st.binary(max_size=12)), min_size=1, max_size=10))
     config = {"transport": "framed" if framed else "unframed", "protocol": "binary" if strict else "binary-nonstrict"}
 
-    def outcome(codec: object, data: bytes) -> object:
-        try:
-            msg = codec.decode(ReadBuffer(data))  # type: ignore[attr-defined]
-        except RemoteProtocolError:
-            return "error"
-        return msg if msg is NEED_DATA else (msg.type, msg.request_id, msg.metadata, bytes(msg.raw))
-
     remembering = ThriftCodecFactory(config).server_codec()
     for m in messages:
         data = wire.I32.pack(len(m)) + m if framed else m
-        assert outcome(remembering, data) == outcome(ThriftCodecFactory(config).server_codec(), data)
+        assert _decoded(remembering, data) == _decoded(ThriftCodecFactory(config).server_codec(), data)
+
+
+def _decoded(codec: object, data: bytes) -> object:
+    """What one decode makes of ``data``: NEED_DATA, "error", or the message's parts."""
+    try:
+        msg = codec.decode(ReadBuffer(data))  # type: ignore[attr-defined]
+    except RemoteProtocolError:
+        return "error"
+    return msg if msg is NEED_DATA else (msg.type, msg.request_id, msg.metadata, bytes(msg.raw))
 
 
 @given(st.data())
@@ -213,13 +215,6 @@ def test_a_connection_remembering_its_last_theader_block_decodes_as_a_fresh_code
         frame = wire.build_theader(data.draw(st.integers(0, 2**31 - 1)), wire.PROTOCOL_BINARY, headers, message, flags=data.draw(st.sampled_from([0, 1])))
         frames.append(frame[: len(frame) - data.draw(st.sampled_from([0, 0, 0, 1, 5]))])
 
-    def outcome(codec: object, frame: bytes) -> object:
-        try:
-            msg = codec.decode(ReadBuffer(frame))  # type: ignore[attr-defined]
-        except RemoteProtocolError:
-            return "error"
-        return msg if msg is NEED_DATA else (msg.type, msg.request_id, msg.metadata, bytes(msg.raw))
-
     remembering = ThriftCodecFactory({"transport": "header"}).server_codec()
     for frame in frames:
-        assert outcome(remembering, frame) == outcome(ThriftCodecFactory({"transport": "header"}).server_codec(), frame)
+        assert _decoded(remembering, frame) == _decoded(ThriftCodecFactory({"transport": "header"}).server_codec(), frame)
