@@ -40,7 +40,16 @@ from metaprotocol_codecs.redis.commands import (
     SINGLE_KEY,
     key_indexes,
 )
-from metaprotocol_codecs.redis.requests import frame_inline, frame_multibulk, pack, short_command_name, short_command_size, short_commands
+from metaprotocol_codecs.redis.requests import (
+    EXACT_MAX,
+    exact_short_run,
+    frame_inline,
+    frame_multibulk,
+    pack,
+    short_command_name,
+    short_command_size,
+    short_commands,
+)
 from metaprotocol_codecs.redis.resp import INCOMPLETE, flat_reply_end, scan_flat_replies, scan_reply
 
 _STAR: Final = ord("*")
@@ -172,6 +181,12 @@ class RedisServerCodec(ServerCodec):
         start = pos = buffer.pos
         end = len(data)
         max_bulk = self.config.max_bulk
+        stop, commands = exact_short_run(data, pos) if max_bulk >= EXACT_MAX else (pos, [])
+        if len(commands) > 1:  # lengths and names proved by the pattern itself
+            buffer.pos = stop
+            name = commands[0].split(b"\r\n", 3)[2]
+            entry = _NAMES.get(name) or _name(name)
+            return Message(MessageType.REQUEST, data[start:stop], {"command": entry[1]}, opaque=_Pipeline(len(commands))), len(commands)
         short = _short_run(data, pos, max_bulk)
         if short is not None:
             stop, count, (cmd, name, _), key = short

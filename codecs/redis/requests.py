@@ -6,6 +6,7 @@ import re
 from typing import Final
 
 from metaprotocol.spi import ErrorKind, RemoteProtocolError
+from metaprotocol_codecs.redis.commands import KEY_SPECS, SINGLE_KEY
 
 MAX_INLINE: Final = 64 * 1024
 MAX_MULTIBULK: Final = 1024 * 1024
@@ -203,3 +204,35 @@ def short_command_name(field: bytes) -> bytes | None:
     """The name in a name field (``$3\r\nGET``), or None when its declared length is wrong."""
     length, _, name = field[1:].partition(CRLF)
     return name if int(length) == len(name) else None
+
+
+# Tighter still: when every argument is at most EXACT_MAX bytes, the lengths themselves can be in
+# the pattern (``$6\r\n`` then exactly 6 bytes, one alternative per length) and so can the
+# single-key command names; one match then frames and proves a whole run, with no check per
+# command in Python. Anything longer goes to the pattern above.
+EXACT_MAX: Final = 128
+
+
+def _exact_pattern() -> bytes:
+    by_length: dict[int, list[bytes]] = {}
+    for name, spec in KEY_SPECS.items():
+        if spec is SINGLE_KEY:
+            by_length.setdefault(len(name), []).append(re.escape(name))
+    names = b"|".join(b"\\$%d\r\n(?:%s)" % (n, b"|".join(sorted(group))) for n, group in sorted(by_length.items()))
+    bulk = b"\\$(?:" + b"|".join(b"%d\r\n[\\s\\S]{%d}" % (n, n) for n in range(EXACT_MAX + 1)) + b")\r\n"
+    name = b"(?i:" + names + b")\r\n"
+    return b"(?:\\*2\r\n" + name + bulk + b"|\\*3\r\n" + name + bulk + bulk + b")"
+
+
+_EXACT_ONE: Final = re.compile(_exact_pattern())
+_EXACT_RUN: Final = re.compile(b"(?:" + _exact_pattern() + b")+")
+
+
+def exact_short_run(data: bytes | bytearray, pos: int) -> tuple[int, list[bytes]]:
+    """Where a run of short single-key commands at ``pos`` ends (every length already checked
+    by the pattern), and the commands' bytes; (pos, []) when there is none."""
+    run = _EXACT_RUN.match(data, pos)
+    if run is None:
+        return pos, []
+    end = run.end()
+    return end, _EXACT_ONE.findall(data, pos, end)

@@ -286,3 +286,14 @@ def test_decode_run_stops_before_local_commands_and_malformed_frames() -> None:
         codec.decode(buf)
     locked = RedisCodecFactory({"password": "pw"}).server_codec()
     assert locked.decode_run(ReadBuffer(get * 3)) is None  # NOAUTH replies come from decode's path
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 129, 4000])
+def test_runs_with_arguments_around_the_exact_pattern_limit(size: int) -> None:
+    """Arguments up to EXACT_MAX bytes are framed by the length-exact pattern, longer ones by
+    the checked pattern; both cut like the exact framer, CR/LF inside included."""
+    key = (b"k\r\n*2\r\n$3\r\nGET\r\n" * 300)[:size]
+    data = pack([b"GET", key]) * 3 + pack([b"set", key, b"v\r\n"]) * 2 + pack([b"GET", b"x"])
+    assert _framed_by_runs(data) == _framed_one_by_one(data)
+    unit = RedisCodecFactory().server_codec().decode_run(ReadBuffer(data))
+    assert unit is not None and (unit[1] == 6 or b"\r" in key)
