@@ -184,8 +184,8 @@ class RedisServerCodec(ServerCodec):
         stop, commands = exact_short_run(data, pos) if max_bulk >= EXACT_MAX else (pos, [])
         if len(commands) > 1:  # lengths and names proved by the pattern itself
             buffer.pos = stop
-            name = commands[0].split(b"\r\n", 3)[2]
-            entry = _NAMES.get(name) or _name(name)
+            first_name = commands[0].split(b"\r\n", 3)[2]
+            entry = _NAMES.get(first_name) or _name(first_name)
             return Message(MessageType.REQUEST, data[start:stop], {"command": entry[1]}, opaque=_Pipeline(len(commands))), len(commands)
         short = _short_run(data, pos, max_bulk)
         if short is not None:
