@@ -166,10 +166,35 @@ def _flat_run(bound: int) -> re.Pattern[bytes]:
     return pattern
 
 
+# Replies whose bulk strings are at most EXACT_MAX bytes: the lengths are in the pattern (one
+# alternative per length), so a match needs no check; the one group marks errors.
+EXACT_MAX: Final = 128
+_EXACT_FLAT = (
+    b"\\$(?:" + b"|".join(b"%d\r\n[\\s\\S]{%d}" % (n, n) for n in range(EXACT_MAX + 1)) + b")\r\n"
+    + b"|\\$-1\r\n|(-)[^\r\n]*\r\n|[+:][^\r\n]*\r\n"
+)  # fmt: skip
+_EXACT_FLAT_ONE: Final = re.compile(_EXACT_FLAT)
+_EXACT_FLAT_RUNS: dict[int, re.Pattern[bytes]] = {}
+
+
+def _exact_flat_run(bound: int) -> re.Pattern[bytes]:
+    pattern = _EXACT_FLAT_RUNS.get(bound)
+    if pattern is None:
+        body = re.sub(rb"\((?!\?)", b"(?:", _EXACT_FLAT)
+        pattern = _EXACT_FLAT_RUNS[bound] = re.compile(b"(?:%s){1,%d}" % (body, bound))
+    return pattern
+
+
 def scan_flat_replies(data: bytes | bytearray, pos: int, limit: int, max_bulk: int) -> tuple[int, int, int]:
     """(end, replies, errors) for a run of at most ``limit`` (capped at FLAT_RUN_MAX) flat
     replies at ``pos``; (pos, 0, 0) when none is there."""
     bound = min(limit, FLAT_RUN_MAX)
+    if max_bulk >= EXACT_MAX:
+        exact = _exact_flat_run(bound).match(data, pos)
+        if exact is not None:
+            end = exact.end()
+            marks = _EXACT_FLAT_ONE.findall(data, pos, end)
+            return end, len(marks), marks.count(b"-")
     run = _flat_run(bound).match(data, pos)
     if run is None:
         return pos, 0, 0

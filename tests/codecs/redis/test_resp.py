@@ -232,3 +232,11 @@ def _scan_one_by_one(buffer: ReadBuffer, limit: int) -> tuple[int, int]:
         pos, count = end, count + 1
     buffer.pos = pos
     return count, errors
+
+
+@pytest.mark.parametrize("size", [0, 127, 128, 129, 3000])
+def test_flat_replies_around_the_exact_pattern_limit(size: int) -> None:
+    body = (b"v\r\n$1\r\nx\r\n-ERR\r\n" * 300)[:size]
+    data = (b"$%d\r\n%s\r\n" % (size, body)) * 3 + b"-ERR no\r\n:5\r\n$-1\r\n+OK\r\n"
+    codec = RedisCodecFactory().client_codec(2)
+    assert _outcome(codec.frame_replies, ReadBuffer(data), 100) == _outcome(_scan_one_by_one, ReadBuffer(data), 100) == ((7, 1), len(data))
