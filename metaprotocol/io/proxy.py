@@ -190,6 +190,8 @@ class Proxy:
             if lst is not None and same:
                 limits_changed = lst.local_rate_limit != ctx.config.local_rate_limit
                 logs_changed = (lst.access_log, lst.idle_timeout) != (ctx.config.access_log, ctx.config.idle_timeout)
+                if lst.global_rate_limit != ctx.config.global_rate_limit:
+                    ctx.apply_global_limit(lst.global_rate_limit)
                 ctx.config = lst
                 if lst.route_config is not None:
                     ctx.table = RouteTable(lst.route_config)

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from metaprotocol.config.model import HASHING_POLICIES, ListenerConfig
+from metaprotocol.config.model import HASHING_POLICIES, GlobalRateLimit, ListenerConfig
 from metaprotocol.proxy.policies import RateLimiter
 from metaprotocol.router.matchers import compile_matcher
 from metaprotocol.proxy.stats import ListenerStats
@@ -89,6 +89,8 @@ class ListenerContext:
         self._pipeline_table: RouteTable | None = None
         self._pipeline_log: Callable[[dict[str, object]], None] | None = None
         self._pipeline_generation = -1
+        self._pipeline_limiter: RateLimiter | None = None
+        self._pipeline_global_limit: GlobalRateLimit | None = None
         self._pipeline_ok = False
 
     def forwards_pipelines(self) -> bool:
@@ -101,11 +103,19 @@ class ListenerContext:
             self.table is not self._pipeline_table
             or self.access_log is not self._pipeline_log
             or self.upstreams.generation != self._pipeline_generation
+            or self.limiter is not self._pipeline_limiter
+            or self.global_limit is not self._pipeline_global_limit
         ):
             self._pipeline_table, self._pipeline_log = self.table, self.access_log
+            self._pipeline_limiter, self._pipeline_global_limit = self.limiter, self.global_limit
             self._pipeline_generation = self.upstreams.generation
             self._pipeline_ok = self._pipelines_allowed()
         return self._pipeline_ok
+
+    def apply_global_limit(self, config: GlobalRateLimit | None) -> None:
+        """Take a listener update's global rate limit (and its request matchers)."""
+        self.global_limit = config
+        self.global_match = tuple(compile_matcher(m) for m in config.match) if config else ()
 
     def _pipelines_allowed(self) -> bool:
         factory = self.factory

@@ -241,3 +241,27 @@ def test_circuit_breaker_max_requests(run_proxy: object, providers: Providers) -
     ok, errors = asyncio.run(burst())
     assert ok == 5 and len(errors) == 15
     assert all(isinstance(e, DubboError) and e.status == wire.SERVER_THREADPOOL_EXHAUSTED_ERROR for e in errors)
+
+
+def test_a_live_rate_limit_update_reaches_pipelines_on_open_connections(run_proxy: object) -> None:
+    """Pipelines are forwarded as units only while nothing is decided per request; a rate limit
+    added by a live update applies at once, on a connection opened before it."""
+    from metaprotocol.config.bootstrap import parse_bootstrap
+
+    with RedisServer() as server:
+        routes = [{"route": {"cluster": "c"}}]
+        rp = run_proxy(bootstrap_dict([listener("redis", 0, "redis", routes)], [cluster("c", [server.port])]))  # type: ignore[operator]
+        r = redis.Redis(port=rp.port("redis"), protocol=2)
+        pipe = r.pipeline(transaction=False)
+        for i in range(20):
+            pipe.set(f"k{i}", i)
+        assert pipe.execute() == [True] * 20
+        limit = {"meta_protocol_filters": [{"name": "aeraki.meta_protocol.filters.local_ratelimit", "config": {
+            "stat_prefix": "r", "token_bucket": {"max_tokens": 5, "tokens_per_fill": 5, "fill_interval": "60s"}}}]}  # fmt: skip
+        tree = bootstrap_dict([listener("redis", rp.port("redis"), "redis", routes, **limit)], [cluster("c", [server.port])])  # type: ignore[operator]
+        rp.call(rp.proxy.apply(parse_bootstrap(tree, "update")))  # type: ignore[attr-defined]
+        for i in range(20):
+            pipe.set(f"k{i}", i)
+        results = pipe.execute(raise_on_error=False)
+        assert results[:5] == [True] * 5 and all(isinstance(x, redis.ResponseError) for x in results[5:])
+        r.close()

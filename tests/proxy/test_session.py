@@ -10,7 +10,10 @@ from metaprotocol.config.model import (
     ClusterConfig,
     CodecRef,
     Endpoint,
+    GlobalRateLimit,
     ListenerConfig,
+    LocalRateLimit,
+    TokenBucket,
     RouteAction,
     RouteConfig,
     RetryPolicy,
@@ -20,6 +23,7 @@ from metaprotocol.config.model import (
     MatchKind,
 )
 from metaprotocol.proxy.context import ListenerContext
+from metaprotocol.proxy.policies import RateLimiter
 from metaprotocol.proxy.session import DownstreamSession
 from metaprotocol.proxy.upstream import Upstreams
 from metaprotocol.router import RouteTable
@@ -382,6 +386,13 @@ def test_pipelines_are_forwarded_only_when_nothing_is_decided_per_request() -> N
     plain.ctx.access_log = lambda record: None
     assert not plain.ctx.forwards_pipelines()
     plain.ctx.access_log = None
+    assert plain.ctx.forwards_pipelines()
+    plain.ctx.limiter = RateLimiter(LocalRateLimit((), TokenBucket(10, 10, 1.0)), 0.0)  # a live limit update
+    assert not plain.ctx.forwards_pipelines()
+    plain.ctx.limiter = None
+    plain.ctx.apply_global_limit(GlobalRateLimit("d", "rls", (("key", "key"),)))
+    assert not plain.ctx.forwards_pipelines()
+    plain.ctx.apply_global_limit(None)
     assert plain.ctx.forwards_pipelines()
     hashed = {"c": ClusterConfig("c", (Endpoint("127.0.0.1", 9000),), lb_policy=LbPolicy.RING_HASH)}
     plain.upstreams.update_clusters(hashed)  # a cluster update is seen at once
