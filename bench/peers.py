@@ -53,11 +53,18 @@ def run_case(
     return result
 
 
-def print_table(rows: list[dict[str, object]], reference: Callable[[dict[str, object]], bool], label: str, out: Path) -> None:
-    """Print rows with each one's ratio to the best reference row at the same depth; save JSON."""
+def print_table(
+    rows: list[dict[str, object]],
+    reference: Callable[[dict[str, object]], bool],
+    label: str,
+    out: Path,
+    group: Callable[[dict[str, object]], str] = lambda row: "",
+) -> None:
+    """Print rows with each one's ratio to the best reference row at the same depth (and in the
+    same ``group``, e.g. the same transport); save JSON."""
     print(f"{'target':<24}{'in flight':>10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{label:>18}")
     for row in rows:
-        refs = [r for r in rows if reference(r) and r["in_flight"] == row["in_flight"]]
+        refs = [r for r in rows if reference(r) and r["in_flight"] == row["in_flight"] and group(r) == group(row)]
         ref = max(refs, key=lambda r: float(r["rps"]), default=None)  # type: ignore[arg-type]
         ratio = f"{float(row['rps']) / float(ref['rps']):.2f}x" if ref and ref["rps"] else "-"  # type: ignore[arg-type]
         print(f"{row['target']!s:<24}{row['in_flight']!s:>10}{float(row['rps']):>10.0f}{float(row['p50_ms']):>9.2f}{float(row['p99_ms']):>9.2f}{row['cpu_us_per_request']!s:>12}{ratio:>18}")  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ on each of 50 connections (sequence ids patched per call). Envoy is run as in
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import subprocess
 import sys
@@ -69,10 +70,17 @@ def main() -> None:
     (tmp / "ours.yaml").write_text(yaml.safe_dump(our_bootstrap(ours, upstream)))
     procs["metaprotocol"] = subprocess.Popen([sys.executable, "-m", "metaprotocol.cli", "proxy", "-c", str(tmp / "ours.yaml"), "--log-level", "WARNING"], env=env)
     cfg = yaml.safe_load((ROOT.parent / "shared/reference/peers/envoy_thrift.yaml").read_text())
-    eports = {"admin": free_port(), "full": free_port(), "passthrough": free_port()}
+    eports = {"admin": free_port(), "full": free_port(), "passthrough": free_port(), "theader": free_port()}
     cfg["admin"]["address"]["socket_address"]["port_value"] = eports["admin"]
-    cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = eports["full"]
-    cfg["static_resources"]["listeners"][1]["address"]["socket_address"]["port_value"] = eports["passthrough"]
+    listeners = cfg["static_resources"]["listeners"]
+    listeners[0]["address"]["socket_address"]["port_value"] = eports["full"]
+    listeners[1]["address"]["socket_address"]["port_value"] = eports["passthrough"]
+    # Envoy with THeader clients too (transport HEADER downstream; the cluster speaks framed binary).
+    header = copy.deepcopy(listeners[0])
+    header["name"] = "thrift_header_listener"
+    header["address"]["socket_address"]["port_value"] = eports["theader"]
+    header["filter_chains"][0]["filters"][0]["typed_config"].update({"stat_prefix": "thrift_header", "transport": "HEADER"})
+    listeners.append(header)
     ep = cfg["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     ep["address"]["socket_address"]["port_value"] = upstream
     (tmp / "envoy.yaml").write_text(yaml.safe_dump(cfg))
@@ -83,6 +91,7 @@ def main() -> None:
         ("direct framed", upstream, None, framed), ("metaprotocol framed", ours, procs["metaprotocol"], framed),
         ("envoy framed", eports["full"], procs["envoy"], framed), ("envoy passthrough", eports["passthrough"], procs["envoy"], framed),
         ("direct theader", upstream, None, header), ("metaprotocol theader", ours, procs["metaprotocol"], header),
+        ("envoy theader", eports["theader"], procs["envoy"], header),
     ]  # fmt: skip
     rows = []
     try:
@@ -99,7 +108,8 @@ def main() -> None:
             p.wait(10)
     # The better of Envoy's two listeners at each depth (full decode has closed connections under
     # 16 in flight in some runs; a failed run reports 0 and its error).
-    print_table(rows, lambda r: str(r["target"]).startswith("envoy"), "vs best envoy", ROOT / "bench/results/thrift_peers.json")
+    print_table(rows, lambda r: str(r["target"]).startswith("envoy"), "vs best envoy", ROOT / "bench/results/thrift_peers.json",
+                group=lambda r: "theader" if str(r["target"]).endswith("theader") else "framed")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ class _ThriftSide:
         again."""
         last = self.last_theader
         if last is not None and frame.startswith(last[0], 4) and frame.startswith(last[1], 12) and len(frame) >= last[2].payload_at:
-            return last[2].with_seqid(wire.I32.unpack_from(frame, 8)[0])
+            return last[2]  # shared: the codec reads a frame's own header seqid from the frame
         t = wire.read_theader(frame)
         t.metadata = {k.lower(): v for k, v in t.headers.items()}
         self.last_theader = (bytes(frame[4:8]), bytes(frame[12 : t.payload_at]), t)
@@ -299,6 +299,11 @@ def _reply_carries_exception(info: _Info) -> bool:
     return bool(wire.I16.unpack_from(payload, p + 1)[0] != 0)
 
 
+def _header_seqid(frame: bytes | bytearray) -> int:
+    """A THeader frame's own sequence id (its THeader block is shared between frames)."""
+    return int(wire.I32.unpack_from(frame, 8)[0])
+
+
 def _rewrite(msg: Message, mutation: Mutation | None, seqid: int | None) -> bytes | bytearray:
     info = msg.opaque
     if not isinstance(info, _Info):
@@ -313,7 +318,7 @@ def _rewrite(msg: Message, mutation: Mutation | None, seqid: int | None) -> byte
         # A fixed-width seqid: one copy of the frame, four bytes patched (two places in THeader).
         out = bytearray(msg.raw)
         wire.I32.pack_into(out, (info.payload_at if t is not None else 0) + h.seqid_at, new_seq)
-        if t is not None and t.seqid == msg.request_id:
+        if t is not None and _header_seqid(msg.raw) == msg.request_id:
             wire.I32.pack_into(out, 8, new_seq)  # Python clients mirror it; node writes 0: keep that
         return out
     payload = info.payload
@@ -328,8 +333,8 @@ def _rewrite(msg: Message, mutation: Mutation | None, seqid: int | None) -> byte
     headers = dict(t.headers)
     if mutation:
         headers.update(mutation)
-    header_seq = t.seqid
-    if new_seq is not None and t.seqid == msg.request_id:
+    header_seq = _header_seqid(msg.raw)
+    if new_seq is not None and header_seq == msg.request_id:
         header_seq = new_seq  # Python clients mirror the message seqid; node writes 0: keep that
     wire_payload = wire.transform(bytes(payload), t.transforms) if t.transforms else bytes(payload)
     if not headers_change and not t.transforms:
@@ -371,7 +376,7 @@ class ThriftServerCodec(_ThriftSide, ServerCodec):
             t = info.theader
             assert t is not None  # noqa: S101
             pid = wire.PROTOCOL_COMPACT if info.protocol is Protocol.COMPACT else wire.PROTOCOL_BINARY
-            return wire.build_theader(t.seqid, pid, {}, body)
+            return wire.build_theader(_header_seqid(request.raw), pid, {}, body)  # type: ignore[union-attr]
         return body
 
 

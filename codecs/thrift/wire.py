@@ -333,7 +333,9 @@ def _skip_compact_struct(data: bytes | bytearray, pos: int, end: int, depth: int
 
 
 class THeader:
-    """A parsed THeader frame prefix."""
+    """A parsed THeader frame prefix. ``seqid`` is that of the frame it was read from: the codec
+    shares one THeader between frames whose blocks are equal and reads each frame's own
+    sequence id from the frame."""
 
     __slots__ = ("flags", "headers", "metadata", "payload_at", "protocol_id", "seqid", "transforms")
 
@@ -345,13 +347,6 @@ class THeader:
         self.headers: dict[str, str] = {}
         self.payload_at = 0
         self.metadata: dict[str, str] | None = None  # headers with lower-case names, made once
-
-    def with_seqid(self, seqid: int) -> THeader:
-        """The same header block for another frame (headers and transforms shared, read-only)."""
-        t = THeader.__new__(THeader)
-        t.flags, t.seqid, t.protocol_id, t.transforms = self.flags, seqid, self.protocol_id, self.transforms
-        t.headers, t.payload_at, t.metadata = self.headers, self.payload_at, self.metadata
-        return t
 
 
 def read_theader(frame: bytes | bytearray) -> THeader:
