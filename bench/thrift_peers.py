@@ -4,7 +4,8 @@
 
 A canned server (bench/thrift_canned.py) answers; bench/loadgen.c keeps 1 or 16 calls in flight
 on each of 50 connections (sequence ids patched per call). Envoy is run as in
-../shared/reference/peers/envoy_thrift.yaml (framed binary; full decode and payload passthrough).
+../shared/reference/peers/envoy_thrift.yaml (framed binary; full decode and payload passthrough),
+plus a copy of its full-decode listener with THeader clients (transport HEADER).
 """
 
 from __future__ import annotations
