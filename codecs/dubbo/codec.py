@@ -213,13 +213,17 @@ class _Recent:
     """The head and attachments a connection sent last, with their bytes: a consumer repeats
     them call after call, and equal bytes (a prefix compare, no copy) read equally."""
 
-    __slots__ = ("attachments", "attachments_bytes", "head", "head_bytes")
+    __slots__ = ("attachments", "attachments_bytes", "head", "head_bytes", "metadata", "metadata_from")
 
     def __init__(self) -> None:
         self.head_bytes: bytes | None = None
         self.head: _Head = ({}, 0, 0)
         self.attachments_bytes = b""  # no attachments at all: what _attachments_at says too
         self.attachments: tuple[dict[str, Any], dict[str, str]] = _EMPTY
+        # The last metadata made, and the (head, attachments) metadata it was merged from: the
+        # same pair gives the same dict again (metadata is read-only once decoded).
+        self.metadata: dict[str, str] = {}
+        self.metadata_from: tuple[dict[str, str], dict[str, str]] | None = None
 
 
 def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> tuple[dict[str, str], _Body]:
@@ -235,17 +239,24 @@ def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> 
             recent.head_bytes, recent.head = key, head
     head_md, params, pos = head
     at = _skip_arguments(raw, pos, end, params) if params else pos
+    parsed: tuple[dict[str, Any], dict[str, str]] | None
     if recent is not None and end - at == len(recent.attachments_bytes) and raw.startswith(recent.attachments_bytes, at):
-        attachments, cached_md = recent.attachments
+        parsed = recent.attachments
     else:
         parsed = _attachments_at(raw, at, end)
         if parsed is None:  # references, objects or nested values: the full reader
             return _request_metadata_full(raw)
         if recent is not None:
             recent.attachments_bytes, recent.attachments = bytes(raw[at:end]), parsed
-        attachments, cached_md = parsed
-    # Attachments first: the head's own attributes (interface, method ...) win over them.
-    return cached_md | head_md, _Body(at, attachments, None)
+    attachments, cached_md = parsed
+    if recent is None:
+        # Attachments first: the head's own attributes (interface, method ...) win over them.
+        return cached_md | head_md, _Body(at, attachments, None)
+    merged_from = recent.metadata_from
+    if merged_from is None or merged_from[0] is not head_md or merged_from[1] is not cached_md:
+        recent.metadata = cached_md | head_md
+        recent.metadata_from = (head_md, cached_md)
+    return recent.metadata, _Body(at, attachments, None)
 
 
 def _skip_arguments(raw: bytes | bytearray, at: int, end: int, params: int) -> int:

@@ -58,6 +58,8 @@ class Message:
         type: request, response, oneway, heartbeat or error.
         raw: the frame exactly as received; forwarding it unchanged costs no copy.
         metadata: routing attributes (``interface``, ``method``, ``command``, ``key`` ...).
+            Read-only once decoded: a codec may hand the same dict to several messages (Dubbo
+            does for a connection's repeated calls).
         request_id: the protocol's correlation id, or None for protocols without one.
         opaque: codec-private decode state (offsets, parsed arguments); the core never reads it.
         parts: for scatter-gather requests (e.g. Redis MGET over shards), the sub-requests the

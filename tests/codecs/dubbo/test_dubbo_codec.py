@@ -316,3 +316,13 @@ def test_simple_argument_stepping_agrees_with_skip_values(args: list[object], cu
             return "error"
 
     assert outcome(_skip_arguments) == outcome(lambda d, p, e, n: skip_values(d, p, e, n, [], []))
+
+
+def test_repeated_calls_on_a_connection_share_one_metadata_dict() -> None:
+    codec = DubboCodecFactory().server_codec()
+    inv = wire.Invocation("a.B", "m", "Ljava/lang/String;", ["x"], {"foo": "bar"}, "1.0.0")
+    first = codec.decode(ReadBuffer(wire.build_request(1, inv)))
+    second = codec.decode(ReadBuffer(wire.build_request(2, inv)))
+    assert first.metadata is second.metadata  # type: ignore[union-attr]
+    other = codec.decode(ReadBuffer(wire.build_request(3, wire.Invocation("a.B", "m", "Ljava/lang/String;", ["x"], {"foo": "baz"}, "1.0.0"))))
+    assert other.metadata["foo"] == "baz" and first.metadata["foo"] == "bar"  # type: ignore[union-attr]
