@@ -592,6 +592,9 @@ class DownstreamSession:
             self.transport.resume_reading()
             if self.buffer.pending():
                 self._process()
+                if (self.out or self.closing) and not self.flush_scheduled:
+                    self.flush_scheduled = True  # local replies made now go out this loop pass
+                    self.ctx.io.schedule_flush(self)
 
     def _protocol_error(self, exc: RemoteProtocolError) -> None:
         """Garbage from the client: reply as the protocol does, keep earlier replies, close."""

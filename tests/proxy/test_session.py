@@ -463,3 +463,28 @@ def test_a_push_between_the_replies_of_a_pipeline_is_not_taken_for_one() -> None
     h.io.flush()
     assert t.take() == b"$1\r\nA\r\n$1\r\nB\r\n"
     assert h.upstreams.cluster_stats["c"].unsolicited == 1 and h.upstreams.cluster_stats["c"].responses == 2
+
+
+def test_local_replies_made_when_reading_resumes_are_flushed() -> None:
+    """A paused client's buffered heartbeat is answered when reading resumes after its write
+    side drained, without waiting for another event."""
+    from metaprotocol_codecs.dubbo import DubboCodecFactory, wire
+
+    h = Harness(DubboCodecFactory(), (route("a", "c"),), {"c": 1}, max_pending=2)
+    s, t = h.client()
+    inv = wire.Invocation("a.B", "m", "Ljava/lang/String;", ["x"], {}, "1.0.0")
+    s.data_received(wire.build_request(1, inv) + wire.build_request(2, inv) + wire.build_heartbeat(3))
+    h.connect_all()
+    assert s.read_paused and s.buffer.pending()  # two in flight: the heartbeat waits unread
+    s.pause_writing()
+    conn = h.conns()[0]
+    sent = b"".join(h.upstream_transports[id(conn)].written)
+    for rid in (1, 2):
+        body = wire.build_response(rid, wire.Result(value="ok"))[16:]
+        conn.data_received(wire.header(0x02, wire.OK, rid, len(body)) + body)  # type: ignore[attr-defined]
+    assert sent and s.read_paused  # still paused: the client is not reading
+    h.io.flush()
+    t.written.clear()
+    s.resume_writing()
+    h.io.flush()
+    assert b"".join(t.written) == wire.build_heartbeat(3, reply=True)
