@@ -153,16 +153,17 @@ def _skip_string_chunks(data: bytes | bytearray, pos: int, max_bulk: int) -> int
 # bytes' length, so the result is exactly what scan_reply would find reply by reply.
 _FLAT = rb"\$(\d{1,10})\r\n([^\r]*)\r\n|\$-1\r\n|([+\-:])([^\r\n]*)\r\n"
 _FLAT_ONE: Final = re.compile(_FLAT)
-_FLAT_RUNS: dict[int, re.Pattern[bytes]] = {}
 FLAT_RUN_MAX: Final = 64
 """Replies one regex run takes at most (a compiled pattern per bound, so the bounds are few)."""
+_RUNS: dict[tuple[bytes, int], re.Pattern[bytes]] = {}
 
 
-def _flat_run(bound: int) -> re.Pattern[bytes]:
-    pattern = _FLAT_RUNS.get(bound)
+def _run_of(one: bytes, bound: int) -> re.Pattern[bytes]:
+    """1 to ``bound`` repetitions of the pattern ``one`` (its groups not captured), compiled once."""
+    pattern = _RUNS.get((one, bound))
     if pattern is None:
-        body = re.sub(rb"\((?!\?)", b"(?:", _FLAT)
-        pattern = _FLAT_RUNS[bound] = re.compile(b"(?:%s){1,%d}" % (body, bound))
+        body = re.sub(rb"\((?!\?)", b"(?:", one)
+        pattern = _RUNS[(one, bound)] = re.compile(b"(?:%s){1,%d}" % (body, bound))
     return pattern
 
 
@@ -174,15 +175,6 @@ _EXACT_FLAT = (
     + b"|\\$-1\r\n|(-)[^\r\n]*\r\n|[+:][^\r\n]*\r\n"
 )  # fmt: skip
 _EXACT_FLAT_ONE: Final = re.compile(_EXACT_FLAT)
-_EXACT_FLAT_RUNS: dict[int, re.Pattern[bytes]] = {}
-
-
-def _exact_flat_run(bound: int) -> re.Pattern[bytes]:
-    pattern = _EXACT_FLAT_RUNS.get(bound)
-    if pattern is None:
-        body = re.sub(rb"\((?!\?)", b"(?:", _EXACT_FLAT)
-        pattern = _EXACT_FLAT_RUNS[bound] = re.compile(b"(?:%s){1,%d}" % (body, bound))
-    return pattern
 
 
 def scan_flat_replies(data: bytes | bytearray, pos: int, limit: int, max_bulk: int) -> tuple[int, int, int]:
@@ -190,12 +182,12 @@ def scan_flat_replies(data: bytes | bytearray, pos: int, limit: int, max_bulk: i
     replies at ``pos``; (pos, 0, 0) when none is there."""
     bound = min(limit, FLAT_RUN_MAX)
     if max_bulk >= EXACT_MAX:
-        exact = _exact_flat_run(bound).match(data, pos)
+        exact = _run_of(_EXACT_FLAT, bound).match(data, pos)
         if exact is not None:
             end = exact.end()
             marks = _EXACT_FLAT_ONE.findall(data, pos, end)
             return end, len(marks), marks.count(b"-")
-    run = _flat_run(bound).match(data, pos)
+    run = _run_of(_FLAT, bound).match(data, pos)
     if run is None:
         return pos, 0, 0
     end = run.end()
