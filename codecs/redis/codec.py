@@ -182,11 +182,15 @@ class RedisServerCodec(ServerCodec):
         end = len(data)
         max_bulk = self.config.max_bulk
         stop, commands = exact_short_run(data, pos) if max_bulk >= EXACT_MAX else (pos, [])
-        if len(commands) > 1:  # lengths and names proved by the pattern itself
+        if commands:  # lengths and names proved by the pattern itself
             buffer.pos = stop
-            first_name = commands[0].split(b"\r\n", 3)[2]
-            entry = _NAMES.get(first_name) or _name(first_name)
-            return Message(MessageType.REQUEST, data[start:stop], {"command": entry[1]}, opaque=_Pipeline(len(commands))), len(commands)
+            _, _, first_name, key_length, rest = commands[0].split(b"\r\n", 4)
+            cmd, name, _ = _NAMES.get(first_name) or _name(first_name)
+            if len(commands) == 1:  # as _command makes it: a plain single-key request
+                key = rest[: int(key_length[1:])]
+                md = {"command": name, "key": key.decode("utf-8", "surrogateescape")}
+                return Message(MessageType.REQUEST, data[start:stop], md, opaque=(cmd, None)), 1
+            return Message(MessageType.REQUEST, data[start:stop], {"command": name}, opaque=_Pipeline(len(commands))), len(commands)
         short = _short_run(data, pos, max_bulk)
         if short is not None:
             stop, count, (cmd, name, _), key = short
