@@ -84,8 +84,9 @@ class ListenerContext:
         if config.local_rate_limit is not None:
             self.limiter = RateLimiter(config.local_rate_limit, io.now())
         self.access_log: Callable[[dict[str, object]], None] | None = None
-        self.global_limit = config.global_rate_limit
-        self.global_match = tuple(compile_matcher(m) for m in config.global_rate_limit.match) if config.global_rate_limit else ()
+        self.global_limit: GlobalRateLimit | None = None
+        self.global_match: tuple[Callable[[dict[str, str]], bool], ...] = ()
+        self.apply_global_limit(config.global_rate_limit)
         self._pipeline_table: RouteTable | None = None
         self._pipeline_log: Callable[[dict[str, object]], None] | None = None
         self._pipeline_generation = -1

@@ -182,18 +182,23 @@ class DownstreamSession:
     def _express(self, msg: Message, now: float) -> None:
         """Dispatch a plain two-way request that needs no local answer (see _express_allowed)."""
         ctx = self.ctx
-        stats = ctx.stats
-        stats.requests += 1
+        ctx.stats.requests += 1
         p = Pending(self, msg, now)
-        self.inflight += 1
-        stats.active_requests += 1
+        self._admit(p)
+        failure = ctx.upstreams.dispatch(ctx, p, msg, now, False)
+        if failure is not None:
+            self._fail(p, failure)
+
+    def _admit(self, p: Pending) -> None:
+        """``p`` (two-way) is in flight: counted, given its reply slot in ordered mode, and reading
+        paused at the connection's limit."""
+        n = p.count
+        self.inflight += n
+        self.ctx.stats.active_requests += n
         if self.ordered:
             self.slots.append(p)
         if self.inflight >= self.max_pending:
             self._pause()
-        failure = ctx.upstreams.dispatch(ctx, p, msg, now, False)
-        if failure is not None:
-            self._fail(p, failure)
 
     def _process_pipeline(self, now: float) -> None:
         """Decode what was read, forwarding each run of plain requests as one unit (one route
@@ -252,11 +257,7 @@ class DownstreamSession:
         ctx.stats.requests += n
         p = Pending(self, batch, now)
         p.count = p.batch_left = n
-        self.inflight += n
-        ctx.stats.active_requests += n
-        self.slots.append(p)
-        if self.inflight >= self.max_pending:
-            self._pause()
+        self._admit(p)
         failure = ctx.upstreams.dispatch(ctx, p, batch, now, False)
         if failure is not None:
             self._fail(p, failure)
@@ -315,12 +316,7 @@ class DownstreamSession:
         if oneway:
             ctx.stats.requests_oneway += 1
         else:
-            self.inflight += 1
-            ctx.stats.active_requests += 1
-            if self.ordered:
-                self.slots.append(p)
-            if self.inflight >= self.max_pending:
-                self._pause()
+            self._admit(p)
         parts = msg.parts
         if parts and self._split(p, parts, now):
             return
@@ -549,13 +545,17 @@ class DownstreamSession:
                     out.append(slots.popleft().reply)  # type: ignore[arg-type]
         else:
             self.out.append(data)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            ctx.io.schedule_flush(self)
+        self._flush_soon()
         if self.read_paused and not self.write_paused:
             self._maybe_resume()
 
     # -- output -------------------------------------------------------------------------------
+
+    def _flush_soon(self) -> None:
+        """Write what is queued at the end of this event-loop pass (once per pass)."""
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.ctx.io.schedule_flush(self)
 
     def flush(self) -> None:
         """Write the replies that are ready, in one call."""
@@ -592,9 +592,8 @@ class DownstreamSession:
             self.transport.resume_reading()
             if self.buffer.pending():
                 self._process()
-                if (self.out or self.closing) and not self.flush_scheduled:
-                    self.flush_scheduled = True  # local replies made now go out this loop pass
-                    self.ctx.io.schedule_flush(self)
+                if self.out or self.closing:  # local replies made now go out this loop pass
+                    self._flush_soon()
 
     def _protocol_error(self, exc: RemoteProtocolError) -> None:
         """Garbage from the client: reply as the protocol does, keep earlier replies, close."""

@@ -90,9 +90,14 @@ class UpstreamConnection:
         p.upstream = self
         pool.stats.requests += 1
         self.out.append(data)
-        if self.connected and not self.flush_scheduled:
+        if self.connected:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Write what is queued at the end of this event-loop pass (once per pass)."""
+        if not self.flush_scheduled:
             self.flush_scheduled = True
-            pool.io.schedule_flush(self)
+            self.pool.io.schedule_flush(self)
 
     def _allocate_id(self) -> int:
         rid = self.next_id
@@ -196,9 +201,7 @@ class UpstreamConnection:
         answer = self.codec.answer_event(msg)
         if answer:
             self.out.append(answer)
-            if not self.flush_scheduled:
-                self.flush_scheduled = True
-                self.pool.io.schedule_flush(self)
+            self._flush_soon()
 
     def _gather(self, p: Pending) -> bool:
         """Take the replies to the forwarded pipeline ``p`` that are here, in one slice; complete
