@@ -376,29 +376,24 @@ def _request_metadata_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Bod
 
 
 def _encode(msg: Message, mutation: Mutation | None, request_id: int | None) -> bytes | bytearray:
-    if not mutation:  # the hot path: at most the id changes
-        if request_id is None or request_id == msg.request_id:
-            return msg.raw
-        out = bytearray(msg.raw)  # one copy, then the 8 id bytes patched in place
-        _ID.pack_into(out, 4, request_id & 0xFFFFFFFFFFFFFFFF)
-        return out
     new_id = None if request_id is None or request_id == msg.request_id else request_id
-    if mutation and isinstance(msg, LazyMessage):
-        try:
-            msg.metadata  # noqa: B018 - parses the body and sets opaque
-        except RemoteProtocolError as exc:
-            raise LocalProtocolError(f"cannot set attachments: {exc}") from None
-    info = msg.opaque
-    if mutation and isinstance(info, _Body):
-        raw = msg.raw
-        if info.flag >= 0 and info.flag < wire.WITH_ATTACHMENTS_OFFSET:
-            # A response without attachments: upgrade the flag to its _WITH_ATTACHMENTS variant.
-            w = Hessian2Writer()
-            w.write_int(info.flag + wire.WITH_ATTACHMENTS_OFFSET)
-            head = w.getvalue() + bytes(raw[wire.HEADER_SIZE + info.flag_size : info.attachments_at])
-        else:
-            head = bytes(raw[wire.HEADER_SIZE : info.attachments_at])
-        return _patch(raw, new_id, head + _mutated_attachments(info, mutation))
+    if mutation:
+        if isinstance(msg, LazyMessage):
+            try:
+                msg.metadata  # noqa: B018 - parses the body and sets opaque
+            except RemoteProtocolError as exc:
+                raise LocalProtocolError(f"cannot set attachments: {exc}") from None
+        info = msg.opaque
+        if isinstance(info, _Body):
+            raw = msg.raw
+            if info.flag >= 0 and info.flag < wire.WITH_ATTACHMENTS_OFFSET:
+                # A response without attachments: upgrade the flag to its _WITH_ATTACHMENTS variant.
+                w = Hessian2Writer()
+                w.write_int(info.flag + wire.WITH_ATTACHMENTS_OFFSET)
+                head = w.getvalue() + bytes(raw[wire.HEADER_SIZE + info.flag_size : info.attachments_at])
+            else:
+                head = bytes(raw[wire.HEADER_SIZE : info.attachments_at])
+            return _patch(raw, new_id, head + _mutated_attachments(info, mutation))
     if new_id is None:
         return msg.raw
     out = bytearray(msg.raw)  # one copy, then the 8 id bytes patched in place
@@ -432,12 +427,8 @@ class DubboClientCodec(ClientCodec):
             return Message(MessageType.RESPONSE, raw, {}, rid)
         result_flag = _FLAG_CODES.get(raw[wire.HEADER_SIZE]) if len(raw) > wire.HEADER_SIZE else None
         if result_flag is not None:  # the usual one-byte flag: the value is not walked unless asked
-            mtype = MessageType.ERROR if result_flag in _ERROR_FLAGS else MessageType.RESPONSE
-            return LazyMessage(mtype, raw, _lazy_response_metadata, rid)
-        try:
-            md, body = _response_body(raw)
-        except (HessianDecodeError, ValueError) as exc:
-            raise RemoteProtocolError(f"bad response body: {exc}", ErrorKind.BAD_RESPONSE) from None
+            return LazyMessage(_response_type(result_flag), raw, _lazy_response_metadata, rid)
+        md, body = _checked_response_body(raw)
         return Message(_response_type(body.flag), raw, md, rid, body)
 
     def encode(self, request: Message, mutation: Mutation | None = None, request_id: int | None = None) -> bytes | bytearray:
@@ -462,11 +453,16 @@ def _response_type(flag: int) -> MessageType:
 
 def _lazy_response_metadata(msg: LazyMessage) -> dict[str, str]:
     """A response's attachments as metadata, read when first asked for (mutation, logs)."""
+    md, msg.opaque = _checked_response_body(msg.raw)
+    return md
+
+
+def _checked_response_body(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
+    """_response_body, with a body it cannot read reported as the provider's fault."""
     try:
-        md, msg.opaque = _response_body(msg.raw)
+        return _response_body(raw)
     except (HessianDecodeError, ValueError) as exc:
         raise RemoteProtocolError(f"bad response body: {exc}", ErrorKind.BAD_RESPONSE) from None
-    return md
 
 
 def _response_body(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
