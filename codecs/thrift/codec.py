@@ -198,7 +198,6 @@ class _ThriftSide:
         if last is not None and frame.startswith(last[0], 4) and frame.startswith(last[1], 12) and len(frame) >= last[2].payload_at:
             return last[2]  # shared: the codec reads a frame's own header seqid from the frame
         t = wire.read_theader(frame)
-        t.metadata = {k.lower(): v for k, v in t.headers.items()}
         self.last_theader = (bytes(frame[4:8]), bytes(frame[12 : t.payload_at]), t)
         return t
 
