@@ -40,8 +40,8 @@ from metaprotocol_codecs.redis.commands import (
     SINGLE_KEY,
     key_indexes,
 )
+from metaprotocol_codecs.redis.patterns import EXACT_MAX
 from metaprotocol_codecs.redis.requests import (
-    EXACT_MAX,
     exact_short_run,
     frame_inline,
     frame_multibulk,

@@ -7,6 +7,7 @@ from typing import Final
 
 from metaprotocol.spi import ErrorKind, RemoteProtocolError
 from metaprotocol_codecs.redis.commands import KEY_SPECS, SINGLE_KEY
+from metaprotocol_codecs.redis.patterns import EXACT_BULK, repeated
 
 MAX_INLINE: Final = 64 * 1024
 MAX_MULTIBULK: Final = 1024 * 1024
@@ -173,7 +174,7 @@ __all__ = ["CRLF", "frame_inline", "frame_multibulk", "pack", "protocol_error", 
 # in only one way), so the regex is a fast guess that the check turns into proof.
 _SHORT = rb"\*([23])\r\n(\$\d{1,2}\r\n[A-Za-z]{1,32})\r\n\$(\d{1,10})\r\n([^\r]*)\r\n(?:\$(\d{1,10})\r\n([^\r]*)\r\n)?"
 _SHORT_ONE: Final = re.compile(_SHORT)
-_SHORT_RUN: Final = re.compile(b"(?:" + re.sub(rb"\((?!\?)", b"(?:", _SHORT) + b")+")  # groups not captured
+_SHORT_RUN: Final = repeated(_SHORT)
 
 ShortCommand = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
 """argc, name field (``$3\r\nGET``), key length, key, value length (b"" when absent), value."""
@@ -210,22 +211,19 @@ def short_command_name(field: bytes) -> bytes | None:
 # the pattern (``$6\r\n`` then exactly 6 bytes, one alternative per length) and so can the
 # single-key command names; one match then frames and proves a whole run, with no check per
 # command in Python. Anything longer goes to the pattern above.
-EXACT_MAX: Final = 128
-
-
 def _exact_pattern() -> bytes:
     by_length: dict[int, list[bytes]] = {}
     for name, spec in KEY_SPECS.items():
         if spec is SINGLE_KEY:
             by_length.setdefault(len(name), []).append(re.escape(name))
     names = b"|".join(b"\\$%d\r\n(?:%s)" % (n, b"|".join(sorted(group))) for n, group in sorted(by_length.items()))
-    bulk = b"\\$(?:" + b"|".join(b"%d\r\n[\\s\\S]{%d}" % (n, n) for n in range(EXACT_MAX + 1)) + b")\r\n"
     name = b"(?i:" + names + b")\r\n"
-    return b"(?:\\*2\r\n" + name + bulk + b"|\\*3\r\n" + name + bulk + bulk + b")"
+    return b"(?:\\*2\r\n" + name + EXACT_BULK + b"|\\*3\r\n" + name + EXACT_BULK + EXACT_BULK + b")"
 
 
-_EXACT_ONE: Final = re.compile(_exact_pattern())
-_EXACT_RUN: Final = re.compile(b"(?:" + _exact_pattern() + b")+")
+_EXACT = _exact_pattern()
+_EXACT_ONE: Final = re.compile(_EXACT)
+_EXACT_RUN: Final = repeated(_EXACT)
 
 
 def exact_short_run(data: bytes | bytearray, pos: int) -> tuple[int, list[bytes]]:

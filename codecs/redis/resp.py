@@ -17,6 +17,7 @@ import re
 from typing import Final
 
 from metaprotocol.spi import ErrorKind, RemoteProtocolError
+from metaprotocol_codecs.redis.patterns import EXACT_BULK, EXACT_MAX, repeated
 
 INCOMPLETE: Final = -1
 CRLF: Final = b"\r\n"
@@ -155,25 +156,10 @@ _FLAT = rb"\$(\d{1,10})\r\n([^\r]*)\r\n|\$-1\r\n|([+\-:])([^\r\n]*)\r\n"
 _FLAT_ONE: Final = re.compile(_FLAT)
 FLAT_RUN_MAX: Final = 64
 """Replies one regex run takes at most (a compiled pattern per bound, so the bounds are few)."""
-_RUNS: dict[tuple[bytes, int], re.Pattern[bytes]] = {}
-
-
-def _run_of(one: bytes, bound: int) -> re.Pattern[bytes]:
-    """1 to ``bound`` repetitions of the pattern ``one`` (its groups not captured), compiled once."""
-    pattern = _RUNS.get((one, bound))
-    if pattern is None:
-        body = re.sub(rb"\((?!\?)", b"(?:", one)
-        pattern = _RUNS[(one, bound)] = re.compile(b"(?:%s){1,%d}" % (body, bound))
-    return pattern
-
 
 # Replies whose bulk strings are at most EXACT_MAX bytes: the lengths are in the pattern (one
 # alternative per length), so a match needs no check; the one group marks errors.
-EXACT_MAX: Final = 128
-_EXACT_FLAT = (
-    b"\\$(?:" + b"|".join(b"%d\r\n[\\s\\S]{%d}" % (n, n) for n in range(EXACT_MAX + 1)) + b")\r\n"
-    + b"|\\$-1\r\n|(-)[^\r\n]*\r\n|[+:][^\r\n]*\r\n"
-)  # fmt: skip
+_EXACT_FLAT = EXACT_BULK + b"|\\$-1\r\n|(-)[^\r\n]*\r\n|[+:][^\r\n]*\r\n"
 _EXACT_FLAT_ONE: Final = re.compile(_EXACT_FLAT)
 
 
@@ -182,12 +168,12 @@ def scan_flat_replies(data: bytes | bytearray, pos: int, limit: int, max_bulk: i
     replies at ``pos``; (pos, 0, 0) when none is there."""
     bound = min(limit, FLAT_RUN_MAX)
     if max_bulk >= EXACT_MAX:
-        exact = _run_of(_EXACT_FLAT, bound).match(data, pos)
+        exact = repeated(_EXACT_FLAT, bound).match(data, pos)
         if exact is not None:
             end = exact.end()
             marks = _EXACT_FLAT_ONE.findall(data, pos, end)
             return end, len(marks), marks.count(b"-")
-    run = _run_of(_FLAT, bound).match(data, pos)
+    run = repeated(_FLAT, bound).match(data, pos)
     if run is None:
         return pos, 0, 0
     end = run.end()
