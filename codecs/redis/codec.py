@@ -186,19 +186,16 @@ class RedisServerCodec(ServerCodec):
             buffer.pos = stop
             _, _, first_name, key_length, rest = commands[0].split(b"\r\n", 4)
             cmd, name, _ = _NAMES.get(first_name) or _name(first_name)
-            if len(commands) == 1:  # as _command makes it: a plain single-key request
-                key = rest[: int(key_length[1:])]
-                md = {"command": name, "key": key.decode("utf-8", "surrogateescape")}
-                return Message(MessageType.REQUEST, data[start:stop], md, opaque=(cmd, None)), 1
-            return Message(MessageType.REQUEST, data[start:stop], {"command": name}, opaque=_Pipeline(len(commands))), len(commands)
+            if len(commands) == 1:
+                return _single_key(data[start:stop], cmd, name, rest[: int(key_length[1:])]), 1
+            return _pipeline(data[start:stop], name, len(commands)), len(commands)
         short = _short_run(data, pos, max_bulk)
         if short is not None:
             stop, count, (cmd, name, _), key = short
             buffer.pos = stop
-            if count == 1:  # as _command makes it: a plain single-key request
-                md = {"command": name, "key": key.decode("utf-8", "surrogateescape")}
-                return Message(MessageType.REQUEST, data[start:stop], md, opaque=(cmd, None)), 1
-            return Message(MessageType.REQUEST, data[start:stop], {"command": name}, opaque=_Pipeline(count)), count
+            if count == 1:
+                return _single_key(data[start:stop], cmd, name, key), 1
+            return _pipeline(data[start:stop], name, count), count
         count = 0
         first = ""
         first_stop = 0
@@ -223,7 +220,7 @@ class RedisServerCodec(ServerCodec):
         buffer.pos = pos
         if count == 1:
             return _command(data[start:first_stop], data, first_bounds), 1
-        return Message(MessageType.REQUEST, data[start:pos], {"command": first}, opaque=_Pipeline(count)), count
+        return _pipeline(data[start:pos], first, count), count
 
     def batch(self, requests: Sequence[Message]) -> Message:
         """Consecutive plain commands as one unit: Redis answers a pipeline in order, so their
@@ -449,17 +446,24 @@ def _short_name_entry(field: bytes) -> tuple[bytes, str, object] | None:
     return entry
 
 
+def _single_key(raw: bytes | bytearray, cmd: bytes, name: str, key: bytes) -> Message:
+    """A plain single-key request: routed on its command and key, never split."""
+    return Message(MessageType.REQUEST, raw, {"command": name, "key": key.decode("utf-8", "surrogateescape")}, opaque=(cmd, None))
+
+
+def _pipeline(raw: bytes | bytearray, first: str, count: int) -> Message:
+    """``count`` plain single-key requests forwarded as one unit (see decode_run)."""
+    return Message(MessageType.REQUEST, raw, {"command": first}, opaque=_Pipeline(count))
+
+
 def _command(raw: bytes | bytearray, data: bytes | bytearray, bounds: list[int]) -> Message:
     """Build the request message: command and key metadata, fan-out parts where they apply."""
     cmd, name, spec = _name(bytes(data[bounds[0] : bounds[1]]))
     argc = len(bounds) >> 1
     if spec is SINGLE_KEY:
         if argc > 1:
-            key = bytes(data[bounds[2] : bounds[3]])
-            md = {"command": name, "key": key.decode("utf-8", "surrogateescape")}
-        else:
-            md = {"command": name}
-        return Message(MessageType.REQUEST, raw, md, opaque=(cmd, None))
+            return _single_key(raw, cmd, name, bytes(data[bounds[2] : bounds[3]]))
+        return Message(MessageType.REQUEST, raw, {"command": name}, opaque=(cmd, None))
     args = [bytes(data[bounds[i] : bounds[i + 1]]) for i in range(0, len(bounds), 2)]
     args[0] = cmd
     md = {"command": name}
