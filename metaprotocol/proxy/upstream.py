@@ -74,7 +74,7 @@ class UpstreamConnection:
             p.session.ctx.stats.mutations_dropped += 1
             mutation = None
         if pool.correlation is Correlation.REQUEST_ID:
-            rid = self.next_id
+            rid = self.next_id  # _allocate_id's common case, inline: the next id is free
             if rid in self.inflight or rid >= self.max_id:
                 rid = self._allocate_id()
             else:
