@@ -70,7 +70,7 @@ class FakeIO:
     def arm_sweeper(self) -> None:
         pass
 
-    def report(self, event: str, detail: str) -> None:
+    def report(self, event: str, detail: str, exc: BaseException | None = None) -> None:
         self.reports.append((event, detail))
 
     def rate_limit(self, ctx: object, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:

@@ -266,6 +266,9 @@ class ListenerConfig:
     local_rate_limit: LocalRateLimit | None = None
     access_log: tuple[AccessLog, ...] = ()
     global_rate_limit: GlobalRateLimit | None = None
+    max_connections: int = 0
+    """Open downstream connections this listener accepts at once (0: only the process bound);
+    past it a new connection is closed at once (Envoy's connection_limit filter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +317,40 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpKeepalive:
+    """Envoy's ``upstream_connection_options.tcp_keepalive``: SO_KEEPALIVE on upstream
+    connections, with the kernel's probe count, idle time and interval (0: the OS default)."""
+
+    probes: int = 0
+    time: float = 0.0
+    interval: float = 0.0
+
+
+class HealthCheckKind(enum.Enum):
+    """What an active health check sends: the codec's own probe (Dubbo heartbeat, Redis PING;
+    a codec without one falls back to a connect) or only a TCP connect."""
+
+    CODEC = "codec"
+    TCP = "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Envoy's ``health_checks[0]``: probe each endpoint every ``interval``; a probe that gets no
+    good answer within ``timeout`` fails; ``unhealthy_threshold`` failures in a row take the
+    endpoint out of balancing, ``healthy_threshold`` successes in a row bring it back."""
+
+    interval: float
+    timeout: float
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+    kind: HealthCheckKind = HealthCheckKind.CODEC
+
+
+DEFAULT_MAX_CONSECUTIVE_TIMEOUTS: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """A named group of endpoints and how to pick one."""
 
@@ -327,6 +364,33 @@ class ClusterConfig:
     hash_tag: str = ""
     circuit_breakers: CircuitBreakers | None = None
     outlier_detection: OutlierDetection | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    max_consecutive_timeouts: int = DEFAULT_MAX_CONSECUTIVE_TIMEOUTS
+    """A multiplexed upstream connection on which this many requests in a row time out with no
+    reply in between is closed and replaced (0: never). ORDERED and EXCLUSIVE connections are
+    closed on their first timeout, since a lost reply would misalign them."""
+    health_check: HealthCheck | None = None
+
+
+DEFAULT_MAX_PENDING_REQUESTS: Final = 50_000
+DEFAULT_MAX_HEAP_BYTES: Final = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class OverloadConfig:
+    """Process-wide bounds (Envoy's overload manager in spirit); 0 disables a bound.
+
+    ``max_active_downstream_connections``: open client connections over all listeners (None: 90 %
+    of the process's file descriptor limit, decided when the proxy starts).
+    ``max_pending_requests``: requests in flight over all listeners; past it new requests get the
+    codec's over-limit reply at once. ``max_heap_size_bytes``: resident memory past which new
+    requests get that reply and new connections are closed, read every ``refresh_interval``.
+    """
+
+    max_active_downstream_connections: int | None = None
+    max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS
+    max_heap_size_bytes: int = DEFAULT_MAX_HEAP_BYTES
+    refresh_interval: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +411,7 @@ class Bootstrap:
     source: str = "<memory>"
     ads: tuple[str, int] | None = None
     node_id: str = ""
+    overload: OverloadConfig = OverloadConfig()
 
     def cluster_map(self) -> dict[str, ClusterConfig]:
         """Clusters by name."""

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+from metaprotocol.io.log_limit import RateLimitedLog
 from metaprotocol.proxy.context import Flushable, ListenerContext
 from metaprotocol.proxy.upstream import UpstreamConnection, Upstreams
 
@@ -26,6 +27,7 @@ class LoopIO:
         self._sweeping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._rls: dict[str, object] = {}
+        self.events = RateLimitedLog(log, loop.time, loop.call_later)
 
     def now(self) -> float:
         """Monotonic seconds."""
@@ -83,9 +85,10 @@ class LoopIO:
         else:
             self._sweeping = False
 
-    def report(self, event: str, detail: str) -> None:
-        """Log an operator-visible event."""
-        log.warning("%s: %s", event, detail)
+    def report(self, event: str, detail: str, exc: BaseException | None = None) -> None:
+        """Log an operator-visible event, rate-limited per event kind (a client sending garbage
+        in a loop costs one summary line per interval, not a line per frame)."""
+        self.events.emit(event, detail, exc)
 
     def rate_limit(self, ctx: ListenerContext, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
         """Call ShouldRateLimit on the listener's service; failures follow ``deny_on_fail``."""

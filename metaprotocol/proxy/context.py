@@ -11,7 +11,8 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from metaprotocol.config.model import HASHING_POLICIES, GlobalRateLimit, ListenerConfig
+from metaprotocol.config.model import HASHING_POLICIES, GlobalRateLimit, ListenerConfig, OverloadConfig
+from metaprotocol.proxy.overload import Overload
 from metaprotocol.proxy.policies import RateLimiter
 from metaprotocol.router.matchers import compile_matcher
 from metaprotocol.proxy.stats import ListenerStats
@@ -49,8 +50,9 @@ class ProxyIO(Protocol):
     def arm_sweeper(self) -> None:
         """Make sure request deadlines are being swept."""
 
-    def report(self, event: str, detail: str) -> None:
-        """Log an event worth an operator's attention (protocol errors, connect failures)."""
+    def report(self, event: str, detail: str, exc: BaseException | None = None) -> None:
+        """Log an event worth an operator's attention (protocol errors, connect failures), with
+        ``exc``'s traceback when given; rate-limited per event kind."""
 
     def rate_limit(self, ctx: ListenerContext, entries: list[tuple[str, str]], done: Callable[[bool], None]) -> None:
         """Ask the listener's rate limit service; ``done(allowed)`` runs later on the loop."""
@@ -67,8 +69,10 @@ class ListenerContext:
         upstreams: Upstreams,
         io: ProxyIO,
         rng: random.Random | None = None,
+        overload: Overload | None = None,
     ) -> None:
         self.config = config
+        self.overload = overload if overload is not None else Overload(OverloadConfig())
         self.name = config.name
         self.factory = factory
         self.correlation = factory.correlation

@@ -19,9 +19,9 @@ from metaprotocol.spi import (
     ErrorKind,
     LocalAnswer,
     LocalError,
-    LocalProtocolError,
     Message,
     MessageType,
+    MetaProtocolError,
     ReadBuffer,
     RemoteProtocolError,
 )
@@ -83,12 +83,23 @@ class DownstreamSession:
     # -- asyncio protocol callbacks -----------------------------------------------------------
 
     def connection_made(self, transport: Transport) -> None:
-        """Register with the listener."""
+        """Register with the listener, or close at once when a connection bound is reached."""
         self.transport = transport
-        stats = self.ctx.stats
+        ctx = self.ctx
+        stats = ctx.stats
         stats.cx_total += 1
+        overload = ctx.overload
+        refused = overload.accept_connection(stats.cx_active, ctx.config.max_connections)
+        if refused is not None:
+            self.closed = True  # never registered: connection_lost has nothing to undo
+            overload.rejected_connections[refused] += 1
+            stats.cx_overflow += 1
+            ctx.io.report("downstream_cx_overflow", f"{ctx.name}: connection refused ({refused} limit)")
+            transport.close()
+            return
         stats.cx_active += 1
-        self.ctx.sessions.add(self)
+        overload.connections += 1
+        ctx.sessions.add(self)
 
     def data_received(self, data: bytes) -> None:
         """Decode and dispatch every whole frame received, then write what is ready."""
@@ -99,7 +110,7 @@ class DownstreamSession:
         if self.closing:
             return
         self.buffer.feed(data)
-        self._process()
+        self._process_guarded()
         if self.out or self.closing:
             self.flush()
 
@@ -118,9 +129,12 @@ class DownstreamSession:
         self.closed = True
         stats = self.ctx.stats
         stats.cx_active -= 1
+        overload = self.ctx.overload
+        overload.connections -= 1
         if self.inflight:
             stats.cx_destroy_with_active_rq += 1
             stats.active_requests -= self.inflight
+            overload.pending -= self.inflight
             self.inflight = 0
         self.slots.clear()
         self.out.clear()
@@ -140,6 +154,17 @@ class DownstreamSession:
 
     # -- request path -------------------------------------------------------------------------
 
+    def _process_guarded(self) -> None:
+        """``_process`` behind the codec boundary: a documented codec error that surfaces late
+        (a lazily parsed field read while routing) is a protocol error; any other exception is a
+        codec bug, answered and confined to this connection instead of reaching the event loop."""
+        try:
+            self._process()
+        except MetaProtocolError as exc:
+            self._protocol_error(exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - defence in depth at the codec boundary
+            self._internal_error(exc)
+
     def _process(self) -> None:
         codec = self.codec
         buffer = self.buffer
@@ -153,6 +178,9 @@ class DownstreamSession:
             try:
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
+                if exc.skipped:
+                    self._bad_frame(exc, now)
+                    continue
                 self._protocol_error(exc)
                 return
             if msg is NEED_DATA:
@@ -184,21 +212,31 @@ class DownstreamSession:
         ctx = self.ctx
         ctx.stats.requests += 1
         p = Pending(self, msg, now)
-        self._admit(p)
-        failure = ctx.upstreams.dispatch(ctx, p, msg, now, False)
-        if failure is not None:
-            self._fail(p, failure)
+        if self._admit(p):
+            failure = ctx.upstreams.dispatch(ctx, p, msg, now, False)
+            if failure is not None:
+                self._fail(p, failure)
 
-    def _admit(self, p: Pending) -> None:
+    def _admit(self, p: Pending) -> bool:
         """``p`` (two-way) is in flight: counted, given its reply slot in ordered mode, and reading
-        paused at the connection's limit."""
+        paused at the connection's limit. False when the process is overloaded: ``p`` has then
+        been answered with the codec's over-limit reply and must not be sent."""
         n = p.count
         self.inflight += n
-        self.ctx.stats.active_requests += n
+        ctx = self.ctx
+        ctx.stats.active_requests += n
+        overload = ctx.overload
+        overload.pending += n
         if self.ordered:
             self.slots.append(p)
         if self.inflight >= self.max_pending:
             self._pause()
+        if overload.pending > overload.admit_below:
+            reason = overload.reject_reason()
+            overload.rejected_requests[reason] += n
+            self._local_error(p, ErrorKind.OVER_LIMIT, f"proxy overloaded ({reason} limit)")
+            return False
+        return True
 
     def _process_pipeline(self, now: float) -> None:
         """Decode what was read, forwarding each run of plain requests as one unit (one route
@@ -219,6 +257,9 @@ class DownstreamSession:
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
                 self._forward_run(run, now)
+                if exc.skipped:
+                    self._bad_frame(exc, now)
+                    continue
                 self._protocol_error(exc)
                 return
             if msg is NEED_DATA:
@@ -257,10 +298,10 @@ class DownstreamSession:
         ctx.stats.requests += n
         p = Pending(self, batch, now)
         p.count = p.batch_left = n
-        self._admit(p)
-        failure = ctx.upstreams.dispatch(ctx, p, batch, now, False)
-        if failure is not None:
-            self._fail(p, failure)
+        if self._admit(p):
+            failure = ctx.upstreams.dispatch(ctx, p, batch, now, False)
+            if failure is not None:
+                self._fail(p, failure)
 
     def _handle(self, msg: Message, now: float, answer: LocalAnswer | None | _Ask = ASK) -> None:
         ctx = self.ctx
@@ -306,17 +347,14 @@ class DownstreamSession:
             md = msg.metadata
             entries = [(key, md[prop]) for prop, key in glimit.descriptors if prop in md]
             if entries:
-                if not oneway:
-                    self.inflight += 1
-                    ctx.stats.active_requests += 1
-                    if self.ordered:
-                        self.slots.append(p)
+                if not oneway and not self._admit(p):
+                    return
                 ctx.io.rate_limit(ctx, entries, lambda allowed: self._after_global_limit(p, msg, oneway, allowed))
                 return
         if oneway:
             ctx.stats.requests_oneway += 1
-        else:
-            self._admit(p)
+        elif not self._admit(p):
+            return
         parts = msg.parts
         if parts and self._split(p, parts, now):
             return
@@ -424,8 +462,12 @@ class DownstreamSession:
             if parent.parts_left == 0:
                 try:
                     merged = self.codec.merge(parent.request, [r for r in replies if r])
-                except LocalProtocolError as exc:
+                except MetaProtocolError as exc:
                     self._local_error(parent, ErrorKind.BAD_RESPONSE, str(exc))
+                    return
+                except Exception as exc:  # noqa: BLE001 - a codec bug: this request fails, nothing else
+                    self._codec_bug(exc)
+                    self._local_error(parent, ErrorKind.INTERNAL, "internal error")
                     return
                 self._finish(parent, merged)
             return
@@ -435,8 +477,12 @@ class DownstreamSession:
         mutation = route.response_mutation if route is not None else None
         try:
             data = self.codec.encode(response, mutation, p.request.request_id)
-        except LocalProtocolError as exc:
+        except MetaProtocolError as exc:  # e.g. a lazily read response body that is malformed
             self._local_error(p, ErrorKind.BAD_RESPONSE, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - a codec bug: this request fails, nothing else
+            self._codec_bug(exc)
+            self._local_error(p, ErrorKind.INTERNAL, "internal error")
             return
         self.ctx.stats.responses += p.count
         self._finish(p, data, "ok" if response.type is MessageType.RESPONSE else "error")
@@ -500,7 +546,7 @@ class DownstreamSession:
         if p.request.type is MessageType.ONEWAY:
             p.done = True
             return
-        reply = self.codec.on_error(p.request, LocalError(kind, message))
+        reply = self._error_reply(p.request, LocalError(kind, message))
         if answered:  # a forwarded pipeline failed part-way: replies that came stay, errors for the rest
             per_request = len(reply) // p.count
             reply = b"".join(answered) + reply[per_request * (p.count - p.batch_left) :]
@@ -531,6 +577,7 @@ class DownstreamSession:
         count = p.count
         self.inflight -= count
         ctx.stats.active_requests -= count
+        ctx.overload.pending -= count
         now = ctx.io.now()
         ctx.stats.latency.observe(now - p.start, count)
         self.last_active = now
@@ -591,7 +638,7 @@ class DownstreamSession:
             self.read_paused = False
             self.transport.resume_reading()
             if self.buffer.pending():
-                self._process()
+                self._process_guarded()
                 if self.out or self.closing:  # local replies made now go out this loop pass
                     self._flush_soon()
 
@@ -603,9 +650,48 @@ class DownstreamSession:
         self.buffer.clear()
         self.closing = True
         request = exc.request if isinstance(exc.request, Message) else None
-        reply = self.codec.on_error(request, LocalError(exc.kind, str(exc)))
+        reply = self._error_reply(request, LocalError(exc.kind, str(exc)))
         if reply:
             self._local(Pending(self, Message(MessageType.ERROR, b""), 0.0), reply)
+
+    def _bad_frame(self, exc: RemoteProtocolError, now: float) -> None:
+        """A malformed request the codec stepped over whole (``exc.skipped``): answer it with the
+        protocol's error, in its place among the replies, and go on reading."""
+        ctx = self.ctx
+        ctx.stats.request_decoding_errors += 1
+        ctx.stats.errors[exc.kind.value] += 1
+        ctx.io.report("downstream_protocol_error", f"{ctx.name}: {exc}")
+        request = exc.request if isinstance(exc.request, Message) else None
+        if request is not None and request.type is MessageType.ONEWAY:
+            return
+        reply = self._error_reply(request, LocalError(exc.kind, str(exc)))
+        if reply:
+            self._local(Pending(self, request or Message(MessageType.ERROR, b""), now), reply)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A codec raised something it does not document: count it, log it with its traceback,
+        answer with the protocol's error and close this connection only (after the replies it
+        is still owed)."""
+        self._codec_bug(exc)
+        self.buffer.clear()
+        self.closing = True
+        reply = self._error_reply(None, LocalError(ErrorKind.INTERNAL, "internal error"))
+        if reply:
+            self._local(Pending(self, Message(MessageType.ERROR, b""), 0.0), reply)
+
+    def _codec_bug(self, exc: BaseException) -> None:
+        ctx = self.ctx
+        ctx.stats.codec_internal_errors += 1
+        ctx.io.report("codec_internal_error", f"{ctx.name} ({ctx.factory.name}): {type(exc).__name__}: {exc}", exc)
+
+    def _error_reply(self, request: Message | None, error: LocalError) -> bytes:
+        """``codec.on_error``, which must not fail in its turn: a codec bug there costs the
+        reply (the client then sees the connection close), never the event loop."""
+        try:
+            return self.codec.on_error(request, error)
+        except Exception as exc:  # noqa: BLE001 - defence in depth at the codec boundary
+            self._codec_bug(exc)
+            return b""
 
     def drain(self) -> None:
         """Stop reading new requests; close once every in-flight request is answered."""

@@ -9,7 +9,10 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from metaprotocol.proxy.overload import Overload
 
 LATENCY_BUCKETS: Final = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -63,6 +66,8 @@ class ListenerStats:
         self.mirrored = 0
         self.idle_timeouts = 0
         self.mutations_dropped = 0
+        self.cx_overflow = 0
+        self.codec_internal_errors = 0
         self.errors: Counter[str] = Counter()
         self.route_requests: Counter[str] = Counter()
         self.latency = Histogram()
@@ -84,7 +89,35 @@ class ClusterStats:
         self.retries = 0
         self.retry_successes = 0
         self.retry_overflows = 0
+        self.timeout_closes = 0
+        self.health_check_failures = 0
+        self.health_check_successes = 0
         self.errors: Counter[str] = Counter()
+
+
+def _render_overload(out: list[str], ov: Overload) -> None:
+    """Process-wide bounds: what is in use, the limits, and what they refused."""
+    gauges = (
+        ("metaprotocol_overload_pending_requests", "Requests in flight in the whole process.", ov.pending),
+        ("metaprotocol_overload_max_pending_requests", "Process bound on requests in flight (0: none).", ov.config.max_pending_requests),
+        ("metaprotocol_overload_downstream_cx_active", "Open downstream connections in the whole process.", ov.connections),
+        ("metaprotocol_overload_max_downstream_cx", "Process bound on downstream connections (0: none).", ov.max_connections),
+        ("metaprotocol_overload_heap_bytes", "Resident memory at the last reading.", ov.heap_bytes),
+        ("metaprotocol_overload_max_heap_bytes", "Memory threshold past which load is shed (0: none).", ov.config.max_heap_size_bytes),
+        ("metaprotocol_overload_shedding", "1 while the memory threshold is exceeded.", int(ov.over_heap)),
+    )
+    for name, help_, value in gauges:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} gauge")
+        out.append(_line(name, {}, value))
+    for name, help_, counts in (
+        ("metaprotocol_overload_rejected_requests_total", "Requests answered with an over-limit reply, by bound.", ov.rejected_requests),
+        ("metaprotocol_overload_rejected_cx_total", "Connections closed at accept, by bound.", ov.rejected_connections),
+    ):
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} counter")
+        for reason, n in sorted(counts.items()):
+            out.append(_line(name, {"limit": reason}, n))
 
 
 def _esc(value: str) -> str:
@@ -97,10 +130,12 @@ def _line(name: str, labels: dict[str, str], value: float) -> str:
 
 
 def render_prometheus(
-    listeners: Iterable[ListenerStats], clusters: Iterable[ClusterStats]
+    listeners: Iterable[ListenerStats], clusters: Iterable[ClusterStats], overload: Overload | None = None
 ) -> str:
     """The Prometheus text exposition of all stats."""
     out: list[str] = []
+    if overload is not None:
+        _render_overload(out, overload)
     ls = list(listeners)
     cs = list(clusters)
 
@@ -128,6 +163,8 @@ def render_prometheus(
         ("mirrored", "mirrored_requests_total", "Requests copied to a mirror cluster."),
         ("idle_timeouts", "downstream_cx_idle_timeout_total", "Connections closed for idleness."),
         ("mutations_dropped", "mutations_dropped_total", "Mutations the codec could not express (e.g. Thrift without THeader)."),
+        ("cx_overflow", "downstream_cx_overflow_total", "Connections closed at once: a listener, process or heap bound was reached."),
+        ("codec_internal_errors", "codec_internal_errors_total", "Undocumented exceptions raised by a codec (codec bugs), confined to one connection or request."),
     )  # fmt: skip
     for attr, metric, help_ in listener_counters:
         name = f"metaprotocol_{metric}"
@@ -176,6 +213,9 @@ def render_prometheus(
         ("retries", "upstream_rq_retry_total", "Requests to this cluster retried."),
         ("retry_successes", "upstream_rq_retry_success_total", "Retried requests that ended in a non-error response."),
         ("retry_overflows", "upstream_rq_retry_overflow_total", "Retries refused by the retry limit or budget."),
+        ("timeout_closes", "upstream_cx_destroy_timeout_total", "Upstream connections closed because requests on them timed out."),
+        ("health_check_successes", "upstream_health_check_success_total", "Active health check probes that succeeded."),
+        ("health_check_failures", "upstream_health_check_failure_total", "Active health check probes that failed."),
     )  # fmt: skip
     for attr, metric, help_ in cluster_counters:
         name = f"metaprotocol_{metric}"

@@ -5,8 +5,8 @@ Correlation modes (declared by the codec factory):
 * REQUEST_ID: many clients' requests share a few connections per endpoint; each request gets a
   fresh upstream id (so ids of different clients never collide) and its response is found by id.
 * ORDERED: requests are pipelined on a shared connection; the n-th response answers the n-th
-  request. A request that timed out stays in the FIFO as a tombstone so that its late response is
-  consumed and order is kept.
+  request. A request that times out closes its connection (a lost reply would misalign every
+  reply after it); the requests behind it get an error reply at once.
 * EXCLUSIVE: one request at a time per connection; extra requests wait for an idle connection.
 """
 
@@ -30,6 +30,7 @@ from metaprotocol.spi import (
     LocalProtocolError,
     Message,
     MessageType,
+    MetaProtocolError,
     ReadBuffer,
     RemoteProtocolError,
 )
@@ -61,6 +62,7 @@ class UpstreamConnection:
         self.max_id = pool.ctx.factory.max_request_id
         self.out: list[bytes | bytearray] = []
         self.flush_scheduled = False
+        self.timeouts = 0  # requests timed out in a row with no reply in between
 
     @property
     def outstanding(self) -> int:
@@ -124,6 +126,9 @@ class UpstreamConnection:
     def connection_made(self, transport: object) -> None:
         """Send the codec's handshake, then whatever queued while connecting."""
         self.transport = transport
+        if self.closed:  # given up while connecting (its requests timed out): not wanted now
+            transport.close()  # type: ignore[attr-defined]
+            return
         self.connected = True
         pool = self.pool
         pool.failures = 0
@@ -135,7 +140,26 @@ class UpstreamConnection:
         self.flush()
 
     def data_received(self, data: bytes) -> None:
-        """Match every whole response to its request."""
+        """Match every whole response to its request; a codec failure closes this connection
+        only, never the event loop."""
+        self.timeouts = 0  # the server is alive
+        try:
+            self._receive(data)
+        except MetaProtocolError as exc:  # a late documented error (e.g. from request_id_of)
+            self.pool.stats.response_decoding_errors += 1
+            self._abort(ErrorKind.BAD_RESPONSE, f"malformed response: {exc}")
+        except Exception as exc:  # noqa: BLE001 - defence in depth at the codec boundary
+            self._codec_bug(exc)
+
+    def _codec_bug(self, exc: Exception) -> None:
+        """The client codec raised something it does not document: count it, log it with its
+        traceback, fail this connection's requests with an error reply and close it."""
+        pool = self.pool
+        pool.ctx.stats.codec_internal_errors += 1
+        pool.io.report("codec_internal_error", f"{pool.name} ({pool.ctx.factory.name} client): {type(exc).__name__}: {exc}", exc)
+        self._abort(ErrorKind.BAD_RESPONSE, "malformed response (internal error)")
+
+    def _receive(self, data: bytes) -> None:
         buffer = self.buffer
         buffer.feed(data)
         codec = self.codec
@@ -156,6 +180,8 @@ class UpstreamConnection:
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
                 stats.response_decoding_errors += 1
+                if exc.skipped and self._drop_bad_reply(exc, by_id):
+                    continue
                 self._abort(ErrorKind.BAD_RESPONSE, f"malformed response: {exc}")
                 return
             if msg is NEED_DATA:
@@ -194,6 +220,33 @@ class UpstreamConnection:
                 p.session.complete(p, msg)
             else:
                 p.session.ctx.stats.late_responses += 1
+
+    def _drop_bad_reply(self, exc: RemoteProtocolError, by_id: bool) -> bool:
+        """A malformed reply the codec stepped over whole: fail only the request it answers and
+        keep the connection. False when that request cannot be told (the connection must go)."""
+        if by_id:
+            request = exc.request
+            rid = request.request_id if isinstance(request, Message) else None
+            if rid is None:
+                return False
+            p = self.inflight.pop(rid, None)
+            if p is None:  # it answers nothing we wait for (a late reply): just skipped
+                self.pool.stats.unsolicited += 1
+                return True
+        else:
+            fifo = self.fifo
+            if not fifo or fifo[0] is None or fifo[0].count > 1:
+                return False  # a handshake reply or part of a forwarded pipeline
+            head = fifo.popleft()
+            assert head is not None  # noqa: S101 - checked above
+            p = head
+        pool = self.pool
+        pool.release(self, p)
+        pool.stats.errors[ErrorKind.BAD_RESPONSE.value] += 1
+        pool.upstreams.outcome(pool, False)
+        if not p.done:
+            p.session.fail(p, ErrorKind.BAD_RESPONSE, f"malformed response: {exc}")
+        return True
 
     def _unsolicited(self, msg: Message) -> None:
         """A server event or heartbeat: counted, and answered when the codec says so."""
@@ -274,16 +327,25 @@ class UpstreamConnection:
     # -- failure ------------------------------------------------------------------------------
 
     def abandon(self, p: Pending) -> None:
-        """``p`` timed out: forget it without desynchronising the connection."""
+        """``p`` timed out. A multiplexed connection forgets it (a late reply is dropped by id),
+        and is closed and replaced after ``max_consecutive_timeouts`` of them in a row with no
+        reply in between: it is most likely dead (a server that stopped reading, a peer gone
+        without a FIN). An ORDERED or EXCLUSIVE connection is closed at once, as Envoy's
+        redis_proxy does: its lost reply would answer the wrong request, and the requests
+        queued behind it on a stalled connection get their error now rather than at their own
+        deadlines."""
         pool = self.pool
         if pool.correlation is Correlation.REQUEST_ID:
             if p.upstream_id is not None:
                 self.inflight.pop(p.upstream_id, None)
             pool.release(self, p)
-        elif pool.correlation is Correlation.EXCLUSIVE:
-            # The answer may still come on this connection: it cannot be reused.
-            self._abort(ErrorKind.UPSTREAM_TIMEOUT, "upstream request timeout", skip=p)
-        # ORDERED: p stays in the FIFO as a tombstone; its late reply is consumed and dropped.
+            self.timeouts += 1
+            limit = pool.cluster.config.max_consecutive_timeouts
+            if limit <= 0 or self.timeouts < limit:
+                return
+        pool.stats.timeout_closes += 1
+        pool.io.report("upstream_cx_timeout_close", f"{pool.name}: closing a connection after {max(self.timeouts, 1)} request timeout(s)")
+        self._abort(ErrorKind.UPSTREAM_RESET, "upstream connection closed after a request timeout", skip=p)
 
     def _abort(self, kind: ErrorKind, message: str, skip: Pending | None = None) -> None:
         if self.closed:

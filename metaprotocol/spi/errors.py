@@ -46,15 +46,27 @@ class RemoteProtocolError(MetaProtocolError):
     Attributes:
         kind: the error kind the core reports (``BAD_REQUEST`` downstream, ``BAD_RESPONSE`` upstream).
         request: what is known of the offending request (e.g. its id, from a readable header), so
-            the error reply can echo it; None when nothing is known.
+            the error reply can echo it; None when nothing is known. On the client side, a
+            ``Message`` whose ``request_id`` is the id the bad response answers.
+        skipped: the codec consumed the whole bad frame (its length was known) and the stream is
+            still aligned, so the connection can go on: downstream, the core answers just that
+            request with ``on_error(request, ...)`` and keeps reading; upstream, it fails only the
+            request the frame answers (by ``request.request_id``, or the head of an ORDERED
+            connection) and the connection keeps serving the others. Without it (the default),
+            the connection is closed.
     """
 
     def __init__(
-        self, message: str, kind: ErrorKind = ErrorKind.BAD_REQUEST, request: object = None
+        self,
+        message: str,
+        kind: ErrorKind = ErrorKind.BAD_REQUEST,
+        request: object = None,
+        skipped: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.request = request
+        self.skipped = skipped
 
 
 class LocalProtocolError(MetaProtocolError):
