@@ -37,6 +37,7 @@ import yaml
 from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CONSECUTIVE_TIMEOUTS,
     DEFAULT_MIN_RETRY_CONCURRENCY,
     DEFAULT_RETRY_BUDGET_PERCENT,
     DEFAULT_ROUTE_TIMEOUT,
@@ -46,7 +47,11 @@ from metaprotocol.config.model import (
     AdminConfig,
     CircuitBreakers,
     GlobalRateLimit,
+    HealthCheck,
+    HealthCheckKind,
     OutlierDetection,
+    OverloadConfig,
+    TcpKeepalive,
     AttributeMatcher,
     FaultPolicy,
     LocalRateLimit,
@@ -75,6 +80,23 @@ FILTER_NAMES: Final = frozenset(
     }
 )
 PROXY_TYPE: Final = "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
+CONNECTION_LIMIT_FILTER: Final = "envoy.filters.network.connection_limit"
+CONNECTION_LIMIT_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
+CODEC_HEALTH_CHECKER: Final = "metaprotocol.health_checkers.codec"
+FIXED_HEAP_MONITOR: Final = "envoy.resource_monitors.fixed_heap"
+CONNECTIONS_MONITOR: Final = "envoy.resource_monitors.global_downstream_max_connections"
+PENDING_REQUESTS_MONITOR: Final = "metaprotocol.resource_monitors.pending_requests"
+OVERLOAD_MONITORS: Final = {
+    # monitor name -> (its typed_config @type, None for ours: a plain struct; the field read)
+    FIXED_HEAP_MONITOR: ("type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig", "max_heap_size_bytes"),
+    CONNECTIONS_MONITOR: (
+        "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+        "max_active_downstream_connections",
+    ),
+    PENDING_REQUESTS_MONITOR: (None, "max_pending_requests"),
+}
+OVERLOAD_ACTIONS: Final = frozenset({"envoy.overload_actions.stop_accepting_requests", "envoy.overload_actions.stop_accepting_connections"})
+STRUCT_TYPE: Final = "type.googleapis.com/google.protobuf.Struct"
 TYPED_STRUCT_TYPES: Final = frozenset(
     {"type.googleapis.com/udpa.type.v1.TypedStruct", "type.googleapis.com/xds.type.v3.TypedStruct"}
 )
@@ -182,8 +204,8 @@ def parse_bootstrap(tree: object, source: str = "<memory>") -> Bootstrap:
     r.keys(
         root,
         "",
-        {"static_resources", "admin", "dynamic_resources", "node"},
-        {"layered_runtime", "stats_config", "overload_manager", "cluster_manager"},
+        {"static_resources", "admin", "dynamic_resources", "node", "overload_manager"},
+        {"layered_runtime", "stats_config", "cluster_manager"},
     )
     node = r.mapping(root.get("node"), "node")
     r.keys(node, "node", {"id", "cluster"}, {"metadata", "locality"})
@@ -213,7 +235,78 @@ def parse_bootstrap(tree: object, source: str = "<memory>") -> Bootstrap:
                         f"unknown cluster {name!r}",
                     )
     ads = _ads_address(r, root.get("dynamic_resources"), clusters)
-    return Bootstrap(tuple(listeners), tuple(clusters), admin, source, ads, str(node.get("id", "")))
+    overload = _overload(r, root.get("overload_manager"), "overload_manager")
+    return Bootstrap(tuple(listeners), tuple(clusters), admin, source, ads, str(node.get("id", "")), overload)
+
+
+def _overload(r: _Reader, value: object, path: str) -> OverloadConfig:
+    """Envoy's ``overload_manager``: the resource monitors set the process bounds (a monitor not
+    listed keeps its default; 0 disables), and stop_accepting_requests/connections actions
+    triggered on the fixed heap monitor scale the heap bound by their (smallest) threshold."""
+    if value is None:
+        return OverloadConfig()
+    m = r.mapping(value, path)
+    r.keys(m, path, {"refresh_interval", "resource_monitors", "actions"})
+    defaults = OverloadConfig()
+    refresh = r.duration(m, "refresh_interval", path, defaults.refresh_interval)
+    if refresh <= 0:
+        raise r.fail(f"{path}.refresh_interval", "must be above 0")
+    limits: dict[str, int] = {}
+    for i, item in enumerate(r.seq(m.get("resource_monitors"), f"{path}.resource_monitors")):
+        mp = f"{path}.resource_monitors[{i}]"
+        mm = r.mapping(item, mp)
+        r.keys(mm, mp, {"name", "typed_config"})
+        name = r.str_(mm, "name", mp)
+        if name not in OVERLOAD_MONITORS:
+            raise r.fail(f"{mp}.name", f"unsupported resource monitor {name!r} (one of {', '.join(sorted(OVERLOAD_MONITORS))})")
+        if name in limits:
+            raise r.fail(f"{mp}.name", f"resource monitor {name!r} is listed twice")
+        type_url, key = OVERLOAD_MONITORS[name]
+        tp = f"{mp}.typed_config"
+        tc = r.mapping(mm.get("typed_config"), tp)
+        r.keys(tc, tp, {"@type", key})
+        expected = type_url or STRUCT_TYPE
+        if "@type" in tc and tc["@type"] != expected:
+            raise r.fail(f"{tp}.@type", f"expected {expected}")
+        limit = r.int_(tc, key, tp)
+        if limit < 0:
+            raise r.fail(f"{tp}.{key}", "must not be negative (0 disables the bound)")
+        limits[name] = limit
+    threshold = 1.0
+    for i, item in enumerate(r.seq(m.get("actions"), f"{path}.actions")):
+        ap = f"{path}.actions[{i}]"
+        am = r.mapping(item, ap)
+        r.keys(am, ap, {"name", "triggers"})
+        name = r.str_(am, "name", ap)
+        if name not in OVERLOAD_ACTIONS:
+            raise r.fail(f"{ap}.name", f"unsupported overload action {name!r} (one of {', '.join(sorted(OVERLOAD_ACTIONS))})")
+        triggers = r.seq(am.get("triggers"), f"{ap}.triggers")
+        if not triggers:
+            raise r.fail(f"{ap}.triggers", "at least one trigger is required")
+        for j, trigger in enumerate(triggers):
+            tp = f"{ap}.triggers[{j}]"
+            tm = r.mapping(trigger, tp)
+            r.keys(tm, tp, {"name", "threshold"})
+            monitor = r.str_(tm, "name", tp)
+            if monitor != FIXED_HEAP_MONITOR:
+                raise r.fail(f"{tp}.name", f"only {FIXED_HEAP_MONITOR} triggers are supported")
+            if monitor not in limits:
+                raise r.fail(f"{tp}.name", f"{monitor} is not among the resource_monitors")
+            if tm.get("threshold") is None:
+                raise r.fail(f"{tp}.threshold", "required (a threshold trigger; scaled triggers are not supported)")
+            thm = r.mapping(tm["threshold"], f"{tp}.threshold")
+            r.keys(thm, f"{tp}.threshold", {"value"})
+            level = thm.get("value")
+            if not isinstance(level, int | float) or isinstance(level, bool) or not 0 < level <= 1:
+                raise r.fail(f"{tp}.threshold.value", "expected a number above 0, at most 1")
+            threshold = min(threshold, float(level))
+    heap = limits.get(FIXED_HEAP_MONITOR, defaults.max_heap_size_bytes)
+    return OverloadConfig(
+        max_active_downstream_connections=limits.get(CONNECTIONS_MONITOR, defaults.max_active_downstream_connections),
+        max_pending_requests=limits.get(PENDING_REQUESTS_MONITOR, defaults.max_pending_requests),
+        max_heap_size_bytes=int(heap * threshold),
+        refresh_interval=refresh,
+    )
 
 
 def _ads_address(r: _Reader, value: object, clusters: list[ClusterConfig]) -> tuple[str, int] | None:
@@ -280,11 +373,18 @@ def _listener(r: _Reader, m: Mapping[str, object], path: str) -> ListenerConfig:
     r.keys(chain, chain_path, {"filters"}, {"name", "filter_chain_match"})
     filters = r.seq(chain.get("filters"), f"{chain_path}.filters")
     found = None
+    max_connections = None
     for i, f in enumerate(filters):
         fp = f"{chain_path}.filters[{i}]"
         fm = r.mapping(f, fp)
         if fm.get("name") in FILTER_NAMES or _type_of(fm.get("typed_config")) == PROXY_TYPE:
             found = (fm, fp)
+        elif fm.get("name") == CONNECTION_LIMIT_FILTER or _type_of(fm.get("typed_config")) == CONNECTION_LIMIT_TYPE:
+            if found is not None:
+                raise r.fail(fp, f"{CONNECTION_LIMIT_FILTER} must come before the aeraki.meta_protocol_proxy filter")
+            if max_connections is not None:
+                raise r.fail(fp, f"{CONNECTION_LIMIT_FILTER} is listed twice")
+            max_connections = _connection_limit(r, fm, fp)
         else:
             raise r.fail(f"{fp}.name", f"unsupported network filter {fm.get('name')!r}")
     if found is None:
@@ -292,27 +392,46 @@ def _listener(r: _Reader, m: Mapping[str, object], path: str) -> ListenerConfig:
     fm, fp = found
     r.keys(fm, fp, {"name", "typed_config"})
     cfg, cfg_path = _unwrap_typed(r, fm.get("typed_config"), f"{fp}.typed_config")
-    return _proxy_filter(r, cfg, cfg_path, name, host, port)
+    return _proxy_filter(r, cfg, cfg_path, name, host, port, max_connections or 0)
+
+
+def _connection_limit(r: _Reader, m: Mapping[str, object], path: str) -> int:
+    """Envoy's ``envoy.filters.network.connection_limit``: the listener's open connection bound.
+    A connection past it is closed at once, so a ``delay`` is refused."""
+    r.keys(m, path, {"name", "typed_config"})
+    cfg, cp = _unwrap_typed(r, m.get("typed_config"), f"{path}.typed_config", CONNECTION_LIMIT_TYPE)
+    r.keys(cfg, cp, {"@type", "stat_prefix", "max_connections", "delay"})
+    if cfg.get("max_connections") is None:
+        raise r.fail(f"{cp}.max_connections", "required")
+    limit = r.int_(cfg, "max_connections", cp)
+    if limit < 1:
+        raise r.fail(f"{cp}.max_connections", "must be at least 1")
+    if r.duration(cfg, "delay", cp, 0.0) != 0:
+        raise r.fail(f"{cp}.delay", "unsupported: a connection past the limit is closed at once")
+    return limit
 
 
 def _type_of(value: object) -> object:
-    return value.get("@type") if isinstance(value, Mapping) else None
+    """A typed_config's type, looking through a TypedStruct."""
+    if not isinstance(value, Mapping):
+        return None
+    return value.get("type_url") if value.get("@type") in TYPED_STRUCT_TYPES else value.get("@type")
 
 
-def _unwrap_typed(r: _Reader, value: object, path: str) -> tuple[Mapping[str, object], str]:
+def _unwrap_typed(r: _Reader, value: object, path: str, expected: str = PROXY_TYPE) -> tuple[Mapping[str, object], str]:
     m = r.mapping(value, path)
     kind = m.get("@type")
     if kind in TYPED_STRUCT_TYPES:
-        if m.get("type_url") != PROXY_TYPE:
-            raise r.fail(f"{path}.type_url", f"expected {PROXY_TYPE}")
+        if m.get("type_url") != expected:
+            raise r.fail(f"{path}.type_url", f"expected {expected}")
         return r.mapping(m.get("value"), f"{path}.value"), f"{path}.value"
-    if kind is not None and kind != PROXY_TYPE:
-        raise r.fail(f"{path}.@type", f"expected {PROXY_TYPE}")
+    if kind is not None and kind != expected:
+        raise r.fail(f"{path}.@type", f"expected {expected}")
     return m, path
 
 
 def _proxy_filter(
-    r: _Reader, m: Mapping[str, object], path: str, name: str, host: str, port: int
+    r: _Reader, m: Mapping[str, object], path: str, name: str, host: str, port: int, max_connections: int = 0
 ) -> ListenerConfig:
     r.keys(
         m,
@@ -365,6 +484,7 @@ def _proxy_filter(
         local_rate_limit=local_rate_limit,
         access_log=access_log,
         global_rate_limit=global_rate_limit,
+        max_connections=max_connections,
     )
 
 
@@ -678,10 +798,12 @@ def _cluster(r: _Reader, m: Mapping[str, object], path: str) -> ClusterConfig:
     r.keys(
         m,
         path,
-        {"name", "connect_timeout", "lb_policy", "load_assignment", "type", "ring_hash_lb_config", "hash_tag", "hash_function", "circuit_breakers", "outlier_detection"},
         {
-            "dns_lookup_family", "upstream_connection_options",
-            "typed_extension_protocol_options", "common_lb_config",
+            "name", "connect_timeout", "lb_policy", "load_assignment", "type", "ring_hash_lb_config", "hash_tag", "hash_function",
+            "circuit_breakers", "outlier_detection", "upstream_connection_options", "health_checks", "max_consecutive_timeouts",
+        },
+        {
+            "dns_lookup_family", "typed_extension_protocol_options", "common_lb_config",
             "per_connection_buffer_limit_bytes", "metadata", "lb_subset_config", "maglev_lb_config",
         },
     )  # fmt: skip
@@ -757,6 +879,9 @@ def _cluster(r: _Reader, m: Mapping[str, object], path: str) -> ClusterConfig:
             r.duration(om, "base_ejection_time", op, 30.0),
             r.int_(om, "max_ejection_percent", op, 10),
         )
+    max_timeouts = r.int_(m, "max_consecutive_timeouts", path, DEFAULT_MAX_CONSECUTIVE_TIMEOUTS)
+    if max_timeouts < 0:
+        raise r.fail(f"{path}.max_consecutive_timeouts", "must not be negative (0: never close)")
     return ClusterConfig(
         name=name,
         endpoints=tuple(endpoints),
@@ -766,4 +891,85 @@ def _cluster(r: _Reader, m: Mapping[str, object], path: str) -> ClusterConfig:
         hash_tag=str(m.get("hash_tag", "")),
         circuit_breakers=breakers,
         outlier_detection=outlier,
+        tcp_keepalive=_tcp_keepalive(r, m.get("upstream_connection_options"), f"{path}.upstream_connection_options"),
+        max_consecutive_timeouts=max_timeouts,
+        health_check=_health_check(r, m.get("health_checks"), f"{path}.health_checks"),
     )
+
+
+def _tcp_keepalive(r: _Reader, value: object, path: str) -> TcpKeepalive | None:
+    """``upstream_connection_options.tcp_keepalive`` (probes, and idle time and interval in whole
+    seconds, as Envoy's UInt32Values); an absent field keeps the OS default."""
+    m = r.mapping(value, path)
+    r.keys(m, path, {"tcp_keepalive"})
+    if m.get("tcp_keepalive") is None:
+        return None
+    kp = f"{path}.tcp_keepalive"
+    km = r.mapping(m["tcp_keepalive"], kp)
+    r.keys(km, kp, {"keepalive_probes", "keepalive_time", "keepalive_interval"})
+    values = []
+    for key in ("keepalive_probes", "keepalive_time", "keepalive_interval"):
+        number = r.int_(km, key, kp, 0)
+        if number < 0:
+            raise r.fail(f"{kp}.{key}", "must not be negative")
+        values.append(number)
+    return TcpKeepalive(values[0], float(values[1]), float(values[2]))
+
+
+_HEALTH_CHECK_IGNORED: Final = frozenset(
+    {
+        "initial_jitter", "interval_jitter", "interval_jitter_percent", "reuse_connection", "event_log_path",
+        "event_logger", "always_log_health_check_failures", "always_log_health_check_success",
+    }
+)  # fmt: skip
+
+
+def _health_check(r: _Reader, value: object, path: str) -> HealthCheck | None:
+    """``health_checks``: at most one, a connect-only ``tcp_health_check: {}`` or the codec's own
+    probe (``custom_health_check: {name: metaprotocol.health_checkers.codec}``)."""
+    checks = r.seq(value, path)
+    if not checks:
+        return None
+    if len(checks) > 1:
+        raise r.fail(f"{path}[1]", "only one health check per cluster is supported")
+    hp = f"{path}[0]"
+    hm = r.mapping(checks[0], hp)
+    for other in ("http_health_check", "grpc_health_check"):
+        if other in hm:
+            raise r.fail(f"{hp}.{other}", f"unsupported (use tcp_health_check: {{}} or custom_health_check {CODEC_HEALTH_CHECKER})")
+    r.keys(
+        hm, hp, {"timeout", "interval", "unhealthy_threshold", "healthy_threshold", "tcp_health_check", "custom_health_check"}, _HEALTH_CHECK_IGNORED
+    )
+    interval = r.duration(hm, "interval", hp, 0.0)
+    timeout = r.duration(hm, "timeout", hp, 0.0)
+    for key, seconds in (("interval", interval), ("timeout", timeout)):
+        if hm.get(key) is None:
+            raise r.fail(f"{hp}.{key}", "required")
+        if seconds <= 0:
+            raise r.fail(f"{hp}.{key}", "must be above 0")
+    thresholds = []
+    for key, default in (("unhealthy_threshold", 3), ("healthy_threshold", 2)):
+        number = r.int_(hm, key, hp, default)
+        if number < 1:
+            raise r.fail(f"{hp}.{key}", "must be at least 1")
+        thresholds.append(number)
+    forms = [k for k in ("tcp_health_check", "custom_health_check") if k in hm]
+    if len(forms) != 1:
+        raise r.fail(hp, "exactly one of tcp_health_check and custom_health_check is required")
+    fp = f"{hp}.{forms[0]}"
+    fm = r.mapping(hm[forms[0]], fp)
+    if forms[0] == "tcp_health_check":
+        for key in ("send", "receive"):
+            if fm.get(key):
+                raise r.fail(f"{fp}.{key}", f"payload checks are unsupported (tcp_health_check: {{}} connects only; custom_health_check {CODEC_HEALTH_CHECKER} sends the protocol's own probe)")
+        r.keys(fm, fp, {"send", "receive"})
+        kind = HealthCheckKind.TCP
+    else:
+        r.keys(fm, fp, {"name", "typed_config"})
+        checker = r.str_(fm, "name", fp)
+        if checker != CODEC_HEALTH_CHECKER:
+            raise r.fail(f"{fp}.name", f"unsupported health checker {checker!r} (only {CODEC_HEALTH_CHECKER})")
+        tc = r.mapping(fm.get("typed_config"), f"{fp}.typed_config")
+        r.keys(tc, f"{fp}.typed_config", {"@type"})
+        kind = HealthCheckKind.CODEC
+    return HealthCheck(interval, timeout, thresholds[0], thresholds[1], kind)

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from metaprotocol.config.bootstrap import PROXY_TYPE
+from metaprotocol.config.bootstrap import (
+    CODEC_HEALTH_CHECKER,
+    CONNECTION_LIMIT_FILTER,
+    CONNECTION_LIMIT_TYPE,
+    CONNECTIONS_MONITOR,
+    FIXED_HEAP_MONITOR,
+    OVERLOAD_MONITORS,
+    PENDING_REQUESTS_MONITOR,
+    PROXY_TYPE,
+)
 from metaprotocol.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CONSECUTIVE_TIMEOUTS,
+    HealthCheckKind,
+    OverloadConfig,
     TokenBucket,
     DEFAULT_ROUTE_TIMEOUT,
     AttributeMatcher,
@@ -167,11 +179,12 @@ def listener_tree(lst: ListenerConfig) -> dict[str, Any]:
             }
             for a in lst.access_log
         ]
-    return {
-        "name": lst.name,
-        "address": _address(lst.address, lst.port),
-        "filter_chains": [{"filters": [{"name": "aeraki.meta_protocol_proxy", "typed_config": proxy}]}],
-    }
+    filters: list[dict[str, Any]] = []
+    if lst.max_connections:
+        limit_cfg = {"@type": CONNECTION_LIMIT_TYPE, "stat_prefix": lst.stat_prefix, "max_connections": lst.max_connections}
+        filters.append({"name": CONNECTION_LIMIT_FILTER, "typed_config": limit_cfg})
+    filters.append({"name": "aeraki.meta_protocol_proxy", "typed_config": proxy})
+    return {"name": lst.name, "address": _address(lst.address, lst.port), "filter_chains": [{"filters": filters}]}
 
 
 def cluster_tree(c: ClusterConfig) -> dict[str, Any]:
@@ -206,6 +219,45 @@ def cluster_tree(c: ClusterConfig) -> dict[str, Any]:
     if c.outlier_detection is not None:
         od = c.outlier_detection
         out["outlier_detection"] = {"consecutive_5xx": od.consecutive_errors, "base_ejection_time": _seconds(od.base_ejection_time), "max_ejection_percent": od.max_ejection_percent}
+    if c.tcp_keepalive is not None:
+        k = c.tcp_keepalive  # Envoy's UInt32Values: whole seconds
+        keepalive = {"keepalive_probes": k.probes, "keepalive_time": round(k.time), "keepalive_interval": round(k.interval)}
+        out["upstream_connection_options"] = {"tcp_keepalive": {key: v for key, v in keepalive.items() if v}}
+    if c.max_consecutive_timeouts != DEFAULT_MAX_CONSECUTIVE_TIMEOUTS:
+        out["max_consecutive_timeouts"] = c.max_consecutive_timeouts
+    if c.health_check is not None:
+        hc = c.health_check
+        check: dict[str, Any] = {
+            "timeout": _seconds(hc.timeout),
+            "interval": _seconds(hc.interval),
+            "unhealthy_threshold": hc.unhealthy_threshold,
+            "healthy_threshold": hc.healthy_threshold,
+        }
+        if hc.kind is HealthCheckKind.TCP:
+            check["tcp_health_check"] = {}
+        else:
+            check["custom_health_check"] = {"name": CODEC_HEALTH_CHECKER}
+        out["health_checks"] = [check]
+    return out
+
+
+def overload_tree(o: OverloadConfig) -> dict[str, Any]:
+    """Envoy's ``overload_manager`` with a resource monitor for each bound that is not the default."""
+    defaults = OverloadConfig()
+    monitors = []
+    for name, value, default in (
+        (FIXED_HEAP_MONITOR, o.max_heap_size_bytes, defaults.max_heap_size_bytes),
+        (CONNECTIONS_MONITOR, o.max_active_downstream_connections, defaults.max_active_downstream_connections),
+        (PENDING_REQUESTS_MONITOR, o.max_pending_requests, defaults.max_pending_requests),
+    ):
+        if value != default:
+            type_url, key = OVERLOAD_MONITORS[name]
+            config: dict[str, Any] = {"@type": type_url} if type_url else {}
+            config[key] = value
+            monitors.append({"name": name, "typed_config": config})
+    out: dict[str, Any] = {"refresh_interval": _seconds(o.refresh_interval)}
+    if monitors:
+        out["resource_monitors"] = monitors
     return out
 
 
@@ -219,4 +271,6 @@ def to_bootstrap_tree(b: Bootstrap) -> dict[str, Any]:
     }
     if b.admin is not None:
         tree["admin"] = {"address": _address(b.admin.address, b.admin.port)}
+    if b.overload != OverloadConfig():
+        tree["overload_manager"] = overload_tree(b.overload)
     return tree

@@ -7,7 +7,17 @@ import yaml
 
 from metaprotocol.config.bootstrap import load_bootstrap, parse_bootstrap
 from metaprotocol.config.errors import ConfigError
-from metaprotocol.config.model import CircuitBreakers, LbPolicy, MatchKind
+from metaprotocol.config.dump import to_bootstrap_tree
+from metaprotocol.config.model import (
+    DEFAULT_MAX_CONSECUTIVE_TIMEOUTS,
+    CircuitBreakers,
+    HealthCheck,
+    HealthCheckKind,
+    LbPolicy,
+    MatchKind,
+    OverloadConfig,
+    TcpKeepalive,
+)
 from metaprotocol.io.proxy import build_factories
 from metaprotocol.registry import CodecRegistry
 from tests.servers import bootstrap_dict, cluster, listener
@@ -215,3 +225,177 @@ def test_envoy_retry_on_conditions_map_to_failure_kinds(retry_on: str, kinds: se
 def test_http_only_retry_on_conditions_are_rejected_by_name() -> None:
     with pytest.raises(ConfigError, match="retriable-4xx"):
         parse_bootstrap(_tree_with({"route": {"cluster": "c", "retry_policy": {"retry_on": "5xx,retriable-4xx"}}}), "boot.yaml")
+
+
+CONNECTION_LIMIT = {
+    "name": "envoy.filters.network.connection_limit",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+        "stat_prefix": "limit",
+        "max_connections": {"value": 100},
+    },
+}
+
+
+def _with_filters(*before: dict[str, object], after: dict[str, object] | None = None) -> dict[str, object]:
+    tree = _tree_with({"route": {"cluster": "c"}})
+    chain = tree["static_resources"]["listeners"][0]["filter_chains"][0]  # type: ignore[index]
+    chain["filters"] = [*before, *chain["filters"], *([after] if after else [])]
+    return tree
+
+
+def _cluster_with(**fields: object) -> dict[str, object]:
+    return bootstrap_dict([], [cluster("c", [1], **fields)])
+
+
+def _with_overload(overload: object) -> dict[str, object]:
+    return {**_tree_with({"route": {"cluster": "c"}}), "overload_manager": overload}
+
+
+def _monitor(name: str, **config: object) -> dict[str, object]:
+    return {"name": name, "typed_config": config}
+
+
+def test_listener_connection_limit_filter_before_the_proxy_filter() -> None:
+    assert parse_bootstrap(_tree_with({"route": {"cluster": "c"}})).listeners[0].max_connections == 0
+    assert parse_bootstrap(_with_filters(CONNECTION_LIMIT)).listeners[0].max_connections == 100
+    plain = {"name": "envoy.filters.network.connection_limit", "typed_config": {"max_connections": 7, "delay": "0s"}}
+    assert parse_bootstrap(_with_filters(plain)).listeners[0].max_connections == 7
+    typed_struct = {
+        "name": "limit",
+        "typed_config": {
+            "@type": "type.googleapis.com/xds.type.v3.TypedStruct",
+            "type_url": "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit",
+            "value": {"stat_prefix": "x", "max_connections": 9},
+        },
+    }
+    assert parse_bootstrap(_with_filters(typed_struct)).listeners[0].max_connections == 9
+
+
+def test_cluster_keepalive_timeouts_and_health_check() -> None:
+    c = parse_bootstrap(_cluster_with()).clusters[0]
+    assert c.tcp_keepalive is None and c.health_check is None and c.max_consecutive_timeouts == DEFAULT_MAX_CONSECUTIVE_TIMEOUTS
+    keepalive = {"tcp_keepalive": {"keepalive_probes": 3, "keepalive_time": {"value": 60}, "keepalive_interval": "10"}}
+    c = parse_bootstrap(_cluster_with(upstream_connection_options=keepalive, max_consecutive_timeouts=0)).clusters[0]
+    assert c.tcp_keepalive == TcpKeepalive(3, 60.0, 10.0) and c.max_consecutive_timeouts == 0
+    c = parse_bootstrap(_cluster_with(upstream_connection_options={"tcp_keepalive": {}})).clusters[0]
+    assert c.tcp_keepalive == TcpKeepalive()  # SO_KEEPALIVE with the OS's timings
+    assert parse_bootstrap(_cluster_with(upstream_connection_options={})).clusters[0].tcp_keepalive is None
+    tcp = {"timeout": "1s", "interval": "5s", "unhealthy_threshold": {"value": 4}, "healthy_threshold": 1, "tcp_health_check": {}, "interval_jitter": "1s"}
+    c = parse_bootstrap(_cluster_with(health_checks=[tcp])).clusters[0]
+    assert c.health_check == HealthCheck(5.0, 1.0, 4, 1, HealthCheckKind.TCP)
+    codec = {"timeout": "250ms", "interval": {"seconds": 2}, "custom_health_check": {"name": "metaprotocol.health_checkers.codec", "typed_config": {"@type": "type.googleapis.com/google.protobuf.Struct"}}}
+    c = parse_bootstrap(_cluster_with(health_checks=[codec])).clusters[0]
+    assert c.health_check == HealthCheck(2.0, 0.25, 3, 2, HealthCheckKind.CODEC)
+    assert parse_bootstrap(_cluster_with(health_checks=[])).clusters[0].health_check is None
+
+
+def test_overload_manager_monitors_and_heap_actions() -> None:
+    assert parse_bootstrap(_tree_with({"route": {"cluster": "c"}})).overload == OverloadConfig()
+    assert parse_bootstrap(_with_overload({})).overload == OverloadConfig()
+    overload = {
+        "refresh_interval": "1s",
+        "resource_monitors": [
+            _monitor("envoy.resource_monitors.fixed_heap", **{"@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"}, max_heap_size_bytes=2000),
+            _monitor("envoy.resource_monitors.global_downstream_max_connections", max_active_downstream_connections=500),
+            _monitor("metaprotocol.resource_monitors.pending_requests", max_pending_requests=0),
+        ],
+        "actions": [
+            {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.95}}]},
+            {"name": "envoy.overload_actions.stop_accepting_connections", "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.5}}]},
+        ],
+    }
+    assert parse_bootstrap(_with_overload(overload)).overload == OverloadConfig(500, 0, 1000, 1.0)  # the smallest threshold
+    only_pending = {"resource_monitors": [_monitor("metaprotocol.resource_monitors.pending_requests", max_pending_requests=10)]}
+    assert parse_bootstrap(_with_overload(only_pending)).overload == OverloadConfig(max_pending_requests=10)
+
+
+def test_new_fields_survive_the_bootstrap_dump() -> None:
+    tree = _with_filters(CONNECTION_LIMIT)
+    tree["static_resources"]["clusters"][0].update(  # type: ignore[index]
+        upstream_connection_options={"tcp_keepalive": {"keepalive_time": 30}},
+        max_consecutive_timeouts=5,
+        health_checks=[{"timeout": "1s", "interval": "3s", "custom_health_check": {"name": "metaprotocol.health_checkers.codec"}}],
+    )
+    tree["overload_manager"] = {"refresh_interval": "0.5s", "resource_monitors": [_monitor("envoy.resource_monitors.global_downstream_max_connections", max_active_downstream_connections=0)]}
+    b = parse_bootstrap(tree)
+    assert b.overload.max_active_downstream_connections == 0 and b.clusters[0].max_consecutive_timeouts == 5
+    assert parse_bootstrap(to_bootstrap_tree(b)) == b
+
+
+_OVERLOAD_ACTION = {"name": "envoy.overload_actions.stop_accepting_requests", "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.9}}]}
+_HEAP = _monitor("envoy.resource_monitors.fixed_heap", max_heap_size_bytes=100)
+
+
+@pytest.mark.parametrize(
+    ("tree", "path", "reason"),
+    [
+        (_with_filters(after=CONNECTION_LIMIT), "filter_chains[0].filters[1]", "must come before"),
+        (_with_filters(CONNECTION_LIMIT, CONNECTION_LIMIT), "filter_chains[0].filters[1]", "listed twice"),
+        (_with_filters({"name": "envoy.filters.network.connection_limit", "typed_config": {"max_connections": 5, "delay": "1s"}}),
+         "filters[0].typed_config.delay", "closed at once"),
+        (_with_filters({"name": "envoy.filters.network.connection_limit", "typed_config": {"max_connections": 5, "runtime_enabled": {}}}),
+         "filters[0].typed_config.runtime_enabled", "unknown or unsupported field"),
+        (_with_filters({"name": "envoy.filters.network.connection_limit", "typed_config": {"stat_prefix": "x"}}),
+         "filters[0].typed_config.max_connections", "required"),
+        (_with_filters({"name": "envoy.filters.network.connection_limit", "typed_config": {"max_connections": 0}}),
+         "filters[0].typed_config.max_connections", "at least 1"),
+        (_with_filters({"name": "envoy.filters.network.connection_limit", "typed_config": {"@type": "type.googleapis.com/x.Y", "max_connections": 1}}),
+         "filters[0].typed_config.@type", "ConnectionLimit"),
+        (_cluster_with(upstream_connection_options={"happy_eyeballs_config": {}}),
+         "clusters[0].upstream_connection_options.happy_eyeballs_config", "unknown or unsupported field"),
+        (_cluster_with(upstream_connection_options={"tcp_keepalive": {"keepalive_tme": 1}}),
+         "upstream_connection_options.tcp_keepalive.keepalive_tme", "unknown or unsupported field"),
+        (_cluster_with(upstream_connection_options={"tcp_keepalive": {"keepalive_time": "75s"}}),
+         "tcp_keepalive.keepalive_time", "expected an integer"),
+        (_cluster_with(upstream_connection_options={"tcp_keepalive": {"keepalive_probes": -1}}),
+         "tcp_keepalive.keepalive_probes", "must not be negative"),
+        (_cluster_with(max_consecutive_timeouts=-1), "clusters[0].max_consecutive_timeouts", "must not be negative"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "tcp_health_check": {}}] * 2),
+         "clusters[0].health_checks[1]", "only one health check"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "http_health_check": {"path": "/"}}]),
+         "health_checks[0].http_health_check", "unsupported"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "grpc_health_check": {}}]),
+         "health_checks[0].grpc_health_check", "unsupported"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "tcp_health_check": {"send": {"text": "0000"}}}]),
+         "health_checks[0].tcp_health_check.send", "payload checks are unsupported"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "tcp_health_check": {"receive": [{"text": "01"}]}}]),
+         "health_checks[0].tcp_health_check.receive", "payload checks are unsupported"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "custom_health_check": {"name": "redis"}}]),
+         "health_checks[0].custom_health_check.name", "unsupported health checker 'redis'"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "custom_health_check": {"name": "metaprotocol.health_checkers.codec", "typed_config": {"key": "x"}}}]),
+         "custom_health_check.typed_config.key", "unknown or unsupported field"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s"}]), "clusters[0].health_checks[0]", "exactly one of tcp_health_check"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "tcp_health_check": {}}]), "health_checks[0].interval", "required"),
+        (_cluster_with(health_checks=[{"interval": "1s", "tcp_health_check": {}}]), "health_checks[0].timeout", "required"),
+        (_cluster_with(health_checks=[{"timeout": "0s", "interval": "1s", "tcp_health_check": {}}]), "health_checks[0].timeout", "above 0"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "healthy_threshold": 0, "tcp_health_check": {}}]),
+         "health_checks[0].healthy_threshold", "at least 1"),
+        (_cluster_with(health_checks=[{"timeout": "1s", "interval": "1s", "alt_port": 1, "tcp_health_check": {}}]),
+         "health_checks[0].alt_port", "unknown or unsupported field"),
+        (_with_overload({"loadshed_points": []}), "overload_manager.loadshed_points", "unknown or unsupported field"),
+        (_with_overload({"refresh_interval": "0s"}), "overload_manager.refresh_interval", "above 0"),
+        (_with_overload({"resource_monitors": [_monitor("envoy.resource_monitors.cgroup_memory")]}),
+         "overload_manager.resource_monitors[0].name", "unsupported resource monitor"),
+        (_with_overload({"resource_monitors": [_HEAP, _HEAP]}), "resource_monitors[1].name", "listed twice"),
+        (_with_overload({"resource_monitors": [_monitor("envoy.resource_monitors.fixed_heap", max_heap_size_bytes=-1)]}),
+         "resource_monitors[0].typed_config.max_heap_size_bytes", "must not be negative"),
+        (_with_overload({"resource_monitors": [_monitor("envoy.resource_monitors.fixed_heap", max_heap_size=1)]}),
+         "resource_monitors[0].typed_config.max_heap_size", "unknown or unsupported field"),
+        (_with_overload({"resource_monitors": [_monitor("envoy.resource_monitors.fixed_heap", **{"@type": "type.googleapis.com/x.Y"}, max_heap_size_bytes=1)]}),
+         "resource_monitors[0].typed_config.@type", "FixedHeapConfig"),
+        (_with_overload({"resource_monitors": [_HEAP], "actions": [{**_OVERLOAD_ACTION, "name": "envoy.overload_actions.shrink_heap"}]}),
+         "overload_manager.actions[0].name", "unsupported overload action"),
+        (_with_overload({"resource_monitors": [_HEAP], "actions": [{"name": "envoy.overload_actions.stop_accepting_requests"}]}),
+         "actions[0].triggers", "at least one trigger"),
+        (_with_overload({"actions": [_OVERLOAD_ACTION]}), "actions[0].triggers[0].name", "not among the resource_monitors"),
+        (_with_overload({"resource_monitors": [_HEAP], "actions": [{**_OVERLOAD_ACTION, "triggers": [{"name": "envoy.resource_monitors.global_downstream_max_connections", "threshold": {"value": 0.5}}]}]}),
+         "actions[0].triggers[0].name", "only envoy.resource_monitors.fixed_heap"),
+        (_with_overload({"resource_monitors": [_HEAP], "actions": [{**_OVERLOAD_ACTION, "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "scaled": {"scaling_threshold": 0.5, "saturation_threshold": 0.9}}]}]}),
+         "actions[0].triggers[0].scaled", "unknown or unsupported field"),
+        (_with_overload({"resource_monitors": [_HEAP], "actions": [{**_OVERLOAD_ACTION, "triggers": [{"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 1.5}}]}]}),
+         "actions[0].triggers[0].threshold.value", "at most 1"),
+    ],
+)  # fmt: skip
+def test_new_fields_rejections_name_their_path(tree: dict[str, object], path: str, reason: str) -> None:
+    test_bad_config_names_path_and_reason(tree, path, reason)
