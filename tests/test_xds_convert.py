@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +22,8 @@ from metaprotocol.config.model import (
     Endpoint,
     FaultPolicy,
     GlobalRateLimit,
+    HealthCheck,
+    HealthCheckKind,
     LbPolicy,
     ListenerConfig,
     LocalRateLimit,
@@ -26,6 +34,7 @@ from metaprotocol.config.model import (
     RouteAction,
     RouteConfig,
     RouteRule,
+    TcpKeepalive,
     TokenBucket,
     WeightedCluster,
 )
@@ -57,21 +66,93 @@ def test_route_config_roundtrip(rules: list[tuple[str, list[AttributeMatcher], b
     assert convert.route_config_from_xds(convert.route_config_to_xds(rc)) == rc
 
 
-@given(st.lists(st.builds(Endpoint, address=st.just("127.0.0.1"), port=st.integers(1, 65535), weight=st.integers(1, 9), labels=st.sampled_from([(), (("version", "v1"),)])), max_size=4), st.sampled_from(list(LbPolicy)), st.sampled_from(["md5", "crc32a"]), st.sampled_from(["", "{}"]))
-def test_cluster_and_endpoints_roundtrip(eps: list[Endpoint], policy: LbPolicy, hash_function: str, tag: str) -> None:
+whole_seconds = st.integers(0, 7200).map(float)  # Envoy's keepalive times are UInt32 seconds
+keepalives = st.none() | st.builds(TcpKeepalive, probes=st.integers(0, 20), time=whole_seconds, interval=whole_seconds)
+millis = st.integers(1, 60_000).map(lambda ms: ms / 1000)
+health_checks = st.none() | st.builds(
+    HealthCheck, interval=millis, timeout=millis, unhealthy_threshold=st.integers(1, 10), healthy_threshold=st.integers(1, 10), kind=st.sampled_from(list(HealthCheckKind))
+)
+
+
+@given(st.lists(st.builds(Endpoint, address=st.just("127.0.0.1"), port=st.integers(1, 65535), weight=st.integers(1, 9), labels=st.sampled_from([(), (("version", "v1"),)])), max_size=4), st.sampled_from(list(LbPolicy)), st.sampled_from(["md5", "crc32a"]), st.sampled_from(["", "{}"]),
+       keepalives, st.integers(0, 100), health_checks)  # fmt: skip
+def test_cluster_and_endpoints_roundtrip(
+    eps: list[Endpoint], policy: LbPolicy, hash_function: str, tag: str, keepalive: TcpKeepalive | None, max_timeouts: int, health_check: HealthCheck | None
+) -> None:
     c = ClusterConfig("outbound|20880|v1|svc", tuple(eps), policy, 1.25, hash_function=hash_function, hash_tag=tag,
-                      circuit_breakers=(CircuitBreakers(100, 5, 4) if hash_function == "md5" else CircuitBreakers(0, 5, 0, 25.0, 2)) if tag else None, outlier_detection=OutlierDetection(3, 7.5, 25) if tag else None)  # fmt: skip
+                      circuit_breakers=(CircuitBreakers(100, 5, 4) if hash_function == "md5" else CircuitBreakers(0, 5, 0, 25.0, 2)) if tag else None, outlier_detection=OutlierDetection(3, 7.5, 25) if tag else None,
+                      tcp_keepalive=keepalive, max_consecutive_timeouts=max_timeouts, health_check=health_check)  # fmt: skip
     assert convert.cluster_from_xds(convert.cluster_to_xds(c), convert.endpoints_to_xds(c)) == c
+
+
+def test_cluster_extensions_are_envoy_fields_where_envoy_has_them() -> None:
+    c = ClusterConfig("c", (), tcp_keepalive=TcpKeepalive(3, 60.0, 0.0), max_consecutive_timeouts=0, health_check=HealthCheck(5.0, 1.0, kind=HealthCheckKind.TCP))
+    xds = convert.cluster_to_xds(c)
+    keepalive = xds.upstream_connection_options.tcp_keepalive
+    assert keepalive.keepalive_probes.value == 3 and keepalive.keepalive_time.value == 60 and not keepalive.HasField("keepalive_interval")
+    assert xds.health_checks[0].WhichOneof("health_checker") == "tcp_health_check" and xds.health_checks[0].interval.seconds == 5
+    assert xds.metadata.filter_metadata[convert.EXT_METADATA]["max_consecutive_timeouts"] == 0
+    codec = convert.cluster_to_xds(ClusterConfig("c", (), health_check=HealthCheck(5.0, 1.0)))
+    assert codec.health_checks[0].custom_health_check.name == "metaprotocol.health_checkers.codec"
+    assert not convert.cluster_to_xds(ClusterConfig("c", ())).HasField("metadata")  # defaults travel as nothing
+
+
+def _cluster_with(edit: Callable[[cluster_pb2.Cluster], object]) -> cluster_pb2.Cluster:
+    c = convert.cluster_to_xds(ClusterConfig("c", (), health_check=HealthCheck(5.0, 1.0, kind=HealthCheckKind.TCP)))
+    edit(c)
+    return c
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda c: c.health_checks.add().CopyFrom(c.health_checks[0]), "only one health check"),
+        (lambda c: setattr(c.health_checks[0].tcp_health_check.send, "text", "0000"), "payload checks"),
+        (lambda c: c.health_checks[0].tcp_health_check.receive.add(text="01"), "payload checks"),
+        (lambda c: c.health_checks[0].http_health_check.SetInParent(), "http_health_check is not supported"),
+        (lambda c: c.health_checks[0].grpc_health_check.SetInParent(), "grpc_health_check is not supported"),
+        (lambda c: setattr(c.health_checks[0].custom_health_check, "name", "envoy.health_checkers.redis"), "unsupported health checker"),
+        (lambda c: setattr(c.health_checks[0].custom_health_check, "name", "metaprotocol.health_checkers.codec") or c.health_checks[0].custom_health_check.typed_config.Pack(duration_pb2.Duration(seconds=1)),
+         "expected an empty google.protobuf.Struct"),
+        (lambda c: c.health_checks[0].ClearField("interval"), "interval is required"),
+        (lambda c: c.health_checks[0].alt_port.SetInParent(), "alt_port is not supported"),
+        (lambda c: setattr(c.health_checks[0].healthy_threshold, "value", 0), "at least 1"),
+        (lambda c: c.upstream_connection_options.happy_eyeballs_config.SetInParent(), "happy_eyeballs_config is not supported"),
+        (lambda c: c.metadata.filter_metadata[convert.EXT_METADATA].update({"max_consecutive_timeouts": 1.5}), "whole number"),
+    ],
+)  # fmt: skip
+def test_cluster_fields_that_cannot_be_honoured_are_refused(edit: Callable[[cluster_pb2.Cluster], object], reason: str) -> None:
+    with pytest.raises(convert.ConversionError, match=reason):
+        convert.cluster_from_xds(_cluster_with(edit), None)
+
+
+def test_listener_connection_limit_filter_comes_first() -> None:
+    lst = ListenerConfig("l", "127.0.0.1", 30880, CodecRef("redis"), "l", rds_name="l", max_connections=1000)
+    xds = convert.listener_to_xds(lst)
+    limit, proxy = xds.filter_chains[0].filters
+    assert limit.name == "envoy.filters.network.connection_limit" and proxy.name == convert.FILTER_NAME
+    assert limit.typed_config.type_url == "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
+    assert convert.listener_from_xds(xds) == lst
+    swapped = listener_pb2.Listener()
+    swapped.CopyFrom(xds)
+    del swapped.filter_chains[0].filters[:]
+    swapped.filter_chains[0].filters.extend([proxy, limit])
+    with pytest.raises(convert.ConversionError, match="is not a ConnectionLimit"):
+        convert.listener_from_xds(swapped)
+    delayed = connection_limit_pb2.ConnectionLimit(stat_prefix="l", max_connections=wrappers_pb2.UInt64Value(value=5), delay=duration_pb2.Duration(seconds=1))
+    xds.filter_chains[0].filters[0].typed_config.Pack(delayed)
+    with pytest.raises(convert.ConversionError, match="delay is not supported"):
+        convert.listener_from_xds(xds)
 
 
 def test_listener_roundtrip_uses_rds() -> None:
     limit = LocalRateLimit((RateLimitCondition((AttributeMatcher("method", MatchKind.EXACT, "sayHello"),), TokenBucket(5, 5, 10.0)),), TokenBucket(100, 10, 1.0))
     log = (AccessLog("/dev/stdout", (("method", "%REQ(method)%"), ("ms", "%DURATION%"))),)
-    lst = ListenerConfig("svc_20880", "127.0.0.1", 30880, CodecRef("aeraki.meta_protocol.codec.dubbo"), "outbound|20880||svc", rds_name="svc_20880", idle_timeout=60,
+    lst = ListenerConfig("svc_20880", "127.0.0.1", 30880, CodecRef("aeraki.meta_protocol.codec.dubbo"), "outbound|20880||svc", rds_name="svc_20880", idle_timeout=60, max_connections=5,
                          max_pending_per_connection=100, upstream_connections_per_endpoint=2, local_rate_limit=limit, access_log=log,
                          global_rate_limit=GlobalRateLimit("dubbo", "outbound|8081||rls", (("method", "method"),), (AttributeMatcher("interface", MatchKind.EXACT, "x"),), 0.05, True))  # fmt: skip
     xds = convert.listener_to_xds(lst)
-    assert xds.filter_chains[0].filters[0].typed_config.type_url == "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
+    assert xds.filter_chains[0].filters[-1].typed_config.type_url == "type.googleapis.com/aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy"
     assert convert.listener_from_xds(xds) == lst
 
 

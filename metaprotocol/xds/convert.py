@@ -4,7 +4,9 @@ Routes travel as Envoy's HTTP ``RouteConfiguration`` (one virtual host; header m
 attribute matchers; ``request_headers_to_add`` are request mutations), exactly as Aeraki serves
 MetaProtocol routes, so stock Envoy accepts them. Listeners carry the MetaProtocol filter config
 (``aeraki.meta_protocol_proxy.v1alpha.MetaProtocolProxy``) with RDS over ADS. Clusters are EDS
-clusters; our extensions (key hash function, hash tag) ride in the cluster's metadata.
+clusters; our extensions (key hash function, hash tag, consecutive timeouts) ride in the cluster's
+metadata. A listener's connection bound is Envoy's connection_limit filter before the MetaProtocol
+one; TCP keepalive and the health check are Envoy's own cluster fields.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 
 from metaprotocol.config.model import (
+    DEFAULT_MAX_CONSECUTIVE_TIMEOUTS,
     DEFAULT_MIN_RETRY_CONCURRENCY,
     DEFAULT_RETRY_BUDGET_PERCENT,
     parse_retry_on,
@@ -29,7 +33,10 @@ from metaprotocol.config.model import (
     CircuitBreakers,
     FaultPolicy,
     GlobalRateLimit,
+    HealthCheck,
+    HealthCheckKind,
     OutlierDetection,
+    TcpKeepalive,
     LocalRateLimit,
     MirrorPolicy,
     RateLimitCondition,
@@ -67,7 +74,17 @@ CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 FILTER_NAME = "aeraki.meta_protocol_proxy"
+CONNECTION_LIMIT_FILTER = "envoy.filters.network.connection_limit"
+CODEC_HEALTH_CHECKER = "metaprotocol.health_checkers.codec"
 EXT_METADATA = "metaprotocol"
+# Health check fields read; those accepted and ignored (as in a bootstrap); any other set field is refused.
+_HEALTH_CHECK_FIELDS = frozenset({"timeout", "interval", "unhealthy_threshold", "healthy_threshold", "tcp_health_check", "custom_health_check"})
+_HEALTH_CHECK_IGNORED = frozenset(
+    {
+        "initial_jitter", "interval_jitter", "interval_jitter_percent", "reuse_connection", "event_log_path",
+        "event_logger", "always_log_health_check_failures", "always_log_health_check_success",
+    }
+)  # fmt: skip
 _LB = {
     LbPolicy.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
     LbPolicy.RANDOM: cluster_pb2.Cluster.RANDOM,
@@ -239,10 +256,16 @@ def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None) -> listene
         cfg.access_log.add(name="envoy.access_loggers.file", typed_config=packed)
     typed = any_pb2.Any()
     typed.Pack(cfg)
+    filters = []
+    if lst.max_connections:
+        limit_cfg = any_pb2.Any()
+        limit_cfg.Pack(connection_limit_pb2.ConnectionLimit(stat_prefix=lst.stat_prefix, max_connections=wrappers_pb2.UInt64Value(value=lst.max_connections)))
+        filters.append(listener_components_pb2.Filter(name=CONNECTION_LIMIT_FILTER, typed_config=limit_cfg))
+    filters.append(listener_components_pb2.Filter(name=FILTER_NAME, typed_config=typed))
     return listener_pb2.Listener(
         name=lst.name,
         address=_address(lst.address, lst.port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(name=FILTER_NAME, typed_config=typed)])],
+        filter_chains=[listener_components_pb2.FilterChain(filters=filters)],
     )
 
 
@@ -274,9 +297,34 @@ def cluster_to_xds(c: ClusterConfig) -> cluster_pb2.Cluster:
                 max_ejection_percent=wrappers_pb2.UInt32Value(value=od.max_ejection_percent),
             )
         )
+    if c.tcp_keepalive is not None:
+        k = c.tcp_keepalive  # UInt32Values, whole seconds; unset: the OS default
+        keepalive = out.upstream_connection_options.tcp_keepalive
+        keepalive.SetInParent()
+        for field, number in (("keepalive_probes", k.probes), ("keepalive_time", round(k.time)), ("keepalive_interval", round(k.interval))):
+            if number:
+                getattr(keepalive, field).value = number
+    if c.health_check is not None:
+        hc = c.health_check
+        check = out.health_checks.add(
+            timeout=_duration(hc.timeout),
+            interval=_duration(hc.interval),
+            unhealthy_threshold=wrappers_pb2.UInt32Value(value=hc.unhealthy_threshold),
+            healthy_threshold=wrappers_pb2.UInt32Value(value=hc.healthy_threshold),
+        )
+        if hc.kind is HealthCheckKind.TCP:
+            check.tcp_health_check.SetInParent()  # no payload: a connect
+        else:
+            check.custom_health_check.name = CODEC_HEALTH_CHECKER
+            check.custom_health_check.typed_config.Pack(struct_pb2.Struct())
+    extensions: dict[str, object] = {}
     if c.hash_function != "md5" or c.hash_tag:
+        extensions.update({"hash_function": c.hash_function, "hash_tag": c.hash_tag})
+    if c.max_consecutive_timeouts != DEFAULT_MAX_CONSECUTIVE_TIMEOUTS:
+        extensions["max_consecutive_timeouts"] = c.max_consecutive_timeouts
+    if extensions:
         ext = struct_pb2.Struct()
-        ext.update({"hash_function": c.hash_function, "hash_tag": c.hash_tag})
+        ext.update(extensions)
         out.metadata.filter_metadata[EXT_METADATA].CopyFrom(ext)
     return out
 
@@ -373,9 +421,10 @@ def route_config_from_xds(rc: route_pb2.RouteConfiguration) -> RouteConfig:
 
 def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
     """A listener config from an LDS resource running the MetaProtocol filter."""
-    if len(lst.filter_chains) != 1 or len(lst.filter_chains[0].filters) != 1:
-        raise ConversionError(f"listener {lst.name}: exactly one filter chain with one filter expected")
-    f = lst.filter_chains[0].filters[0]
+    if len(lst.filter_chains) != 1 or len(lst.filter_chains[0].filters) not in (1, 2):
+        raise ConversionError(f"listener {lst.name}: exactly one filter chain with the MetaProtocol filter (after an optional connection_limit) expected")
+    *before, f = lst.filter_chains[0].filters
+    max_connections = _connection_limit(lst.name, before[0]) if before else 0
     cfg = mpp.MetaProtocolProxy()
     if not f.typed_config.Is(cfg.DESCRIPTOR):
         raise ConversionError(f"listener {lst.name}: filter {f.name} is not a MetaProtocolProxy")
@@ -432,7 +481,71 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         local_rate_limit=limit,
         access_log=tuple(logs),
         global_rate_limit=global_limit,
+        max_connections=max_connections,
     )
+
+
+def _connection_limit(listener: str, f: listener_components_pb2.Filter) -> int:
+    """The bound of a connection_limit filter; a delay (we close at once) is refused."""
+    limit = connection_limit_pb2.ConnectionLimit()
+    if not f.typed_config.Is(limit.DESCRIPTOR):
+        raise ConversionError(f"listener {listener}: filter {f.name} before the MetaProtocol filter is not a ConnectionLimit")
+    f.typed_config.Unpack(limit)
+    if limit.HasField("runtime_enabled"):
+        raise ConversionError(f"listener {listener}: connection_limit runtime_enabled is not supported")
+    if limit.HasField("delay") and _seconds(limit.delay) != 0:
+        raise ConversionError(f"listener {listener}: connection_limit delay is not supported (a connection past the limit is closed at once)")
+    if limit.max_connections.value < 1:
+        raise ConversionError(f"listener {listener}: connection_limit max_connections must be at least 1")
+    return int(limit.max_connections.value)
+
+
+def _tcp_keepalive(c: cluster_pb2.Cluster) -> TcpKeepalive | None:
+    if not c.HasField("upstream_connection_options"):
+        return None
+    options = c.upstream_connection_options
+    for field, _ in options.ListFields():
+        if field.name != "tcp_keepalive":
+            raise ConversionError(f"cluster {c.name}: upstream_connection_options.{field.name} is not supported")
+    if not options.HasField("tcp_keepalive"):
+        return None
+    k = options.tcp_keepalive
+    return TcpKeepalive(k.keepalive_probes.value, float(k.keepalive_time.value), float(k.keepalive_interval.value))
+
+
+def _health_check(c: cluster_pb2.Cluster) -> HealthCheck | None:
+    if not c.health_checks:
+        return None
+    if len(c.health_checks) > 1:
+        raise ConversionError(f"cluster {c.name}: health_checks: only one health check per cluster is supported")
+    hc = c.health_checks[0]
+    where = f"cluster {c.name}: health_checks[0]"
+    for field, _ in hc.ListFields():
+        if field.name not in _HEALTH_CHECK_FIELDS | _HEALTH_CHECK_IGNORED:
+            raise ConversionError(f"{where}.{field.name} is not supported")
+    for name in ("interval", "timeout"):
+        if _seconds(getattr(hc, name)) <= 0:
+            raise ConversionError(f"{where}.{name} is required and must be above 0")
+    unhealthy = hc.unhealthy_threshold.value if hc.HasField("unhealthy_threshold") else 3
+    healthy = hc.healthy_threshold.value if hc.HasField("healthy_threshold") else 2
+    if unhealthy < 1 or healthy < 1:
+        raise ConversionError(f"{where}: unhealthy_threshold and healthy_threshold must be at least 1")
+    which = hc.WhichOneof("health_checker")
+    if which == "tcp_health_check":
+        if hc.tcp_health_check.ListFields():
+            raise ConversionError(f"{where}.tcp_health_check: payload checks are not supported (an empty tcp_health_check connects only)")
+        kind = HealthCheckKind.TCP
+    elif which == "custom_health_check":
+        custom = hc.custom_health_check
+        if custom.name != CODEC_HEALTH_CHECKER:
+            raise ConversionError(f"{where}.custom_health_check: unsupported health checker {custom.name!r} (only {CODEC_HEALTH_CHECKER})")
+        config = struct_pb2.Struct()
+        if custom.HasField("typed_config") and (not custom.typed_config.Unpack(config) or config.fields):
+            raise ConversionError(f"{where}.custom_health_check.typed_config: expected an empty google.protobuf.Struct")
+        kind = HealthCheckKind.CODEC
+    else:
+        raise ConversionError(f"{where}: {which or 'no health checker'} is not supported (tcp_health_check or custom_health_check {CODEC_HEALTH_CHECKER})")
+    return HealthCheck(_seconds(hc.interval), _seconds(hc.timeout), unhealthy, healthy, kind)
 
 
 def _struct_str(s: object, key: str, default: str) -> str:
@@ -481,4 +594,17 @@ def cluster_from_xds(c: cluster_pb2.Cluster, cla: endpoint_pb2.ClusterLoadAssign
         hash_tag=_struct_str(ext, "hash_tag", ""),
         circuit_breakers=breakers,
         outlier_detection=outlier,
+        tcp_keepalive=_tcp_keepalive(c),
+        max_consecutive_timeouts=_struct_int(ext, "max_consecutive_timeouts", DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, c.name),
+        health_check=_health_check(c),
     )
+
+
+def _struct_int(s: object, key: str, default: int, cluster: str) -> int:
+    """A whole, non-negative number field of a protobuf Struct (numbers are doubles), or ``default``."""
+    if not s or key not in s:  # type: ignore[operator]
+        return default
+    value = s[key]  # type: ignore[index]
+    if not isinstance(value, float | int) or isinstance(value, bool) or value < 0 or value != int(value):
+        raise ConversionError(f"cluster {cluster}: metadata {EXT_METADATA}.{key}: expected a whole number, at least 0")
+    return int(value)
