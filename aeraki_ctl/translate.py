@@ -35,6 +35,7 @@ from metaprotocol.config.model import (
     RouteAction,
     RouteConfig,
     RouteRule,
+    TcpKeepalive,
     TokenBucket,
     WeightedCluster,
 )
@@ -188,10 +189,48 @@ def _routers(resources: ResourceSet, problems: list[Problem]) -> dict[str, Resou
     return out
 
 
-def _resilience(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) -> tuple[CircuitBreakers | None, OutlierDetection | None]:
-    """DestinationRule connectionPool and outlierDetection, as Istio maps them to Envoy clusters."""
-    breakers = None
+_Resilience = tuple[CircuitBreakers | None, OutlierDetection | None, TcpKeepalive | None]
+
+
+def _keepalive(pool: Mapping[str, Any], dr: Resource, problems: list[Problem]) -> TcpKeepalive | None:
+    """``connectionPool.tcp.tcpKeepalive`` (``probes``, ``time``, ``interval``): Envoy's
+    upstream_connection_options.tcp_keepalive, in whole seconds as Istio sends it."""
+    spec = (pool.get("tcp") or {}).get("tcpKeepalive")
+    if spec is None:
+        return None
+    from metaprotocol.config.bootstrap import _DURATION, _UNITS
+
+    try:
+        if not isinstance(spec, Mapping):
+            raise ValueError("expected a mapping")
+        probes = int(spec.get("probes", 0) or 0)
+        if probes < 0:
+            raise ValueError("probes must not be negative")
+        seconds = []
+        for key in ("time", "interval"):
+            text = str(spec.get(key) or "0s").strip()
+            match = _DURATION.match(text)
+            if match is None:
+                raise ValueError(f"{key} {text!r} is not a duration")
+            value = float(match.group(1)) * _UNITS[match.group(2)]
+            if value != int(value):
+                problems.append(Problem(dr.source, dr.ref, f"connectionPool.tcp.tcpKeepalive.{key} {text}: whole seconds are used ({int(value)}s)", fatal=False))
+            seconds.append(float(int(value)))  # Istio truncates to seconds
+    except (TypeError, ValueError) as exc:
+        problems.append(Problem(dr.source, dr.ref, f"connectionPool.tcp.tcpKeepalive: {exc}; ignored"))
+        return None
+    return TcpKeepalive(probes, seconds[0], seconds[1])
+
+
+def _resilience(tp: Mapping[str, Any], dr: Resource, problems: list[Problem], inherited: _Resilience = (None, None, None)) -> _Resilience:
+    """DestinationRule connectionPool and outlierDetection, as Istio maps them to Envoy clusters.
+
+    As Istio merges a subset's policy into the top-level one, each of the two a subset's policy
+    sets replaces the ``inherited`` one, the other is kept.
+    """
     pool = tp.get("connectionPool") or {}
+    od = tp.get("outlierDetection") or {}
+    breakers, outlier, keepalive = inherited
     if pool:
         http = pool.get("http") or {}
         breakers = CircuitBreakers(
@@ -199,8 +238,7 @@ def _resilience(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) ->
         )
         if (pool.get("tcp") or {}).get("maxConnections"):
             problems.append(Problem(dr.source, dr.ref, "connectionPool.tcp.maxConnections is not enforced (connections are shared)", fatal=False))
-    outlier = None
-    od = tp.get("outlierDetection") or {}
+        keepalive = _keepalive(pool, dr, problems)
     if od:
         from metaprotocol.config.bootstrap import _DURATION, _UNITS
 
@@ -210,7 +248,7 @@ def _resilience(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) ->
             float(ejection.group(1)) * _UNITS[ejection.group(2)] if ejection else 30.0,
             int(od.get("maxEjectionPercent", 10)),
         )
-    return breakers, outlier
+    return breakers, outlier, keepalive
 
 
 def _destination_rule(dr: Resource | None, problems: list[Problem]) -> tuple[dict[str, dict[str, Any]], LbPolicy, str]:
@@ -230,7 +268,7 @@ def _destination_rule(dr: Resource | None, problems: list[Problem]) -> tuple[dic
             "labels": {str(k): str(v) for k, v in (s.get("labels") or {}).items()},
             "policy": sub_policy if s.get("trafficPolicy") else policy,
             "hash": sub_hash or hash_key,
-            "resilience": _resilience(sub_tp, dr, problems) if sub_tp.get("connectionPool") or sub_tp.get("outlierDetection") else resilience,
+            "resilience": _resilience(sub_tp, dr, problems, resilience),
         }
     return subsets, policy, hash_key
 
@@ -254,8 +292,12 @@ def _lb(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) -> tuple[L
 
 
 def _clusters(svc: _Service, subsets: Mapping[str, Mapping[str, Any]], policy: LbPolicy, hash_key: str, problems: list[Problem]) -> dict[str, ClusterConfig]:
-    breakers, outlier = subsets[""]["resilience"] if "" in subsets else (None, None)
-    out = {cluster_name(svc.port, "", svc.host): ClusterConfig(cluster_name(svc.port, "", svc.host), tuple(svc.endpoints), policy, circuit_breakers=breakers, outlier_detection=outlier)}
+    breakers, outlier, keepalive = subsets[""]["resilience"] if "" in subsets else (None, None, None)
+    out = {
+        cluster_name(svc.port, "", svc.host): ClusterConfig(
+            cluster_name(svc.port, "", svc.host), tuple(svc.endpoints), policy, circuit_breakers=breakers, outlier_detection=outlier, tcp_keepalive=keepalive
+        )
+    }
     for name, sub in subsets.items():
         if not name:
             continue
@@ -264,8 +306,8 @@ def _clusters(svc: _Service, subsets: Mapping[str, Mapping[str, Any]], policy: L
         if not members:
             problems.append(Problem(svc.resource.source, svc.resource.ref, f"subset {name} of {svc.host} selects no endpoint", fatal=False))
         cname = cluster_name(svc.port, name, svc.host)
-        sub_breakers, sub_outlier = sub["resilience"]
-        out[cname] = ClusterConfig(cname, members, sub["policy"], circuit_breakers=sub_breakers, outlier_detection=sub_outlier)
+        sub_breakers, sub_outlier, sub_keepalive = sub["resilience"]
+        out[cname] = ClusterConfig(cname, members, sub["policy"], circuit_breakers=sub_breakers, outlier_detection=sub_outlier, tcp_keepalive=sub_keepalive)
     return out
 
 

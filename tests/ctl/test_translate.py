@@ -25,6 +25,10 @@ from metaprotocol.config.model import (
     CircuitBreakers,
     GlobalRateLimit,
     OutlierDetection,
+    HealthCheck,
+    HealthCheckKind,
+    OverloadConfig,
+    TcpKeepalive,
     FaultPolicy,
     LocalRateLimit,
     RateLimitCondition,
@@ -160,6 +164,57 @@ spec:
     assert clusters[ALL].outlier_detection == OutlierDetection(5, 30.0, 50)
     assert clusters[V2].outlier_detection == OutlierDetection(5, 30.0, 50)  # inherited
     assert clusters[V1].outlier_detection == OutlierDetection(2, 5.0, 10)  # the subset's own
+    assert clusters[V1].circuit_breakers == CircuitBreakers(100, 10, 4)  # the host's pool, kept (Istio merges per field)
+
+
+def test_destination_rule_tcp_keepalive_per_host_and_subset() -> None:
+    dr = f"""
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: keepalive, namespace: meta-dubbo}}
+spec:
+  host: {HOST}
+  trafficPolicy:
+    connectionPool: {{tcp: {{tcpKeepalive: {{probes: 9, time: 7200s, interval: 75s}}}}}}
+  subsets:
+  - name: v1
+    labels: {{version: v1}}
+    trafficPolicy:
+      connectionPool: {{tcp: {{tcpKeepalive: {{time: 1m}}}}}}
+  - name: v2
+    labels: {{version: v2}}
+    trafficPolicy:
+      outlierDetection: {{consecutive5xxErrors: 2}}
+"""
+    result = translate(resources(SERVICE.split("---")[0], dr))
+    assert not result.problems
+    clusters = result.bootstrap.cluster_map()
+    assert clusters[ALL].tcp_keepalive == TcpKeepalive(9, 7200.0, 75.0)
+    assert clusters[V1].tcp_keepalive == TcpKeepalive(0, 60.0, 0.0)  # the subset's own pool replaces the host's
+    assert clusters[V2].tcp_keepalive == TcpKeepalive(9, 7200.0, 75.0)  # inherited with the host's pool
+    assert clusters[V2].outlier_detection == OutlierDetection(2, 30.0, 10)
+    boot = parse_bootstrap(yaml.safe_load(yaml.safe_dump(to_bootstrap_tree(result.bootstrap), sort_keys=False)))
+    assert boot.cluster_map()[ALL].tcp_keepalive == TcpKeepalive(9, 7200.0, 75.0)
+
+
+@pytest.mark.parametrize(
+    ("keepalive", "reason", "expected"),
+    [("{time: soon}", "tcpKeepalive: time 'soon' is not a duration; ignored", None),
+     ("{probes: -1}", "tcpKeepalive: probes must not be negative; ignored", None),
+     ("{time: 1.5s}", "tcpKeepalive.time 1.5s: whole seconds are used (1s)", TcpKeepalive(0, 1.0, 0.0))],
+)  # fmt: skip
+def test_destination_rule_bad_tcp_keepalive_is_reported(keepalive: str, reason: str, expected: TcpKeepalive | None) -> None:
+    dr = f"""
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: keepalive, namespace: meta-dubbo}}
+spec:
+  host: {HOST}
+  trafficPolicy: {{connectionPool: {{tcp: {{tcpKeepalive: {keepalive}}}}}}}
+"""
+    result = translate(resources(SERVICE.split("---")[0], dr))
+    assert [reason in p.reason for p in result.problems] == [True], result.problems
+    assert result.bootstrap.cluster_map()[ALL].tcp_keepalive == expected
 
 
 def test_no_metarouter_gives_a_default_route() -> None:
@@ -328,9 +383,12 @@ def test_bootstrap_dump_roundtrips(rules: list[tuple[str, list[AttributeMatcher]
     log = (AccessLog("/tmp/x.log", (("m", "%REQ(method)%"), ("d", "%DURATION%"))),)
     glimit = GlobalRateLimit("dubbo", "c", (("method", "method"),), (AttributeMatcher("interface", MatchKind.PREFIX, "org."),), 0.05, True)
     b = Bootstrap(
-        (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes), local_rate_limit=limit, access_log=log, global_rate_limit=glimit),),
-        (ClusterConfig("c", tuple(eps), policy, 1.5, circuit_breakers=CircuitBreakers(100, 10), outlier_detection=OutlierDetection(3, 2.5, 50)),
-         ClusterConfig("d", (), LbPolicy.RING_HASH, hash_function="crc32a", hash_tag="{}")),
+        (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes), local_rate_limit=limit, access_log=log, global_rate_limit=glimit,
+                        max_connections=len(eps)),),
+        (ClusterConfig("c", tuple(eps), policy, 1.5, circuit_breakers=CircuitBreakers(100, 10), outlier_detection=OutlierDetection(3, 2.5, 50),
+                       tcp_keepalive=TcpKeepalive(len(eps), 30.0, 0.0), health_check=HealthCheck(2.5, 0.5, 2, 1, HealthCheckKind.TCP)),
+         ClusterConfig("d", (), LbPolicy.RING_HASH, hash_function="crc32a", hash_tag="{}", max_consecutive_timeouts=len(rules), health_check=HealthCheck(1.0, 0.25))),
+        overload=OverloadConfig(len(eps) or None, len(rules), 1 << 20, 0.5),
     )
     assert parse_bootstrap(yaml.safe_load(yaml.safe_dump(to_bootstrap_tree(b), sort_keys=False))) == b
 
