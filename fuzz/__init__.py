@@ -1,0 +1,1 @@
+"""Atheris fuzz harnesses: ``python fuzz/<target>.py [libFuzzer flags]``; see scripts/fuzz."""
