@@ -79,6 +79,11 @@ def signature(exc: BaseException) -> str:
     """``ExceptionType file:function`` of the innermost frame in the code under test (stable
     across line shifts, so a known defect still matches after unrelated edits)."""
     frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, Finding) and frames:  # a broken invariant: named by the check that saw it
+        fr = frames[-1]
+        path = Path(fr.filename)
+        rel = "/".join(path.parts[-2:]) if path.parent.name in ("fuzz", "testing") else path.name
+        return f"Finding {rel}:{fr.name}"
     for fr in reversed(frames):
         where = _where(fr.filename)
         if where is not None and not where.startswith("metaprotocol/testing/"):
@@ -260,7 +265,10 @@ def codec_target(
     harness = CodecHarness(factory_path, variants, side, prime, check)
     module = factory_path.partition(":")[0]
     package = module.rpartition(".")[0] or module
-    return Target(name, harness.run, lambda: codec_seeds(frames(), len(variants)), instrument=instrument or (package,), imports=(module,))
+    # Hand-made seeds under fuzz/corpus/<name>/ are whole inputs (config and split bytes included).
+    return Target(
+        name, harness.run, lambda: codec_seeds(frames(), len(variants)) + corpus_files(name), instrument=instrument or (package,), imports=(module,)
+    )
 
 
 # -- minimizing a crash ------------------------------------------------------------------------

@@ -26,12 +26,12 @@ _MIB = 1024 * 1024
 
 def _redis_sent() -> list[bytes]:
     out = [bytes.fromhex(s["send_hex"]) for v in load_vectors("redis/resp_traffic.json") for s in v["steps"] if s.get("send_hex")]
-    return out + corpus_files("redis_server")
+    return out
 
 
 def _redis_received() -> list[bytes]:
     out = [bytes.fromhex(s["recv_hex"]) for v in load_vectors("redis/resp_traffic.json") for s in v["steps"] if s.get("recv_hex")]
-    return out + corpus_files("redis_client")
+    return out
 
 
 def _dubbo_frames() -> list[bytes]:

@@ -61,10 +61,12 @@ class Result:
 
 
 def seed_corpus(name: str, target: _harness.Target) -> Path:
-    """Write the target's seeds into its work corpus (named by content, so re-runs add nothing)."""
+    """Write the target's seeds and crash reproducers into its work corpus (named by content, so
+    re-runs add nothing)."""
     corpus = WORK / name / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
-    for seed in target.seeds():
+    reproducers = [p.read_bytes() for p in sorted((_harness.REGRESSIONS / name).glob("*"))]
+    for seed in [*target.seeds(), *reproducers]:
         path = corpus / hashlib.sha1(seed).hexdigest()  # noqa: S324 - a file name, not security
         if not path.exists():
             path.write_bytes(seed)
