@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -83,7 +84,8 @@ def signature(exc: BaseException) -> str:
         fr = frames[-1]
         path = Path(fr.filename)
         rel = "/".join(path.parts[-2:]) if path.parent.name in ("fuzz", "testing") else path.name
-        return f"Finding {rel}:{fr.name}"
+        what = re.split(r"[\d'\"(\[{]", str(exc), maxsplit=1)[0].strip().rstrip(":,")
+        return f"Finding {rel}:{fr.name}: {what}"
     for fr in reversed(frames):
         where = _where(fr.filename)
         if where is not None and not where.startswith("metaprotocol/testing/"):

@@ -187,7 +187,9 @@ def _fastscan(data: bytes) -> None:
         full = r.pos
     except error:
         full = None
-    if fast is not None and full is not None and fast != full:
+    if fast != full:  # the reader's skip is the oracle: same decision, same end
+        if fast is None or full is None:
+            raise Finding(f"skip_values {'rejects' if fast is None else 'accepts'} what the reader's skip {'accepts' if fast is None else 'rejects'} (ends {fast}, {full})")
         raise Finding(f"skip_values ends at {fast}, the reader's skip at {full}")
     try:
         flat = fs.read_flat_map(body, 0, end)
