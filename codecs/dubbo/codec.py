@@ -54,6 +54,9 @@ _STATUS_FOR: Final = {
 _REQUEST_FLAGS: Final = wire.FLAG_REQUEST | wire.FLAG_EVENT
 _ID: Final = struct.Struct(">Q")
 _PROTOCOL_KEYS: Final = ("interface", "method")
+# What reading a body may raise: HessianDecodeError (a ValueError) for bad Hessian; the others
+# only from a reader bug, caught here too so that a bad body never escapes the SPI's errors.
+_BODY_ERRORS: Final = (ValueError, IndexError, struct.error, RecursionError)
 
 
 class DubboConfig:
@@ -180,7 +183,7 @@ class DubboServerCodec(ServerCodec):
             return Message(mtype, raw, md, rid, opaque)
         try:
             md, info = _request_metadata(raw, self.recent)
-        except (HessianDecodeError, ValueError) as exc:
+        except _BODY_ERRORS as exc:
             return Message(mtype, raw, {}, rid, _Invalid(f"bad request body: {exc}"))
         return Message(mtype, raw, md, rid, info)
 
@@ -435,6 +438,10 @@ class DubboClientCodec(ClientCodec):
         """The request with the upstream request id, and attachments set by ``mutation``."""
         return _encode(request, mutation, request_id)
 
+    def health_check_request(self) -> bytes | None:
+        """A heartbeat: every Dubbo provider answers it without invoking a service."""
+        return wire.build_heartbeat(1, reply=False)
+
     def answer_event(self, event: Message) -> bytes | None:
         """Answer a provider's heartbeat request, or it closes the idle connection."""
         raw = event.raw
@@ -461,7 +468,7 @@ def _checked_response_body(raw: bytes | bytearray) -> tuple[dict[str, str], _Bod
     """_response_body, with a body it cannot read reported as the provider's fault."""
     try:
         return _response_body(raw)
-    except (HessianDecodeError, ValueError) as exc:
+    except _BODY_ERRORS as exc:
         raise RemoteProtocolError(f"bad response body: {exc}", ErrorKind.BAD_RESPONSE) from None
 
 

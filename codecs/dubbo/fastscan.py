@@ -1,7 +1,8 @@
 """The hot path of the Dubbo codec: step over Hessian values and read flat attachment maps fast.
 
 ``skip_values`` walks values with one loop, local variables and an explicit stack (no call per
-value), tracking only what skipping needs: class field counts and type names. ``read_flat_map``
+value), tracking only what skipping needs: class field counts, type names and how many values a
+back-reference may name. ``read_flat_map``
 reads an attachments map whose keys are strings and whose values are strings, numbers, booleans
 or null, and returns None for anything else so the caller falls back to the full reader
 (hessian2.Hessian2Reader), which handles every form. Both raise HessianDecodeError on bad bytes.
@@ -9,9 +10,11 @@ or null, and returns None for anything else so the caller falls back to the full
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Final
 
 from metaprotocol_codecs.dubbo.hessian2 import (
+    MAX_DEPTH,
     Hessian2Reader,
     HessianDecodeError,
     _read_int_value,
@@ -21,7 +24,9 @@ from metaprotocol_codecs.dubbo.hessian2_types import Long
 
 _Z: Final = 0x5A
 _VARIABLE: Final = -1
-MAX_DEPTH: Final = 256
+_MAP_KEY: Final = -2
+_MAP_VALUE: Final = -3
+_FLIP: Final = _MAP_KEY + _MAP_VALUE
 
 
 def _string_span(data: bytes | bytearray, pos: int, end: int, units: int) -> int:
@@ -61,6 +66,21 @@ def _skip_string(data: bytes | bytearray, pos: int, end: int, code: int) -> int:
         pos += 1
 
 
+def _name_at(data: bytes | bytearray, pos: int, end: int) -> int:
+    """Offset after a class, field or type name at ``pos``: unlike a value, a name is decoded by
+    the full reader, so text that is not UTF-8 must fail here too (ASCII compact names inline)."""
+    if pos >= end:
+        raise HessianDecodeError("truncated name")
+    code = data[pos]
+    if code < 0x20:
+        stop = pos + 1 + code
+        if stop <= end and bytes(data[pos + 1 : stop]).isascii():
+            return stop
+    r = Hessian2Reader(data, pos, end)
+    r.read_string()
+    return r.pos
+
+
 def _int_at(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     """An int (any int or long form) at ``pos``: (value, offset after)."""
     if pos >= end:
@@ -77,7 +97,7 @@ def _type_at(data: bytes | bytearray, pos: int, end: int, types: list[str]) -> i
         raise HessianDecodeError("truncated type")
     code = data[pos]
     if code < 0x20 or 0x30 <= code <= 0x33 or code == 0x52 or code == 0x53:
-        after = _skip_string(data, pos + 1, end, code)
+        after = _name_at(data, pos, end)
         types.append("")
         return after
     index, after = _int_at(data, pos, end)
@@ -87,126 +107,158 @@ def _type_at(data: bytes | bytearray, pos: int, end: int, types: list[str]) -> i
 
 
 def skip_values(
-    data: bytes | bytearray, pos: int, end: int, count: int, classes: list[int], types: list[str]
+    data: bytes | bytearray,
+    pos: int,
+    end: int,
+    count: int,
+    classes: list[int],
+    types: list[str],
+    refs: int = 0,
 ) -> int:
-    """Offset after ``count`` values starting at ``pos`` (class field counts kept in ``classes``)."""
+    """Offset after ``count`` values starting at ``pos``.
+
+    Accepts and rejects exactly what ``Hessian2Reader.skip`` does (property-tested), ending at the
+    same offset. ``classes`` (field counts) and ``types`` carry the stream's definitions in and
+    out; ``refs`` is how many lists, maps and objects the stream started before ``pos``.
+
+    Stack entries and ``remaining`` are values left in the open container: a count, or
+    _VARIABLE (a list up to 'Z'), or _MAP_KEY / _MAP_VALUE (a map: 'Z' only in place of a key).
+    A class definition is a one-value container holding the value it serves, so it counts one
+    nesting level as in the reader. Reads past the data surface as IndexError or struct.error
+    and become HessianDecodeError here, instead of a bounds check per byte.
+    """
     stack: list[int] = []
     remaining = count
-    while True:
-        if remaining == 0:
-            if not stack:
-                return pos
-            remaining = stack.pop()
-            continue
-        if pos >= end:
-            raise HessianDecodeError(f"truncated at offset {pos}")
-        code = data[pos]
-        if remaining == _VARIABLE:
-            if code == _Z:
+    try:
+        while True:
+            if remaining == 0:
+                if not stack:
+                    return pos
+                remaining = stack.pop()
+                continue
+            if pos >= end:
+                raise HessianDecodeError(f"truncated at offset {pos}")
+            code = data[pos]
+            if remaining > 0:
+                remaining -= 1
+            elif code == _Z:
+                if remaining == _MAP_VALUE:
+                    raise HessianDecodeError(f"map ends after a key at offset {pos}")
                 pos += 1
                 remaining = stack.pop()
                 continue
-        else:
-            remaining -= 1
-        pos += 1
-        if code >= 0x80:  # ints and longs in compact forms
-            if code <= 0xBF or 0xD8 <= code <= 0xEF:
-                continue
-            pos += 1 if (code <= 0xCF or code >= 0xF0) else 2
-        elif code < 0x20 or 0x30 <= code <= 0x33 or code == 0x52 or code == 0x53:
-            pos = _skip_string(data, pos, end, code)
-        elif code < 0x30:  # 0x20-0x2f short binary
-            pos += code - 0x20
-        elif code <= 0x37:  # 0x34-0x37 medium binary
-            if pos >= end:
-                raise HessianDecodeError("truncated binary")
-            pos += ((code - 0x34) << 8) + data[pos] + 1
-        elif code <= 0x3F:  # 3-byte long
-            pos += 2
-        elif code == 0x4E or code == 0x54 or code == 0x46 or code == 0x5B or code == 0x5C:
-            continue
-        elif code == 0x49 or code == 0x59 or code == 0x5F or code == 0x4B:
-            pos += 4
-        elif code == 0x4C or code == 0x44 or code == 0x4A:
-            pos += 8
-        elif code == 0x5D:
+            elif remaining != _VARIABLE:
+                remaining = _FLIP - remaining  # key <-> value
             pos += 1
-        elif code == 0x5E:
-            pos += 2
-        elif code == 0x41 or code == 0x42:  # binary chunks
-            while True:
-                if pos + 2 > end:
-                    raise HessianDecodeError("truncated binary")
-                pos += 2 + ((data[pos] << 8) | data[pos + 1])
-                if code == 0x42:
-                    break
+            if code >= 0x80:  # ints and longs in compact forms
+                if code <= 0xBF or 0xD8 <= code <= 0xEF:
+                    continue
+                pos += 1 if (code <= 0xCF or code >= 0xF0) else 2
+            elif code < 0x20 or 0x30 <= code <= 0x33 or code == 0x52 or code == 0x53:
+                pos = _skip_string(data, pos, end, code)
+            elif code < 0x30:  # 0x20-0x2f short binary
+                pos += code - 0x20
+            elif code <= 0x37:  # 0x34-0x37 medium binary
                 if pos >= end:
                     raise HessianDecodeError("truncated binary")
-                code = data[pos]
+                pos += ((code - 0x34) << 8) + data[pos] + 1
+            elif code <= 0x3F:  # 3-byte long
+                pos += 2
+            elif code == 0x4E or code == 0x54 or code == 0x46 or code == 0x5B or code == 0x5C:
+                continue
+            elif code == 0x49 or code == 0x59 or code == 0x5F or code == 0x4B:
+                pos += 4
+            elif code == 0x4C or code == 0x44 or code == 0x4A:
+                pos += 8
+            elif code == 0x5D:
                 pos += 1
-                if code != 0x41 and code != 0x42:
-                    if 0x20 <= code <= 0x2F:
-                        pos += code - 0x20
-                        break
-                    if 0x34 <= code <= 0x37:
-                        pos += ((code - 0x34) << 8) + data[pos] + 1
-                        break
-                    raise HessianDecodeError("bad binary chunk")
-        elif 0x60 <= code <= 0x6F or code == 0x4F:  # object instance
-            if code == 0x4F:
-                index, pos = _int_at(data, pos, end)
-            else:
-                index = code - 0x60
-            if not 0 <= index < len(classes):
-                raise HessianDecodeError(f"object of undefined class {index}")
-            if classes[index]:
+            elif code == 0x5E:
+                pos += 2
+            elif code == 0x41 or code == 0x42:  # binary chunks
+                pos = _skip_binary_chunks(data, pos, end, code)
+            elif 0x60 <= code <= 0x6F or code == 0x4F:  # object instance
+                if code == 0x4F:
+                    index, pos = _int_at(data, pos, end)
+                else:
+                    index = code - 0x60
+                if not 0 <= index < len(classes):
+                    raise HessianDecodeError(f"object of undefined class {index}")
                 if len(stack) >= MAX_DEPTH:
-                    raise HessianDecodeError("nesting too deep")
-                stack.append(remaining)
-                remaining = classes[index]
-        elif code == 0x43:  # class definition, then the value it serves
-            if pos >= end:
-                raise HessianDecodeError("truncated class definition")
-            pos = _skip_string(data, pos + 1, end, data[pos])
-            n, pos = _int_at(data, pos, end)
-            if n < 0 or n > end - pos:
-                raise HessianDecodeError("bad field count")
-            for _ in range(n):
-                if pos >= end:
-                    raise HessianDecodeError("truncated class definition")
-                pos = _skip_string(data, pos + 1, end, data[pos])
-            classes.append(n)
-            if remaining != _VARIABLE:
-                remaining += 1  # the definition is not a value: the value after it is
-        elif 0x70 <= code <= 0x7F or code == 0x56 or code == 0x58 or code == 0x55 or code == 0x57:
-            if code <= 0x77 and code >= 0x70 or code == 0x56 or code == 0x55:
-                pos = _type_at(data, pos, end, types)
-            if code == 0x55 or code == 0x57:
-                n = _VARIABLE
-            elif code == 0x56 or code == 0x58:
+                    raise HessianDecodeError(f"nesting deeper than {MAX_DEPTH}")
+                refs += 1
+                if classes[index]:
+                    stack.append(remaining)
+                    remaining = classes[index]
+            elif code == 0x43:  # class definition, then the value it serves
+                pos = _name_at(data, pos, end)
                 n, pos = _int_at(data, pos, end)
                 if n < 0 or n > end - pos:
-                    raise HessianDecodeError("list length exceeds the data left")
-            else:
-                n = (code - 0x70) if code <= 0x77 else (code - 0x78)
-            if n:
+                    raise HessianDecodeError("bad field count")
+                for _ in range(n):
+                    pos = _name_at(data, pos, end)
+                classes.append(n)
                 if len(stack) >= MAX_DEPTH:
-                    raise HessianDecodeError("nesting too deep")
+                    raise HessianDecodeError(f"nesting deeper than {MAX_DEPTH}")
                 stack.append(remaining)
-                remaining = n
-        elif code == 0x48 or code == 0x4D:
-            if code == 0x4D:
-                pos = _type_at(data, pos, end, types)
-            if len(stack) >= MAX_DEPTH:
-                raise HessianDecodeError("nesting too deep")
-            stack.append(remaining)
-            remaining = _VARIABLE
-        elif code == 0x51:
-            _, pos = _int_at(data, pos, end)
-        else:
-            raise HessianDecodeError(f"unexpected code 0x{code:02x} at offset {pos - 1}")
-        if pos > end:
-            raise HessianDecodeError("truncated value")
+                remaining = 1
+            elif 0x70 <= code <= 0x7F or code == 0x56 or code == 0x58 or code == 0x55 or code == 0x57:
+                if len(stack) >= MAX_DEPTH:  # also for an empty list: the reader counts it
+                    raise HessianDecodeError(f"nesting deeper than {MAX_DEPTH}")
+                if code <= 0x77 and code >= 0x70 or code == 0x56 or code == 0x55:
+                    pos = _type_at(data, pos, end, types)
+                if code == 0x55 or code == 0x57:
+                    n = _VARIABLE
+                elif code == 0x56 or code == 0x58:
+                    n, pos = _int_at(data, pos, end)
+                    if n < 0 or n > end - pos:
+                        raise HessianDecodeError("list length exceeds the data left")
+                else:
+                    n = (code - 0x70) if code <= 0x77 else (code - 0x78)
+                refs += 1
+                if n:
+                    stack.append(remaining)
+                    remaining = n
+            elif code == 0x48 or code == 0x4D:
+                if len(stack) >= MAX_DEPTH:
+                    raise HessianDecodeError(f"nesting deeper than {MAX_DEPTH}")
+                if code == 0x4D:
+                    pos = _type_at(data, pos, end, types)
+                refs += 1
+                stack.append(remaining)
+                remaining = _MAP_KEY
+            elif code == 0x51:
+                index, pos = _int_at(data, pos, end)
+                if not 0 <= index < refs:
+                    raise HessianDecodeError(f"reference to undefined value {index}")
+            else:
+                raise HessianDecodeError(f"unexpected code 0x{code:02x} at offset {pos - 1}")
+            if pos > end:
+                raise HessianDecodeError("truncated value")
+    except (IndexError, struct.error):
+        raise HessianDecodeError(f"truncated value near offset {pos}") from None
+
+
+def _skip_binary_chunks(data: bytes | bytearray, pos: int, end: int, code: int) -> int:
+    """Offset after a binary whose first chunk code ('A' non-final, 'B' final) was at pos - 1."""
+    while True:
+        if pos + 2 > end:
+            raise HessianDecodeError("truncated binary")
+        pos += 2 + ((data[pos] << 8) | data[pos + 1])
+        if code == 0x42:
+            return pos
+        if pos >= end:
+            raise HessianDecodeError("truncated binary")
+        code = data[pos]
+        pos += 1
+        if code == 0x41 or code == 0x42:
+            continue
+        if 0x20 <= code <= 0x2F:
+            return pos + code - 0x20
+        if 0x34 <= code <= 0x37:
+            if pos >= end:
+                raise HessianDecodeError("truncated binary")
+            return pos + ((code - 0x34) << 8) + data[pos] + 1
+        raise HessianDecodeError("bad binary chunk")
 
 
 def read_string_at(data: bytes | bytearray, pos: int, end: int) -> tuple[str | None, int]:

@@ -98,11 +98,17 @@ class Hessian2Reader:
 
     def read(self) -> Any:
         """The next value."""
-        return _READ[self._byte()](self, self.data[self.pos - 1])
+        try:
+            return _READ[self._byte()](self, self.data[self.pos - 1])
+        except RecursionError:  # MAX_DEPTH bounds nesting; a caller's deep stack may not leave room
+            raise HessianDecodeError("nesting too deep for the interpreter stack") from None
 
     def skip(self) -> None:
         """Step over the next value without building it (classes, types and refs still count)."""
-        _SKIP[self._byte()](self, self.data[self.pos - 1])
+        try:
+            _SKIP[self._byte()](self, self.data[self.pos - 1])
+        except RecursionError:
+            raise HessianDecodeError("nesting too deep for the interpreter stack") from None
 
     def read_string(self) -> str:
         """The next value, which must be a string."""
@@ -354,12 +360,19 @@ def _read_map(r: Hessian2Reader, code: int) -> HessianMap:
     return out
 
 
-def _read_class_def(r: Hessian2Reader, code: int) -> Any:
+def _define_class(r: Hessian2Reader) -> None:
     name = r.read_string()
     n = r._length(_read_int_value(r, r._byte()))
-    fields = [r.read_string() for _ in range(n)]
-    r.classes.append((name, fields))
-    return r.read()  # a class definition is followed by the value it serves
+    r.classes.append((name, [r.read_string() for _ in range(n)]))
+
+
+def _read_class_def(r: Hessian2Reader, code: int) -> Any:
+    """A class definition and the value it serves: one nesting level, as definitions can chain."""
+    _define_class(r)
+    r._enter()
+    value = r.read()
+    r.depth -= 1
+    return value
 
 
 def _class(r: Hessian2Reader, code: int) -> tuple[str, list[str]]:
@@ -475,10 +488,10 @@ def _skip_map(r: Hessian2Reader, code: int) -> None:
 
 
 def _skip_class_def(r: Hessian2Reader, code: int) -> None:
-    name = r.read_string()
-    n = r._length(_read_int_value(r, r._byte()))
-    r.classes.append((name, [r.read_string() for _ in range(n)]))
+    _define_class(r)
+    r._enter()
     r.skip()
+    r.depth -= 1
 
 
 def _skip_object(r: Hessian2Reader, code: int) -> None:
