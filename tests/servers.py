@@ -178,3 +178,67 @@ class ZooKeeperServer:
             self.proc.kill()
             self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class StallingRelay:
+    """A TCP relay to ``target`` whose first ``stall`` connections are accepted and read but never
+    answered (a server that hung on one connection while new ones would be served)."""
+
+    def __init__(self, target: int, stall: int = 1) -> None:
+        self.target = target
+        self.stall_left = stall
+        self.accepted = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.open: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.open.append(conn)
+            if self.stall_left > 0:
+                self.stall_left -= 1
+                threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.open.append(upstream)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _swallow(conn: socket.socket) -> None:
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.sock.close()
+        for s in self.open:
+            s.close()
+
+    def __enter__(self) -> StallingRelay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -547,6 +547,10 @@ class RedisClientCodec(ClientCodec):
         """Commands pass through unchanged."""
         return request.raw
 
+    def health_check_request(self) -> bytes | None:
+        """PING (after the handshake, so that a server needing AUTH is probed as traffic sees it)."""
+        return pack([b"PING"])
+
     def handshake(self) -> list[bytes]:
         """HELLO 3 / AUTH / SELECT as the profile and config require."""
         cfg = self.config

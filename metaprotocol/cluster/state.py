@@ -9,6 +9,12 @@ from metaprotocol.config.model import ClusterConfig, Endpoint
 
 Subset = tuple[tuple[str, str], ...]
 
+# Why an endpoint is out of balancing; it is healthy when no reason holds. Each source clears only
+# its own reason, so a connect back-off ending cannot bring back an endpoint a health check failed.
+BACKOFF = 1
+EJECTED = 2
+HEALTH_CHECK = 4
+
 
 class HostSet:
     """The healthy endpoints of one subset and the balancer over them."""
@@ -31,6 +37,7 @@ class ClusterState:
         self.config = config
         self.endpoints: tuple[Endpoint, ...] = config.endpoints
         self.healthy: list[bool] = [True] * len(self.endpoints)
+        self.down: list[int] = [0] * len(self.endpoints)  # reasons (BACKOFF | EJECTED | HEALTH_CHECK)
         self.active: list[int] = [0] * len(self.endpoints)
         self.in_flight = 0  # requests in flight to the whole cluster (circuit breaking)
         self.active_retries = 0  # requests being retried (retry budget)
@@ -105,16 +112,24 @@ class ClusterState:
         self.ejected[index] = True
         self.ejections[index] += 1
         self.consecutive_failures[index] = 0
-        self.set_healthy(index, False)
+        self.mark(index, EJECTED, True)
         return True
 
     def uneject(self, index: int) -> None:
         """The ejection time is over."""
         self.ejected[index] = False
-        self.set_healthy(index, True)
+        self.mark(index, EJECTED, False)
 
     def set_healthy(self, index: int, healthy: bool) -> bool:
-        """Mark an endpoint; returns whether anything changed (balancers are then rebuilt)."""
+        """Start or end a connect back-off; returns whether the endpoint's health changed."""
+        return self.mark(index, BACKOFF, not healthy)
+
+    def mark(self, index: int, reason: int, down: bool) -> bool:
+        """Set or clear one reason for keeping an endpoint out of balancing; returns whether
+        the endpoint's health changed (balancers are then rebuilt)."""
+        mask = self.down[index] | reason if down else self.down[index] & ~reason
+        self.down[index] = mask
+        healthy = mask == 0
         if self.healthy[index] == healthy:
             return False
         self.healthy[index] = healthy

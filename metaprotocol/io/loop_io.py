@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, Final
 
+from metaprotocol.config.model import TcpKeepalive
 from metaprotocol.io.log_limit import RateLimitedLog
 from metaprotocol.proxy.context import Flushable, ListenerContext
 from metaprotocol.proxy.upstream import UpstreamConnection, Upstreams
 
 log = logging.getLogger(__name__)
+
+
+def _keepalive_of(conn: object) -> TcpKeepalive | None:
+    """The cluster's keepalive settings for a traffic connection (probes have none)."""
+    pool = getattr(conn, "pool", None)
+    return pool.cluster.config.tcp_keepalive if pool is not None else None
+
+
+def set_keepalive(sock: socket.socket | None, keepalive: TcpKeepalive) -> None:
+    """SO_KEEPALIVE with Envoy's three knobs (0 leaves the kernel's default): a peer that vanished
+    without a FIN (a crashed host, a dropped NAT entry) is then noticed on an idle connection."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        (getattr(socket, "TCP_KEEPCNT", None), keepalive.probes),
+        (getattr(socket, "TCP_KEEPIDLE", None), keepalive.time),
+        (getattr(socket, "TCP_KEEPINTVL", None), keepalive.interval),
+    ):
+        if option is not None and value:
+            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, int(value)))
 
 SWEEP_INTERVAL: Final = 0.01
 
@@ -57,7 +80,10 @@ class LoopIO:
     ) -> None:
         try:
             async with asyncio.timeout(timeout if timeout > 0 else None):
-                await self.loop.create_connection(lambda: conn, address, port)  # type: ignore[type-var] # duck-typed protocol
+                transport, _ = await self.loop.create_connection(lambda: conn, address, port)  # type: ignore[type-var] # duck-typed protocol
+            keepalive = _keepalive_of(conn)
+            if keepalive is not None:
+                set_keepalive(transport.get_extra_info("socket"), keepalive)
         except (OSError, TimeoutError) as exc:
             conn.connect_failed(exc)
         except asyncio.CancelledError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
@@ -14,6 +15,7 @@ from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import Bootstrap, ListenerConfig, RouteConfig
 from metaprotocol.io.loop_io import LoopIO
 from metaprotocol.proxy.context import ListenerContext
+from metaprotocol.proxy.overload import Overload
 from metaprotocol.proxy.session import DownstreamSession
 from metaprotocol.proxy.stats import render_prometheus
 from metaprotocol.proxy.upstream import Upstreams
@@ -76,7 +78,9 @@ class Proxy:
         self.servers: dict[str, asyncio.Server] = {}
         self.admin_server: asyncio.Server | None = None
         self.log_writers: dict[str, list[AccessLogWriter]] = {}
+        self.overload = Overload(bootstrap.overload, _fd_limit())
         self.ready = False
+        self.stopped = False
 
     async def start(self) -> None:
         """Bind every listener (and the admin endpoint); raise before serving if any bind fails."""
@@ -87,6 +91,7 @@ class Proxy:
         self.io = LoopIO(loop)
         self.upstreams = Upstreams(self.io, self.bootstrap.cluster_map())
         self.io.upstreams = self.upstreams
+        self._watch_heap()
         try:
             for lst in self.bootstrap.listeners:
                 rng = random.Random(self.seed)  # noqa: S311 - load balancing only
@@ -106,7 +111,7 @@ class Proxy:
     ) -> None:
         assert self.io is not None and self.upstreams is not None  # noqa: S101
         table = RouteTable(lst.route_config) if lst.route_config is not None else None
-        ctx = ListenerContext(lst, factory, table, self.upstreams, self.io, rng)  # type: ignore[arg-type]
+        ctx = ListenerContext(lst, factory, table, self.upstreams, self.io, rng, self.overload)  # type: ignore[arg-type]
         assert self.loop is not None  # noqa: S101
         server = await self.loop.create_server(
             lambda: DownstreamSession(ctx),  # type: ignore[arg-type, return-value]
@@ -120,6 +125,7 @@ class Proxy:
         self.contexts[lst.name] = ctx
         self.servers[lst.name] = server
         self._attach_policies(ctx)
+        self._watch_health(ctx)
         log.info("listener %s on %s:%d (codec %s)", lst.name, lst.address, lst.port, factory.name)
 
     def _attach_policies(self, ctx: ListenerContext) -> None:
@@ -135,6 +141,22 @@ class Proxy:
         idle = ctx.config.idle_timeout
         if idle > 0:
             self.loop.call_later(min(idle / 2, 1.0), self._check_idle, ctx)
+
+    def _watch_health(self, ctx: ListenerContext) -> None:
+        """Start the active health checks of the clusters this listener's routes name (the
+        probe is its codec's); clusters reached only later are checked from their first pool."""
+        if ctx.table is None or self.upstreams is None:
+            return
+        for route in ctx.table.config.routes:
+            for name in route.action.cluster_names():
+                self.upstreams.watch_health(name, ctx.factory)
+
+    def _watch_heap(self) -> None:
+        """Read the process's resident memory every refresh interval for the overload bounds."""
+        if self.loop is None or self.stopped or self.bootstrap.overload.max_heap_size_bytes <= 0:
+            return
+        self.overload.observe_heap(resident_bytes())
+        self.loop.call_later(max(0.01, self.bootstrap.overload.refresh_interval), self._watch_heap)
 
     def _check_idle(self, ctx: ListenerContext) -> None:
         if self.contexts.get(ctx.name) is not ctx or self.loop is None:
@@ -166,6 +188,7 @@ class Proxy:
         ctx = self.contexts[listener]
         validate_routes(ctx.factory, routes, "update", listener)
         ctx.table = RouteTable(routes)
+        self._watch_health(ctx)
 
     async def apply(self, bootstrap: Bootstrap) -> None:
         """Apply a whole new configuration without dropping existing connections.
@@ -177,6 +200,8 @@ class Proxy:
         factories = build_factories(bootstrap, self.registry)
         assert self.upstreams is not None  # noqa: S101
         self.upstreams.update_clusters(bootstrap.cluster_map())
+        heap_watch_was_off = self.bootstrap.overload.max_heap_size_bytes <= 0
+        self.overload.reconfigure(bootstrap.overload)
         new = {lst.name: lst for lst in bootstrap.listeners}
         for name in list(self.contexts):
             ctx = self.contexts[name]
@@ -214,6 +239,10 @@ class Proxy:
                     raise ConfigError(bootstrap.source, f"listener {name}", f"cannot listen on {lst.address}:{lst.port}: {exc}") from exc
         self.bootstrap = bootstrap
         self.factories.update(factories)
+        if heap_watch_was_off:
+            self._watch_heap()
+        for ctx in self.contexts.values():
+            self._watch_health(ctx)
 
     async def _stop_listener(self, name: str, timeout: float = 5.0) -> None:
         server = self.servers.pop(name)
@@ -234,6 +263,7 @@ class Proxy:
     async def close(self) -> None:
         """Close listeners, admin and upstream connections immediately."""
         self.ready = False
+        self.stopped = True
         for server in self.servers.values():
             server.close()
         for ctx in self.contexts.values():
@@ -255,7 +285,7 @@ class Proxy:
     def stats_text(self) -> str:
         """Prometheus exposition of every counter."""
         clusters = self.upstreams.cluster_stats.values() if self.upstreams else []
-        return render_prometheus((c.stats for c in self.contexts.values()), clusters)
+        return render_prometheus((c.stats for c in self.contexts.values()), clusters, self.overload)
 
     def config_dump(self) -> dict[str, object]:
         """The effective configuration as plain JSON-able data."""
@@ -284,6 +314,31 @@ async def _drain_sessions(contexts: list[ListenerContext], timeout: float) -> No
         for session in list(ctx.sessions):
             if session.transport is not None:
                 session.transport.close()
+
+
+def _fd_limit() -> int:
+    """The soft limit on open files (0 when unknown), which sets the default connection bound."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return 0
+    return soft if soft != resource.RLIM_INFINITY else 0
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def resident_bytes() -> int:
+    """The process's resident set size now (Linux ``/proc/self/statm``; elsewhere the peak)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _plain(value: object) -> object:

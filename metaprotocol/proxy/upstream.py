@@ -19,11 +19,13 @@ from metaprotocol.cluster.state import ClusterState
 from metaprotocol.config.model import HASHING_POLICIES, ClusterConfig
 from metaprotocol.proxy.context import Failure, ListenerContext, Pending, ProxyIO
 from metaprotocol.proxy.deadlines import DeadlineQueues, Expirable
+from metaprotocol.proxy.health import HealthChecker
 from metaprotocol.proxy.stats import ClusterStats
 from metaprotocol.router.table import CompiledRoute
 from metaprotocol.spi import (
     NEED_DATA,
     ClientCodec,
+    CodecFactory,
     Correlation,
     ErrorKind,
     LocalError,
@@ -507,7 +509,21 @@ class Upstreams:
         self.pools: dict[tuple[str, str, int, Hashable], EndpointPool] = {}
         self.deadlines = DeadlineQueues()
         self.generation = 0  # bumped by every cluster update (cached decisions depend on it)
+        self.health: dict[str, HealthChecker] = {}
         self.update_clusters(clusters)
+
+    def watch_health(self, cluster: str, factory: CodecFactory) -> None:
+        """Start active health checks of ``cluster`` with ``factory``'s probe, if its config asks
+        for them and no checker runs for its current state (a replaced cluster's checker stops
+        by itself)."""
+        cs = self.clusters.get(cluster)
+        if cs is None or cs.config.health_check is None:
+            return
+        current = self.health.get(cluster)
+        if current is not None and current.cluster is cs:
+            return
+        checker = self.health[cluster] = HealthChecker(self, cs, factory)
+        checker.start()
 
     def update_clusters(self, clusters: Mapping[str, ClusterConfig]) -> None:
         """Apply a new cluster set: unchanged clusters keep their state and pools."""
@@ -621,6 +637,8 @@ class Upstreams:
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = EndpointPool(self, ctx, cs, index, profile)
+            if cs.config.health_check is not None:
+                self.watch_health(name, ctx.factory)
         try:
             pool.send(p, msg, route.request_mutation, oneway)
         except Overflow as exc:

@@ -192,6 +192,12 @@ class ClientCodec(abc.ABC):
             errors += msg.type is MessageType.ERROR
         return count, errors
 
+    def health_check_request(self) -> bytes | None:
+        """A probe for active health checks (Dubbo: a heartbeat; Redis: PING), sent on a fresh
+        connection after ``handshake()``; the endpoint passes when every reply comes within the
+        check's timeout and none is an ERROR. None (the default): a TCP connect is the check."""
+        return None
+
     def answer_event(self, event: Message) -> bytes | None:
         """Bytes to send back for a server-initiated message (e.g. a Dubbo heartbeat request).
 

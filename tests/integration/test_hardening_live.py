@@ -1,0 +1,174 @@
+"""Bad upstreams and bad clients against a live proxy and real servers: a stalled connection is
+replaced, malformed input gets the protocol's error at once, health checks move endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+
+from metaprotocol_apps.dubbo import DubboConsumer, DubboError
+from metaprotocol_codecs.dubbo import wire
+from tests.integration.test_dubbo_proxy import DEMO, Providers
+from tests.servers import RedisServer, StallingRelay, bootstrap_dict, cluster, free_port, listener
+
+pytestmark = pytest.mark.integration
+ROUTE_TIMEOUT = 0.4
+
+
+@pytest.fixture
+def providers() -> Iterator[Providers]:
+    p = Providers(("v1",))
+    yield p
+    p.stop()
+
+
+def _proxy(run_proxy: Any, codec: str, port: int, **cluster_extra: object) -> Any:
+    tree = bootstrap_dict(
+        [listener("l", 0, codec, [{"name": "all", "route": {"cluster": "c", "timeout": f"{ROUTE_TIMEOUT}s"}}])],
+        [cluster("c", [port], **cluster_extra)],
+    )
+    return run_proxy(tree)
+
+
+def _fatal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "Fatal error" in r.getMessage() or "Exception in callback" in r.getMessage()]
+
+
+def test_redis_a_stalled_connection_is_replaced_after_one_timeout(run_proxy: Any) -> None:
+    with RedisServer() as server, StallingRelay(server.port) as relay:
+        rp = _proxy(run_proxy, "redis", relay.port)
+        r = redis.Redis(port=rp.port("l"), socket_timeout=5)
+        with pytest.raises(redis.ResponseError, match="upstream request timeout"):
+            r.get("k")
+        start = time.monotonic()
+        assert r.set("k", "v") and r.get("k") == b"v"  # on a new upstream connection
+        assert time.monotonic() - start < ROUTE_TIMEOUT + 1.0
+        assert relay.accepted == 2
+        assert 'metaprotocol_upstream_cx_destroy_timeout_total{cluster="c"} 1' in rp.run(rp.proxy.stats_text)
+
+
+def test_dubbo_a_stalled_multiplexed_connection_is_replaced(run_proxy: Any, providers: Providers) -> None:
+    with StallingRelay(providers.port("v1")) as relay:
+        rp = _proxy(run_proxy, "dubbo", relay.port)
+        port = rp.port("l")
+
+        async def scenario() -> tuple[list[int], str, float]:
+            consumers = [await DubboConsumer("127.0.0.1", port, timeout=5).connect() for _ in range(3)]
+            try:
+                # Three calls in flight on the stalled shared connection time out together.
+                results = await asyncio.gather(*(c.call(DEMO, "sayHello", ["x"], version="1.0.0") for c in consumers), return_exceptions=True)
+                statuses = [r.status for r in results if isinstance(r, DubboError)]
+                start = time.monotonic()
+                ok = await consumers[0].call(DEMO, "sayHello", ["y"], version="1.0.0")
+                return statuses, ok, time.monotonic() - start
+            finally:
+                for c in consumers:
+                    await c.close()
+
+        statuses, ok, took = asyncio.run(scenario())
+        assert statuses == [wire.SERVER_TIMEOUT] * 3
+        assert ok == "Hello y, response from provider-v1"
+        assert took < ROUTE_TIMEOUT + 1.0 and relay.accepted == 2
+
+
+def test_thrift_a_stalled_multiplexed_connection_is_replaced(run_proxy: Any, tmp_path: Any) -> None:
+    import json
+
+    import thriftpy2
+    from thriftpy2.rpc import make_client, make_server
+    from thriftpy2.thrift import TApplicationException
+    from thriftpy2.transport import TFramedTransportFactory
+
+    from tests.vectors import vectors_dir
+
+    path = tmp_path / "oracle.thrift"
+    path.write_text(json.loads((vectors_dir() / "thrift/messages.json").read_text())["idl"])
+    idl = thriftpy2.load(str(path), module_name="hardening_thrift")
+
+    class Handler:
+        def echo(self, msg: str) -> str:
+            return f"v1:{msg}"
+
+    backend = free_port()
+    server = make_server(idl.UserService, Handler(), "127.0.0.1", backend, trans_factory=TFramedTransportFactory(), client_timeout=None)
+    import threading
+
+    threading.Thread(target=server.serve, daemon=True).start()
+    from tests.servers import wait_port
+
+    wait_port(backend)
+    with StallingRelay(backend) as relay:
+        rp = _proxy(run_proxy, "thrift", relay.port)
+
+        def call(msg: str) -> str | int:
+            client = make_client(idl.UserService, "127.0.0.1", rp.port("l"), trans_factory=TFramedTransportFactory(), timeout=5000)
+            try:
+                return str(client.echo(msg))
+            except TApplicationException as exc:
+                return int(exc.type)
+            finally:
+                client.close()
+
+        with ThreadPoolExecutor(3) as pool:
+            first = list(pool.map(call, ["a", "b", "c"]))
+        assert all(isinstance(x, int) for x in first)  # TApplicationException for each
+        start = time.monotonic()
+        assert call("d") == "v1:d"
+        assert time.monotonic() - start < ROUTE_TIMEOUT + 1.0 and relay.accepted == 2
+        server.close()
+
+
+def test_dubbo_malformed_body_gets_an_immediate_error_reply_and_no_fatal_log(
+    run_proxy: Any, providers: Providers, caplog: pytest.LogCaptureFixture
+) -> None:
+    rp = _proxy(run_proxy, "dubbo", providers.port("v1"))
+    body = bytes.fromhex("41000034")
+    frame = struct.pack(">HBBQI", wire.MAGIC, 0xC2, 0, 77, len(body)) + body
+    with caplog.at_level(logging.WARNING), socket.create_connection(("127.0.0.1", rp.port("l")), timeout=5) as s:
+        s.sendall(frame)
+        reply = s.recv(65536)
+        _, flag, status, rid, _ = struct.unpack_from(">HBBQI", reply)
+        assert (status, rid) == (wire.BAD_REQUEST, 77)
+        # The frame's length was known, so the codec may step over it and go on; otherwise the
+        # connection is closed cleanly. Either way a heartbeat after it is answered or sees EOF.
+        try:
+            s.sendall(wire.build_heartbeat(78))
+            after = s.recv(65536)
+        except ConnectionError:
+            after = b""
+        assert after == b"" or struct.unpack_from(">HBBQI", after)[3] == 78
+    assert not _fatal_lines(caplog)
+
+
+def test_health_checks_take_a_silent_endpoint_out_and_bring_it_back(run_proxy: Any) -> None:
+    with RedisServer() as good, StallingRelay(good.port, stall=10**6) as silent:
+        hc = [{"timeout": "0.2s", "interval": "0.1s", "unhealthy_threshold": 2, "healthy_threshold": 1,
+               "custom_health_check": {"name": "metaprotocol.health_checkers.codec"}}]  # fmt: skip
+        tree = bootstrap_dict(
+            [listener("l", 0, "redis", [{"name": "all", "route": {"cluster": "c", "timeout": "0.3s"}}])],
+            [cluster("c", [good.port, silent.port], health_checks=hc)],
+        )
+        rp = run_proxy(tree)
+        cs = rp.proxy.upstreams.clusters["c"]
+        deadline = time.monotonic() + 5
+        while cs.healthy != [True, False] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cs.healthy == [True, False]
+        r = redis.Redis(port=rp.port("l"), socket_timeout=5)
+        assert all(r.set(f"k{i}", i) for i in range(20))  # none goes to the silent endpoint
+        silent.stall_left = 0  # it starts answering
+        deadline = time.monotonic() + 5
+        while cs.healthy != [True, True] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cs.healthy == [True, True]
+        stats = rp.run(rp.proxy.stats_text)
+        assert 'metaprotocol_upstream_health_check_failure_total{cluster="c"}' in stats
