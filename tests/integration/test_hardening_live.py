@@ -172,3 +172,57 @@ def test_health_checks_take_a_silent_endpoint_out_and_bring_it_back(run_proxy: A
         assert cs.healthy == [True, True]
         stats = rp.run(rp.proxy.stats_text)
         assert 'metaprotocol_upstream_health_check_failure_total{cluster="c"}' in stats
+
+
+def test_past_the_process_pending_bound_clients_get_over_limit_replies_at_once(run_proxy: Any) -> None:
+    limit, per_client, clients = 2000, 500, 20
+    with StallingRelay(free_port(), stall=10**6) as blackhole:  # accepts, reads, never answers
+        tree = bootstrap_dict(
+            [listener("l", 0, "redis", [{"name": "all", "route": {"cluster": "c", "timeout": "30s"}}], max_pending_per_connection=100_000)],
+            [cluster("c", [blackhole.port])],
+        )
+        tree["overload_manager"] = {"resource_monitors": [
+            {"name": "metaprotocol.resource_monitors.pending_requests", "typed_config": {"max_pending_requests": limit}}]}  # fmt: skip
+        rp = run_proxy(tree)
+        get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        socks = [socket.create_connection(("127.0.0.1", rp.port("l")), timeout=5) for _ in range(clients)]
+        try:
+            for s in socks:
+                s.sendall(get * per_client)
+            expected_refusals = clients * per_client - limit
+            received = [b""] * clients
+            deadline = time.monotonic() + 5  # far below the 30 s route timeout: these are immediate
+            while sum(r.count(b"-ERR") for r in received) < expected_refusals and time.monotonic() < deadline:
+                for i, s in enumerate(socks):
+                    s.settimeout(0.01)
+                    try:
+                        received[i] += s.recv(1 << 20)
+                    except TimeoutError:
+                        pass
+            refused = sum(r.count(b"-ERR") for r in received)
+            assert refused == expected_refusals
+            assert all(line == b"-ERR proxy overloaded (pending limit)" for r in received for line in r.split(b"\r\n") if line)
+            assert rp.proxy.overload.pending == limit  # the admitted ones wait on the silent upstream
+            assert f'metaprotocol_overload_rejected_requests_total{{limit="pending"}} {expected_refusals}' in rp.run(rp.proxy.stats_text)
+        finally:
+            for s in socks:
+                s.close()
+
+
+def test_upstream_connections_get_the_clusters_tcp_keepalive(run_proxy: Any) -> None:
+    with RedisServer() as server:
+        keepalive = {"tcp_keepalive": {"keepalive_probes": 4, "keepalive_time": 30, "keepalive_interval": 5}}
+        rp = _proxy(run_proxy, "redis", server.port, upstream_connection_options=keepalive)
+        assert redis.Redis(port=rp.port("l")).set("k", "v")
+
+        def options() -> tuple[int, int, int, int]:
+            (pool,) = rp.proxy.upstreams.pools.values()
+            sock = pool.conns[0].transport.get_extra_info("socket")
+            return (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            )
+
+        assert rp.run(options) == (1, 4, 30, 5)
