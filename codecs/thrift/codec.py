@@ -182,7 +182,7 @@ class _ThriftSide:
                     raise ValueError(f"unsupported THeader protocol id {t.protocol_id}")
                 payload = frame[t.payload_at :]
                 if t.transforms:
-                    payload = wire.untransform(bytes(payload), t.transforms)
+                    payload = wire.untransform(bytes(payload), t.transforms, self.config.max_frame)
                 h = self._header(payload, 0, len(payload), protocol)
                 return self._message(frame, _Info(Transport.HEADER, protocol, h, payload, t, t.payload_at))
             h = self._header(frame, 4, len(frame))

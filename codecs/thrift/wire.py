@@ -411,12 +411,26 @@ def build_theader(seqid: int, protocol_id: int, headers: dict[str, str], payload
     return I32.pack(len(body)) + body
 
 
-def untransform(payload: bytes, transforms: list[int]) -> bytes:
-    """Undo THeader transforms (zlib only; others are refused)."""
+def untransform(payload: bytes, transforms: list[int], limit: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Undo THeader transforms (zlib only; others are refused).
+
+    Each inflation stops at ``limit`` bytes (the frame limit, which the message must obey once
+    inflated): a small frame cannot make the proxy allocate more. Raises ValueError for a
+    payload that is not zlib, is cut short, or inflates past the limit.
+    """
     for tid in reversed(transforms):
         if tid != TRANSFORM_ZLIB:
             raise ValueError(f"unsupported THeader transform {tid}")
-        payload = zlib.decompress(payload)
+        inflater = zlib.decompressobj()
+        try:
+            out = inflater.decompress(payload, limit + 1)
+        except zlib.error as exc:
+            raise ValueError(f"bad zlib payload: {exc}") from None
+        if len(out) > limit:
+            raise ValueError(f"zlib payload inflates past {limit} bytes")
+        if not inflater.eof:
+            raise ValueError("zlib payload cut short")
+        payload = out
     return payload
 
 
