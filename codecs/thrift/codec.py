@@ -43,6 +43,8 @@ _TYPES: Final = {
 }
 _PROTOCOL_IDS: Final = {wire.PROTOCOL_BINARY: Protocol.BINARY, wire.PROTOCOL_COMPACT: Protocol.COMPACT}
 _MIN_DETECT: Final = 8
+# TApplicationException type of a local reply, by error kind; INTERNAL_ERROR for the others.
+_EXCEPTION_TYPES: Final = {ErrorKind.ROUTE_NOT_FOUND: wire.UNKNOWN_METHOD, ErrorKind.BAD_REQUEST: wire.PROTOCOL_ERROR}
 
 
 class ThriftConfig:
@@ -148,18 +150,41 @@ class _ThriftSide:
             raise RemoteProtocolError(f"bad Thrift message: {exc}", self.kind) from None
 
     def _unframed(self, buffer: ReadBuffer, data: bytes | bytearray, pos: int, n: int) -> Message:
+        limit = self.config.max_frame
         try:
             h = self._header(data, pos, n)
+        except NeedMore:
+            if n - pos > limit:
+                raise ValueError(f"message larger than {limit} bytes") from None
+            raise
+        try:
             end = wire.skip_struct(data, h.end, n, h.protocol)
         except NeedMore:
-            if n - pos > self.config.max_frame:
-                raise ValueError(f"message larger than {self.config.max_frame} bytes") from None
+            if n - pos > limit:
+                raise self._bad_body(f"message larger than {limit} bytes", data, pos, h) from None
             raise
+        except (ValueError, IndexError, struct.error) as exc:
+            raise self._bad_body(f"bad Thrift message: {exc}", data, pos, h) from None
         self.protocol = h.protocol
         frame = data[pos:end]
         buffer.pos = end
         _rebase(h, pos)
         return self._message(frame, _Info(Transport.UNFRAMED, h.protocol, h, frame))
+
+    def _bad_body(self, reason: str, data: bytes | bytearray, pos: int, h: MessageHeader) -> RemoteProtocolError:
+        """The error for an unframed message whose header was read but whose struct is not sound.
+
+        It carries the header as ``request``, so that the core answers with a
+        TApplicationException naming the method and seqid: on the server side for a CALL (a
+        ONEWAY caller reads no reply), on the client side for the reply's seqid.
+        """
+        answerable = (wire.CALL,) if self.kind is ErrorKind.BAD_REQUEST else (wire.REPLY, wire.EXCEPTION)
+        request = None
+        if h.type in answerable:
+            head = bytes(data[pos : h.end])
+            _rebase(h, pos)
+            request = Message(_TYPES[h.type], head, {}, h.seqid, _Info(Transport.UNFRAMED, h.protocol, h, head))
+        return RemoteProtocolError(reason, self.kind, request)
 
     def _framed(self, buffer: ReadBuffer, data: bytes | bytearray, pos: int, n: int) -> Message:
         if n - pos < 4:  # noqa: PLR2004
@@ -264,9 +289,13 @@ def _metadata(info: _Info) -> dict[str, str]:
 
 
 def _response_metadata(msg: LazyMessage) -> dict[str, str]:
+    """A reply's metadata; its body was not read when it was framed, so it may be malformed."""
     info = msg.opaque
     assert isinstance(info, _Info)  # noqa: S101 - set by _message
-    return _metadata(info)
+    try:
+        return _metadata(info)
+    except (ValueError, IndexError, struct.error) as exc:
+        raise RemoteProtocolError(f"bad Thrift reply: {exc}", ErrorKind.BAD_RESPONSE) from None
 
 
 def _rebase(h: MessageHeader, base: int) -> None:
@@ -367,7 +396,7 @@ class ThriftServerCodec(_ThriftSide, ServerCodec):
         info = request.opaque if request is not None else None
         if not isinstance(info, _Info):
             return b""
-        exc_type = wire.UNKNOWN_METHOD if error.kind is ErrorKind.ROUTE_NOT_FOUND else wire.INTERNAL_ERROR
+        exc_type = _EXCEPTION_TYPES.get(error.kind, wire.INTERNAL_ERROR)
         body = wire.application_exception(info.protocol, info.header.name, request.request_id or 0, f"metaprotocol: {error.message}", exc_type)  # type: ignore[union-attr]
         if info.transport is Transport.FRAMED:
             return wire.I32.pack(len(body)) + body

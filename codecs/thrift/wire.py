@@ -52,6 +52,7 @@ TYPE_NAMES: Final = {CALL: "call", REPLY: "reply", EXCEPTION: "exception", ONEWA
 UNKNOWN: Final = 0
 UNKNOWN_METHOD: Final = 1
 INTERNAL_ERROR: Final = 6
+PROTOCOL_ERROR: Final = 7
 
 
 class Transport(enum.Enum):
@@ -180,7 +181,7 @@ def read_message_header(data: bytes | bytearray, pos: int, end: int, protocol: P
     if pos + 4 > end:
         raise NeedMore
     # Non-strict binary: the name length comes first.
-    n = I32.unpack_from(data, pos)[0]
+    n = I32.unpack_from(data, pos)[0]  # never negative: a first byte >= 0x80 is read as strict
     p = pos + 4 + n
     if p + 5 > end:
         raise NeedMore
