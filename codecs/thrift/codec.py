@@ -171,6 +171,22 @@ class _ThriftSide:
         _rebase(h, pos)
         return self._message(frame, _Info(Transport.UNFRAMED, h.protocol, h, frame))
 
+    def _bad_transform(self, reason: str, frame: bytes | bytearray) -> RemoteProtocolError:
+        """A THeader frame whose payload does not untransform (not zlib, or past the frame limit).
+
+        The frame was consumed whole, so the stream stays aligned. On the client side the
+        THeader block's own seqid names the request the reply answers (the proxy writes it
+        upstream): the error is ``skipped`` and only that request fails, not the others sharing
+        the connection. A seqid of 0 (clients that leave it unset) names nothing: the connection
+        is closed. On the server side the method name is inside the unreadable payload, so no
+        TApplicationException can be built: the client's connection is closed.
+        """
+        message = f"bad THeader payload: {reason}"
+        seqid = _header_seqid(frame)
+        if self.kind is ErrorKind.BAD_RESPONSE and seqid != 0:
+            return RemoteProtocolError(message, self.kind, Message(MessageType.RESPONSE, frame, {}, seqid), skipped=True)
+        return RemoteProtocolError(message, self.kind)
+
     def _bad_body(self, reason: str, data: bytes | bytearray, pos: int, h: MessageHeader) -> RemoteProtocolError:
         """The error for an unframed message whose header was read but whose struct is not sound.
 
@@ -207,7 +223,10 @@ class _ThriftSide:
                     raise ValueError(f"unsupported THeader protocol id {t.protocol_id}")
                 payload = frame[t.payload_at :]
                 if t.transforms:
-                    payload = wire.untransform(bytes(payload), t.transforms, self.config.max_frame)
+                    try:
+                        payload = wire.untransform(bytes(payload), t.transforms, self.config.max_frame)
+                    except ValueError as exc:
+                        raise self._bad_transform(str(exc), frame) from None
                 h = self._header(payload, 0, len(payload), protocol)
                 return self._message(frame, _Info(Transport.HEADER, protocol, h, payload, t, t.payload_at))
             h = self._header(frame, 4, len(frame))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import struct
 import time
@@ -226,3 +227,64 @@ def test_upstream_connections_get_the_clusters_tcp_keepalive(run_proxy: Any) -> 
             )
 
         assert rp.run(options) == (1, 4, 30, 5)
+
+
+def _theader_upstream(sock: socket.socket, bad_first: int) -> None:
+    """Reads THeader calls on one connection; once three are in, answers the first with a frame
+    whose ZLIB payload is not zlib (``bad_first`` times) and echoes the others as replies."""
+    from metaprotocol_codecs.thrift import wire as twire
+
+    conn, _ = sock.accept()
+    conn.settimeout(10)
+    data = b""
+    frames: list[bytes] = []
+    while len(frames) < 3:
+        data += conn.recv(65536)
+        while len(data) >= 4 and len(data) >= 4 + int.from_bytes(data[:4], "big"):
+            n = 4 + int.from_bytes(data[:4], "big")
+            frames.append(data[:n])
+            data = data[n:]
+    out = b""
+    for i, frame in enumerate(frames):
+        seq = frame[8:12]
+        if i < bad_first:
+            body = b"\x0f\xff\x00\x00" + seq + b"\x00\x01" + b"\x00\x01\x01\x00" + b"not-zlib"
+            out += struct.pack(">I", len(body)) + body
+        else:
+            at = twire.read_theader(frame).payload_at
+            reply = bytearray(frame)
+            reply[at + 3] = 2  # strict binary version word: CALL -> REPLY; args field 1 reads as the value
+            out += bytes(reply)
+    conn.sendall(out)
+    time.sleep(1)
+    conn.close()
+
+
+def test_thrift_a_bad_theader_reply_fails_only_its_request_on_the_shared_connection(
+    run_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    from tests.integration.test_thrift_proxy import _apache_header_call
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=_theader_upstream, args=(upstream, 1), daemon=True).start()
+    rp = _proxy(run_proxy, "thrift", upstream.getsockname()[1])
+
+    def call(i: int) -> object:
+        try:
+            return _apache_header_call(rp.port("l"), f"m{i}", {}, seqid=100 + i)[0]
+        except Exception as exc:  # noqa: BLE001 - the one whose reply was bad
+            return exc
+
+    with caplog.at_level(logging.WARNING), ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(call, i) for i in range(3)]
+        results = [f.result(10) for f in futures]
+    upstream.close()
+    values = sorted(r for r in results if isinstance(r, str))
+    errors = [r for r in results if not isinstance(r, str)]
+    # The failed call got a TApplicationException (message type 3) with its own seqid, at once.
+    assert len(errors) == 1 and re.search(r"\('echo', 3, 10[0-2]\) == \('echo', 2, 10[0-2]\)", str(errors[0]))
+    assert len(values) == 2 and all(v.startswith("m") for v in values)
+    assert rp.proxy.upstreams.cluster_stats["c"].response_decoding_errors == 1
+    assert not _fatal_lines(caplog)
