@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,11 @@ def signature(exc: BaseException) -> str:
         rel = "/".join(path.parts[-2:]) if path.parent.name in ("fuzz", "testing") else path.name
         what = re.split(r"[\d'\"(\[{]", str(exc), maxsplit=1)[0].strip().rstrip(":,")
         return f"Finding {rel}:{fr.name}: {what}"
+    if isinstance(exc, RecursionError):  # where the limit trips varies: name the recursive frame
+        counts = Counter((_where(fr.filename), fr.name) for fr in frames if _where(fr.filename))
+        if counts:
+            (where, name), _ = counts.most_common(1)[0]
+            return f"RecursionError {where}:{name}"
     for fr in reversed(frames):
         where = _where(fr.filename)
         if where is not None and not where.startswith("metaprotocol/testing/"):
