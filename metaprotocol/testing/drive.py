@@ -12,6 +12,7 @@ differently from ``decode``.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -88,14 +89,15 @@ class Frames:
 
     def covering(self, start: int, end: int) -> list[MessageType]:
         """Types of the frames ending in (start, end]; Finding when ``end`` is not a frame end
-        (a fast path cut a frame, or ran past where decode stopped)."""
+        (a fast path cut a frame, or ran past where decode stopped). ``start`` need not be one:
+        a decode that returns NEED_DATA may have stepped over bytes that frame nothing (Redis
+        skips blank lines and empty commands)."""
         index = self._index
         if index is None:
             index = self._index = {e: i for i, e in enumerate(self.ends)}
         if end not in index:
             raise Finding(f"a fast path ends at offset {end}, which is no frame end of decode ({self.ends[:12]})")
-        first = index[start] + 1 if start in index else 0
-        return self.types[first : index[end] + 1]
+        return self.types[bisect.bisect_right(self.ends, start) : index[end] + 1]
 
 
 class _Reads:
