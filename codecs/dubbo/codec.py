@@ -431,7 +431,10 @@ class DubboClientCodec(ClientCodec):
         result_flag = _FLAG_CODES.get(raw[wire.HEADER_SIZE]) if len(raw) > wire.HEADER_SIZE else None
         if result_flag is not None:  # the usual one-byte flag: the value is not walked unless asked
             return LazyMessage(_response_type(result_flag), raw, _lazy_response_metadata, rid)
-        md, body = _checked_response_body(raw)
+        try:
+            md, body = _checked_response_body(raw)
+        except RemoteProtocolError as exc:  # the frame is consumed whole: fail only its request
+            raise RemoteProtocolError(str(exc), ErrorKind.BAD_RESPONSE, Message(MessageType.RESPONSE, raw, {}, rid), skipped=True) from None
         return Message(_response_type(body.flag), raw, md, rid, body)
 
     def encode(self, request: Message, mutation: Mutation | None = None, request_id: int | None = None) -> bytes | bytearray:

@@ -90,6 +90,16 @@ class LoopIO:
             conn.connect_failed(ConnectionAbortedError("connect cancelled"))
             raise
 
+    async def close(self) -> None:
+        """Cancel connects and rate-limit calls still under way, and wait for them: a connect
+        left pending (a peer dropping SYNs) would otherwise outlive the proxy and hold its event
+        loop open for the kernel's whole SYN retry time."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def call_later(self, delay: float, callback: Callable[[], object]) -> None:
         """Run ``callback`` after ``delay`` seconds."""
         self.loop.call_later(delay, callback)

@@ -276,8 +276,11 @@ class Proxy:
             for w in writers:
                 w.close()
         if self.upstreams is not None:
+            self.upstreams.stop_health_checks()
             for pool in self.upstreams.pools.values():
                 pool.close()
+        if self.io is not None:
+            await self.io.close()
         await asyncio.sleep(0)
 
     # -- admin views --------------------------------------------------------------------------

@@ -35,11 +35,20 @@ class HealthChecker:
         self.failures = [0] * n
         self.successes = [0] * n
         self.probing: list[_Probe | None] = [None] * n
+        self.stopped = False
 
     @property
     def active(self) -> bool:
-        """False once the cluster was replaced (new config) or removed: the checker stops."""
-        return self.upstreams.clusters.get(self.cluster.config.name) is self.cluster
+        """False once stopped (the proxy closes) or the cluster was replaced (new config) or
+        removed: the checker then stops by itself."""
+        return not self.stopped and self.upstreams.clusters.get(self.cluster.config.name) is self.cluster
+
+    def stop(self) -> None:
+        """No more probes; the ones under way are closed now (the proxy is closing)."""
+        self.stopped = True
+        for probe in self.probing:
+            if probe is not None:
+                probe.finish(False, "stopped")
 
     def start(self) -> None:
         """Probe every endpoint now, then every interval."""
@@ -124,8 +133,8 @@ class _Probe:
                 if msg is NEED_DATA:
                     return
                 assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel
-                if msg.type is MessageType.EVENT:
-                    continue
+                # Any other message is the answer (a Dubbo heartbeat reply decodes as an EVENT):
+                # a fresh probe connection has no subscriptions that could push one unasked.
                 if msg.type is MessageType.ERROR:
                     self.finish(False, "error reply to the probe")
                     return

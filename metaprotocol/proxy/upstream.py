@@ -512,6 +512,12 @@ class Upstreams:
         self.health: dict[str, HealthChecker] = {}
         self.update_clusters(clusters)
 
+    def stop_health_checks(self) -> None:
+        """No more probes (the proxy is closing)."""
+        for checker in self.health.values():
+            checker.stop()
+        self.health.clear()
+
     def watch_health(self, cluster: str, factory: CodecFactory) -> None:
         """Start active health checks of ``cluster`` with ``factory``'s probe, if its config asks
         for them and no checker runs for its current state (a replaced cluster's checker stops

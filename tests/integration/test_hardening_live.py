@@ -101,6 +101,7 @@ def test_thrift_a_stalled_multiplexed_connection_is_replaced(run_proxy: Any, tmp
 
     backend = free_port()
     server = make_server(idl.UserService, Handler(), "127.0.0.1", backend, trans_factory=TFramedTransportFactory(), client_timeout=None)
+    server.daemon = True  # its per-client threads must not hold the interpreter at exit
     import threading
 
     threading.Thread(target=server.serve, daemon=True).start()
@@ -288,3 +289,20 @@ def test_thrift_a_bad_theader_reply_fails_only_its_request_on_the_shared_connect
     assert len(values) == 2 and all(v.startswith("m") for v in values)
     assert rp.proxy.upstreams.cluster_stats["c"].response_decoding_errors == 1
     assert not _fatal_lines(caplog)
+
+
+def test_dubbo_health_checks_use_the_heartbeat(providers: Providers, run_proxy: Any) -> None:
+    with StallingRelay(providers.port("v1"), stall=10**6) as silent:
+        hc = [{"timeout": "0.2s", "interval": "0.1s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+               "custom_health_check": {"name": "metaprotocol.health_checkers.codec"}}]  # fmt: skip
+        tree = bootstrap_dict(
+            [listener("l", 0, "dubbo", [{"name": "all", "route": {"cluster": "c", "timeout": "1s"}}])],
+            [cluster("c", [providers.port("v1"), silent.port], health_checks=hc)],
+        )
+        rp = run_proxy(tree)
+        cs = rp.proxy.upstreams.clusters["c"]
+        stats = rp.proxy.upstreams.cluster_stats["c"]
+        deadline = time.monotonic() + 5
+        while (cs.healthy != [True, False] or stats.health_check_successes < 3) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cs.healthy == [True, False] and stats.health_check_successes >= 3  # heartbeats answered

@@ -154,3 +154,19 @@ def _read(data: bytes) -> int:
     loads_all(data)
     return len(data)
 
+
+
+def test_an_unreadable_eager_response_body_is_skipped_and_names_its_request() -> None:
+    """The frame's length is known: the codec steps over it, so the core fails only the request
+    it answers and keeps the shared upstream connection for the others."""
+    body = b"\x41\x00"
+    frame = struct.pack(">HBBQI", wire.MAGIC, 2, 20, 9, len(body)) + body
+    good = wire.build_heartbeat(10, reply=True)
+    buf = ReadBuffer(frame + good)
+    codec = DubboCodecFactory().client_codec()
+    with pytest.raises(RemoteProtocolError) as info:
+        codec.decode(buf)
+    assert info.value.skipped and info.value.kind is ErrorKind.BAD_RESPONSE
+    assert isinstance(info.value.request, Message) and info.value.request.request_id == 9
+    assert buf.pos == len(frame)
+    assert codec.decode(buf).request_id == 10  # type: ignore[union-attr]
