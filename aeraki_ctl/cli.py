@@ -101,7 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    from aeraki_ctl.controller import Controller
+    from aeraki_ctl.controller import Controller, supervise
     from aeraki_ctl.xds.server import AdsServer, start_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -116,15 +116,21 @@ def _serve(args: argparse.Namespace) -> int:
 
             zookeeper = ZooKeeperSource(args.zookeeper)
         controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset), zookeeper=zookeeper)
-        task = asyncio.ensure_future(controller.run())
         stop = asyncio.Event()
+        fatal: list[BaseException] = []
+
+        def on_fatal(exc: BaseException) -> None:
+            fatal.append(exc)
+            stop.set()
+
+        task = asyncio.ensure_future(supervise(controller.run, on_fatal))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         task.cancel()
         await grpc_server.stop(1)
-        return 0
+        return 1 if fatal else 0
 
     return asyncio.run(run())
 
