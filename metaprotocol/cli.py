@@ -1,4 +1,13 @@
-"""Command line: ``metaprotocol proxy -c bootstrap.yaml``, ``metaprotocol codecs``, ``validate``."""
+"""metaprotocol: a service-mesh proxy for any layer-7 protocol.
+
+  metaprotocol proxy -c bootstrap.yaml      run the proxy on a static configuration
+  metaprotocol proxy --xds HOST:PORT        run it on configuration from aeraki-ctl serve (ADS)
+  metaprotocol validate -c bootstrap.yaml   check a configuration as the proxy would, and exit
+  metaprotocol codecs                       list the installed codec plugins
+
+Exit codes: 0 ok; 1 cannot start (a port is taken); 2 invalid configuration (the same for
+validate and proxy).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ from metaprotocol.registry import CodecRegistry, RegistryError
 log = logging.getLogger("metaprotocol")
 
 EXIT_CONFIG = 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 COMMANDS_GROUP = "metaprotocol.commands"
 
 
@@ -31,7 +41,7 @@ def _host_port(value: str) -> tuple[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metaprotocol", description=__doc__)
+    parser = argparse.ArgumentParser(prog="metaprotocol", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"metaprotocol {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     proxy = sub.add_parser("proxy", help="run the proxy")
@@ -40,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--node-id", default="metaprotocol-proxy", help="node id sent to the ADS server")
     proxy.add_argument("--admin", type=_host_port, help="admin endpoint HOST:PORT")
     proxy.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
-    proxy.add_argument("--log-level", default="INFO")
+    proxy.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     proxy.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
     validate = sub.add_parser("validate", help="check a bootstrap file and exit")
     validate.add_argument("-c", "--config", required=True)
@@ -119,7 +129,7 @@ def _validate(path: str, registry: CodecRegistry) -> int:
         build_factories(bootstrap, registry)
     except ConfigError as exc:
         print(f"invalid: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     print(f"ok: {len(bootstrap.listeners)} listener(s), {len(bootstrap.clusters)} cluster(s)")
     return 0
 

@@ -233,7 +233,11 @@ def test_cli_rejects_bad_config_with_path_and_lists_codecs(tmp_path: Path) -> No
     assert out.returncode == 2
     assert str(path) in out.stderr and "routes[0].route" in out.stderr and "unknown cluster 'nope'" in out.stderr
     out = subprocess.run(_cli("validate", "-c", str(path)), capture_output=True, text=True, env=env, timeout=30, check=False)
-    assert out.returncode == 1
+    assert out.returncode == 2  # the same code as the proxy for the same bad configuration
+    out = subprocess.run(_cli("proxy", "-c", str(path), "--log-level", "verbose"), capture_output=True, text=True, env=env, timeout=30, check=False)
+    assert out.returncode == 2 and "invalid choice" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(_cli("--help"), capture_output=True, text=True, env=env, timeout=30, check=True)
+    assert "``" not in out.stdout and "metaprotocol proxy --xds HOST:PORT" in out.stdout
     out = subprocess.run(_cli("codecs"), capture_output=True, text=True, env=env, timeout=30, check=True)
     lines = out.stdout.splitlines()
     assert "redis\tordered\tmetaprotocol_codecs.redis:RedisCodecFactory" in "\n".join(lines)
