@@ -7,7 +7,7 @@ import logging
 import mmap
 import socket
 from collections.abc import Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from metaprotocol.spi import CodecConfigError, CodecFactory
 
 if TYPE_CHECKING:
     from metaprotocol.io.access_log import AccessLogWriter
+    from metaprotocol.xds.status import XdsStatus
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,25 @@ def build_factories(
     Raises:
         ConfigError: the first problem, with the listener it belongs to.
     """
-    factories: dict[str, CodecFactory] = {}
-    for i, lst in enumerate(bootstrap.listeners):
-        path = f"static_resources.listeners[{i}]"
-        try:
-            factory = registry.get(lst.codec.name)(lst.codec.config)
-        except (RegistryError, CodecConfigError) as exc:
-            raise ConfigError(bootstrap.source, f"{path} ({lst.name}).codec", str(exc)) from exc
-        if lst.route_config is not None:
-            validate_routes(factory, lst.route_config, bootstrap.source, f"{path} ({lst.name})")
-        factories[lst.name] = factory
-    return factories
+    return {
+        lst.name: listener_factory(lst, registry, bootstrap.source, f"static_resources.listeners[{i}] ({lst.name})")
+        for i, lst in enumerate(bootstrap.listeners)
+    }
+
+
+def listener_factory(lst: ListenerConfig, registry: CodecRegistry, source: str, path: str) -> CodecFactory:
+    """The codec factory of one listener, its route table (if any) checked against the codec.
+
+    Raises:
+        ConfigError: the codec is unknown, its config invalid, or the routes need what it lacks.
+    """
+    try:
+        factory = registry.get(lst.codec.name)(lst.codec.config)
+    except (RegistryError, CodecConfigError) as exc:
+        raise ConfigError(source, f"{path}.codec", str(exc)) from exc
+    if lst.route_config is not None:
+        validate_routes(factory, lst.route_config, source, path)
+    return factory
 
 
 def validate_routes(factory: CodecFactory, routes: RouteConfig, source: str, path: str) -> None:
@@ -81,6 +90,7 @@ class Proxy:
         self.overload = Overload(bootstrap.overload, _fd_limit())
         self.ready = False
         self.stopped = False
+        self.xds: XdsStatus | None = None  # set by an ADS client: /config_dump and /stats show it
 
     async def start(self) -> None:
         """Bind every listener (and the admin endpoint); raise before serving if any bind fails."""
@@ -190,12 +200,13 @@ class Proxy:
         ctx.table = RouteTable(routes)
         self._watch_health(ctx)
 
-    async def apply(self, bootstrap: Bootstrap) -> None:
+    async def apply(self, bootstrap: Bootstrap, unbound: dict[str, str] | None = None) -> None:
         """Apply a whole new configuration without dropping existing connections.
 
         Clusters whose config is unchanged keep their pools; listeners with the same name,
         address and codec keep their sockets and get the new route table; others are started or
-        drained.
+        drained. A new listener that cannot bind raises ConfigError, or, when ``unbound`` is
+        given, is left out (the rest applied) and its name and reason are added to ``unbound``.
         """
         factories = build_factories(bootstrap, self.registry)
         assert self.upstreams is not None  # noqa: S101
@@ -236,7 +247,12 @@ class Proxy:
                 try:
                     await self._start_listener(lst, factories[name], random.Random(self.seed))  # noqa: S311
                 except OSError as exc:
-                    raise ConfigError(bootstrap.source, f"listener {name}", f"cannot listen on {lst.address}:{lst.port}: {exc}") from exc
+                    if unbound is None:
+                        raise ConfigError(bootstrap.source, f"listener {name}", f"cannot listen on {lst.address}:{lst.port}: {exc}") from exc
+                    unbound[name] = f"cannot listen on {lst.address}:{lst.port}: {exc}"
+                    factories.pop(name)
+        if unbound:
+            bootstrap = replace(bootstrap, listeners=tuple(lst for lst in bootstrap.listeners if lst.name not in unbound))
         self.bootstrap = bootstrap
         self.factories.update(factories)
         if heap_watch_was_off:
@@ -288,7 +304,8 @@ class Proxy:
     def stats_text(self) -> str:
         """Prometheus exposition of every counter."""
         clusters = self.upstreams.cluster_stats.values() if self.upstreams else []
-        return render_prometheus((c.stats for c in self.contexts.values()), clusters, self.overload)
+        text = render_prometheus((c.stats for c in self.contexts.values()), clusters, self.overload)
+        return text + self.xds.prometheus() if self.xds is not None else text
 
     def config_dump(self) -> dict[str, object]:
         """The effective configuration as plain JSON-able data."""
@@ -301,6 +318,7 @@ class Proxy:
             },
             "clusters": [_plain(c) for c in self.bootstrap.clusters],
             "codecs": {name: f.name for name, f in self.factories.items()},
+            **({"xds": self.xds.dump()} if self.xds is not None else {}),
         }
 
 

@@ -2,15 +2,20 @@
 
 Listeners and clusters are subscribed as wildcards; the routes and endpoints they name follow.
 A configuration is applied only when it is complete (every listener has its route table, every
-cluster its endpoints). An update that cannot be converted or validated is NACKed with the reason
-and the last good configuration keeps serving; so does a lost control plane, until it returns.
+cluster its endpoints). Acceptance is per resource, as Envoy's for CDS and LDS: in an update whose
+resources are partly invalid (conversion fails, the listener's codec is unknown or cannot carry its
+routes, a listener cannot bind), the valid ones are applied, each rejected one keeps its previous
+version (one never valid is not served), and the update is NACKed naming every rejected resource
+with its reason. A lost control plane leaves the last good configuration serving until it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,21 +30,15 @@ from google.rpc import status_pb2
 
 from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import Bootstrap, ListenerConfig, RouteConfig
+from metaprotocol.io.proxy import listener_factory
 from metaprotocol.xds import convert
+from metaprotocol.xds.status import Nack, XdsStatus
 
 if TYPE_CHECKING:
     from metaprotocol.io.proxy import Proxy
 
 log = logging.getLogger(__name__)
 INVALID_ARGUMENT = 3
-
-
-def _unpacked(response: discovery_pb2.DiscoveryResponse, message_type: Any) -> Iterator[Any]:  # noqa: ANN401 - generated protobuf classes are untyped
-    """The response's resources, each unpacked into a fresh ``message_type``."""
-    for packed in response.resources:
-        message = message_type()
-        packed.Unpack(message)
-        yield message
 
 
 class AdsClient:
@@ -57,7 +56,11 @@ class AdsClient:
         self.applied = 0
         self.nacks: list[str] = []
         self.connected = asyncio.Event()
+        self.status = XdsStatus(address, node_id)
+        proxy.xds = self.status
         self._subscribed: dict[str, list[str]] = {}
+        self._never_valid: dict[str, set[str]] = {}  # per type: names rejected and never accepted
+        self._applied_once = False
 
     async def run(self) -> None:
         """Stream forever, reconnecting with back-off (0.2 s doubling to 5 s)."""
@@ -70,6 +73,7 @@ class AdsClient:
                 reason = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else exc
                 log.warning("ADS stream to %s lost (%s); serving the last good configuration", self.address, reason)
             self.connected.clear()
+            self.status.connected = False
             await asyncio.sleep(delay)
             delay = min(5.0, delay * 2)
 
@@ -91,6 +95,7 @@ class AdsClient:
             self._subscribe(queue, convert.ROUTE_TYPE, sorted({lst.rds_name for lst in self.listeners.values() if lst.rds_name}))
             async for response in call:
                 self.connected.set()
+                self.status.connected = True
                 await self._on_response(queue, response)
 
     def _subscribe(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest], type_url: str, names: list[str], version: str = "", nonce: str = "", error: str | None = None) -> None:
@@ -103,23 +108,46 @@ class AdsClient:
         queue.put_nowait(req)
 
     async def _on_response(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest], r: discovery_pb2.DiscoveryResponse) -> None:
+        """Apply the valid resources of ``r``; ACK it, or NACK it naming each rejected one."""
         t = r.type_url
         names = self._subscribed.get(t, [])
+        staged, reasons = self._convert(r)
+        reasons.update(self._check(t, staged))
+        unbound: dict[str, str] = {}
         try:
-            staged = self._convert(r)
             candidate = self._assemble(staged)
             if candidate is not None:
-                await self.proxy.apply(candidate)
+                await self.proxy.apply(candidate, unbound)
                 self.applied += 1
-        except (convert.ConversionError, ConfigError, ValueError) as exc:
-            message = f"{t.rsplit('.', 1)[-1]} version {r.version_info}: {exc}"
-            log.error("rejecting update: %s", message)
-            self.nacks.append(message)
-            self._subscribe(queue, t, names, self.versions.get(t, ""), r.nonce, message)
+                self._applied_once = True
+        except (convert.ConversionError, ConfigError, ValueError) as exc:  # the update as a whole: nothing applied
+            self._nack(queue, r, names, {"(update)": str(exc)})
             return
-        self._commit(staged)
-        self.versions[t] = r.version_info
-        self._subscribe(queue, t, names, r.version_info, r.nonce)
+        if unbound:  # a listener that cannot bind here is rejected; the next update of it retries
+            listeners = dict(staged.get("listeners", self.listeners))  # type: ignore[call-overload]
+            for name, reason in unbound.items():
+                listeners.pop(name, None)
+                reasons[name if t == convert.LISTENER_TYPE else f"listener {name}"] = reason
+            staged["listeners"] = listeners
+        self._commit(t, staged, reasons)
+        if reasons:
+            self._nack(queue, r, names, reasons)
+        else:
+            self.versions[t] = r.version_info
+            self.status.record_ack(t, r.version_info)
+            self._subscribe(queue, t, names, r.version_info, r.nonce)
+        self._follow(queue, t)
+
+    def _nack(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest], r: discovery_pb2.DiscoveryResponse, names: list[str], reasons: dict[str, str]) -> None:
+        nack = Nack(r.version_info, r.nonce, reasons, time.time())
+        message = nack.message(r.type_url)
+        log.error("rejecting update: %s", message)
+        self.nacks.append(message)
+        self.status.record_nack(r.type_url, nack)
+        self._subscribe(queue, r.type_url, names, self.versions.get(r.type_url, ""), r.nonce, message)
+
+    def _follow(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest], t: str) -> None:
+        """Subscribe to the route tables the listeners name and the endpoints of the clusters."""
         if t == convert.LISTENER_TYPE:
             wanted = sorted({lst.rds_name for lst in self.listeners.values() if lst.rds_name})
             if wanted != self._subscribed.get(convert.ROUTE_TYPE):
@@ -129,26 +157,84 @@ class AdsClient:
             if wanted != self._subscribed.get(convert.ENDPOINT_TYPE):
                 self._subscribe(queue, convert.ENDPOINT_TYPE, wanted)
 
-    def _convert(self, r: discovery_pb2.DiscoveryResponse) -> dict[str, object]:
-        """The state this response would lead to (nothing is changed yet)."""
+    def _convert(self, r: discovery_pb2.DiscoveryResponse) -> tuple[dict[str, object], dict[str, str]]:
+        """The state this response would lead to (nothing is changed yet), and the resources it
+        rejects with their reasons. A rejected resource keeps its previous version, if any."""
         t = r.type_url
+        reasons: dict[str, str] = {}
         if t == convert.LISTENER_TYPE:
-            return {"listeners": {lst.name: convert.listener_from_xds(lst) for lst in _unpacked(r, listener_pb2.Listener)}}
+            listeners = _each(r, listener_pb2.Listener, convert.listener_from_xds, reasons)
+            return {"listeners": _keep_previous(listeners, self.listeners, reasons)}, reasons
         if t == convert.ROUTE_TYPE:  # routes and endpoints are named, not wildcard: updates merge
-            return {"routes": {**self.routes, **{rc.name: convert.route_config_from_xds(rc) for rc in _unpacked(r, route_pb2.RouteConfiguration)}}}
+            return {"routes": {**self.routes, **_each(r, route_pb2.RouteConfiguration, convert.route_config_from_xds, reasons)}}, reasons
         if t == convert.CLUSTER_TYPE:
-            clusters = {}
-            for c in _unpacked(r, cluster_pb2.Cluster):
-                convert.cluster_from_xds(c, None)  # validates
-                clusters[c.name] = c
-            return {"clusters": clusters}
+            clusters = _each(r, cluster_pb2.Cluster, _valid_cluster, reasons)
+            return {"clusters": _keep_previous(clusters, self.clusters, reasons)}, reasons
         if t == convert.ENDPOINT_TYPE:
-            return {"endpoints": {**self.endpoints, **{cla.cluster_name: cla for cla in _unpacked(r, endpoint_pb2.ClusterLoadAssignment)}}}
+
+            def valid_endpoints(cla: endpoint_pb2.ClusterLoadAssignment) -> endpoint_pb2.ClusterLoadAssignment:
+                convert.cluster_from_xds(self.clusters.get(cla.cluster_name, cluster_pb2.Cluster(name=cla.cluster_name)), cla)
+                return cla
+
+            return {"endpoints": {**self.endpoints, **_each(r, endpoint_pb2.ClusterLoadAssignment, valid_endpoints, reasons)}}, reasons
         raise convert.ConversionError(f"unexpected type {t}")
 
-    def _commit(self, staged: dict[str, object]) -> None:
+    def _check(self, t: str, staged: dict[str, object]) -> dict[str, str]:
+        """Check each changed listener against its codec with its route table (codec known, its
+        config valid, the routes expressible); a failure rejects the resource of this update
+        (the listener, or the route table) and puts back its previous version."""
+        reasons: dict[str, str] = {}
+        if t == convert.LISTENER_TYPE:
+            listeners: dict[str, ListenerConfig] = staged["listeners"]  # type: ignore[assignment]
+            for name, lst in list(listeners.items()):
+                if lst == self.listeners.get(name):
+                    continue
+                error = self._codec_problem(lst, self.routes.get(lst.rds_name or "")) or self._bind_problem(lst)
+                if error is not None:
+                    reasons[name] = error
+                    _put_back(listeners, self.listeners, name)
+        elif t == convert.ROUTE_TYPE:
+            routes: dict[str, RouteConfig] = staged["routes"]  # type: ignore[assignment]
+            for name, rc in list(routes.items()):
+                if rc == self.routes.get(name):
+                    continue
+                for lst in self.listeners.values():
+                    error = self._codec_problem(lst, rc) if lst.rds_name == name else None
+                    if error is not None:
+                        reasons[name] = error
+                        _put_back(routes, self.routes, name)
+                        break
+        return reasons
+
+    def _codec_problem(self, lst: ListenerConfig, routes: RouteConfig | None) -> str | None:
+        try:
+            listener_factory(replace(lst, route_config=routes), self.proxy.registry, "xds", f"listener {lst.name}")
+        except ConfigError as exc:
+            return f"{exc.path}: {exc.reason}"
+        return None
+
+    def _bind_problem(self, lst: ListenerConfig) -> str | None:
+        """Why a listener's new address cannot be bound here, found when it arrives (as Envoy binds
+        at LDS time), not when its route table completes it."""
+        ctx = self.proxy.contexts.get(lst.name)
+        if lst.port == 0 or (ctx is not None and (ctx.config.address, ctx.config.port) == (lst.address, lst.port)):
+            return None
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in lst.address else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((lst.address, lst.port))
+        except OSError as exc:
+            return f"cannot listen on {lst.address}:{lst.port}: {exc}"
+        return None
+
+    def _commit(self, t: str, staged: dict[str, object], reasons: dict[str, str]) -> None:
         for key, value in staged.items():
             setattr(self, key, value)
+        by_type: dict[str, Mapping[str, object]] = {convert.LISTENER_TYPE: self.listeners, convert.ROUTE_TYPE: self.routes, convert.CLUSTER_TYPE: self.clusters, convert.ENDPOINT_TYPE: self.endpoints}
+        held = by_type[t]
+        never = self._never_valid.setdefault(t, set())
+        never.difference_update(held)
+        never.update(name for name in reasons if name not in held)
 
     def _assemble(self, staged: dict[str, object]) -> Bootstrap | None:
         """The whole configuration with ``staged`` applied, or None while it is incomplete."""
@@ -156,11 +242,55 @@ class AdsClient:
         routes: dict[str, RouteConfig] = staged.get("routes", self.routes)  # type: ignore[assignment]
         clusters: dict[str, cluster_pb2.Cluster] = staged.get("clusters", self.clusters)  # type: ignore[assignment]
         endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = staged.get("endpoints", self.endpoints)  # type: ignore[assignment]
-        if any(lst.rds_name not in routes for lst in listeners.values()) or any(name not in endpoints for name in clusters):
+        if self._applied_once and all(getattr(self, key) == value for key, value in staged.items()):
+            return None  # nothing changed (everything new was rejected)
+        # A listener whose route table was only ever rejected is not served; a cluster whose
+        # endpoints were is served with none. Anything else missing: wait for it.
+        bad_routes = self._never_valid.get(convert.ROUTE_TYPE, set())
+        bad_endpoints = self._never_valid.get(convert.ENDPOINT_TYPE, set())
+        served = [(lst, lst.rds_name) for lst in listeners.values() if lst.rds_name and lst.rds_name not in bad_routes]
+        if any(rds not in routes for _, rds in served) or any(name not in endpoints and name not in bad_endpoints for name in clusters):
             return None
         return Bootstrap(
-            tuple(replace(lst, route_config=routes[lst.rds_name]) for lst in listeners.values() if lst.rds_name),
-            tuple(convert.cluster_from_xds(c, endpoints[name]) for name, c in sorted(clusters.items())),
+            tuple(replace(lst, route_config=routes[rds]) for lst, rds in served),
+            tuple(convert.cluster_from_xds(c, endpoints.get(name)) for name, c in sorted(clusters.items())),
             self.proxy.bootstrap.admin,
             f"xds://{self.address}",
         )
+
+
+def _each(r: discovery_pb2.DiscoveryResponse, message_type: Any, make: Callable[[Any], Any], reasons: dict[str, str]) -> dict[str, Any]:  # noqa: ANN401 - generated protobuf classes are untyped
+    """``make`` of each resource by name; a resource it fails on goes to ``reasons`` instead."""
+    out: dict[str, Any] = {}
+    for i, packed in enumerate(r.resources):
+        message = message_type()
+        if not packed.Unpack(message):
+            reasons[f"resources[{i}]"] = f"{packed.type_url} is not a {message_type.DESCRIPTOR.full_name}"
+            continue
+        name = message.cluster_name if message_type is endpoint_pb2.ClusterLoadAssignment else message.name
+        try:
+            out[name] = make(message)
+        except Exception as exc:  # noqa: BLE001 - any failure on one resource rejects that resource alone
+            reasons[name] = str(exc) or type(exc).__name__
+    return out
+
+
+def _keep_previous(fresh: dict[str, Any], previous: Mapping[str, Any], reasons: dict[str, str]) -> dict[str, Any]:
+    """A wildcard type's new state: what was accepted, and the previous version of what was rejected."""
+    out = dict(fresh)
+    for name in reasons:
+        if name in previous:
+            out[name] = previous[name]
+    return out
+
+
+def _put_back(staged: dict[str, Any], previous: Mapping[str, Any], name: str) -> None:
+    if name in previous:
+        staged[name] = previous[name]
+    else:
+        staged.pop(name, None)
+
+
+def _valid_cluster(c: cluster_pb2.Cluster) -> cluster_pb2.Cluster:
+    convert.cluster_from_xds(c, None)  # raises if it cannot be served
+    return c

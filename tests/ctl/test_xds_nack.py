@@ -15,6 +15,7 @@ from aeraki_ctl.xds.snapshot import snapshot_of
 from metaprotocol.config.model import Bootstrap, CodecRef
 from metaprotocol.io.proxy import Proxy
 from metaprotocol.registry import CodecRegistry
+from metaprotocol.xds import convert
 from metaprotocol.xds.client import AdsClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +51,11 @@ async def test_invalid_update_is_nacked_and_the_last_good_config_stays() -> None
         assert any("no-such-codec" in n for i in ads.streams.values() for n in i.nacks)
         # Still serving the good configuration on the same socket.
         assert proxy.contexts[name].factory.name == "dubbo" and proxy.bound_port(name) == bound
-        await ads.set_snapshot(snapshot_of(good))  # a good version after the bad one is applied
-        await _until(lambda: client.applied == 2)
-        assert proxy.contexts[name].factory.name == "dubbo"
+        # Only the listener was rejected; it kept its previous version, so nothing was re-applied.
+        assert client.applied == 1 and client.status.rejected[convert.LISTENER_TYPE] == 1
+        await ads.set_snapshot(snapshot_of(good))  # a good version after the bad one is ACKed
+        await _until(lambda: client.status.accepted[convert.LISTENER_TYPE] == 2)
+        assert proxy.contexts[name].factory.name == "dubbo" and convert.LISTENER_TYPE not in client.status.nacked_now
     finally:
         task.cancel()
         await proxy.close()
