@@ -1,11 +1,20 @@
-"""``aeraki-ctl``: the control plane's command line.
+"""aeraki-ctl: the control plane's command line.
 
     aeraki-ctl translate DIR [--listen-address 127.0.0.1] [--port-offset 0] [--format yaml|json]
     aeraki-ctl validate DIR
+    aeraki-ctl serve --config-dir DIR [--xds-address 127.0.0.1:15010] [--admin 127.0.0.1:15014]
+    aeraki-ctl proxy-status --admin HOST:PORT
+    aeraki-ctl status --admin HOST:PORT
+    aeraki-ctl ratelimit --config FILE [--redis HOST:PORT] [--address HOST:PORT]
 
-``translate`` prints the proxy configuration made from the resources in DIR as a bootstrap that
-``metaprotocol proxy -c`` runs; problems go to stderr. ``validate`` lists every problem and exits
-1 when any object was skipped. ``serve`` (xDS over gRPC) is not built yet.
+translate prints the proxy configuration made from the resources in DIR as a bootstrap that
+"metaprotocol proxy -c" runs; problems go to stderr. validate lists every problem and exits 1
+when any object was skipped. serve serves the configuration over xDS (ADS on gRPC, state of the
+world and delta) to "metaprotocol proxy --xds" and Envoy, follows changes to DIR, and with
+--admin serves an HTTP admin API (/healthz, /readyz, /proxies, /status, /metrics).
+proxy-status prints, per connected proxy, SYNCED / STALE / NACKED per resource type and the NACK
+reasons; status prints each object's state (accepted, rejected, serving-last-valid) and problems,
+and exits 1 when any object is not accepted. Both exit 4 when the admin API cannot be reached.
 """
 
 from __future__ import annotations
@@ -18,12 +27,14 @@ from collections.abc import Sequence
 import yaml
 
 from aeraki_ctl.resources import load_directory
-from aeraki_ctl.translate import Options, translate
+from aeraki_ctl.translate import Options, report_lines, translate
 from metaprotocol import __version__
 from metaprotocol.config.dump import to_bootstrap_tree
 
 EXIT_INVALID = 1
 EXIT_NOT_YET = 3
+EXIT_UNREACHABLE = 4
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,35 +55,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--listen-address", default="127.0.0.1")
     s.add_argument("--port-offset", type=int, default=0)
     s.add_argument("--zookeeper", help="ZooKeeper HOST:PORT of a Dubbo registry (/dubbo/<interface>/providers)")
-    s.add_argument("--log-level", default="INFO")
+    s.add_argument("--admin", type=_host_port, metavar="HOST:PORT", help="serve the admin API (/healthz, /readyz, /proxies, /status, /metrics) here")
+    s.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    ps = sub.add_parser("proxy-status", help="per connected proxy: SYNCED / STALE / NACKED per resource type, and NACK reasons")
+    ps.add_argument("--admin", type=_host_port, metavar="HOST:PORT", required=True, help="aeraki-ctl serve's --admin address")
+    st = sub.add_parser("status", help="each object's state and problems; exits 1 when any is not accepted")
+    st.add_argument("--admin", type=_host_port, metavar="HOST:PORT", required=True, help="aeraki-ctl serve's --admin address")
     rl = sub.add_parser("ratelimit", help="run the global rate limit service (Envoy's RLS API, counters in Redis)")
     rl.add_argument("--config", required=True, help="YAML: domain and descriptors, as envoyproxy/ratelimit")
     rl.add_argument("--redis", default="127.0.0.1:6379")
     rl.add_argument("--address", default="127.0.0.1:8081")
-    rl.add_argument("--log-level", default="INFO")
+    rl.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     args = parser.parse_args(argv)
     if args.command == "ratelimit":
         return _ratelimit(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command in ("proxy-status", "status"):
+        from aeraki_ctl.admin_client import AdminUnreachable, object_status, proxy_status
+
+        try:
+            return (proxy_status if args.command == "proxy-status" else object_status)(f"{args.admin[0]}:{args.admin[1]}", sys.stdout)
+        except AdminUnreachable as exc:
+            print(f"aeraki-ctl {args.command}: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
     resources = load_directory(args.directory)
     if args.command == "validate":
         result = translate(resources)
-        for p in result.problems:
-            print(f"{'error' if p.fatal else 'warning'}: {p}")
+        for line in report_lines(result.problems):
+            print(line)
         if result.errors:
             return EXIT_INVALID
         print(f"ok: {len(resources.resources)} resource(s), {len(result.bootstrap.listeners)} listener(s), {len(result.bootstrap.clusters)} cluster(s)")
         return 0
     result = translate(resources, Options(args.listen_address, args.port_offset))
-    for p in result.problems:
-        print(f"{'error' if p.fatal else 'warning'}: {p}", file=sys.stderr)
+    for line in report_lines(result.problems):
+        print(line, file=sys.stderr)
     tree = to_bootstrap_tree(result.bootstrap)
     if args.format == "json":
         print(json.dumps(tree, indent=2, sort_keys=True))
     else:
         print(yaml.safe_dump(tree, sort_keys=False), end="")
-    return 0
+    return EXIT_INVALID if result.errors else 0  # something was skipped
 
 
 def _ratelimit(args: argparse.Namespace) -> int:
@@ -82,7 +106,7 @@ def _ratelimit(args: argparse.Namespace) -> int:
 
     from aeraki_ctl.ratelimit import serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> int:
         server, _ = await serve(args.config, args.redis, args.address)
@@ -104,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
     from aeraki_ctl.controller import Controller, supervise
     from aeraki_ctl.xds.server import AdsServer, start_server
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> int:
         ads = AdsServer()
@@ -124,15 +148,31 @@ def _serve(args: argparse.Namespace) -> int:
             stop.set()
 
         task = asyncio.ensure_future(supervise(controller.run, on_fatal))
+        admin = None
+        if args.admin:
+            from aeraki_ctl.admin import AdminServer
+
+            admin = AdminServer(ads, health=lambda: not task.done(), status_provider=controller.status)
+            admin_port = await admin.start(*args.admin)
+            logging.getLogger("aeraki_ctl").info("admin API on %s:%d", args.admin[0], admin_port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         task.cancel()
+        if admin is not None:
+            await admin.close()
         await grpc_server.stop(1)
         return 1 if fatal else 0
 
     return asyncio.run(run())
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:  # noqa: PLR2004
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,30 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from aeraki_ctl.xds.snapshot import Snapshot, _digest
 from metaprotocol.xds import convert
+from metaprotocol.xds.status import short_name
 
 log = logging.getLogger(__name__)
 WILDCARD_TYPES = frozenset({convert.LISTENER_TYPE, convert.CLUSTER_TYPE})
 Req = TypeVar("Req", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
 Resp = TypeVar("Resp", discovery_pb2.DiscoveryResponse, discovery_pb2.DeltaDiscoveryResponse)
+
+
+SYNCED: Final = "SYNCED"  # the client ACKed the last response sent
+STALE: Final = "STALE"  # a response was sent and not yet ACKed or NACKed
+NACKED: Final = "NACKED"  # the client NACKed the last response sent
+NOT_SENT: Final = "NOT SENT"  # subscribed (or not), nothing sent yet
+PUSH_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass
@@ -38,16 +48,75 @@ class _Watch:
     acked_version: str = ""
     nacked_version: str = ""
     sent: dict[str, str] = field(default_factory=dict)  # delta: resource name -> version sent
+    state: str = NOT_SENT
+    requested_at: float = 0.0  # monotonic time of the last request of this type
+    nack_message: str = ""  # the error_detail of the last NACK
+    nack_nonce: str = ""
+    nack_time: float = 0.0  # wall clock
 
 
 @dataclass
 class StreamInfo:
-    """What the server knows of one connected client (exposed for tests and /debug)."""
+    """What the server knows of one connected client (exposed for tests and the admin API)."""
 
     node_id: str = ""
     watches: dict[str, _Watch] = field(default_factory=dict)
     acks: int = 0
     nacks: list[str] = field(default_factory=list)
+    peer: str = ""
+    kind: str = "sotw"  # or "delta"
+    connected_since: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, object]:
+        """The stream's state per resource type, for ``/proxies``."""
+        types: dict[str, object] = {}
+        for type_url, w in sorted(self.watches.items(), key=lambda item: short_name(item[0])):
+            nack = None
+            if w.nack_message:
+                nack = {"version": w.nacked_version, "nonce": w.nack_nonce, "message": w.nack_message, "time": _iso(w.nack_time)}
+            types[short_name(type_url)] = {
+                "type_url": type_url,
+                "state": w.state,
+                "sent_version": w.sent_version,
+                "sent_nonce": w.nonce,
+                "acked_version": w.acked_version,
+                "nack": nack,
+            }
+        return {
+            "node_id": self.node_id,
+            "peer": self.peer,
+            "stream": self.kind,
+            "connected_since": _iso(self.connected_since),
+            "acks": self.acks,
+            "nacks": len(self.nacks),
+            "types": types,
+        }
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+@dataclass
+class ServerMetrics:
+    """Counters of the ADS server, rendered by the admin API's ``/metrics``."""
+
+    pushes: Counter[str] = field(default_factory=Counter)  # responses sent, per type
+    acks: Counter[str] = field(default_factory=Counter)
+    nacks: Counter[str] = field(default_factory=Counter)
+    snapshots: int = 0  # snapshots published (with a change)
+    push_buckets: list[int] = field(default_factory=lambda: [0] * len(PUSH_BUCKETS))
+    push_count: int = 0
+    push_sum: float = 0.0
+
+    def observe_push(self, type_url: str, seconds: float) -> None:
+        """One response sent, ``seconds`` after what made it due (a snapshot or a request)."""
+        self.pushes[type_url] += 1
+        self.push_count += 1
+        self.push_sum += seconds
+        for i, bound in enumerate(PUSH_BUCKETS):
+            if seconds <= bound:
+                self.push_buckets[i] += 1
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -60,12 +129,18 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._nonces = itertools.count(1)
         self.streams: dict[int, StreamInfo] = {}
         self._stream_ids = itertools.count(1)
+        self.published = False  # a snapshot was set (the controller's first sync is done)
+        self.metrics = ServerMetrics()
+        self._published_at = time.monotonic()
 
     async def set_snapshot(self, snapshot: Snapshot) -> None:
         """Publish a new snapshot; streams push what changed for them."""
+        self.published = True
         if snapshot.versions == self.snapshot.versions:
             return
         self.snapshot = snapshot
+        self.metrics.snapshots += 1
+        self._published_at = time.monotonic()
         async with self._changed:
             self._generation += 1
             self._changed.notify_all()
@@ -79,7 +154,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         """One ADS stream (state of the world)."""
-        async for response in self._stream(request_iterator, self._on_request, self._sotw_response):
+        async for response in self._stream(request_iterator, self._on_request, self._sotw_response, _peer(context), "sotw"):
             yield response
 
     async def _stream(
@@ -87,11 +162,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         requests: AsyncIterator[Req],
         on_request: Callable[[StreamInfo, Req], None],
         respond: Callable[[str, _Watch], Resp | None],
+        peer: str = "",
+        kind: str = "sotw",
     ) -> AsyncIterator[Resp]:
         """The loop both ADS variants share: apply each request, and on every request or snapshot
         change answer each watched type that has something new for this stream."""
         sid = next(self._stream_ids)
-        info = self.streams[sid] = StreamInfo()
+        info = self.streams[sid] = StreamInfo(peer=peer, kind=kind)
         queue: asyncio.Queue[Req | None] = asyncio.Queue()
         reader = asyncio.ensure_future(self._read(requests, queue))
         waiter = asyncio.ensure_future(self._wait_change(queue))
@@ -102,9 +179,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     return
                 if req is not None:
                     on_request(info, req)
+                    if req.type_url in info.watches:
+                        info.watches[req.type_url].requested_at = time.monotonic()
                 for type_url, watch in info.watches.items():
                     response = respond(type_url, watch)
                     if response is not None:
+                        watch.state = STALE
+                        self.metrics.observe_push(type_url, time.monotonic() - max(self._published_at, watch.requested_at))
                         yield response
         finally:
             reader.cancel()
@@ -136,17 +217,34 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if req.response_nonce:
             if req.HasField("error_detail"):
                 watch.nacked_version = watch.sent_version
-                info.nacks.append(f"{req.type_url}: {req.error_detail.message}")
-                log.warning("NACK from %s for %s version %s: %s", info.node_id, req.type_url, watch.sent_version, req.error_detail.message)
+                self._record_nack(info, watch, req.type_url, req.response_nonce, req.error_detail.message)
             else:
                 watch.acked_version = req.version_info
-                info.acks += 1
+                self._record_ack(info, watch, req.type_url)
         names = set(req.resource_names)
         wildcard = req.type_url in WILDCARD_TYPES and (not names or "*" in names)
         if names != watch.names or wildcard != watch.wildcard:
             watch.names = names
             watch.wildcard = wildcard
             watch.sent_version = ""  # a new subscription gets a response
+
+    def _record_ack(self, info: StreamInfo, watch: _Watch, type_url: str, current: bool = True) -> None:
+        info.acks += 1
+        self.metrics.acks[type_url] += 1
+        if current:
+            watch.state = SYNCED
+
+    def _record_nack(self, info: StreamInfo, watch: _Watch, type_url: str, nonce: str, message: str, current: bool = True) -> None:
+        info.nacks.append(f"{type_url}: {message}")
+        self.metrics.nacks[type_url] += 1
+        if current:
+            watch.state = NACKED
+            watch.nack_message, watch.nack_nonce, watch.nack_time = message, nonce, time.time()
+        log.warning("NACK from %s for %s version %s: %s", info.node_id, type_url, watch.sent_version, message)
+
+    def proxies(self) -> list[dict[str, object]]:
+        """Every connected client and, per type, what was sent, ACKed and NACKed (``/proxies``)."""
+        return [info.as_dict() for _, info in sorted(self.streams.items())]
 
     def _sotw_response(self, type_url: str, watch: _Watch) -> discovery_pb2.DiscoveryResponse | None:
         version = self._view_version(type_url, watch)
@@ -172,7 +270,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         """One ADS stream (incremental)."""
-        async for response in self._stream(request_iterator, self._on_delta_request, self._delta_response):
+        async for response in self._stream(request_iterator, self._on_delta_request, self._delta_response, _peer(context), "delta"):
             yield response
 
     def _on_delta_request(self, info: StreamInfo, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
@@ -184,11 +282,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             watch.wildcard = req.type_url in WILDCARD_TYPES and not req.resource_names_subscribe
             watch.sent = dict(req.initial_resource_versions)
         if req.response_nonce:
+            current = req.response_nonce == watch.nonce
             if req.HasField("error_detail"):
-                info.nacks.append(f"{req.type_url}: {req.error_detail.message}")
                 watch.nacked_version = watch.sent_version
+                self._record_nack(info, watch, req.type_url, req.response_nonce, req.error_detail.message, current=current)
             else:
-                info.acks += 1
+                if current:
+                    watch.acked_version = watch.sent_version
+                self._record_ack(info, watch, req.type_url, current=current)
         for name in req.resource_names_subscribe:
             if name == "*":
                 watch.wildcard = True
@@ -221,6 +322,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             removed_resources=removed,
             nonce=watch.nonce,
         )
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # noqa: BLE001 - a test double may have no peer
+        return ""
 
 
 async def start_server(server: AdsServer, address: str) -> tuple[grpc.aio.Server, int]:
