@@ -4,33 +4,41 @@ Conventions follow Aeraki's (``internal/xds``): for every ServiceEntry port name
 ``tcp-metaprotocol-<protocol>[-...]`` one listener and one route table named ``<host>_<port>``;
 clusters ``outbound|<port>||<host>`` (all endpoints) and ``outbound|<port>|<subset>|<host>`` per
 DestinationRule subset; a MetaRouter's weighted destinations become weighted clusters;
-``trafficPolicy.loadBalancer.consistentHash.httpHeaderName`` becomes a hash policy on a
-RING_HASH (or MAGLEV) cluster; with no MetaRouter (or no routes) a single ``default`` route sends
-everything to the whole service.
+``trafficPolicy.loadBalancer.consistentHash.httpHeaderName`` (of the DestinationRule or of the
+subset a route sends to) becomes the route's hash policy on a RING_HASH (or MAGLEV) cluster; with
+no MetaRouter (or no routes) a single ``default`` route sends everything to the whole service.
+
+Works on the typed messages of :mod:`aeraki_ctl.resources` only. Every problem of an object is
+reported (never only the first), with its field path; an object with an error is not served (a
+MetaRouter's service keeps its default route); fields that are read but not applied are warnings.
+Any exception while translating one object becomes a problem on that object.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping
+from functools import partial
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
-from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet
+from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet, seconds
 from metaprotocol.config.model import (
+    DEFAULT_CONNECT_TIMEOUT,
     AttributeMatcher,
-    CircuitBreakers,
-    GlobalRateLimit,
-    OutlierDetection,
     Bootstrap,
+    CircuitBreakers,
     ClusterConfig,
     CodecRef,
     Endpoint,
+    GlobalRateLimit,
     LbPolicy,
     ListenerConfig,
     LocalRateLimit,
     MatchKind,
     MirrorPolicy,
+    OutlierDetection,
     RateLimitCondition,
     RouteAction,
     RouteConfig,
@@ -39,9 +47,34 @@ from metaprotocol.config.model import (
     TokenBucket,
     WeightedCluster,
 )
+from metaprotocol.registry import CodecRegistry, RegistryError
+from metaprotocol.spi.codec import CodecFactory
+from metaprotocol_api.istio.networking.v1alpha3.destination_rule_pb2 import (
+    ConnectionPoolSettings,
+    DestinationRule,
+    LoadBalancerSettings,
+    TrafficPolicy,
+)
+from metaprotocol_api.istio.networking.v1alpha3.destination_rule_pb2 import OutlierDetection as IstioOutlierDetection
+from metaprotocol_api.istio.networking.v1alpha3.service_entry_pb2 import ServiceEntry
+from metaprotocol_api.metaprotocol_aeraki_io.v1alpha1.metaprotocol_pb2 import (
+    ApplicationProtocol,
+    Destination,
+    LocalRateLimit as AerakiLocalRateLimit,
+    MetaRoute,
+    MetaRouteMatch,
+    MetaRouter,
+)
 
 PORT_PREFIX = "tcp-metaprotocol-"
-_SIMPLE_LB = {"ROUND_ROBIN": LbPolicy.ROUND_ROBIN, "LEAST_REQUEST": LbPolicy.LEAST_REQUEST, "LEAST_CONN": LbPolicy.LEAST_REQUEST, "RANDOM": LbPolicy.RANDOM, "UNSPECIFIED": LbPolicy.ROUND_ROBIN}
+_SIMPLE_LB = {
+    LoadBalancerSettings.ROUND_ROBIN: LbPolicy.ROUND_ROBIN,
+    LoadBalancerSettings.UNSPECIFIED: LbPolicy.ROUND_ROBIN,
+    LoadBalancerSettings.LEAST_REQUEST: LbPolicy.LEAST_REQUEST,
+    LoadBalancerSettings.LEAST_CONN: LbPolicy.LEAST_REQUEST,
+    LoadBalancerSettings.RANDOM: LbPolicy.RANDOM,
+}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,6 +99,20 @@ class Translation:
         return [p for p in self.problems if p.fatal]
 
 
+@functools.cache
+def default_registry() -> CodecRegistry:
+    """The codecs installed where aeraki-ctl runs (their factories tell what each can carry)."""
+    return CodecRegistry.from_entry_points()
+
+
+def cluster_name(port: int, subset: str, host: str) -> str:
+    """Istio's cluster name."""
+    return f"outbound|{port}|{subset}|{host}"
+
+
+# -- per-object results ---------------------------------------------------------------------------
+
+
 @dataclass
 class _Service:
     host: str
@@ -75,46 +122,155 @@ class _Service:
     codec: str
     endpoints: list[Endpoint]
     resource: Resource
+    factory: type[CodecFactory] | None = None
 
 
-def cluster_name(port: int, subset: str, host: str) -> str:
-    """Istio's cluster name."""
-    return f"outbound|{port}|{subset}|{host}"
+@dataclass(frozen=True)
+class _Policy:
+    """A DestinationRule traffic policy as applied to one cluster."""
+
+    lb: LbPolicy = LbPolicy.ROUND_ROBIN
+    hash_key: str = ""
+    ring_min_size: int = 0
+    breakers: CircuitBreakers | None = None
+    outlier: OutlierDetection | None = None
+    keepalive: TcpKeepalive | None = None
+    connect_timeout: float = 0.0
+    idle_timeout: float = 0.0
 
 
-def translate(resources: ResourceSet, options: Options | None = None) -> Translation:
-    """Resources -> Bootstrap (listeners, route tables, clusters)."""
+@dataclass
+class _Rule:
+    """A DestinationRule: the host's policy and its subsets (labels, policy)."""
+
+    resource: Resource
+    policy: _Policy
+    subsets: dict[str, tuple[dict[str, str], _Policy]]
+
+    def policy_of(self, subset: str) -> _Policy:
+        return self.subsets[subset][1] if subset in self.subsets else self.policy
+
+
+@dataclass
+class _Failed:
+    """Hosts whose ServiceEntry or DestinationRule is rejected in this translation. What refers to
+    them is not at fault: it is left out with a warning (not an error), so that the controller can
+    put the rejected object's last valid version back and the referrer is accepted with it."""
+
+    services: set[str] = field(default_factory=set)
+    rules: set[str] = field(default_factory=set)
+    some_service: bool = False  # a rejected ServiceEntry whose hosts could not be read
+    some_rule: bool = False
+
+    def service(self, host: str) -> bool:
+        return self.some_service or host in self.services
+
+    def rule(self, host: str) -> bool:
+        return self.some_rule or host in self.rules
+
+
+class _Reporter:
+    """Problems of one object, each reported once."""
+
+    def __init__(self, resource: Resource, out: list[Problem]) -> None:
+        self.resource = resource
+        self.out = out
+        self.seen: set[tuple[str, str, bool]] = set()
+        self.errors = 0
+        self.blocked = 0
+
+    def block(self, reason: str, path: str = "") -> None:
+        """Something this object needs is rejected: it is left out, with a warning."""
+        self.blocked += 1
+        self.warn(reason, path)
+
+    def __call__(self, reason: str, path: str = "", fatal: bool = True) -> None:
+        if (path, reason, fatal) in self.seen:
+            return
+        self.seen.add((path, reason, fatal))
+        self.errors += fatal
+        self.out.append(self.resource.problem(reason, path, fatal))
+
+    def warn(self, reason: str, path: str = "") -> None:
+        self(reason, path, fatal=False)
+
+
+def _guard(resource: Resource, problems: list[Problem], fn: Callable[[], T], default: T) -> T:
+    """``fn()``, or ``default`` and a problem on ``resource`` if it raises anything."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - one object's failure must not escape the translation
+        problems.append(resource.problem(f"cannot be translated ({type(exc).__name__}: {exc}); the object is skipped"))
+        return default
+
+
+# -- the translation ------------------------------------------------------------------------------
+
+
+def translate(resources: ResourceSet, options: Options | None = None, registry: CodecRegistry | None = None) -> Translation:
+    """Resources -> Bootstrap (listeners, route tables, clusters), and every problem."""
     opts = options or Options()
+    reg = registry if registry is not None else default_registry()
     problems = list(resources.problems)
+    for r in resources.resources:
+        problems.extend(r.problems)
+    valid = ResourceSet([r for r in resources.resources if not r.rejected])
+    failed = _Failed()
+    for r in resources.resources:
+        if r.rejected and r.kind == "ServiceEntry":
+            declared = list(r.message(ServiceEntry).hosts)
+            failed.services.update(declared[:1])
+            failed.some_service |= not declared
+        elif r.rejected and r.kind == "DestinationRule":
+            host = r.message(DestinationRule).host
+            failed.rules.add(host)
+            failed.some_rule |= not host
     codecs = dict(BUILTIN_PROTOCOLS)
-    for ap in resources.of("ApplicationProtocol"):
-        protocol, codec = ap.spec.get("protocol"), ap.spec.get("codec")
-        if not protocol or not codec:
-            problems.append(Problem(ap.source, ap.ref, "protocol and codec are required"))
-            continue
-        codecs[str(protocol)] = str(codec)
-    services = _services(resources, codecs, problems)
-    rules = {(dr.spec.get("host")): dr for dr in resources.of("DestinationRule")}
-    routers = _routers(resources, problems)
-    listeners: list[ListenerConfig] = []
-    clusters: dict[str, ClusterConfig] = {}
+    for ap in valid.of("ApplicationProtocol"):
+        _guard(ap, problems, partial(_application_protocol, ap, codecs, problems), None)
+    services: list[_Service] = []
+    seen: dict[tuple[str, int], Resource] = {}
+    for se in valid.of("ServiceEntry"):
+        made = _guard(se, problems, partial(_services, se, codecs, seen, reg, problems), None)
+        if made is None:  # it has an error
+            declared = list(se.message(ServiceEntry).hosts)
+            failed.services.update(declared[:1])
+            failed.some_service |= not declared
+        services.extend(made or [])
+    services.sort(key=lambda s: (s.host, s.port))
     hosts = {s.host for s in services}
+    rules: dict[str, _Rule] = {}
+    for dr in valid.of("DestinationRule"):
+        if not _guard(dr, problems, partial(_destination_rule, dr, rules, hosts, problems), False):
+            failed.rules.add(dr.message(DestinationRule).host)
+            failed.some_rule |= not dr.message(DestinationRule).host
+    routers: dict[str, Resource] = {}
+    for mr in valid.of("MetaRouter"):
+        _guard(mr, problems, partial(_router, mr, routers, hosts, failed, problems), None)
+
+    clusters: dict[str, ClusterConfig] = {}
+    listeners: list[ListenerConfig] = []
     for svc in services:
-        dr = rules.get(svc.host)
-        subsets, policy, hash_key = _destination_rule(dr, problems)
-        for name, cfg in _clusters(svc, subsets, policy, hash_key, problems).items():
-            clusters[name] = cfg
+        rule = rules.get(svc.host)
+        made_clusters = _guard(rule.resource, problems, partial(_clusters, svc, rule, problems), None) if rule else None
+        if made_clusters is None:
+            made_clusters = _clusters(svc, None, problems)
+            rule = None
+        clusters.update(made_clusters)
+        top = rule.policy if rule else _Policy()
+        default = (RouteRule("default", (), RouteAction(cluster=cluster_name(svc.port, "", svc.host), hash_policy=(top.hash_key,) if top.hash_key else ())),)
+        routes: tuple[RouteRule, ...] = default
+        limit: LocalRateLimit | None = None
+        global_limit: GlobalRateLimit | None = None
         router = routers.get(svc.host)
-        routes = None
-        limit = None
-        global_limit = None
         if router is not None:
-            routes = _routes(router, svc, hosts, subsets, hash_key, services, problems)
-            limit = _local_rate_limit(router, problems)
-            global_limit = _global_rate_limit(router, resources, clusters, problems)
-        if not routes:
-            action = RouteAction(cluster=cluster_name(svc.port, "", svc.host), hash_policy=(hash_key,) if hash_key else ())
-            routes = (RouteRule("default", (), action),)
+            extra: dict[str, ClusterConfig] = {}
+            out = _guard(router, problems, partial(_router_config, router, svc, services, rules, failed, valid, extra, problems), None)
+            if out is not None:
+                routes = out[0] or default
+                limit, global_limit = out[1], out[2]
+                for name, cfg in extra.items():
+                    clusters.setdefault(name, cfg)
         name = f"{svc.host}_{svc.port}"
         listeners.append(
             ListenerConfig(
@@ -124,339 +280,501 @@ def translate(resources: ResourceSet, options: Options | None = None) -> Transla
                 codec=CodecRef(svc.codec),
                 stat_prefix=cluster_name(svc.port, "", svc.host),
                 route_config=RouteConfig(name, routes),
+                idle_timeout=top.idle_timeout,
                 local_rate_limit=limit,
                 global_rate_limit=global_limit,
+                protocol=svc.protocol,
             )
         )
-    # Subset clusters of destinations in other services are made with those services above.
-    return Translation(Bootstrap(tuple(listeners), tuple(clusters[k] for k in sorted(clusters)), None, "aeraki-ctl"), problems)
+    unique = list(dict.fromkeys(problems))  # an object's problem met once per service port is told once
+    return Translation(Bootstrap(tuple(listeners), tuple(clusters[k] for k in sorted(clusters)), None, "aeraki-ctl"), unique)
 
 
-def _services(resources: ResourceSet, codecs: Mapping[str, str], problems: list[Problem]) -> list[_Service]:
-    out = []
-    seen: set[tuple[str, int]] = set()
-    for se in resources.of("ServiceEntry"):
-        hosts = se.spec.get("hosts") or []
-        if not hosts:
-            problems.append(Problem(se.source, se.ref, "hosts is required"))
+def _application_protocol(ap: Resource, codecs: dict[str, str], problems: list[Problem]) -> None:
+    spec = ap.message(ApplicationProtocol)
+    report = _Reporter(ap, problems)
+    if not spec.protocol:
+        report("protocol is required", "spec.protocol")
+    if not spec.codec:
+        report("codec is required", "spec.codec")
+    if spec.protocol and spec.codec:
+        codecs[spec.protocol] = spec.codec
+
+
+def _services(se: Resource, codecs: Mapping[str, str], seen: dict[tuple[str, int], Resource], registry: CodecRegistry, problems: list[Problem]) -> list[_Service] | None:
+    spec = se.message(ServiceEntry)
+    report = _Reporter(se, problems)
+    if not spec.hosts or not spec.hosts[0]:
+        report("at least one host is required", "spec.hosts")
+        return None
+    host = spec.hosts[0]
+    for fname, json in (("workload_selector", "workloadSelector"), ("export_to", "exportTo"), ("subject_alt_names", "subjectAltNames")):
+        if _is_set(spec, fname):
+            report.warn(f"{json} is not supported by aeraki-ctl; ignored", f"spec.{json}")
+    for j, e in enumerate(spec.endpoints):
+        for fname, json in (("network", "network"), ("locality", "locality"), ("service_account", "serviceAccount")):
+            if getattr(e, fname):
+                report.warn(f"{json} is not supported by aeraki-ctl; ignored", f"spec.endpoints[{j}].{json}")
+    out: list[_Service] = []
+    pending: list[tuple[str, int]] = []
+    for i, p in enumerate(spec.ports):
+        path = f"spec.ports[{i}]"
+        if not p.name.startswith(PORT_PREFIX):
             continue
-        host = str(hosts[0])
-        for p in se.spec.get("ports") or []:
-            pname = str(p.get("name", ""))
-            if not pname.startswith(PORT_PREFIX):
-                continue
-            tokens = pname.split("-")
-            protocol = tokens[2] if len(tokens) > 2 else ""  # noqa: PLR2004 - Aeraki reads the third token
-            codec = codecs.get(protocol)
-            if codec is None:
-                problems.append(Problem(se.source, se.ref, f"port {pname}: unknown application protocol {protocol!r} (add an ApplicationProtocol)"))
-                continue
-            try:
-                number = int(p["number"])
-            except (KeyError, TypeError, ValueError):
-                problems.append(Problem(se.source, se.ref, f"port {pname}: number is required"))
-                continue
-            if (host, number) in seen:
-                problems.append(Problem(se.source, se.ref, f"{host}:{number} is defined twice (ignored here)"))
-                continue
-            seen.add((host, number))
-            endpoints = []
-            for e in se.spec.get("endpoints") or []:
-                address = e.get("address")
-                if not address:
-                    problems.append(Problem(se.source, se.ref, "an endpoint without address is ignored", fatal=False))
-                    continue
-                ports = e.get("ports") or {}
-                eport = int(ports.get(pname, ports.get(protocol, number)))
-                labels = tuple(sorted((str(k), str(v)) for k, v in (e.get("labels") or {}).items()))
-                endpoints.append(Endpoint(str(address), eport, int(e.get("weight", 1) or 1), labels))
-            out.append(_Service(host, number, pname, protocol, codec, endpoints, se))
-    return sorted(out, key=lambda s: (s.host, s.port))
-
-
-def _routers(resources: ResourceSet, problems: list[Problem]) -> dict[str, Resource]:
-    out: dict[str, Resource] = {}
-    for mr in resources.of("MetaRouter"):
-        hosts = mr.spec.get("hosts") or []
-        if not hosts:
-            problems.append(Problem(mr.source, mr.ref, "hosts is required"))
+        tokens = p.name.split("-")
+        protocol = tokens[2] if len(tokens) > 2 else ""  # noqa: PLR2004 - Aeraki reads the third token
+        codec = codecs.get(protocol)
+        if codec is None:
+            report(f"port {p.name}: unknown application protocol {protocol!r} (add an ApplicationProtocol)", f"{path}.name")
             continue
-        host = str(hosts[0])
-        if host in out:
-            problems.append(Problem(mr.source, mr.ref, f"another MetaRouter ({out[host].ref}) already targets {host}; this one is ignored"))
+        if not 1 <= p.number <= 65535:  # noqa: PLR2004
+            report(f"port {p.name}: number must be 1..65535, not {p.number}", f"{path}.number")
             continue
-        out[host] = mr
+        if (host, p.number) in seen or (host, p.number) in pending:
+            other = seen.get((host, p.number))
+            report(f"{host}:{p.number} is defined twice" + (f" (also by {other.ref})" if other else ""), f"{path}.number")
+            continue
+        pending.append((host, p.number))
+        factory: type[CodecFactory] | None = None
+        try:
+            factory = registry.get(codec)
+        except (RegistryError, KeyError) as exc:
+            report.warn(f"port {p.name}: codec {codec!r} is not installed where aeraki-ctl runs, so what it can carry is not checked ({exc})", f"{path}.name")
+        endpoints = []
+        for j, e in enumerate(spec.endpoints):
+            epath = f"spec.endpoints[{j}]"
+            if not e.address:
+                report.warn("an endpoint without address is ignored", f"{epath}.address")
+                continue
+            if p.name in e.ports:
+                eport, where = e.ports[p.name], f"{epath}.ports.{p.name}"
+            elif protocol in e.ports:
+                eport, where = e.ports[protocol], f"{epath}.ports.{protocol}"
+            else:
+                eport, where = p.target_port or p.number, f"{path}.targetPort"
+            if not 1 <= eport <= 65535:  # noqa: PLR2004
+                report(f"endpoint port must be 1..65535, not {eport}", where)
+                continue
+            endpoints.append(Endpoint(e.address, eport, e.weight or 1, tuple(sorted(e.labels.items()))))
+        out.append(_Service(host, p.number, p.name, protocol, codec, endpoints, se, factory))
+    if report.errors:
+        return None
+    for s in out:
+        seen[(s.host, s.port)] = se
     return out
 
 
-_Resilience = tuple[CircuitBreakers | None, OutlierDetection | None, TcpKeepalive | None]
+def _is_set(msg: object, name: str) -> bool:
+    value = getattr(msg, name)
+    if isinstance(value, (str, int, float, bool)):
+        return bool(value)
+    if hasattr(value, "ListFields"):
+        return bool(msg.HasField(name))  # type: ignore[attr-defined]
+    return len(value) > 0
 
 
-def _keepalive(pool: Mapping[str, Any], dr: Resource, problems: list[Problem]) -> TcpKeepalive | None:
-    """``connectionPool.tcp.tcpKeepalive`` (``probes``, ``time``, ``interval``): Envoy's
-    upstream_connection_options.tcp_keepalive, in whole seconds as Istio sends it."""
-    spec = (pool.get("tcp") or {}).get("tcpKeepalive")
-    if spec is None:
-        return None
-    from metaprotocol.config.bootstrap import _DURATION, _UNITS
+# -- DestinationRule ------------------------------------------------------------------------------
 
-    try:
-        if not isinstance(spec, Mapping):
-            raise ValueError("expected a mapping")
-        probes = int(spec.get("probes", 0) or 0)
-        if probes < 0:
-            raise ValueError("probes must not be negative")
-        seconds = []
-        for key in ("time", "interval"):
-            text = str(spec.get(key) or "0s").strip()
-            match = _DURATION.match(text)
-            if match is None:
-                raise ValueError(f"{key} {text!r} is not a duration")
-            value = float(match.group(1)) * _UNITS[match.group(2)]
+
+def _destination_rule(dr: Resource, rules: dict[str, _Rule], hosts: set[str], problems: list[Problem]) -> bool:
+    """Whether the rule is valid (then it is in ``rules``)."""
+    spec = dr.message(DestinationRule)
+    report = _Reporter(dr, problems)
+    if not spec.host:
+        report("host is required", "spec.host")
+        return False
+    if spec.host in rules:
+        report(f"another DestinationRule ({rules[spec.host].resource.ref}) already applies to {spec.host}; this one is ignored", "spec.host")
+        return True  # the host's rule stands
+    if spec.host not in hosts:
+        report.warn(f"{spec.host} is not a MetaProtocol service known here; the rule has no effect", "spec.host")
+    for fname, json in (("export_to", "exportTo"), ("workload_selector", "workloadSelector")):
+        if _is_set(spec, fname):
+            report.warn(f"{json} is not supported by aeraki-ctl; ignored", f"spec.{json}")
+    top = _policy(spec.traffic_policy, "spec.trafficPolicy", _Policy(), report, subset=False) if spec.HasField("traffic_policy") else _Policy()
+    subsets: dict[str, tuple[dict[str, str], _Policy]] = {}
+    for i, s in enumerate(spec.subsets):
+        path = f"spec.subsets[{i}]"
+        if not s.name:
+            report("a subset needs a name", f"{path}.name")
+            continue
+        if s.name in subsets:
+            report(f"subset {s.name} is defined twice", f"{path}.name")
+            continue
+        policy = _policy(s.traffic_policy, f"{path}.trafficPolicy", top, report, subset=True) if s.HasField("traffic_policy") else top
+        subsets[s.name] = (dict(s.labels), policy)
+    if report.errors:
+        return False
+    rules[spec.host] = _Rule(dr, top, subsets)
+    return True
+
+
+def _policy(tp: TrafficPolicy, path: str, inherited: _Policy, report: _Reporter, subset: bool) -> _Policy:
+    """A traffic policy merged over ``inherited`` as Istio merges a subset's policy: each of
+    loadBalancer, connectionPool and outlierDetection it sets replaces the inherited one whole."""
+    p = inherited
+    if tp.HasField("load_balancer"):
+        p = _load_balancer(tp.load_balancer, f"{path}.loadBalancer", p, report)
+    if tp.HasField("connection_pool"):
+        p = _connection_pool(tp.connection_pool, f"{path}.connectionPool", p, report, subset)
+    if tp.HasField("outlier_detection"):
+        p = _replace(p, outlier=_outlier(tp.outlier_detection, f"{path}.outlierDetection", report))
+    for fname, json in (("tls", "tls"), ("port_level_settings", "portLevelSettings"), ("tunnel", "tunnel"), ("proxy_protocol", "proxyProtocol")):
+        if _is_set(tp, fname):
+            report.warn(f"{json} is not supported by aeraki-ctl; ignored", f"{path}.{json}")
+    return p
+
+
+def _replace(p: _Policy, **changes: object) -> _Policy:
+    from dataclasses import replace
+
+    return replace(p, **changes)  # type: ignore[arg-type]
+
+
+def _load_balancer(lb: LoadBalancerSettings, path: str, p: _Policy, report: _Reporter) -> _Policy:
+    if lb.HasField("locality_lb_setting"):
+        report.warn("localityLbSetting is not supported (endpoints carry no locality here); ignored", f"{path}.localityLbSetting")
+    if lb.HasField("warmup_duration_secs") or lb.HasField("warmup"):
+        report.warn("warmup is not supported (new endpoints get their full share at once); ignored", f"{path}.{'warmup' if lb.HasField('warmup') else 'warmupDurationSecs'}")
+    if lb.WhichOneof("lb_policy") == "consistent_hash":
+        ch = lb.consistent_hash
+        cpath = f"{path}.consistentHash"
+        if ch.WhichOneof("hash_key") != "http_header_name" or not ch.http_header_name:
+            report("consistentHash supports httpHeaderName (a metadata key of the request) only", cpath)
+            return _replace(p, lb=LbPolicy.ROUND_ROBIN, hash_key="", ring_min_size=0)
+        ring = ch.ring_hash.minimum_ring_size if ch.HasField("ring_hash") else ch.minimum_ring_size
+        if ch.HasField("maglev") and ch.maglev.table_size:
+            report.warn("maglev.tableSize is not supported (the default table is used); ignored", f"{cpath}.maglev.tableSize")
+        return _replace(p, lb=LbPolicy.MAGLEV if ch.HasField("maglev") else LbPolicy.RING_HASH, hash_key=ch.http_header_name.lower(), ring_min_size=int(ring))
+    if lb.simple not in _SIMPLE_LB:
+        report.warn(f"simple {LoadBalancerSettings.SimpleLB.Name(lb.simple)} is not supported (ROUND_ROBIN used)", f"{path}.simple")
+    return _replace(p, lb=_SIMPLE_LB.get(lb.simple, LbPolicy.ROUND_ROBIN), hash_key="", ring_min_size=0)
+
+
+def _connection_pool(pool: ConnectionPoolSettings, path: str, p: _Policy, report: _Reporter, subset: bool) -> _Policy:
+    tcp, http = pool.tcp, pool.http
+    tpath, hpath = f"{path}.tcp", f"{path}.http"
+    if tcp.max_connections:
+        report.warn("maxConnections is not enforced (connections are shared)", f"{tpath}.maxConnections")
+    if tcp.HasField("max_connection_duration"):
+        report.warn("maxConnectionDuration is not supported; ignored", f"{tpath}.maxConnectionDuration")
+    for fname, json in (("max_requests_per_connection", "maxRequestsPerConnection"), ("h2_upgrade_policy", "h2UpgradePolicy"),
+                        ("use_client_protocol", "useClientProtocol"), ("max_concurrent_streams", "maxConcurrentStreams")):  # fmt: skip
+        if getattr(http, fname):
+            report.warn(f"{json} is not supported (an HTTP setting); ignored", f"{hpath}.{json}")
+    if http.HasField("idle_timeout"):
+        report.warn("idleTimeout (of upstream connections) is not supported: upstream connections have no idle timeout here; ignored", f"{hpath}.idleTimeout")
+    idle = p.idle_timeout
+    if tcp.HasField("idle_timeout"):
+        if subset:
+            report.warn("idleTimeout is a property of the listener (one per service port): only the DestinationRule's own trafficPolicy sets it; ignored here", f"{tpath}.idleTimeout")
+        else:
+            idle = seconds(tcp.idle_timeout)
+    connect = seconds(tcp.connect_timeout) if tcp.HasField("connect_timeout") else 0.0
+    if tcp.HasField("connect_timeout") and connect < 0.001:  # noqa: PLR2004 - Istio: MUST BE >= 1ms
+        report("connectTimeout must be at least 1ms", f"{tpath}.connectTimeout")
+    keepalive = None
+    if tcp.HasField("tcp_keepalive"):
+        ka = tcp.tcp_keepalive
+        whole = []
+        for fname in ("time", "interval"):
+            value = seconds(getattr(ka, fname))
             if value != int(value):
-                problems.append(Problem(dr.source, dr.ref, f"connectionPool.tcp.tcpKeepalive.{key} {text}: whole seconds are used ({int(value)}s)", fatal=False))
-            seconds.append(float(int(value)))  # Istio truncates to seconds
-    except (TypeError, ValueError) as exc:
-        problems.append(Problem(dr.source, dr.ref, f"connectionPool.tcp.tcpKeepalive: {exc}; ignored"))
-        return None
-    return TcpKeepalive(probes, seconds[0], seconds[1])
+                report.warn(f"{fname} {value:g}s: whole seconds are used ({int(value)}s)", f"{tpath}.tcpKeepalive.{fname}")
+            whole.append(float(int(value)))  # Istio truncates to seconds
+        keepalive = TcpKeepalive(ka.probes, whole[0], whole[1])
+    breakers = CircuitBreakers(http.http2_max_requests, http.http1_max_pending_requests, http.max_retries)
+    for fname, json in (("http2_max_requests", "http2MaxRequests"), ("http1_max_pending_requests", "http1MaxPendingRequests"), ("max_retries", "maxRetries")):
+        if getattr(http, fname) < 0:
+            report(f"{json} must not be negative", f"{hpath}.{json}")
+    return _replace(p, breakers=breakers, keepalive=keepalive, connect_timeout=connect, idle_timeout=idle)
 
 
-def _resilience(tp: Mapping[str, Any], dr: Resource, problems: list[Problem], inherited: _Resilience = (None, None, None)) -> _Resilience:
-    """DestinationRule connectionPool and outlierDetection, as Istio maps them to Envoy clusters.
-
-    As Istio merges a subset's policy into the top-level one, each of the two a subset's policy
-    sets replaces the ``inherited`` one, the other is kept.
-    """
-    pool = tp.get("connectionPool") or {}
-    od = tp.get("outlierDetection") or {}
-    breakers, outlier, keepalive = inherited
-    if pool:
-        http = pool.get("http") or {}
-        breakers = CircuitBreakers(
-            int(http.get("http2MaxRequests", 0) or 0), int(http.get("http1MaxPendingRequests", 0) or 0), int(http.get("maxRetries", 0) or 0)
-        )
-        if (pool.get("tcp") or {}).get("maxConnections"):
-            problems.append(Problem(dr.source, dr.ref, "connectionPool.tcp.maxConnections is not enforced (connections are shared)", fatal=False))
-        keepalive = _keepalive(pool, dr, problems)
-    if od:
-        from metaprotocol.config.bootstrap import _DURATION, _UNITS
-
-        ejection = _DURATION.match(str(od.get("baseEjectionTime", "30s")))
-        outlier = OutlierDetection(
-            int(od.get("consecutive5xxErrors", od.get("consecutiveErrors", od.get("consecutiveGatewayErrors", 5)))),
-            float(ejection.group(1)) * _UNITS[ejection.group(2)] if ejection else 30.0,
-            int(od.get("maxEjectionPercent", 10)),
-        )
-    return breakers, outlier, keepalive
+def _outlier(od: IstioOutlierDetection, path: str, report: _Reporter) -> OutlierDetection:
+    for fname, json in (("interval", "interval"), ("min_health_percent", "minHealthPercent"), ("split_external_local_origin_errors", "splitExternalLocalOriginErrors"),
+                        ("consecutive_local_origin_failures", "consecutiveLocalOriginFailures")):  # fmt: skip
+        if _is_set(od, fname):
+            report.warn(f"{json} is not supported (an endpoint is ejected as soon as it reaches the error count); ignored", f"{path}.{json}")
+    if od.HasField("consecutive_5xx_errors"):
+        count = od.consecutive_5xx_errors.value
+    elif od.consecutive_errors > 0:
+        count = od.consecutive_errors
+    elif od.HasField("consecutive_gateway_errors"):
+        count = od.consecutive_gateway_errors.value
+    else:
+        count = 5
+    if not 0 <= od.max_ejection_percent <= 100:  # noqa: PLR2004
+        report(f"maxEjectionPercent must be 0..100, not {od.max_ejection_percent}", f"{path}.maxEjectionPercent")
+    base = seconds(od.base_ejection_time) if od.HasField("base_ejection_time") else 30.0
+    return OutlierDetection(count, base, od.max_ejection_percent or 10)
 
 
-def _destination_rule(dr: Resource | None, problems: list[Problem]) -> tuple[dict[str, dict[str, Any]], LbPolicy, str]:
-    if dr is None:
-        return {}, LbPolicy.ROUND_ROBIN, ""
-    policy, hash_key = _lb(dr.spec.get("trafficPolicy") or {}, dr, problems)
-    resilience = _resilience(dr.spec.get("trafficPolicy") or {}, dr, problems)
-    subsets: dict[str, dict[str, Any]] = {"": {"labels": {}, "policy": policy, "hash": hash_key, "resilience": resilience}}
-    for s in dr.spec.get("subsets") or []:
-        name = s.get("name")
-        if not name:
-            problems.append(Problem(dr.source, dr.ref, "a subset without name is ignored"))
-            continue
-        sub_policy, sub_hash = _lb(s.get("trafficPolicy") or {}, dr, problems)
-        sub_tp = s.get("trafficPolicy") or {}
-        subsets[str(name)] = {
-            "labels": {str(k): str(v) for k, v in (s.get("labels") or {}).items()},
-            "policy": sub_policy if s.get("trafficPolicy") else policy,
-            "hash": sub_hash or hash_key,
-            "resilience": _resilience(sub_tp, dr, problems, resilience),
-        }
-    return subsets, policy, hash_key
+def _clusters(svc: _Service, rule: _Rule | None, problems: list[Problem]) -> dict[str, ClusterConfig]:
+    def cluster(name: str, endpoints: tuple[Endpoint, ...], p: _Policy) -> ClusterConfig:
+        return ClusterConfig(
+            name, endpoints, p.lb, connect_timeout=p.connect_timeout or DEFAULT_CONNECT_TIMEOUT, ring_min_size=p.ring_min_size or 1024,
+            circuit_breakers=p.breakers, outlier_detection=p.outlier, tcp_keepalive=p.keepalive,
+        )  # fmt: skip
 
-
-def _lb(tp: Mapping[str, Any], dr: Resource, problems: list[Problem]) -> tuple[LbPolicy, str]:
-    lb = tp.get("loadBalancer") or {}
-    if "consistentHash" in lb:
-        ch = lb["consistentHash"] or {}
-        key = ch.get("httpHeaderName")
-        if not key:
-            problems.append(Problem(dr.source, dr.ref, "consistentHash supports httpHeaderName (a metadata key) only"))
-            return LbPolicy.ROUND_ROBIN, ""
-        return (LbPolicy.MAGLEV if "maglev" in ch else LbPolicy.RING_HASH), str(key).lower()
-    simple = str(lb.get("simple", "ROUND_ROBIN")).upper()
-    if simple not in _SIMPLE_LB:
-        problems.append(Problem(dr.source, dr.ref, f"loadBalancer.simple {simple} is not supported (ROUND_ROBIN used)", fatal=False))
-    for unsupported in ("tls", "portLevelSettings"):
-        if unsupported in tp:
-            problems.append(Problem(dr.source, dr.ref, f"trafficPolicy.{unsupported} is not enforced yet", fatal=False))
-    return _SIMPLE_LB.get(simple, LbPolicy.ROUND_ROBIN), ""
-
-
-def _clusters(svc: _Service, subsets: Mapping[str, Mapping[str, Any]], policy: LbPolicy, hash_key: str, problems: list[Problem]) -> dict[str, ClusterConfig]:
-    breakers, outlier, keepalive = subsets[""]["resilience"] if "" in subsets else (None, None, None)
-    out = {
-        cluster_name(svc.port, "", svc.host): ClusterConfig(
-            cluster_name(svc.port, "", svc.host), tuple(svc.endpoints), policy, circuit_breakers=breakers, outlier_detection=outlier, tcp_keepalive=keepalive
-        )
-    }
-    for name, sub in subsets.items():
-        if not name:
-            continue
-        wanted = set(sub["labels"].items())
+    top = rule.policy if rule else _Policy()
+    out = {cluster_name(svc.port, "", svc.host): cluster(cluster_name(svc.port, "", svc.host), tuple(svc.endpoints), top)}
+    if rule is None:
+        return out
+    for i, (name, (labels, policy)) in enumerate(rule.subsets.items()):
+        wanted = set(labels.items())
         members = tuple(e for e in svc.endpoints if wanted <= set(e.labels))
         if not members:
-            problems.append(Problem(svc.resource.source, svc.resource.ref, f"subset {name} of {svc.host} selects no endpoint", fatal=False))
-        cname = cluster_name(svc.port, name, svc.host)
-        sub_breakers, sub_outlier, sub_keepalive = sub["resilience"]
-        out[cname] = ClusterConfig(cname, members, sub["policy"], circuit_breakers=sub_breakers, outlier_detection=sub_outlier, tcp_keepalive=sub_keepalive)
+            problems.append(rule.resource.problem(f"subset {name} selects no endpoint of {svc.host}:{svc.port}", f"spec.subsets[{i}].labels", fatal=False))
+        out[cluster_name(svc.port, name, svc.host)] = cluster(cluster_name(svc.port, name, svc.host), members, policy)
     return out
 
 
-def _routes(
+# -- MetaRouter -----------------------------------------------------------------------------------
+
+
+def _router(mr: Resource, routers: dict[str, Resource], hosts: set[str], failed: _Failed, problems: list[Problem]) -> None:
+    spec = mr.message(MetaRouter)
+    report = _Reporter(mr, problems)
+    if not spec.hosts or not spec.hosts[0]:
+        report("hosts is required (the service's host)", "spec.hosts")
+        return
+    host = spec.hosts[0]
+    if len(spec.hosts) > 1:
+        report.warn(f"only hosts[0] ({host}) is used, as in Aeraki; the others are ignored", "spec.hosts[1]")
+    for fname, json in (("gateways", "gateways"), ("export_to", "exportTo")):
+        if _is_set(spec, fname):
+            report.warn(f"{json} is not supported by aeraki-ctl; ignored", f"spec.{json}")
+    if host in routers:
+        report(f"another MetaRouter ({routers[host].ref}) already targets {host}; this one is ignored", "spec.hosts[0]")
+        return
+    if host not in hosts and failed.service(host):
+        report.block(f"{host} is not served now: a ServiceEntry that may declare it is rejected", "spec.hosts[0]")
+        return
+    if host not in hosts:
+        report(f"{host} is not a MetaProtocol service (no ServiceEntry port named {PORT_PREFIX}<protocol>); the MetaRouter applies to nothing", "spec.hosts[0]")
+        return
+    routers[host] = mr
+
+
+_RouterConfig = tuple[tuple[RouteRule, ...], LocalRateLimit | None, GlobalRateLimit | None]
+
+
+def _router_config(
     mr: Resource,
     svc: _Service,
-    hosts: set[str],
-    subsets: Mapping[str, Any],
-    hash_key: str,
     services: list[_Service],
+    rules: Mapping[str, _Rule],
+    failed: _Failed,
+    valid: ResourceSet,
+    extra: dict[str, ClusterConfig],
     problems: list[Problem],
-) -> tuple[RouteRule, ...] | None:
-    """The MetaRouter's routes for one service port; None (and a problem) when it is invalid."""
-    rules = []
-    for i, route in enumerate(mr.spec.get("routes") or []):
-        where = f"routes[{i}]" + (f" ({route.get('name')})" if route.get("name") else "")
-        try:
-            matchers = tuple(_matchers(route.get("match") or {}))
-            destinations = route.get("route") or []
-            if not destinations:
-                raise ValueError("route needs at least one destination")
-            weighted = []
-            for d in destinations:
-                dest = d.get("destination") or {}
-                host = dest.get("host")
-                if host not in hosts:
-                    raise ValueError(f"unknown destination host {host!r}")
-                subset = str(dest.get("subset", "") or "")
-                port = int((dest.get("port") or {}).get("number", svc.port))
-                if host == svc.host and subset and subset not in subsets:
-                    raise ValueError(f"unknown subset {subset!r} of {host}")
-                if not any(s.host == host and s.port == port for s in services):
-                    raise ValueError(f"{host} has no MetaProtocol port {port}")
-                weighted.append(WeightedCluster(cluster_name(port, subset, str(host)), int(d.get("weight", 100 if len(destinations) == 1 else 0))))
-            if len(weighted) > 1 and sum(w.weight for w in weighted) != 100:  # noqa: PLR2004
-                raise ValueError(f"weights sum to {sum(w.weight for w in weighted)}, not 100")
-        except ValueError as exc:
-            problems.append(Problem(mr.source, mr.ref, f"{where}: {exc}; the MetaRouter is skipped"))
-            return None
-        mirrors: tuple[MirrorPolicy, ...] = ()
-        if route.get("mirror"):
-            m = route["mirror"] or {}
-            if m.get("host") not in hosts:
-                problems.append(Problem(mr.source, mr.ref, f"{where}: unknown mirror host {m.get('host')!r}; the MetaRouter is skipped"))
-                return None
-            mport = int((m.get("port") or {}).get("number", svc.port))
-            percentage = route.get("mirrorPercentage")
-            fraction = float((percentage or {}).get("value", 100.0)) / 100.0
-            mirrors = (MirrorPolicy(cluster_name(mport, str(m.get("subset", "") or ""), str(m["host"])), max(0.0, min(1.0, fraction))),)
-        action = (
-            RouteAction(cluster=weighted[0].name, hash_policy=(hash_key,) if hash_key else ())
-            if len(weighted) == 1
-            else RouteAction(weighted_clusters=tuple(weighted), hash_policy=(hash_key,) if hash_key else ())
-        )
-        rules.append(
-            RouteRule(
-                name=str(route.get("name", f"route-{i}")),
-                match=matchers,
-                action=action,
-                request_mutation=tuple((str(kv["key"]), str(kv.get("value", ""))) for kv in route.get("requestMutation") or []),
-                response_mutation=tuple((str(kv["key"]), str(kv.get("value", ""))) for kv in route.get("responseMutation") or []),
-                mirrors=mirrors,
-            )
-        )
-    return tuple(rules)
+) -> _RouterConfig | None:
+    """The MetaRouter's routes and rate limits for one service port; None when it has an error
+    (every one of them is reported)."""
+    spec = mr.message(MetaRouter)
+    report = _Reporter(mr, problems)
+    routes = _routes(spec, svc, services, rules, failed, report)
+    limit = _local_rate_limit(spec.local_rate_limit, report) if spec.HasField("local_rate_limit") else None
+    global_limit = _global_rate_limit(spec, valid, extra, report) if spec.HasField("global_rate_limit") else None
+    if report.errors or report.blocked:
+        report.warn(f"the MetaRouter is not applied to {svc.host}:{svc.port} (its default route is used)")
+        return None
+    return routes, limit, global_limit
 
 
-def _bucket(spec: Mapping[str, Any]) -> TokenBucket:
-    from metaprotocol.config.bootstrap import _DURATION, _UNITS
+def _destination(
+    d: Destination, path: str, svc: _Service, services: list[_Service], rules: Mapping[str, _Rule], failed: _Failed, report: _Reporter
+) -> tuple[str, str] | None:
+    """The cluster name of a destination and the hash key of its traffic policy."""
+    if not d.host:
+        report("host is required", f"{path}.host")
+        return None
+    ports = sorted(s.port for s in services if s.host == d.host)
+    if not ports and failed.service(d.host):
+        report.block(f"destination host {d.host!r} is not served now: a ServiceEntry that may declare it is rejected", f"{path}.host")
+        return None
+    if not ports:
+        report(f"unknown destination host {d.host!r} (not a MetaProtocol service)", f"{path}.host")
+        return None
+    if d.HasField("port") and d.port.number:
+        port = d.port.number
+    elif d.host == svc.host or svc.port in ports:
+        port = svc.port
+    elif len(ports) == 1:
+        port = ports[0]
+    else:
+        report(f"{d.host} has several MetaProtocol ports ({', '.join(map(str, ports))}): port.number is required", f"{path}.port")
+        return None
+    if port not in ports:
+        report(f"{d.host} has no MetaProtocol port {port}", f"{path}.port.number")
+        return None
+    rule = rules.get(d.host)
+    if d.subset and (rule is None or d.subset not in rule.subsets) and failed.rule(d.host):
+        report.block(f"subset {d.subset!r} of {d.host} is not served now: a DestinationRule that may declare it is rejected", f"{path}.subset")
+        return None
+    if d.subset and (rule is None or d.subset not in rule.subsets):
+        report(f"unknown subset {d.subset!r} of {d.host}" + ("" if rule else " (no DestinationRule)"), f"{path}.subset")
+        return None
+    policy = rule.policy_of(d.subset) if rule else _Policy()
+    return cluster_name(port, d.subset, d.host), policy.hash_key
 
-    interval = str(spec.get("fillInterval", "1s"))
-    m = _DURATION.match(interval)
-    if m is None:
-        raise ValueError(f"bad fillInterval {interval!r}")
-    seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    max_tokens = int(spec.get("maxTokens", 0))
-    per_fill = int(spec.get("tokensPerFill", 1) or 1)
-    if max_tokens < 1 or seconds < 0.05:  # noqa: PLR2004 - Aeraki's rules
-        raise ValueError("maxTokens must be positive and fillInterval at least 50ms")
-    return TokenBucket(max_tokens, per_fill, seconds)
+
+def _routes(spec: MetaRouter, svc: _Service, services: list[_Service], rules: Mapping[str, _Rule], failed: _Failed, report: _Reporter) -> tuple[RouteRule, ...]:
+    out = []
+    for i, route in enumerate(spec.routes):
+        rpath = f"spec.routes[{i}]"
+        out.append(_route(route, i, rpath, svc, services, rules, failed, report))
+    return tuple(r for r in out if r is not None)
 
 
-def _local_rate_limit(mr: Resource, problems: list[Problem]) -> LocalRateLimit | None:
+def _route(
+    route: MetaRoute, i: int, rpath: str, svc: _Service, services: list[_Service], rules: Mapping[str, _Rule], failed: _Failed, report: _Reporter
+) -> RouteRule | None:
+    errors = report.errors + report.blocked
+    matchers = _matchers(route.match, f"{rpath}.match", report)
+    weighted: list[WeightedCluster] = []
+    keys: list[str] = []
+    if not route.route:
+        report("a route needs at least one destination", f"{rpath}.route")
+    for j, d in enumerate(route.route):
+        dest = _destination(d.destination, f"{rpath}.route[{j}].destination", svc, services, rules, failed, report)
+        if dest is None:
+            continue
+        weighted.append(WeightedCluster(dest[0], d.weight if len(route.route) > 1 else 100))
+        if dest[1] and dest[1] not in keys:
+            keys.append(dest[1])
+        if d.weight > 100:  # noqa: PLR2004
+            report(f"weight must be 0..100, not {d.weight}", f"{rpath}.route[{j}].weight")
+    if len(route.route) > 1 and len(weighted) == len(route.route) and sum(w.weight for w in weighted) != 100:  # noqa: PLR2004
+        report(f"weights sum to {sum(w.weight for w in weighted)}, not 100", f"{rpath}.route")
+    if len(keys) > 1:
+        report.warn(f"the destinations hash on different keys ({', '.join(keys)}); the route hashes on all of them", f"{rpath}.route")
+    mirrors: tuple[MirrorPolicy, ...] = ()
+    if route.HasField("mirror"):
+        m = _destination(route.mirror, f"{rpath}.mirror", svc, services, rules, failed, report)
+        pct = route.mirror_percentage.value if route.HasField("mirror_percentage") else 100.0
+        if not 0.0 <= pct <= 100.0:  # noqa: PLR2004
+            report(f"must be 0..100, not {pct:g}", f"{rpath}.mirrorPercentage.value")
+        if m is not None:
+            mirrors = (MirrorPolicy(m[0], max(0.0, min(1.0, pct / 100.0))),)
+    elif route.HasField("mirror_percentage"):
+        report.warn("mirrorPercentage without mirror is ignored", f"{rpath}.mirrorPercentage")
+    mutations: list[tuple[tuple[str, str], ...]] = []
+    for fname, json in (("request_mutation", "requestMutation"), ("response_mutation", "responseMutation")):
+        kvs = getattr(route, fname)
+        for k, kv in enumerate(kvs):
+            if not kv.key:
+                report("key is required", f"{rpath}.{json}[{k}].key")
+        if kvs and svc.factory is not None and not svc.factory.supports_mutation:
+            report(f"the {svc.factory.name} codec cannot carry request/response mutations (the proxy would reject the route table)", f"{rpath}.{json}")
+        mutations.append(tuple((kv.key, kv.value) for kv in kvs))
+    if report.errors + report.blocked > errors or not weighted:
+        return None
+    hash_policy = tuple(keys)
+    action = RouteAction(cluster=weighted[0].name, hash_policy=hash_policy) if len(weighted) == 1 else RouteAction(weighted_clusters=tuple(weighted), hash_policy=hash_policy)
+    return RouteRule(name=route.name or f"route-{i}", match=matchers, action=action, request_mutation=mutations[0], response_mutation=mutations[1], mirrors=mirrors)
+
+
+def _matchers(match: MetaRouteMatch, path: str, report: _Reporter) -> tuple[AttributeMatcher, ...]:
+    out = []
+    for key in sorted(match.attributes):
+        sm = match.attributes[key]
+        kind = sm.WhichOneof("match_type")
+        if kind == "exact":
+            out.append(AttributeMatcher(key, MatchKind.EXACT, sm.exact))
+        elif kind == "prefix":
+            out.append(AttributeMatcher(key, MatchKind.PREFIX, sm.prefix))
+        elif kind == "regex" and sm.regex not in ("", "*"):
+            try:
+                re.compile(sm.regex)
+            except re.error as exc:
+                report(f"bad regex {sm.regex!r}: {exc}", f"{path}.attributes.{key}.regex")
+                continue
+            out.append(AttributeMatcher(key, MatchKind.REGEX, sm.regex))
+        else:  # Aeraki: an empty matcher or regex "*" checks presence
+            out.append(AttributeMatcher(key, MatchKind.PRESENT, "true"))
+    return tuple(out)
+
+
+def _bucket(b: AerakiLocalRateLimit.TokenBucket, path: str, report: _Reporter) -> TokenBucket | None:
+    ok = True
+    if b.max_tokens < 1:
+        report("maxTokens must be at least 1", f"{path}.maxTokens")
+        ok = False
+    if not b.HasField("fill_interval"):
+        report("fillInterval is required", f"{path}.fillInterval")
+        ok = False
+    elif seconds(b.fill_interval) < 0.05:  # noqa: PLR2004 - Aeraki's rule
+        report("fillInterval must be at least 50ms", f"{path}.fillInterval")
+        ok = False
+    per_fill = b.tokens_per_fill.value if b.HasField("tokens_per_fill") else 1
+    if per_fill < 1:
+        report("tokensPerFill must be at least 1", f"{path}.tokensPerFill")
+        ok = False
+    return TokenBucket(b.max_tokens, per_fill, seconds(b.fill_interval)) if ok else None
+
+
+def _local_rate_limit(spec: AerakiLocalRateLimit, report: _Reporter) -> LocalRateLimit | None:
     """MetaRouter.localRateLimit: a default token bucket and ordered conditions."""
-    spec = mr.spec.get("localRateLimit")
-    if not spec:
+    path = "spec.localRateLimit"
+    default = _bucket(spec.token_bucket, f"{path}.tokenBucket", report) if spec.HasField("token_bucket") else None
+    conditions = []
+    for i, c in enumerate(spec.conditions):
+        cpath = f"{path}.conditions[{i}]"
+        if not c.HasField("token_bucket"):
+            report("tokenBucket is required", f"{cpath}.tokenBucket")
+            continue
+        bucket = _bucket(c.token_bucket, f"{cpath}.tokenBucket", report)
+        matchers = _matchers(c.match, f"{cpath}.match", report)
+        if bucket is not None:
+            conditions.append(RateLimitCondition(matchers, bucket))
+    if not spec.HasField("token_bucket") and not spec.conditions:
+        report("needs tokenBucket or conditions", path)
         return None
-    try:
-        default = _bucket(spec["tokenBucket"]) if spec.get("tokenBucket") else None
-        conditions = tuple(RateLimitCondition(tuple(_matchers(c.get("match") or {})), _bucket(c.get("tokenBucket") or {})) for c in spec.get("conditions") or [])
-    except (ValueError, KeyError, TypeError) as exc:
-        problems.append(Problem(mr.source, mr.ref, f"localRateLimit: {exc}; ignored"))
-        return None
-    if default is None and not conditions:
-        problems.append(Problem(mr.source, mr.ref, "localRateLimit needs tokenBucket or conditions; ignored"))
-        return None
-    return LocalRateLimit(conditions, default)
+    return LocalRateLimit(tuple(conditions), default)
 
 
-def _global_rate_limit(mr: Resource, resources: ResourceSet, clusters: dict[str, ClusterConfig], problems: list[Problem]) -> GlobalRateLimit | None:
+def _global_rate_limit(spec: MetaRouter, valid: ResourceSet, extra: dict[str, ClusterConfig], report: _Reporter) -> GlobalRateLimit | None:
     """MetaRouter.globalRateLimit; the service's cluster (``outbound|<port>||<host>``) is made from
     its ServiceEntry, whatever the port's protocol."""
-    spec = mr.spec.get("globalRateLimit")
-    if not spec:
-        return None
-    service = str(spec.get("rateLimitService", ""))
-    parts = service.split("|")
+    g = spec.global_rate_limit
+    path = "spec.globalRateLimit"
+    parts = g.rate_limit_service.split("|")
     host, port = (parts[3], parts[1]) if len(parts) == 4 else ("", "")  # noqa: PLR2004
-    se = next((r for r in resources.of("ServiceEntry") if host in (r.spec.get("hosts") or [])), None)
+    se = next((r for r in valid.of("ServiceEntry") if host and host in r.message(ServiceEntry).hosts), None)
     if se is None or not port.isdigit():
-        problems.append(Problem(mr.source, mr.ref, f"globalRateLimit: rateLimitService {service!r} is not outbound|<port>||<host> of a known ServiceEntry; ignored"))
+        report(f"rateLimitService {g.rate_limit_service!r} is not outbound|<port>||<host> of a known ServiceEntry", f"{path}.rateLimitService")
         return None
-    port_name = next((str(p.get("name", "")) for p in se.spec.get("ports") or [] if int(p.get("number", 0)) == int(port)), "")
-    endpoints = tuple(
-        Endpoint(str(e["address"]), int((e.get("ports") or {}).get(port_name, port)))
-        for e in se.spec.get("endpoints") or [] if e.get("address")
-    )  # fmt: skip
-    clusters.setdefault(service, ClusterConfig(service, endpoints))
-    from metaprotocol.config.bootstrap import _DURATION, _UNITS
-
-    timeout = _DURATION.match(str(spec.get("requestTimeout", "20ms")))
-    descriptors = tuple((str(d["property"]).lower(), str(d["descriptorKey"])) for d in spec.get("descriptors") or [] if d.get("property") and d.get("descriptorKey"))
-    if not spec.get("domain") or not descriptors:
-        problems.append(Problem(mr.source, mr.ref, "globalRateLimit needs a domain and descriptors; ignored"))
+    se_spec = se.message(ServiceEntry)
+    port_name = next((p.name for p in se_spec.ports if p.number == int(port)), "")
+    if not port_name:
+        report(f"{host} has no port {port}", f"{path}.rateLimitService")
+    if not g.domain:
+        report("domain is required", f"{path}.domain")
+    descriptors = tuple((d.property.lower(), d.descriptor_key) for d in g.descriptors if d.property and d.descriptor_key)
+    if not descriptors or len(descriptors) != len(g.descriptors):
+        report("descriptors are required, each with property and descriptorKey", f"{path}.descriptors")
+    matchers = _matchers(g.match, f"{path}.match", report)
+    if not port_name or not g.domain or not descriptors:
         return None
-    return GlobalRateLimit(
-        domain=str(spec["domain"]),
-        service_cluster=service,
-        descriptors=descriptors,
-        match=tuple(_matchers(spec.get("match") or {})),
-        timeout=float(timeout.group(1)) * _UNITS[timeout.group(2)] if timeout else 0.02,
-        deny_on_fail=bool(spec.get("denyOnFail", False)),
-    )
+    endpoints = tuple(Endpoint(e.address, e.ports.get(port_name, int(port))) for e in se_spec.endpoints if e.address)
+    extra[g.rate_limit_service] = ClusterConfig(g.rate_limit_service, endpoints)
+    timeout = seconds(g.request_timeout) if g.HasField("request_timeout") else 0.02
+    return GlobalRateLimit(domain=g.domain, service_cluster=g.rate_limit_service, descriptors=descriptors, match=matchers, timeout=timeout, deny_on_fail=g.deny_on_fail)
 
 
-def _matchers(match: Mapping[str, Any]) -> list[AttributeMatcher]:
-    out = []
-    for key, sm in sorted((match.get("attributes") or {}).items()):
-        sm = sm or {}
-        if "exact" in sm:
-            out.append(AttributeMatcher(str(key), MatchKind.EXACT, str(sm["exact"])))
-        elif "prefix" in sm:
-            out.append(AttributeMatcher(str(key), MatchKind.PREFIX, str(sm["prefix"])))
-        elif "regex" in sm and str(sm["regex"]) not in ("", "*"):
-            try:
-                re.compile(str(sm["regex"]))
-            except re.error as exc:
-                raise ValueError(f"bad regex {sm['regex']!r} for {key}: {exc}") from None
-            out.append(AttributeMatcher(str(key), MatchKind.REGEX, str(sm["regex"])))
-        else:  # Aeraki: an empty matcher or regex "*" checks presence
-            out.append(AttributeMatcher(str(key), MatchKind.PRESENT, "true"))
-    return out
+def problems_of(problems: Iterable[Problem], ref: str) -> list[Problem]:
+    """The problems of one object."""
+    return [p for p in problems if p.obj == ref]
+
+
+def report_lines(problems: Iterable[Problem]) -> list[str]:
+    """``error: file:line: Kind ns/name: path: reason`` (and ``warning: ...``) for every problem,
+    by file and line, then a count when there is any."""
+    ordered = sorted(problems, key=lambda p: (p.source, p.line or 0))
+    lines = [f"{'error' if p.fatal else 'warning'}: {p}" for p in ordered]
+    if ordered:
+        errors = sum(p.fatal for p in ordered)
+        objects = len({(p.source, p.obj) for p in ordered if p.fatal and p.obj != "-"})
+        lines.append(f"{errors} error(s) in {objects} object(s), {len(ordered) - errors} warning(s)")
+    return lines

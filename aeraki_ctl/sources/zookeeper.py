@@ -14,7 +14,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from aeraki_ctl.resources import Problem, Resource
+from aeraki_ctl.resources import Problem, Resource, resource_from_spec
 
 ROOT = "/dubbo"
 PORT_NAME = "tcp-metaprotocol-dubbo"
@@ -59,7 +59,7 @@ def resources_from_registry(providers: dict[str, list[str]], source: str) -> tup
             "resolution": "STATIC",
             "endpoints": [{"address": p["address"], "ports": {PORT_NAME: p["port"]}, "labels": p["labels"]} for p in parsed],
         }
-        out.append(Resource("ServiceEntry", interface.lower(), "zookeeper", spec, f"{source}{ROOT}/{interface}/providers"))
+        out.append(resource_from_spec("ServiceEntry", interface.lower(), "zookeeper", spec, f"{source}{ROOT}/{interface}/providers"))
     return out, problems
 
 

@@ -485,7 +485,15 @@ def _proxy_filter(
         access_log=access_log,
         global_rate_limit=global_rate_limit,
         max_connections=max_connections,
+        protocol=_protocol_name(m, codec),
     )
+
+
+def _protocol_name(m: Mapping[str, object], codec: CodecRef) -> str:
+    """``protocol.name`` (or the deprecated ``application_protocol``) when it is not the codec's."""
+    proto = m.get("protocol")
+    name = proto.get("name") if isinstance(proto, Mapping) else m.get("application_protocol")
+    return name if isinstance(name, str) and name != codec.name else ""
 
 
 def _bucket(r: _Reader, m: Mapping[str, object], path: str) -> TokenBucket:

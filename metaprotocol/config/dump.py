@@ -129,7 +129,7 @@ def listener_tree(lst: ListenerConfig) -> dict[str, Any]:
     proxy: dict[str, Any] = {
         "@type": PROXY_TYPE,
         "stat_prefix": lst.stat_prefix,
-        "protocol": {"name": lst.codec.name, "codec": {"name": lst.codec.name}},
+        "protocol": {"name": lst.protocol or lst.codec.name, "codec": {"name": lst.codec.name}},
     }
     if lst.codec.config:
         proxy["protocol"]["codec"]["config"] = dict(lst.codec.config)

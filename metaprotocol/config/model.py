@@ -269,6 +269,9 @@ class ListenerConfig:
     max_connections: int = 0
     """Open downstream connections this listener accepts at once (0: only the process bound);
     past it a new connection is closed at once (Envoy's connection_limit filter)."""
+    protocol: str = ""
+    """The application protocol's name (``dubbo``: MetaProtocolProxy ``protocol.name``); empty: the
+    codec's name stands for it."""
 
 
 @dataclass(frozen=True, slots=True)

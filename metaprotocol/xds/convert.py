@@ -136,7 +136,7 @@ def header_matcher(m: AttributeMatcher) -> route_components_pb2.HeaderMatcher:
     elif m.kind is MatchKind.CONTAINS:
         sm.contains = m.value
     else:
-        sm.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=m.value, google_re2=regex_pb2.RegexMatcher.GoogleRE2()))
+        sm.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=m.value))  # google_re2 is deprecated (RE2 is the default engine)
     h.string_match.CopyFrom(sm)
     return h
 
@@ -212,7 +212,7 @@ def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None) -> listene
     """A listener running the MetaProtocol filter, with its routes over RDS (ADS)."""
     cfg = mpp.MetaProtocolProxy(
         stat_prefix=lst.stat_prefix,
-        protocol=mpp.ApplicationProtocol(name=lst.codec.name, codec=mpp.Codec(name=lst.codec.name)),
+        protocol=mpp.ApplicationProtocol(name=lst.protocol or lst.codec.name, codec=mpp.Codec(name=lst.codec.name)),
         rds=mpp.Rds(config_source=_ads(), route_config_name=rds_name or lst.rds_name or (lst.route_config.name if lst.route_config else lst.name)),
         max_pending_per_connection=lst.max_pending_per_connection,
         upstream_connections_per_endpoint=lst.upstream_connections_per_endpoint,
@@ -475,6 +475,7 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         codec=CodecRef(codec),
         stat_prefix=cfg.stat_prefix or lst.name,
         rds_name=cfg.rds.route_config_name,
+        protocol=cfg.protocol.name if cfg.protocol.name != codec else "",
         idle_timeout=_seconds(cfg.idle_timeout) if cfg.HasField("idle_timeout") else 0.0,
         max_pending_per_connection=cfg.max_pending_per_connection or 4096,
         upstream_connections_per_endpoint=cfg.upstream_connections_per_endpoint or 1,

@@ -199,9 +199,9 @@ spec:
 
 @pytest.mark.parametrize(
     ("keepalive", "reason", "expected"),
-    [("{time: soon}", "tcpKeepalive: time 'soon' is not a duration; ignored", None),
-     ("{probes: -1}", "tcpKeepalive: probes must not be negative; ignored", None),
-     ("{time: 1.5s}", "tcpKeepalive.time 1.5s: whole seconds are used (1s)", TcpKeepalive(0, 1.0, 0.0))],
+    [("{time: soon}", "tcpKeepalive.time: 'soon' is not a duration", None),
+     ("{probes: -1}", "tcpKeepalive.probes: -1 is out of range", None),
+     ("{time: 1.5s}", "tcpKeepalive.time: time 1.5s: whole seconds are used (1s)", TcpKeepalive(0, 1.0, 0.0))],
 )  # fmt: skip
 def test_destination_rule_bad_tcp_keepalive_is_reported(keepalive: str, reason: str, expected: TcpKeepalive | None) -> None:
     dr = f"""
@@ -213,7 +213,8 @@ spec:
   trafficPolicy: {{connectionPool: {{tcp: {{tcpKeepalive: {keepalive}}}}}}}
 """
     result = translate(resources(SERVICE.split("---")[0], dr))
-    assert [reason in p.reason for p in result.problems] == [True], result.problems
+    assert [reason in str(p) for p in result.problems] == [True], result.problems
+    assert [p.fatal for p in result.problems] == [expected is None]  # a value that is not one rejects the rule
     assert result.bootstrap.cluster_map()[ALL].tcp_keepalive == expected
 
 
@@ -398,7 +399,7 @@ def test_cli_validate_and_translate(tmp_path: Path) -> None:
     assert ok.returncode == 0 and ok.stdout.startswith("ok: 3 resource(s)")
     (tmp_path / "bad.yaml").write_text(SERVICE + "---\n" + router(f"  - route: [{{destination: {{host: {HOST}, subset: nope}}}}]"))
     bad = subprocess.run([sys.executable, "-m", "aeraki_ctl.cli", "validate", str(tmp_path)], capture_output=True, text=True, check=False)
-    assert bad.returncode == 1 and "bad.yaml: MetaRouter meta-dubbo/r: routes[0]: unknown subset 'nope'" in bad.stdout
+    assert bad.returncode == 1 and "bad.yaml:47: MetaRouter meta-dubbo/r: spec.routes[0].route[0].destination.subset: unknown subset 'nope'" in bad.stdout
     out = subprocess.run([sys.executable, "-m", "aeraki_ctl.cli", "translate", str(ROOT / "examples/aeraki/dubbo-demo"), "--port-offset", "1000"], capture_output=True, text=True, check=True)
     boot = parse_bootstrap(yaml.safe_load(out.stdout))
     assert boot.listeners[0].port == 21880
