@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("-c", "--config", help="bootstrap YAML file (optional with --xds)")
     proxy.add_argument("--xds", type=_host_port, help="ADS server HOST:PORT (aeraki-ctl serve)")
     proxy.add_argument("--node-id", default="metaprotocol-proxy", help="node id sent to the ADS server")
+    proxy.add_argument("--xds-delta", action="store_true", help="incremental xDS (DeltaAggregatedResources) instead of state of the world")
     proxy.add_argument("--admin", type=_host_port, help="admin endpoint HOST:PORT")
     proxy.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
     proxy.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ads = args.xds or bootstrap.ads
     xds = f"{ads[0]}:{ads[1]}" if ads else None
     node_id = bootstrap.node_id if bootstrap.node_id and args.node_id == "metaprotocol-proxy" else args.node_id
-    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=node_id)
+    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=node_id, delta=args.xds_delta)
 
 
 def _with_admin(bootstrap: Bootstrap, host: str, port: int) -> Bootstrap:
@@ -151,7 +152,7 @@ def relax_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | None = None, node_id: str = "") -> int:
+def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | None = None, node_id: str = "", delta: bool = False) -> int:
     from metaprotocol.io.proxy import Proxy
 
     assert isinstance(proxy, Proxy)  # noqa: S101
@@ -173,8 +174,8 @@ def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | No
         if xds:
             from metaprotocol.xds.client import AdsClient
 
-            client_task = asyncio.ensure_future(AdsClient(proxy, xds, node_id).run())
-            log.info("configuration from ADS at %s (node %s)", xds, node_id)
+            client_task = asyncio.ensure_future(AdsClient(proxy, xds, node_id, delta=delta).run())
+            log.info("configuration from ADS at %s (node %s, %s)", xds, node_id, "delta" if delta else "state of the world")
         await stop.wait()
         if client_task is not None:
             client_task.cancel()

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
 from metaprotocol.config.errors import ConfigError
@@ -39,12 +40,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 INVALID_ARGUMENT = 3
+Queue = asyncio.Queue[Any]  # of DiscoveryRequest (state of the world) or DeltaDiscoveryRequest (delta)
 
 
 class AdsClient:
     """Keeps a Proxy in step with an ADS server."""
 
-    def __init__(self, proxy: Proxy, address: str, node_id: str, cluster: str = "metaprotocol") -> None:
+    def __init__(self, proxy: Proxy, address: str, node_id: str, cluster: str = "metaprotocol", delta: bool = False) -> None:
         self.proxy = proxy
         self.address = address
         self.node = base_pb2.Node(id=node_id, cluster=cluster)
@@ -61,13 +63,15 @@ class AdsClient:
         self._subscribed: dict[str, list[str]] = {}
         self._never_valid: dict[str, set[str]] = {}  # per type: names rejected and never accepted
         self._applied_once = False
+        self.delta = delta  # incremental xDS (DeltaAggregatedResources) instead of state of the world
+        self._held_versions: dict[str, dict[str, str]] = {}  # delta: per type, resource -> version accepted
 
     async def run(self) -> None:
         """Stream forever, reconnecting with back-off (0.2 s doubling to 5 s)."""
         delay = 0.2
         while True:
             try:
-                await self._stream()
+                await (self._stream_delta() if self.delta else self._stream())
                 delay = 0.2
             except (grpc.aio.AioRpcError, ConnectionError, OSError) as exc:
                 reason = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else exc
@@ -96,7 +100,30 @@ class AdsClient:
             async for response in call:
                 self.connected.set()
                 self.status.connected = True
-                await self._on_response(queue, response)
+                await self._on_update(queue, response.type_url, response.resources, None, response.version_info, response.nonce)
+
+    async def _stream_delta(self) -> None:
+        queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+            while True:
+                yield await queue.get()
+
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.DeltaAggregatedResources(requests())
+            self._subscribed = {}
+            for type_url in (convert.CLUSTER_TYPE, convert.LISTENER_TYPE):  # wildcard, with what we hold (a reconnect)
+                queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(node=self.node, type_url=type_url, initial_resource_versions=self._held_versions.get(type_url, {})))
+                self._subscribed[type_url] = []
+            self._follow(queue, convert.LISTENER_TYPE)
+            self._follow(queue, convert.CLUSTER_TYPE)
+            async for response in call:
+                self.connected.set()
+                self.status.connected = True
+                versions = {res.name: res.version for res in response.resources}
+                await self._on_update(queue, response.type_url, [res.resource for res in response.resources], list(response.removed_resources),
+                                      response.system_version_info, response.nonce, versions)  # fmt: skip
 
     def _subscribe(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest], type_url: str, names: list[str], version: str = "", nonce: str = "", error: str | None = None) -> None:
         if type_url in (convert.ROUTE_TYPE, convert.ENDPOINT_TYPE) and not names and type_url not in self._subscribed:
@@ -107,11 +134,21 @@ class AdsClient:
         self._subscribed[type_url] = names
         queue.put_nowait(req)
 
-    async def _on_response(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest], r: discovery_pb2.DiscoveryResponse) -> None:
-        """Apply the valid resources of ``r``; ACK it, or NACK it naming each rejected one."""
-        t = r.type_url
+    async def _on_update(
+        self,
+        queue: Queue,
+        t: str,
+        resources: Sequence[any_pb2.Any],
+        removed: Sequence[str] | None,
+        version: str,
+        nonce: str,
+        resource_versions: Mapping[str, str] | None = None,
+    ) -> None:
+        """Apply the valid resources of an update; ACK it, or NACK it naming each rejected one.
+        ``removed`` is None for a state-of-the-world response (wildcard types: the whole set),
+        the names removed for a delta one (every type: changes only)."""
         names = self._subscribed.get(t, [])
-        staged, reasons = self._convert(r)
+        staged, reasons = self._convert(t, resources, removed)
         reasons.update(self._check(t, staged))
         unbound: dict[str, str] = {}
         try:
@@ -121,7 +158,7 @@ class AdsClient:
                 self.applied += 1
                 self._applied_once = True
         except (convert.ConversionError, ConfigError, ValueError) as exc:  # the update as a whole: nothing applied
-            self._nack(queue, r, names, {"(update)": str(exc)})
+            self._nack(queue, t, names, version, nonce, {"(update)": str(exc)})
             return
         if unbound:  # a listener that cannot bind here is rejected; the next update of it retries
             listeners = dict(staged.get("listeners", self.listeners))  # type: ignore[call-overload]
@@ -130,53 +167,84 @@ class AdsClient:
                 reasons[name if t == convert.LISTENER_TYPE else f"listener {name}"] = reason
             staged["listeners"] = listeners
         self._commit(t, staged, reasons)
+        if resource_versions is not None:
+            held = self._held_versions.setdefault(t, {})
+            for name in removed or ():
+                held.pop(name, None)
+            held.update((name, v) for name, v in resource_versions.items() if name not in reasons)
         if reasons:
-            self._nack(queue, r, names, reasons)
+            self._nack(queue, t, names, version, nonce, reasons)
         else:
-            self.versions[t] = r.version_info
-            self.status.record_ack(t, r.version_info)
-            self._subscribe(queue, t, names, r.version_info, r.nonce)
+            self.versions[t] = version
+            self.status.record_ack(t, version)
+            self._reply(queue, t, names, version, nonce)
         self._follow(queue, t)
 
-    def _nack(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest], r: discovery_pb2.DiscoveryResponse, names: list[str], reasons: dict[str, str]) -> None:
-        nack = Nack(r.version_info, r.nonce, reasons, time.time())
-        message = nack.message(r.type_url)
+    def _reply(self, queue: Queue, t: str, names: list[str], version: str, nonce: str, error: str | None = None) -> None:
+        """ACK (or, with ``error``, NACK) the response ``nonce``."""
+        if not self.delta:
+            self._subscribe(queue, t, names, version, nonce, error)
+            return
+        req = discovery_pb2.DeltaDiscoveryRequest(node=self.node, type_url=t, response_nonce=nonce)
+        if error is not None:
+            req.error_detail.CopyFrom(status_pb2.Status(code=INVALID_ARGUMENT, message=error))
+        queue.put_nowait(req)
+
+    def _nack(self, queue: Queue, t: str, names: list[str], version: str, nonce: str, reasons: dict[str, str]) -> None:
+        nack = Nack(version, nonce, reasons, time.time())
+        message = nack.message(t)
         log.error("rejecting update: %s", message)
         self.nacks.append(message)
-        self.status.record_nack(r.type_url, nack)
-        self._subscribe(queue, r.type_url, names, self.versions.get(r.type_url, ""), r.nonce, message)
+        self.status.record_nack(t, nack)
+        self._reply(queue, t, names, self.versions.get(t, ""), nonce, message)
 
-    def _follow(self, queue: asyncio.Queue[discovery_pb2.DiscoveryRequest], t: str) -> None:
+    def _follow(self, queue: Queue, t: str) -> None:
         """Subscribe to the route tables the listeners name and the endpoints of the clusters."""
         if t == convert.LISTENER_TYPE:
-            wanted = sorted({lst.rds_name for lst in self.listeners.values() if lst.rds_name})
-            if wanted != self._subscribed.get(convert.ROUTE_TYPE):
-                self._subscribe(queue, convert.ROUTE_TYPE, wanted)
+            self._want(queue, convert.ROUTE_TYPE, sorted({lst.rds_name for lst in self.listeners.values() if lst.rds_name}))
         elif t == convert.CLUSTER_TYPE:
-            wanted = sorted(self.clusters)
-            if wanted != self._subscribed.get(convert.ENDPOINT_TYPE):
-                self._subscribe(queue, convert.ENDPOINT_TYPE, wanted)
+            self._want(queue, convert.ENDPOINT_TYPE, sorted(self.clusters))
 
-    def _convert(self, r: discovery_pb2.DiscoveryResponse) -> tuple[dict[str, object], dict[str, str]]:
-        """The state this response would lead to (nothing is changed yet), and the resources it
+    def _want(self, queue: Queue, t: str, wanted: list[str]) -> None:
+        before = self._subscribed.get(t)
+        if wanted == before:
+            return
+        if not self.delta:
+            self._subscribe(queue, t, wanted)
+            return
+        if not wanted and before is None:
+            return
+        held = self._held_versions.get(t, {})
+        subscribe = sorted(set(wanted) - set(before or ()))
+        unsubscribe = sorted(set(before or ()) - set(wanted))
+        initial = {n: held[n] for n in subscribe if n in held} if before is None else {}
+        queue.put_nowait(discovery_pb2.DeltaDiscoveryRequest(node=self.node, type_url=t, resource_names_subscribe=subscribe,
+                                                             resource_names_unsubscribe=unsubscribe, initial_resource_versions=initial))  # fmt: skip
+        self._subscribed[t] = wanted
+
+    def _convert(self, t: str, resources: Sequence[any_pb2.Any], removed: Sequence[str] | None) -> tuple[dict[str, object], dict[str, str]]:
+        """The state this update would lead to (nothing is changed yet), and the resources it
         rejects with their reasons. A rejected resource keeps its previous version, if any."""
-        t = r.type_url
         reasons: dict[str, str] = {}
+
+        def merged(previous: Mapping[str, Any], fresh: dict[str, Any], wildcard: bool) -> dict[str, Any]:
+            if removed is None:  # state of the world: a wildcard type's response is the whole set
+                return _keep_previous(fresh, previous, reasons) if wildcard else {**previous, **fresh}
+            return {name: v for name, v in {**previous, **fresh}.items() if name not in removed}
+
         if t == convert.LISTENER_TYPE:
-            listeners = _each(r, listener_pb2.Listener, convert.listener_from_xds, reasons)
-            return {"listeners": _keep_previous(listeners, self.listeners, reasons)}, reasons
+            return {"listeners": merged(self.listeners, _each(resources, listener_pb2.Listener, convert.listener_from_xds, reasons), True)}, reasons
         if t == convert.ROUTE_TYPE:  # routes and endpoints are named, not wildcard: updates merge
-            return {"routes": {**self.routes, **_each(r, route_pb2.RouteConfiguration, convert.route_config_from_xds, reasons)}}, reasons
+            return {"routes": merged(self.routes, _each(resources, route_pb2.RouteConfiguration, convert.route_config_from_xds, reasons), False)}, reasons
         if t == convert.CLUSTER_TYPE:
-            clusters = _each(r, cluster_pb2.Cluster, _valid_cluster, reasons)
-            return {"clusters": _keep_previous(clusters, self.clusters, reasons)}, reasons
+            return {"clusters": merged(self.clusters, _each(resources, cluster_pb2.Cluster, _valid_cluster, reasons), True)}, reasons
         if t == convert.ENDPOINT_TYPE:
 
             def valid_endpoints(cla: endpoint_pb2.ClusterLoadAssignment) -> endpoint_pb2.ClusterLoadAssignment:
                 convert.cluster_from_xds(self.clusters.get(cla.cluster_name, cluster_pb2.Cluster(name=cla.cluster_name)), cla)
                 return cla
 
-            return {"endpoints": {**self.endpoints, **_each(r, endpoint_pb2.ClusterLoadAssignment, valid_endpoints, reasons)}}, reasons
+            return {"endpoints": merged(self.endpoints, _each(resources, endpoint_pb2.ClusterLoadAssignment, valid_endpoints, reasons), False)}, reasons
         raise convert.ConversionError(f"unexpected type {t}")
 
     def _check(self, t: str, staged: dict[str, object]) -> dict[str, str]:
@@ -259,10 +327,10 @@ class AdsClient:
         )
 
 
-def _each(r: discovery_pb2.DiscoveryResponse, message_type: Any, make: Callable[[Any], Any], reasons: dict[str, str]) -> dict[str, Any]:  # noqa: ANN401 - generated protobuf classes are untyped
+def _each(resources: Sequence[any_pb2.Any], message_type: Any, make: Callable[[Any], Any], reasons: dict[str, str]) -> dict[str, Any]:  # noqa: ANN401 - generated protobuf classes are untyped
     """``make`` of each resource by name; a resource it fails on goes to ``reasons`` instead."""
     out: dict[str, Any] = {}
-    for i, packed in enumerate(r.resources):
+    for i, packed in enumerate(resources):
         message = message_type()
         if not packed.Unpack(message):
             reasons[f"resources[{i}]"] = f"{packed.type_url} is not a {message_type.DESCRIPTOR.full_name}"

@@ -1,6 +1,7 @@
 """Per-resource acceptance on the proxy: the valid resources of an update are applied, the invalid
 ones keep their previous version (or are not served when they never were valid), and the update is
-NACKed naming each rejected resource with its reason, as Envoy does for CDS and LDS."""
+NACKed naming each rejected resource with its reason, as Envoy does for CDS and LDS; over state
+of the world and delta xDS alike."""
 
 from __future__ import annotations
 
@@ -95,13 +96,13 @@ class Setup:
         return t.config
 
 
-@pytest_asyncio.fixture
-async def setup() -> AsyncIterator[Setup]:
+@pytest_asyncio.fixture(params=[False, True], ids=["sotw", "delta"])
+async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
     ads = AdsServer(snapshot(GOOD_LISTENERS, [redis_routes(), dubbo_routes(100, 0)], clusters("redis-c", "d1", "d2")))
     grpc_server, port = await start_server(ads, "127.0.0.1:0")
     proxy = Proxy(Bootstrap((), ()), CodecRegistry.from_entry_points())
     await proxy.start()
-    client = AdsClient(proxy, f"127.0.0.1:{port}", "partial-test")
+    client = AdsClient(proxy, f"127.0.0.1:{port}", "partial-test", delta=request.param)
     task = asyncio.ensure_future(client.run())
     try:
         await until(lambda: client.applied >= 1 and set(proxy.contexts) == {"redis", "dubbo"})
@@ -218,3 +219,12 @@ async def test_a_listener_that_cannot_bind_is_rejected_alone(setup: Setup) -> No
     assert f"cannot listen on 127.0.0.1:{port}" in next(iter(reasons.values()))
     assert "busy" not in s.proxy.contexts and "busy" not in s.client.listeners
     assert sorted(lst.name for lst in s.proxy.bootstrap.listeners) == ["dubbo", "free", "redis"]
+
+
+@pytest.mark.asyncio
+async def test_resources_removed_by_the_server_are_removed(setup: Setup) -> None:
+    s = setup
+    await s.ads.set_snapshot(snapshot([listener("dubbo", "dubbo")], [dubbo_routes(100, 0)], clusters("d1", "d2")))
+    await until(lambda: set(s.proxy.contexts) == {"dubbo"} and "redis-c" not in s.proxy.bootstrap.cluster_map())
+    assert [p["stream"] for p in s.ads.proxies()] == ["delta" if s.client.delta else "sotw"]
+    assert not s.client.status.rejected

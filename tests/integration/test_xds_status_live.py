@@ -56,7 +56,8 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aeraki_ctl.cli", *args], env=ENV, capture_output=True, text=True, timeout=30)
 
 
-def test_a_nacked_listener_shows_in_proxy_status_and_the_rest_is_applied(tmp_path: Path, providers: Providers) -> None:  # noqa: F811 - fixture
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_nacked_listener_shows_in_proxy_status_and_the_rest_is_applied(tmp_path: Path, providers: Providers, delta: bool) -> None:  # noqa: F811 - fixture
     write_config(tmp_path, providers.ports, (0, 100))
     (tmp_path / "other.yaml").write_text(OTHER.replace("PORT", str(providers.ports["v1"])))
     xds_port, admin_port, proxy_admin, listen_port = free_port(), free_port(), free_port(), free_port()
@@ -75,7 +76,7 @@ def test_a_nacked_listener_shows_in_proxy_status_and_the_rest_is_applied(tmp_pat
             time.sleep(0.1)
         assert http(admin_port, "/healthz") == (200, "ok\n")
         proxy = subprocess.Popen([sys.executable, "-m", "metaprotocol.cli", "proxy", "--xds", f"127.0.0.1:{xds_port}", "--node-id", "proxy-1",
-                                  "--admin", f"127.0.0.1:{proxy_admin}", "--log-level", "CRITICAL"], env=ENV)  # fmt: skip
+                                  "--admin", f"127.0.0.1:{proxy_admin}", "--log-level", "CRITICAL", *(["--xds-delta"] if delta else [])], env=ENV)  # fmt: skip
         wait_port(listen_port, 20)
 
         async def traffic() -> set[str]:
@@ -98,6 +99,7 @@ def test_a_nacked_listener_shows_in_proxy_status_and_the_rest_is_applied(tmp_pat
         assert "org.apache.dubbo.samples.other_20990: " in lines[2]
         proxies = json.loads(http(admin_port, "/proxies")[1])["proxies"]
         assert [p["node_id"] for p in proxies] == ["proxy-1"] and proxies[0]["types"]["LDS"]["nack"]["nonce"]
+        assert proxies[0]["stream"] == ("delta" if delta else "sotw")
         metrics = http(admin_port, "/metrics")[1].splitlines()
         assert 'aeraki_ctl_xds_nacks_total{type="LDS"} 1' in metrics and "aeraki_ctl_connected_proxies 1" in metrics
         status = ctl("status", "--admin", f"127.0.0.1:{admin_port}")
