@@ -228,3 +228,27 @@ async def test_resources_removed_by_the_server_are_removed(setup: Setup) -> None
     await until(lambda: set(s.proxy.contexts) == {"dubbo"} and "redis-c" not in s.proxy.bootstrap.cluster_map())
     assert [p["stream"] for p in s.ads.proxies()] == ["delta" if s.client.delta else "sotw"]
     assert not s.client.status.rejected
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_reconnect_resynchronises(delta: bool) -> None:
+    first = AdsServer(snapshot(GOOD_LISTENERS, [redis_routes(), dubbo_routes(100, 0)], clusters("redis-c", "d1", "d2")))
+    grpc_server, port = await start_server(first, "127.0.0.1:0")
+    proxy = Proxy(Bootstrap((), ()), CodecRegistry.from_entry_points())
+    await proxy.start()
+    client = AdsClient(proxy, f"127.0.0.1:{port}", "reconnect-test", delta=delta)
+    task = asyncio.ensure_future(client.run())
+    try:
+        await until(lambda: set(proxy.contexts) == {"redis", "dubbo"})
+        await grpc_server.stop(0)
+        await until(lambda: not client.connected.is_set())
+        # A new control plane on the same port, with one listener gone and a new split.
+        second = AdsServer(snapshot([listener("dubbo", "dubbo")], [dubbo_routes(50, 50)], clusters("d1", "d2")))
+        grpc_server, _ = await start_server(second, f"127.0.0.1:{port}")
+        await until(lambda: set(proxy.contexts) == {"dubbo"} and proxy.contexts["dubbo"].table is not None and proxy.contexts["dubbo"].table.config == dubbo_routes(50, 50), timeout=10)
+        assert not client.status.rejected
+    finally:
+        task.cancel()
+        await proxy.close()
+        await grpc_server.stop(0)
