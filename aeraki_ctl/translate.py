@@ -174,6 +174,7 @@ class _Reporter:
 
     def __init__(self, resource: Resource, out: list[Problem]) -> None:
         self.resource = resource
+        self.partial = resource.rejected  # fields that did not parse are missing: checks of sums are moot
         self.out = out
         self.seen: set[tuple[str, str, bool]] = set()
         self.errors = 0
@@ -216,6 +217,8 @@ def translate(resources: ResourceSet, options: Options | None = None, registry: 
         problems.extend(r.problems)
     valid = ResourceSet([r for r in resources.resources if not r.rejected])
     failed = _Failed()
+    if any(p.fatal and p.obj == "-" for p in resources.problems):  # an unreadable file may hold any of them
+        failed.some_service = failed.some_rule = True
     for r in resources.resources:
         if r.rejected and r.kind == "ServiceEntry":
             declared = list(r.message(ServiceEntry).hosts)
@@ -248,6 +251,7 @@ def translate(resources: ResourceSet, options: Options | None = None, registry: 
     for mr in valid.of("MetaRouter"):
         _guard(mr, problems, partial(_router, mr, routers, hosts, failed, problems), None)
 
+    _check_rejected(resources, codecs, services, rules, failed, valid, reg, problems)
     clusters: dict[str, ClusterConfig] = {}
     listeners: list[ListenerConfig] = []
     for svc in services:
@@ -288,6 +292,34 @@ def translate(resources: ResourceSet, options: Options | None = None, registry: 
         )
     unique = list(dict.fromkeys(problems))  # an object's problem met once per service port is told once
     return Translation(Bootstrap(tuple(listeners), tuple(clusters[k] for k in sorted(clusters)), None, "aeraki-ctl"), unique)
+
+
+def _check_rejected(
+    resources: ResourceSet,
+    codecs: Mapping[str, str],
+    services: list[_Service],
+    rules: Mapping[str, _Rule],
+    failed: _Failed,
+    valid: ResourceSet,
+    registry: CodecRegistry,
+    problems: list[Problem],
+) -> None:
+    """The rest of the problems of objects rejected while reading them (what did parse is checked
+    like a valid object's, and thrown away), so that every problem is told at once."""
+    hosts = {s.host for s in services}
+    for r in resources.resources:
+        if not r.rejected:
+            continue
+        if r.kind == "ServiceEntry":
+            _guard(r, problems, partial(_services, r, codecs, {}, registry, problems), None)
+        elif r.kind == "DestinationRule":
+            _guard(r, problems, partial(_destination_rule, r, {}, hosts, problems), False)
+        elif r.kind == "MetaRouter":
+            routers: dict[str, Resource] = {}
+            _guard(r, problems, partial(_router, r, routers, hosts, failed, problems), None)
+            for svc in services if routers else ():
+                if svc.host in routers:
+                    _guard(r, problems, partial(_router_config, r, svc, services, rules, failed, valid, {}, problems), None)
 
 
 def _application_protocol(ap: Resource, codecs: dict[str, str], problems: list[Problem]) -> None:
@@ -576,7 +608,7 @@ def _router_config(
     routes = _routes(spec, svc, services, rules, failed, report)
     limit = _local_rate_limit(spec.local_rate_limit, report) if spec.HasField("local_rate_limit") else None
     global_limit = _global_rate_limit(spec, valid, extra, report) if spec.HasField("global_rate_limit") else None
-    if report.errors or report.blocked:
+    if (report.errors or report.blocked) and not report.partial:
         report.warn(f"the MetaRouter is not applied to {svc.host}:{svc.port} (its default route is used)")
         return None
     return routes, limit, global_limit
@@ -645,7 +677,7 @@ def _route(
             keys.append(dest[1])
         if d.weight > 100:  # noqa: PLR2004
             report(f"weight must be 0..100, not {d.weight}", f"{rpath}.route[{j}].weight")
-    if len(route.route) > 1 and len(weighted) == len(route.route) and sum(w.weight for w in weighted) != 100:  # noqa: PLR2004
+    if not report.partial and len(route.route) > 1 and len(weighted) == len(route.route) and sum(w.weight for w in weighted) != 100:  # noqa: PLR2004
         report(f"weights sum to {sum(w.weight for w in weighted)}, not 100", f"{rpath}.route")
     if len(keys) > 1:
         report.warn(f"the destinations hash on different keys ({', '.join(keys)}); the route hashes on all of them", f"{rpath}.route")
