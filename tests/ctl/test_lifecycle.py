@@ -104,6 +104,10 @@ _CORRUPTIONS = (
     ("weight", lambda o: o["spec"]["routes"][0]["route"][0].__setitem__("weight", -5) if o["kind"] == "MetaRouter" else None),
     ("subset", lambda o: o["spec"]["routes"][0]["route"][0]["destination"].__setitem__("subset", "nope") if o["kind"] == "MetaRouter" else None),
     ("spec", lambda o: o.__setitem__("spec", "not a mapping")),
+    ("hosts", lambda o: o["spec"].__setitem__("hosts", ["nowhere.example"]) if o["kind"] == "MetaRouter" else None),
+    ("endpoint-port", lambda o: o["spec"]["endpoints"][0]["ports"].__setitem__("tcp-metaprotocol-dubbo", "2088x") if o["kind"] == "ServiceEntry" else None),
+    ("labels", lambda o: o["spec"]["endpoints"][0].__setitem__("labels", ["v1"]) if o["kind"] == "ServiceEntry" else None),
+    ("typo", lambda o: o["spec"]["routes"][0]["route"][0].__setitem__("wieght", 5) if o["kind"] == "MetaRouter" else None),
     ("lb", lambda o: o["spec"].__setitem__("trafficPolicy", {"loadBalancer": {"simple": "NO_SUCH_POLICY"}}) if o["kind"] == "DestinationRule" else None),
 )
 
