@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import yaml
 
+from aeraki_ctl.extras import MissingExtra
 from aeraki_ctl.resources import load_directory
 from aeraki_ctl.translate import Options, report_lines, translate
 from metaprotocol import __version__
@@ -34,6 +35,7 @@ from metaprotocol.config.dump import to_bootstrap_tree
 EXIT_INVALID = 1
 EXIT_NOT_YET = 3
 EXIT_UNREACHABLE = 4
+EXIT_USAGE = 2
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -68,9 +70,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     rl.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     args = parser.parse_args(argv)
     if args.command == "ratelimit":
-        return _ratelimit(args)
+        try:
+            return _ratelimit(args)
+        except MissingExtra as exc:
+            print(f"aeraki-ctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "serve":
-        return _serve(args)
+        try:
+            return _serve(args)
+        except MissingExtra as exc:
+            print(f"aeraki-ctl: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command in ("proxy-status", "status"):
         from aeraki_ctl.admin_client import AdminUnreachable, object_status, proxy_status
 
@@ -131,14 +141,14 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> int:
-        ads = AdsServer()
-        grpc_server, port = await start_server(ads, args.xds_address)
-        logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, args.config_dir)
         zookeeper = None
-        if args.zookeeper:
+        if args.zookeeper:  # first: a missing extra must stop us before anything listens
             from aeraki_ctl.sources.zookeeper import ZooKeeperSource
 
             zookeeper = ZooKeeperSource(args.zookeeper)
+        ads = AdsServer()
+        grpc_server, port = await start_server(ads, args.xds_address)
+        logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, args.config_dir)
         controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset), zookeeper=zookeeper)
         stop = asyncio.Event()
         fatal: list[BaseException] = []

@@ -138,7 +138,12 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
 
 async def serve(config_path: str | Path, redis_address: str, address: str) -> tuple[grpc.aio.Server, int]:
     """Start the service; returns the gRPC server and its port."""
-    import redis.asyncio as aioredis
+    try:
+        import redis.asyncio as aioredis
+    except ImportError as exc:
+        from aeraki_ctl.extras import MissingExtra
+
+        raise MissingExtra("ratelimit", "redis", "the rate limit service") from exc
 
     host, _, port = redis_address.rpartition(":")
     config = load_config(Path(config_path).read_text())

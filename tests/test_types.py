@@ -7,7 +7,7 @@ packages out under their import names with symlinks, as an installed tree would 
 
 from __future__ import annotations
 
-import configparser
+import tomllib
 import os
 import subprocess
 import sys
@@ -17,9 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mypy_strict(tmp_path: Path) -> None:
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
-    roots = dict(line.split("=") for line in cfg["options"]["package_dir"].strip().splitlines())
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        roots = tomllib.load(f)["tool"]["setuptools"]["package-dir"]
     for name, folder in roots.items():
         (tmp_path / name.strip()).symlink_to(ROOT / folder.strip(), target_is_directory=True)
     checked = [arg for name in roots if name.strip() != "metaprotocol_api" for arg in ("-p", name.strip())]

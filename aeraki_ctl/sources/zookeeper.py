@@ -67,7 +67,12 @@ class ZooKeeperSource:
     """Reads the Dubbo registry tree; ``read()`` is blocking (the controller runs it in a thread)."""
 
     def __init__(self, hosts: str, timeout: float = 5.0) -> None:
-        from kazoo.client import KazooClient
+        try:
+            from kazoo.client import KazooClient
+        except ImportError as exc:
+            from aeraki_ctl.extras import MissingExtra
+
+            raise MissingExtra("zookeeper", "kazoo", "reading a Dubbo registry in ZooKeeper") from exc
 
         self.hosts = hosts
         self.source = f"zookeeper://{hosts}"
