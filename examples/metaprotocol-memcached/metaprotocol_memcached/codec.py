@@ -158,8 +158,12 @@ class MemcachedClientCodec(ClientCodec):
                     size = int(parts[3])
                 except (IndexError, ValueError):
                     raise RemoteProtocolError("bad VALUE line") from None
+                if not 0 <= size <= MAX_VALUE:  # a negative size would step back: an endless scan
+                    raise RemoteProtocolError(f"bad VALUE length {size}")
                 if len(data) < nxt + size + 2:
                     return NEED_DATA
+                if data[nxt + size : nxt + size + 2] != CRLF:
+                    raise RemoteProtocolError("VALUE data block not ended by CRLF")
                 p = nxt + size + 2
             else:  # STAT lines and the like
                 p = nxt

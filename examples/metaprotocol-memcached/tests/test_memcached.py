@@ -114,3 +114,16 @@ def test_routes_by_key_prefix_to_two_real_servers(servers: tuple[int, int, int])
     assert via.set("user:big", big, noreply=False) and via.get("user:big") == big
     for c in (via, users, main):
         c.close()
+
+
+def test_a_value_line_with_a_negative_or_huge_length_is_a_protocol_error_not_a_hang() -> None:
+    import pytest
+
+    from metaprotocol.spi import Message, MessageType, ReadBuffer, RemoteProtocolError
+    from metaprotocol_memcached import MemcachedCodecFactory
+
+    for line in (b"VALUE k 0 -7\r\nEND\r\n", b"VALUE k 0 99999999999\r\n", b"VALUE k 0 2\r\nabcEND\r\n"):
+        client = MemcachedCodecFactory().client_codec()
+        client.encode(Message(MessageType.REQUEST, b"get k\r\n", {}, None, [b"get", b"k"]))
+        with pytest.raises(RemoteProtocolError):
+            client.decode(ReadBuffer(line))
