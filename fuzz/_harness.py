@@ -21,7 +21,9 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -104,7 +106,7 @@ def stack_top(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     if not frames:
         return f"{type(exc).__name__}: {exc}"
-    fr = frames[-1]
+    fr = next((f for f in reversed(frames) if _where(f.filename)), frames[-1])
     return f"{_where(fr.filename) or fr.filename}:{fr.lineno} {type(exc).__name__}: {str(exc)[:120]}"
 
 
@@ -138,6 +140,32 @@ def _ignored_signatures() -> frozenset[str]:
     if extra and Path(extra).exists():
         sigs.update(line.strip() for line in Path(extra).read_text().splitlines() if line.strip())
     return frozenset(sigs)
+
+
+# -- hangs --------------------------------------------------------------------------------------
+
+HANG_SECONDS = float(os.environ.get("FUZZ_HANG_SECONDS", "3"))
+"""CPU seconds one input may take. A CPU-time timer (SIGVTALRM: libFuzzer's own -timeout uses
+SIGALRM) turns a hang into an exception raised where the code loops, so a hang gets a signature,
+can be listed as known and skipped, and cannot stall the smoke test."""
+
+
+class Hang(BaseException):  # not an Exception: a codec's ``except Exception`` must not swallow it
+    """An input ran past HANG_SECONDS of CPU time."""
+
+
+def _on_hang(signum: int, frame: object) -> None:
+    raise Hang(f"one input ran past {HANG_SECONDS:g} s of CPU")
+
+
+def _arm() -> bool:
+    """Start the hang timer (main thread only: signal handlers live there)."""
+    if HANG_SECONDS <= 0 or threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGVTALRM) is not _on_hang:
+        signal.signal(signal.SIGVTALRM, _on_hang)
+    signal.setitimer(signal.ITIMER_VIRTUAL, HANG_SECONDS)
+    return True
 
 
 # -- targets ------------------------------------------------------------------------------------
@@ -174,11 +202,12 @@ class Target:
 
     def test_one_input(self, data: bytes) -> None:
         """The libFuzzer entry point: documented exceptions pass, anything else propagates."""
+        armed = _arm()
         try:
             self.run(data)
         except self.expected:
             pass
-        except Exception as exc:
+        except (Exception, Hang) as exc:
             if self._ignored is None:
                 self._ignored = _ignored_signatures()
             sig = signature(exc)
@@ -188,6 +217,9 @@ class Target:
             if out:
                 Path(out).write_text(f"{sig}\n{stack_top(exc)}\n")
             raise
+        finally:
+            if armed:
+                signal.setitimer(signal.ITIMER_VIRTUAL, 0)
 
 
 @dataclass(frozen=True)
@@ -286,12 +318,16 @@ def minimize(target: Target, data: bytes, sig: str, rounds: int = 2000) -> bytes
     """Shrink ``data`` while it still fails with ``sig`` (delta debugging, then byte by byte)."""
 
     def fails(candidate: bytes) -> bool:
+        armed = _arm()
         try:
             target.run(candidate)
         except target.expected:
             return False
-        except Exception as exc:
+        except (Exception, Hang) as exc:
             return signature(exc) == sig
+        finally:
+            if armed:
+                signal.setitimer(signal.ITIMER_VIRTUAL, 0)
         return False
 
     if not fails(data):
