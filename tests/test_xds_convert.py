@@ -137,7 +137,7 @@ def test_listener_connection_limit_filter_comes_first() -> None:
     swapped.CopyFrom(xds)
     del swapped.filter_chains[0].filters[:]
     swapped.filter_chains[0].filters.extend([proxy, limit])
-    with pytest.raises(convert.ConversionError, match="is not a ConnectionLimit"):
+    with pytest.raises(convert.ConversionError, match="connection_limit must come before the aeraki.meta_protocol_proxy filter"):
         convert.listener_from_xds(swapped)
     delayed = connection_limit_pb2.ConnectionLimit(stat_prefix="l", max_connections=wrappers_pb2.UInt64Value(value=5), delay=duration_pb2.Duration(seconds=1))
     xds.filter_chains[0].filters[0].typed_config.Pack(delayed)

@@ -1,4 +1,5 @@
-"""Proxy configuration: plain frozen dataclasses, independent of YAML, protobuf and xDS."""
+"""Proxy configuration: plain frozen dataclasses (``model``), independent of YAML, protobuf and xDS;
+``bootstrap`` and ``dump`` read and write it as Envoy's Bootstrap through ``metaprotocol.xds.convert``."""
 
 from __future__ import annotations
 

@@ -381,7 +381,7 @@ def test_bootstrap_dump_roundtrips(rules: list[tuple[str, list[AttributeMatcher]
         for i, r in enumerate(routes)
     )
     limit = LocalRateLimit((RateLimitCondition((AttributeMatcher("method", MatchKind.EXACT, "a"),), TokenBucket(5, 5, 10.0)),), TokenBucket(100, 10, 1.0))
-    log = (AccessLog("/tmp/x.log", (("m", "%REQ(method)%"), ("d", "%DURATION%"))),)
+    log = (AccessLog("/tmp/x.log", (("d", "%DURATION%"), ("m", "%REQ(method)%"))),)  # in key order: a protobuf Struct is a map
     glimit = GlobalRateLimit("dubbo", "c", (("method", "method"),), (AttributeMatcher("interface", MatchKind.PREFIX, "org."),), 0.05, True)
     b = Bootstrap(
         (ListenerConfig("l", "127.0.0.1", 1, CodecRef("dubbo", {"payload_limit": 10}), "l", RouteConfig("r", routes), local_rate_limit=limit, access_log=log, global_rate_limit=glimit,

@@ -24,26 +24,36 @@ _sym_db = _symbol_database.Default()
 
 from envoy.config.core.v3 import base_pb2 as envoy_dot_config_dot_core_dot_v3_dot_base__pb2
 from envoy.config.route.v3 import route_components_pb2 as envoy_dot_config_dot_route_dot_v3_dot_route__components__pb2
+from envoy.type.v3 import percent_pb2 as envoy_dot_type_dot_v3_dot_percent__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\nLmetaprotocol_api/aeraki/meta_protocol_proxy/config/route/v1alpha/route.proto\x12/aeraki.meta_protocol_proxy.config.route.v1alpha\x1a\x1f\x65nvoy/config/core/v3/base.proto\x1a,envoy/config/route/v3/route_components.proto\x1a\x1egoogle/protobuf/duration.proto\"j\n\x12RouteConfiguration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x46\n\x06routes\x18\x02 \x03(\x0b\x32\x36.aeraki.meta_protocol_proxy.config.route.v1alpha.Route\"\xd9\x02\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12J\n\x05match\x18\x02 \x01(\x0b\x32;.aeraki.meta_protocol_proxy.config.route.v1alpha.RouteMatch\x12K\n\x05route\x18\x03 \x01(\x0b\x32<.aeraki.meta_protocol_proxy.config.route.v1alpha.RouteAction\x12S\n\x10request_mutation\x18\x13 \x03(\x0b\x32\x39.aeraki.meta_protocol_proxy.config.route.v1alpha.KeyValue\x12T\n\x11response_mutation\x18\x14 \x03(\x0b\x32\x39.aeraki.meta_protocol_proxy.config.route.v1alpha.KeyValue\"D\n\nRouteMatch\x12\x36\n\x08metadata\x18\x01 \x03(\x0b\x32$.envoy.config.route.v3.HeaderMatcher\"\xda\x03\n\x0bRouteAction\x12\x11\n\x07\x63luster\x18\x01 \x01(\tH\x00\x12\x43\n\x11weighted_clusters\x18\x02 \x01(\x0b\x32&.envoy.config.route.v3.WeightedClusterH\x00\x12\x13\n\x0bhash_policy\x18\n \x03(\t\x12q\n\x17request_mirror_policies\x18\x0b \x03(\x0b\x32P.aeraki.meta_protocol_proxy.config.route.v1alpha.RouteAction.RequestMirrorPolicy\x12+\n\x07timeout\x18\xe9\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x0emetadata_match\x18\xea\x07 \x01(\x0b\x32\x1e.envoy.config.core.v3.Metadata\x1ap\n\x13RequestMirrorPolicy\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12H\n\x10runtime_fraction\x18\x02 \x01(\x0b\x32..envoy.config.core.v3.RuntimeFractionalPercentB\x13\n\x11\x63luster_specifier\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\nLmetaprotocol_api/aeraki/meta_protocol_proxy/config/route/v1alpha/route.proto\x12/aeraki.meta_protocol_proxy.config.route.v1alpha\x1a\x1f\x65nvoy/config/core/v3/base.proto\x1a,envoy/config/route/v3/route_components.proto\x1a\x1b\x65nvoy/type/v3/percent.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1egoogle/protobuf/wrappers.proto\"j\n\x12RouteConfiguration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x46\n\x06routes\x18\x02 \x03(\x0b\x32\x36.aeraki.meta_protocol_proxy.config.route.v1alpha.Route\"\xa7\x03\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12J\n\x05match\x18\x02 \x01(\x0b\x32;.aeraki.meta_protocol_proxy.config.route.v1alpha.RouteMatch\x12K\n\x05route\x18\x03 \x01(\x0b\x32<.aeraki.meta_protocol_proxy.config.route.v1alpha.RouteAction\x12S\n\x10request_mutation\x18\x13 \x03(\x0b\x32\x39.aeraki.meta_protocol_proxy.config.route.v1alpha.KeyValue\x12T\n\x11response_mutation\x18\x14 \x03(\x0b\x32\x39.aeraki.meta_protocol_proxy.config.route.v1alpha.KeyValue\x12L\n\x05\x66\x61ult\x18\xe9\x07 \x01(\x0b\x32<.aeraki.meta_protocol_proxy.config.route.v1alpha.FaultPolicy\"\xf0\x02\n\x0b\x46\x61ultPolicy\x12Q\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x42.aeraki.meta_protocol_proxy.config.route.v1alpha.FaultPolicy.Delay\x12Q\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32\x42.aeraki.meta_protocol_proxy.config.route.v1alpha.FaultPolicy.Abort\x1am\n\x05\x44\x65lay\x12.\n\x0b\x66ixed_delay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\npercentage\x18\x02 \x01(\x0b\x32 .envoy.type.v3.FractionalPercent\x1aL\n\x05\x41\x62ort\x12\r\n\x05\x65rror\x18\x01 \x01(\t\x12\x34\n\npercentage\x18\x02 \x01(\x0b\x32 .envoy.type.v3.FractionalPercent\"\xa5\x01\n\x0bRetryPolicy\x12\x10\n\x08retry_on\x18\x01 \x01(\t\x12\x31\n\x0bnum_retries\x18\x02 \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x12\x32\n\x0fper_try_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1d\n\x14retry_non_idempotent\x18\xe9\x07 \x01(\x08\"D\n\nRouteMatch\x12\x36\n\x08metadata\x18\x01 \x03(\x0b\x32$.envoy.config.route.v3.HeaderMatcher\"\xaf\x04\n\x0bRouteAction\x12\x11\n\x07\x63luster\x18\x01 \x01(\tH\x00\x12\x43\n\x11weighted_clusters\x18\x02 \x01(\x0b\x32&.envoy.config.route.v3.WeightedClusterH\x00\x12\x13\n\x0bhash_policy\x18\n \x03(\t\x12q\n\x17request_mirror_policies\x18\x0b \x03(\x0b\x32P.aeraki.meta_protocol_proxy.config.route.v1alpha.RouteAction.RequestMirrorPolicy\x12+\n\x07timeout\x18\xe9\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x0emetadata_match\x18\xea\x07 \x01(\x0b\x32\x1e.envoy.config.core.v3.Metadata\x12S\n\x0cretry_policy\x18\xeb\x07 \x01(\x0b\x32<.aeraki.meta_protocol_proxy.config.route.v1alpha.RetryPolicy\x1ap\n\x13RequestMirrorPolicy\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12H\n\x10runtime_fraction\x18\x02 \x01(\x0b\x32..envoy.config.core.v3.RuntimeFractionalPercentB\x13\n\x11\x63luster_specifier\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metaprotocol_api.aeraki.meta_protocol_proxy.config.route.v1alpha.route_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTECONFIGURATION']._serialized_start=240
-  _globals['_ROUTECONFIGURATION']._serialized_end=346
-  _globals['_ROUTE']._serialized_start=349
-  _globals['_ROUTE']._serialized_end=694
-  _globals['_ROUTEMATCH']._serialized_start=696
-  _globals['_ROUTEMATCH']._serialized_end=764
-  _globals['_ROUTEACTION']._serialized_start=767
-  _globals['_ROUTEACTION']._serialized_end=1241
-  _globals['_ROUTEACTION_REQUESTMIRRORPOLICY']._serialized_start=1108
-  _globals['_ROUTEACTION_REQUESTMIRRORPOLICY']._serialized_end=1220
-  _globals['_KEYVALUE']._serialized_start=1243
-  _globals['_KEYVALUE']._serialized_end=1281
+  _globals['_ROUTECONFIGURATION']._serialized_start=301
+  _globals['_ROUTECONFIGURATION']._serialized_end=407
+  _globals['_ROUTE']._serialized_start=410
+  _globals['_ROUTE']._serialized_end=833
+  _globals['_FAULTPOLICY']._serialized_start=836
+  _globals['_FAULTPOLICY']._serialized_end=1204
+  _globals['_FAULTPOLICY_DELAY']._serialized_start=1017
+  _globals['_FAULTPOLICY_DELAY']._serialized_end=1126
+  _globals['_FAULTPOLICY_ABORT']._serialized_start=1128
+  _globals['_FAULTPOLICY_ABORT']._serialized_end=1204
+  _globals['_RETRYPOLICY']._serialized_start=1207
+  _globals['_RETRYPOLICY']._serialized_end=1372
+  _globals['_ROUTEMATCH']._serialized_start=1374
+  _globals['_ROUTEMATCH']._serialized_end=1442
+  _globals['_ROUTEACTION']._serialized_start=1445
+  _globals['_ROUTEACTION']._serialized_end=2004
+  _globals['_ROUTEACTION_REQUESTMIRRORPOLICY']._serialized_start=1871
+  _globals['_ROUTEACTION_REQUESTMIRRORPOLICY']._serialized_end=1983
+  _globals['_KEYVALUE']._serialized_start=2006
+  _globals['_KEYVALUE']._serialized_end=2044
 # @@protoc_insertion_point(module_scope)
