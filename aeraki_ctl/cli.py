@@ -3,6 +3,7 @@
     aeraki-ctl translate DIR [--listen-address 127.0.0.1] [--port-offset 0] [--format yaml|json]
     aeraki-ctl validate DIR
     aeraki-ctl serve --config-dir DIR [--xds-address 127.0.0.1:15010] [--admin 127.0.0.1:15014]
+    aeraki-ctl serve --kubernetes [--kubeconfig FILE] [--namespace NS ...] [--config-dir DIR] ...
     aeraki-ctl proxy-status --admin HOST:PORT
     aeraki-ctl status --admin HOST:PORT
     aeraki-ctl ratelimit --config FILE [--redis HOST:PORT] [--address HOST:PORT]
@@ -10,7 +11,8 @@
 translate prints the proxy configuration made from the resources in DIR as a bootstrap that
 "metaprotocol proxy -c" runs; problems go to stderr. validate lists every problem and exits 1
 when any object was skipped. serve serves the configuration over xDS (ADS on gRPC, state of the
-world and delta) to "metaprotocol proxy --xds" and Envoy, follows changes to DIR, and with
+world and delta) to "metaprotocol proxy --xds" and Envoy, follows changes to DIR (and, with
+--kubernetes, watches the API server: in-cluster configuration, or --kubeconfig), and with
 --admin serves an HTTP admin API (/healthz, /readyz, /proxies, /status, /metrics).
 proxy-status prints, per connected proxy, SYNCED / STALE / NACKED per resource type and the NACK
 reasons; status prints each object's state (accepted, rejected, serving-last-valid) and problems,
@@ -52,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     v = sub.add_parser("validate", help="report every problem in a directory of resources")
     v.add_argument("directory")
     s = sub.add_parser("serve", help="serve the configuration over xDS (ADS, gRPC) and follow changes")
-    s.add_argument("--config-dir", required=True)
+    s.add_argument("--config-dir", help="a directory of YAML resources (optional with --kubernetes)")
+    s.add_argument("--kubernetes", action="store_true", help="watch MetaRouters, ApplicationProtocols, ServiceEntries, DestinationRules, Services and EndpointSlices in Kubernetes")
+    s.add_argument("--kubeconfig", metavar="FILE", help="with --kubernetes: this kubeconfig instead of the in-cluster configuration")
+    s.add_argument("--namespace", action="append", default=[], metavar="NS", help="with --kubernetes: watch only this namespace (repeatable; default: all)")
     s.add_argument("--xds-address", default="127.0.0.1:15010")
     s.add_argument("--listen-address", default="127.0.0.1")
     s.add_argument("--port-offset", type=int, default=0)
@@ -69,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rl.add_argument("--address", default="127.0.0.1:8081")
     rl.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     args = parser.parse_args(argv)
+    if args.command == "serve" and not args.config_dir and not args.kubernetes:
+        parser.error("serve needs --config-dir, --kubernetes, or both")
+    if args.command == "serve" and (args.kubeconfig or args.namespace) and not args.kubernetes:
+        parser.error("--kubeconfig and --namespace go with --kubernetes")
     if args.command == "ratelimit":
         try:
             return _ratelimit(args)
@@ -136,6 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
 
     from aeraki_ctl.controller import Controller, supervise
+    from aeraki_ctl.sources import Source
     from aeraki_ctl.xds.server import AdsServer, start_server
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -146,10 +156,18 @@ def _serve(args: argparse.Namespace) -> int:
             from aeraki_ctl.sources.zookeeper import ZooKeeperSource
 
             zookeeper = ZooKeeperSource(args.zookeeper)
+        sources: list[Source] = []
+        if args.kubernetes:  # also before listening: the extra, and the client configuration
+            from aeraki_ctl.sources.kubernetes import KubernetesSource
+
+            kubernetes = KubernetesSource(kubeconfig=args.kubeconfig, namespaces=args.namespace)
+            await kubernetes.connect()
+            sources.append(kubernetes)
         ads = AdsServer()
         grpc_server, port = await start_server(ads, args.xds_address)
-        logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, args.config_dir)
-        controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset), zookeeper=zookeeper)
+        where = [w for w in (args.config_dir, "Kubernetes" if args.kubernetes else None, args.zookeeper) if w]
+        logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, ", ".join(where))
+        controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset), zookeeper=zookeeper, sources=sources)
         stop = asyncio.Event()
         fatal: list[BaseException] = []
 

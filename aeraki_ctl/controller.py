@@ -1,7 +1,9 @@
 """The control loop: watch a directory of resources, translate, publish snapshots over ADS.
 
 Changes are seen through ``watchfiles`` (inotify on Linux), debounced so that an editor's burst
-of writes is one sync; a ZooKeeper registry, when configured, is polled. Each sync goes through
+of writes is one sync; a ZooKeeper registry, when configured, is polled; an extra source (such as
+``sources.kubernetes``) calls the loop's ``changed`` hook, and a burst of its changes is one sync
+too (debounced by ``quiet``). Each sync goes through
 the ``Ledger`` (``lifecycle.py``): an invalid object is rejected alone and its last valid version
 keeps serving. A sync that fails unexpectedly is logged with its traceback and the last published
 snapshot keeps serving; the loop goes on.
@@ -12,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aeraki_ctl.lifecycle import ACCEPTED, Ledger, ObjectStatus
 from aeraki_ctl.resources import ResourceSet, load_directory
+from aeraki_ctl.sources import Source
 from aeraki_ctl.sources.zookeeper import ZooKeeperSource, resources_from_registry
 from aeraki_ctl.translate import Options, translate
 from aeraki_ctl.xds.server import AdsServer
@@ -26,18 +29,24 @@ log = logging.getLogger(__name__)
 
 
 class Controller:
-    """Keeps the ADS server's snapshot in step with the resources in ``directory``."""
+    """Keeps the ADS server's snapshot in step with the resources in ``directory`` (if any), the
+    ZooKeeper registry (if any) and the extra ``sources`` (each started by ``run`` and closed when
+    it ends)."""
 
     def __init__(
         self,
-        directory: str | Path,
+        directory: str | Path | None,
         ads: AdsServer,
         options: Options | None = None,
         poll: float = 0.2,
         quiet: float = 0.2,
         zookeeper: ZooKeeperSource | None = None,
+        sources: Sequence[Source] = (),
+        initial_sync_timeout: float = 30.0,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory) if directory is not None else None
+        self.sources = list(sources)
+        self.initial_sync_timeout = initial_sync_timeout  # how long the first sync waits for the sources' first lists
         self.ads = ads
         self.options = options or Options()
         self.poll = poll  # how often the ZooKeeper registry is read
@@ -63,8 +72,12 @@ class Controller:
             return self.registry
 
     def resources(self) -> ResourceSet:
-        """The directory's resources plus the registry's services."""
-        out = load_directory(self.directory)
+        """The directory's resources plus the registry's services and the extra sources' objects."""
+        out = load_directory(self.directory) if self.directory is not None else ResourceSet()
+        for source in self.sources:
+            extra_resources, extra_problems = source.resources()
+            out.resources.extend(extra_resources)
+            out.problems.extend(extra_problems)
         if self.zookeeper is not None:
             extra, problems = resources_from_registry(self.registry, self.zookeeper.source)
             out.resources.extend(extra)
@@ -112,23 +125,49 @@ class Controller:
         }
 
     async def run(self) -> None:
-        """Sync once, then on every change of the directory (debounced) or the registry."""
-        import watchfiles
-
-        self.registry = await self._read_registry()
-        await self._guarded_sync()
+        """Sync once, then on every change of the directory (debounced), the registry or an extra
+        source (debounced)."""
         changed = asyncio.Event()
-        watcher = asyncio.ensure_future(_watch(self.directory, changed, self.quiet, watchfiles.awatch))
+        notified = [False]
+
+        def source_changed() -> None:  # the hook extra sources call (on the loop's thread)
+            notified[0] = True
+            changed.set()
+
+        watcher: asyncio.Future[None] | None = None
         try:
+            for source in self.sources:
+                await source.start(source_changed)
+            for source in self.sources:
+                if not await source.wait_synced(self.initial_sync_timeout):
+                    log.warning("%s has not listed everything after %.0fs; serving what it has", getattr(source, "name", source), self.initial_sync_timeout)
+            self.registry = await self._read_registry()
+            notified[0] = False
+            changed.clear()
+            await self._guarded_sync()
+            if self.directory is not None:
+                import watchfiles
+
+                watcher = asyncio.ensure_future(_watch(self.directory, changed, self.quiet, watchfiles.awatch))
             while True:
                 try:
                     await asyncio.wait_for(changed.wait(), timeout=self.poll if self.zookeeper is not None else None)
                 except TimeoutError:
                     pass
-                if watcher.done():  # the watcher died: surface it to the supervisor
+                if watcher is not None and watcher.done():  # the watcher died: surface it to the supervisor
                     watcher.result()
-                files_changed = changed.is_set()
+                sources_changed = notified[0]
+                if sources_changed:  # debounce: wait for a quiet moment (bounded) so a burst is one sync
+                    deadline = time.monotonic() + 10 * self.quiet
+                    while time.monotonic() < deadline:
+                        changed.clear()
+                        try:
+                            await asyncio.wait_for(changed.wait(), timeout=self.quiet)
+                        except TimeoutError:
+                            break
+                files_changed = changed.is_set() or sources_changed
                 changed.clear()
+                notified[0] = False
                 registry = await self._read_registry()
                 registry_changed = registry != self.registry
                 self.registry = registry
@@ -136,7 +175,10 @@ class Controller:
                     log.info("%s changed; translating", "resources" if files_changed else "registry")
                     await self._guarded_sync()
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            for source in self.sources:
+                await source.close()
 
 
 async def _watch(directory: Path, changed: asyncio.Event, quiet: float, awatch: Callable[..., object]) -> None:

@@ -1,0 +1,271 @@
+"""A Kubernetes API contract server: only what the API specifies for the calls aeraki-ctl makes.
+
+Built from the Kubernetes API conventions (api-concepts: "Efficient detection of changes",
+"Watch bookmarks", "Resource versions"), not from any implementation:
+
+- ``GET`` of a collection, cluster-wide (``/api/v1/services``, ``/apis/G/V/metarouters``) or
+  namespaced (``/api/v1/namespaces/NS/services``, ``/apis/G/V/namespaces/NS/metarouters``): a
+  ``<Kind>List`` with ``metadata.resourceVersion`` (the store's current version: a consistent
+  read). Items of built-in kinds carry no ``kind``/``apiVersion`` (as the API serves them); items
+  of custom resources do.
+- ``?watch=1&resourceVersion=N[&allowWatchBookmarks=true][&timeoutSeconds=S]``: a chunked stream
+  of ``WatchEvent`` JSON lines (``{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": …}``)
+  with every change after N, then live changes (N unset or ``0``: synthetic ADDED events for the
+  current state first). A BOOKMARK's object has only ``kind``,
+  ``apiVersion`` and ``metadata.resourceVersion``, and is sent only to watches that allowed
+  bookmarks. When N is older than the oldest version still in the history (after
+  :meth:`ContractServer.compact`), the stream carries a single ERROR event whose object is a
+  ``Status`` with ``code: 410``, ``reason: Expired`` and then ends, as the API server does.
+  ``timeoutSeconds`` ends the stream cleanly after that long.
+- One resourceVersion counter for the whole store, increasing with every write (as etcd's
+  revision); ``metadata.generation`` increases when ``spec`` changes.
+- Errors are ``Status`` objects (404 for an unknown path, 405 for a method other than GET).
+
+Tests write objects with :meth:`apply`/:meth:`delete`, drop every open watch with
+:meth:`drop_watches`, send bookmarks with :meth:`bookmark`, and read what was asked in
+``requests``. Each response to a list closes its connection (``Connection: close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+# (API prefix, plural) -> (kind, apiVersion, built-in)
+COLLECTIONS: dict[tuple[str, str], tuple[str, str, bool]] = {
+    ("/api/v1", "services"): ("Service", "v1", True),
+    ("/api/v1", "pods"): ("Pod", "v1", True),
+    ("/apis/discovery.k8s.io/v1", "endpointslices"): ("EndpointSlice", "discovery.k8s.io/v1", True),
+    ("/apis/metaprotocol.aeraki.io/v1alpha1", "metarouters"): ("MetaRouter", "metaprotocol.aeraki.io/v1alpha1", False),
+    ("/apis/metaprotocol.aeraki.io/v1alpha1", "applicationprotocols"): ("ApplicationProtocol", "metaprotocol.aeraki.io/v1alpha1", False),
+    ("/apis/networking.istio.io/v1beta1", "serviceentries"): ("ServiceEntry", "networking.istio.io/v1beta1", False),
+    ("/apis/networking.istio.io/v1beta1", "destinationrules"): ("DestinationRule", "networking.istio.io/v1beta1", False),
+}
+BY_KIND = {(api, kind): key for key, (kind, api, _) in COLLECTIONS.items()}
+
+
+def status(code: int, reason: str, message: str) -> dict[str, Any]:
+    """A ``meta/v1`` Status object (a failure)."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+
+
+@dataclass
+class _Watch:
+    collection: tuple[str, str]
+    namespace: str | None
+    bookmarks: bool
+    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    writer: asyncio.StreamWriter | None = None
+
+
+class ContractServer:
+    """The store, its history and the HTTP front; ``await start()`` then ``url``."""
+
+    def __init__(self) -> None:
+        self.revision = 0
+        self.compacted = 0  # watches from a version older than this get 410 Gone
+        self.objects: dict[tuple[tuple[str, str], str, str], dict[str, Any]] = {}
+        self.history: list[tuple[int, tuple[str, str], str, dict[str, Any]]] = []
+        self.watches: list[_Watch] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []  # (path, query) of every request
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+        self._uid = 0
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Listen on a free loopback port."""
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Drop every watch and stop listening."""
+        self.drop_watches()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    # -- the store (what tests call) --------------------------------------------------------------
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace ``obj`` (by apiVersion, kind, namespace, name); returns it as stored."""
+        key = BY_KIND[(obj["apiVersion"], obj["kind"])]
+        meta = obj.setdefault("metadata", {})
+        ns = meta.setdefault("namespace", "default")
+        name = meta["name"]
+        old = self.objects.get((key, ns, name))
+        stored = copy.deepcopy(obj)
+        self.revision += 1
+        m = stored["metadata"]
+        m["resourceVersion"] = str(self.revision)
+        if old is None:
+            self._uid += 1
+            m["uid"] = f"00000000-0000-0000-0000-{self._uid:012d}"
+            m["generation"] = 1
+            m["creationTimestamp"] = "2026-01-01T00:00:00Z"
+        else:
+            m["uid"] = old["metadata"]["uid"]
+            m["creationTimestamp"] = old["metadata"]["creationTimestamp"]
+            gen = old["metadata"].get("generation", 1)
+            m["generation"] = gen + 1 if stored.get("spec") != old.get("spec") else gen
+        self.objects[(key, ns, name)] = stored
+        self._record(key, "ADDED" if old is None else "MODIFIED", stored)
+        return stored
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Delete an object (its last state, at a new resourceVersion, goes out as DELETED)."""
+        key = BY_KIND[(api_version, kind)]
+        obj = self.objects.pop((key, namespace, name))
+        self.revision += 1
+        gone = copy.deepcopy(obj)
+        gone["metadata"]["resourceVersion"] = str(self.revision)
+        self._record(key, "DELETED", gone)
+
+    def compact(self) -> None:
+        """Forget the history up to now: watches from an older resourceVersion get 410 Gone."""
+        self.compacted = self.revision
+        self.history = [h for h in self.history if h[0] > self.compacted]
+
+    def drop_watches(self) -> None:
+        """Cut every open watch connection (no final chunk: as a network failure looks)."""
+        for w in list(self.watches):
+            if w.writer is not None:
+                w.writer.transport.abort()
+            w.queue.put_nowait(None)
+        self.watches.clear()
+
+    def bookmark(self) -> None:
+        """Send a BOOKMARK at the current revision to every watch that allows bookmarks."""
+        for w in self.watches:
+            if w.bookmarks:
+                kind, api, _ = COLLECTIONS[w.collection]
+                w.queue.put_nowait({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": str(self.revision)}}})
+
+    def watch_count(self, plural: str | None = None) -> int:
+        """Open watches (of one collection's plural)."""
+        return sum(1 for w in self.watches if plural is None or w.collection[1] == plural)
+
+    def _record(self, key: tuple[str, str], type_: str, obj: dict[str, Any]) -> None:
+        self.history.append((self.revision, key, type_, obj))
+        ns = obj["metadata"]["namespace"]
+        for w in self.watches:
+            if w.collection == key and w.namespace in (None, ns):
+                w.queue.put_nowait({"type": type_, "object": self._item(key, obj, list_item=False)})
+
+    @staticmethod
+    def _item(key: tuple[str, str], obj: dict[str, Any], list_item: bool) -> dict[str, Any]:
+        kind, api, builtin = COLLECTIONS[key]
+        out = copy.deepcopy(obj)
+        if list_item and builtin:
+            out.pop("kind", None)
+            out.pop("apiVersion", None)
+        else:
+            out["kind"], out["apiVersion"] = kind, api
+        return out
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, asyncio.CancelledError):
+            writer.close()
+            return
+        method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        url = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        self.requests.append((url.path, query))
+        try:
+            if method != "GET":
+                await self._send(writer, 405, status(405, "MethodNotAllowed", f"{method} is not supported"))
+                return
+            route = _route(url.path)
+            if route is None:
+                await self._send(writer, 404, status(404, "NotFound", f"the server could not find the requested resource ({url.path})"))
+                return
+            key, ns = route
+            if parse_bool(query.get("watch", "")):
+                await self._watch(writer, key, ns, query)
+            else:
+                kind, api, _ = COLLECTIONS[key]
+                items = [self._item(key, o, list_item=True) for (k, n, _), o in sorted(self.objects.items()) if k == key and ns in (None, n)]
+                body = {"kind": f"{kind}List", "apiVersion": api, "metadata": {"resourceVersion": str(self.revision)}, "items": items}
+                await self._send(writer, 200, body)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(code, "Error")
+        writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        await writer.drain()
+
+    async def _watch(self, writer: asyncio.StreamWriter, key: tuple[str, str], ns: str | None, query: dict[str, str]) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        rv_text = query.get("resourceVersion", "")
+        since = int(rv_text) if rv_text.isdigit() and rv_text != "0" else self.revision
+        if since < self.compacted:
+            gone = {"type": "ERROR", "object": status(410, "Expired", f"too old resource version: {since} ({self.compacted})")}
+            await _chunk(writer, json.dumps(gone).encode() + b"\n")
+            await _chunk(writer, b"")
+            return
+        w = _Watch(key, ns, parse_bool(query.get("allowWatchBookmarks", "")), writer=writer)
+        if rv_text in ("", "0"):  # "Get State and Start at Most Recent": synthetic ADDED events first
+            for (k, n, _), obj in sorted(self.objects.items()):
+                if k == key and ns in (None, n):
+                    w.queue.put_nowait({"type": "ADDED", "object": self._item(key, obj, list_item=False)})
+        for rv, k, type_, obj in self.history:
+            if rv > since and k == key and ns in (None, obj["metadata"]["namespace"]):
+                w.queue.put_nowait({"type": type_, "object": self._item(key, obj, list_item=False)})
+        self.watches.append(w)
+        timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds", "").isdigit() else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        try:
+            while True:
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    event = await asyncio.wait_for(w.queue.get(), wait)
+                except TimeoutError:
+                    await _chunk(writer, b"")  # the end of a watch that timed out: a clean end of stream
+                    return
+                if event is None:
+                    return
+                await _chunk(writer, json.dumps(event).encode() + b"\n")
+        finally:
+            if w in self.watches:
+                self.watches.remove(w)
+
+
+def parse_bool(text: str) -> bool:
+    """A boolean query parameter as the API server reads it (Go's ``strconv.ParseBool``)."""
+    return text in ("1", "t", "T", "TRUE", "true", "True")
+
+
+async def _chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+    await writer.drain()
+
+
+def _route(path: str) -> tuple[tuple[str, str], str | None] | None:
+    parts = path.strip("/").split("/")
+    prefix_len = 2 if parts[:1] == ["api"] else 3 if parts[:1] == ["apis"] else 0
+    if not prefix_len:
+        return None
+    prefix, rest = "/" + "/".join(parts[:prefix_len]), parts[prefix_len:]
+    ns = None
+    if len(rest) == 3 and rest[0] == "namespaces":
+        ns, rest = rest[1], rest[2:]
+    if len(rest) != 1 or (prefix, rest[0]) not in COLLECTIONS:
+        return None
+    return (prefix, rest[0]), ns
