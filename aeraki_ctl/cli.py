@@ -4,6 +4,8 @@
     aeraki-ctl validate DIR
     aeraki-ctl serve --config-dir DIR [--xds-address 127.0.0.1:15010] [--admin 127.0.0.1:15014]
     aeraki-ctl serve --kubernetes [--kubeconfig FILE] [--namespace NS ...] [--config-dir DIR] ...
+                     [--webhook-port 9443 --tls-cert FILE --tls-key FILE]
+    aeraki-ctl webhook --port 9443 --tls-cert FILE --tls-key FILE [--address 0.0.0.0]
     aeraki-ctl proxy-status --admin HOST:PORT
     aeraki-ctl status --admin HOST:PORT
     aeraki-ctl ratelimit --config FILE [--redis HOST:PORT] [--address HOST:PORT]
@@ -14,6 +16,9 @@ when any object was skipped. serve serves the configuration over xDS (ADS on gRP
 world and delta) to "metaprotocol proxy --xds" and Envoy, follows changes to DIR (and, with
 --kubernetes, watches the API server: in-cluster configuration, or --kubeconfig), and with
 --admin serves an HTTP admin API (/healthz, /readyz, /proxies, /status, /metrics).
+webhook serves the validating admission webhook (AdmissionReview admission.k8s.io/v1 at /validate,
+HTTPS): each object is checked as validate checks it, alone; serve --webhook-port serves it too,
+checking each object beside the ones the controller sees.
 proxy-status prints, per connected proxy, SYNCED / STALE / NACKED per resource type and the NACK
 reasons; status prints each object's state (accepted, rejected, serving-last-valid) and problems,
 and exits 1 when any object is not accepted. Both exit 4 when the admin API cannot be reached.
@@ -64,6 +69,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--zookeeper", help="ZooKeeper HOST:PORT of a Dubbo registry (/dubbo/<interface>/providers)")
     s.add_argument("--admin", type=_host_port, metavar="HOST:PORT", help="serve the admin API (/healthz, /readyz, /proxies, /status, /metrics) here")
     s.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    s.add_argument("--webhook-port", type=int, help="also serve the validating admission webhook (HTTPS, /validate) on this port")
+    s.add_argument("--webhook-address", default="0.0.0.0", help="the webhook's listen address (with --webhook-port)")
+    s.add_argument("--tls-cert", help="the webhook's PEM certificate chain (with --webhook-port)")
+    s.add_argument("--tls-key", help="the webhook's PEM private key (with --webhook-port)")
+    w = sub.add_parser("webhook", help="serve the validating admission webhook (AdmissionReview v1 at /validate, HTTPS)")
+    w.add_argument("--port", type=int, default=9443)
+    w.add_argument("--address", default="0.0.0.0")
+    w.add_argument("--tls-cert", required=True, help="PEM certificate chain")
+    w.add_argument("--tls-key", required=True, help="PEM private key")
+    w.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     ps = sub.add_parser("proxy-status", help="per connected proxy: SYNCED / STALE / NACKED per resource type, and NACK reasons")
     ps.add_argument("--admin", type=_host_port, metavar="HOST:PORT", required=True, help="aeraki-ctl serve's --admin address")
     st = sub.add_parser("status", help="each object's state and problems; exits 1 when any is not accepted")
@@ -84,7 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except MissingExtra as exc:
             print(f"aeraki-ctl: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.command == "webhook":
+        return _webhook(args)
     if args.command == "serve":
+        if args.webhook_port is not None and not (args.tls_cert and args.tls_key):
+            parser.error("--webhook-port needs --tls-cert and --tls-key")
         try:
             return _serve(args)
         except MissingExtra as exc:
@@ -139,6 +158,35 @@ def _ratelimit(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _webhook(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+    import ssl
+
+    from aeraki_ctl.webhook import WebhookServer, tls_context
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tls = tls_context(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"aeraki-ctl webhook: cannot load the certificate or key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run() -> int:
+        server = WebhookServer(tls)
+        port = await server.start(args.address, args.port)
+        logging.getLogger("aeraki_ctl").info("admission webhook on https://%s:%d/validate", args.address, port)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
+        return 0
+
+    return asyncio.run(run())
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -183,6 +231,17 @@ def _serve(args: argparse.Namespace) -> int:
             admin = AdminServer(ads, health=lambda: not task.done(), status_provider=controller.status)
             admin_port = await admin.start(*args.admin)
             logging.getLogger("aeraki_ctl").info("admin API on %s:%d", args.admin[0], admin_port)
+        webhook = None
+        if args.webhook_port is not None:
+            from aeraki_ctl.resources import ResourceSet
+            from aeraki_ctl.webhook import WebhookServer, tls_context
+
+            async def seen() -> ResourceSet:  # the objects the controller sees, read off the loop
+                return await asyncio.get_running_loop().run_in_executor(None, controller.resources)
+
+            webhook = WebhookServer(tls_context(args.tls_cert, args.tls_key), seen)
+            webhook_port = await webhook.start(args.webhook_address, args.webhook_port)
+            logging.getLogger("aeraki_ctl").info("admission webhook on https://%s:%d/validate", args.webhook_address, webhook_port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -190,6 +249,8 @@ def _serve(args: argparse.Namespace) -> int:
         task.cancel()
         if admin is not None:
             await admin.close()
+        if webhook is not None:
+            await webhook.close()
         await grpc_server.stop(1)
         return 1 if fatal else 0
 

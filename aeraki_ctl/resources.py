@@ -268,6 +268,12 @@ def _add(doc: object, source: str, where: str, line: int, lines: Mapping[str, in
     out.resources.append(resource)
 
 
+def add_object(doc: object, source: str, out: ResourceSet) -> None:
+    """One object given as a mapping (an admission request's, a program's) read into ``out`` like
+    a document of a file: its problems carry field paths, not lines."""
+    _add(doc, source, "object", 0, {}, out, {r.ref: r for r in out.resources})
+
+
 def resource_from_spec(kind: str, name: str, namespace: str, spec: Mapping[str, Any], source: str) -> Resource:
     """An object made by a program (the ZooKeeper source) read like one from a file."""
     ref = f"{kind} {namespace}/{name}"
