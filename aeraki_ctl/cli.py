@@ -236,8 +236,10 @@ def _serve(args: argparse.Namespace) -> int:
             from aeraki_ctl.resources import ResourceSet
             from aeraki_ctl.webhook import WebhookServer, tls_context
 
-            async def seen() -> ResourceSet:  # the objects the controller sees, read off the loop
-                return await asyncio.get_running_loop().run_in_executor(None, controller.resources)
+            async def seen() -> ResourceSet:
+                # the objects the controller sees, read on the loop: the sources' state is the loop's
+                # (a --config-dir is read here too; keep it small, or use the standalone webhook)
+                return controller.resources()
 
             webhook = WebhookServer(tls_context(args.tls_cert, args.tls_key), seen)
             webhook_port = await webhook.start(args.webhook_address, args.webhook_port)
