@@ -202,6 +202,8 @@ class KubernetesSource:
         response = await self._call(kind, ns)
         async with response:
             body = await response.read()
+            if response.status == 404:  # noqa: PLR2004 - the kind is not served (Istio's CRDs not installed): nothing of it, retried
+                self._listed(kind, ns)
             if response.status != 200:  # noqa: PLR2004
                 raise ApiError(f"LIST {kind.plural}: HTTP {response.status}: {body[:200]!r}")
         data = json.loads(body)
@@ -216,18 +218,22 @@ class KubernetesSource:
         for k in stale:
             del self.cache[k]
         self.cache.update(fresh)
-        self._pending.discard((kind.kind, ns))
-        if not self._pending:
-            self._synced.set()
+        self._listed(kind, ns)
         if changed:
             self._changed()
         return str(data.get("metadata", {}).get("resourceVersion", ""))
+
+    def _listed(self, kind: Kind, ns: str | None) -> None:
+        self._pending.discard((kind.kind, ns))
+        if not self._pending:
+            self._synced.set()
 
     async def _watch(self, kind: Kind, ns: str | None, scope: tuple[str, str | None]) -> bool:
         """Watch from the scope's version until the stream ends, moving the version forward with
         every event (so a dropped stream resumes where it was); whether any event came."""
         rv = self.versions[scope]
-        aiohttp = __import__("aiohttp")
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=None, sock_read=self.watch_timeout + 30)
         response = await self._call(kind, ns, watch=True, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout, _request_timeout=timeout)
         progressed = False

@@ -20,6 +20,7 @@ from aeraki_ctl.resources import ResourceSet
 from aeraki_ctl.sources.kubernetes import KubernetesSource
 from aeraki_ctl.translate import translate
 from aeraki_ctl.xds.server import AdsServer
+from tests import k8s_contract as contract
 from tests.k8s_contract import ContractServer, parse_bool
 
 pytest.importorskip("kubernetes_asyncio")
@@ -152,6 +153,20 @@ async def test_namespaced_watch_sees_only_its_namespace(api: ContractServer) -> 
         api.apply(metarouter((70, 30)))
         await eventually(lambda: [d.weight for d in by_ref(source)[f"MetaRouter {NS}/route"].spec.routes[0].route] == [70, 30])
         assert set(by_ref(source)) == {f"MetaRouter {NS}/route"}
+    finally:
+        await source.close()
+
+
+@pytest.mark.asyncio
+async def test_a_kind_the_api_does_not_serve_does_not_hold_the_others_back(api: ContractServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(contract.COLLECTIONS, ("/apis/networking.istio.io/v1beta1", "destinationrules"))  # Istio not installed: 404
+    api.apply(metarouter((20, 80)))
+    source = new_source(api)
+    await source.start(lambda: None)
+    try:
+        assert await source.wait_synced(5)
+        assert set(by_ref(source)) == {f"MetaRouter {NS}/route"}
+        await eventually(lambda: source.reconnects >= 2)  # and it is asked for again, with back-off
     finally:
         await source.close()
 
