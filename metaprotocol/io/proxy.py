@@ -293,8 +293,7 @@ class Proxy:
                 w.close()
         if self.upstreams is not None:
             self.upstreams.stop_health_checks()
-            for pool in self.upstreams.pools.values():
-                pool.close()
+            self.upstreams.close()
         if self.io is not None:
             await self.io.close()
         await asyncio.sleep(0)

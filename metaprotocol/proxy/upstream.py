@@ -147,11 +147,24 @@ class UpstreamConnection:
         self.timeouts = 0  # the server is alive
         try:
             self._receive(data)
+            if self.pool.draining:
+                self.retire_if_idle()
         except MetaProtocolError as exc:  # a late documented error (e.g. from request_id_of)
             self.pool.stats.response_decoding_errors += 1
             self._abort(ErrorKind.BAD_RESPONSE, f"malformed response: {exc}")
         except Exception as exc:  # noqa: BLE001 - defence in depth at the codec boundary
             self._codec_bug(exc)
+
+    def retire_if_idle(self) -> None:
+        """Close a connection of a draining pool once nothing waits on it."""
+        if self.pool.draining and not self.closed and not self.outstanding:
+            self.closed = True
+            if self.connected:
+                self.pool.stats.cx_active -= 1
+                self.connected = False
+            self.pool.remove(self)
+            if self.transport is not None:
+                self.transport.close()  # type: ignore[attr-defined]
 
     def _codec_bug(self, exc: Exception) -> None:
         """The client codec raised something it does not document: count it, log it with its
@@ -344,6 +357,8 @@ class UpstreamConnection:
             self.timeouts += 1
             limit = pool.cluster.config.max_consecutive_timeouts
             if limit <= 0 or self.timeouts < limit:
+                if pool.draining:
+                    self.retire_if_idle()
                 return
         pool.stats.timeout_closes += 1
         pool.io.report("upstream_cx_timeout_close", f"{pool.name}: closing a connection after {max(self.timeouts, 1)} request timeout(s)")
@@ -405,6 +420,7 @@ class EndpointPool:
         self.waiting: deque[tuple[Pending, Message, Mutation | None, bool]] = deque()
         self.rr = 0
         self.failures = 0
+        self.draining = False  # replaced by a cluster update: finish what is in flight, take nothing new
 
     def send(self, p: Pending, msg: Message, mutation: Mutation | None, oneway: bool) -> None:
         """Queue ``msg`` on a connection of this pool.
@@ -476,10 +492,18 @@ class EndpointPool:
             self.send(nxt, msg, mutation, oneway)
 
     def close(self) -> None:
-        """Close every connection (the endpoint left the cluster)."""
+        """Close every connection now (the proxy is closing)."""
         for conn in list(self.conns):
             if conn.transport is not None:
                 conn.transport.close()  # type: ignore[attr-defined]
+
+    def drain(self) -> None:
+        """The cluster was replaced (new endpoints, labels or settings): new requests go to the
+        new cluster's pools, and each connection of this one closes once its requests in flight
+        are answered (or time out), so a configuration change never resets a request."""
+        self.draining = True
+        for conn in list(self.conns):
+            conn.retire_if_idle()
 
 
 class _Shadow:
@@ -510,6 +534,7 @@ class Upstreams:
         self.deadlines = DeadlineQueues()
         self.generation = 0  # bumped by every cluster update (cached decisions depend on it)
         self.health: dict[str, HealthChecker] = {}
+        self.retired: list[EndpointPool] = []  # replaced pools finishing their requests in flight
         self.update_clusters(clusters)
 
     def stop_health_checks(self) -> None:
@@ -546,8 +571,18 @@ class Upstreams:
                 self._close_pools(name)
 
     def _close_pools(self, cluster: str) -> None:
+        self.retired = [pool for pool in self.retired if pool.conns]  # drained ones are gone
         for key in [k for k in self.pools if k[1] == cluster]:
-            self.pools.pop(key).close()
+            pool = self.pools.pop(key)
+            pool.drain()
+            if pool.conns:
+                self.retired.append(pool)
+
+    def close(self) -> None:
+        """Close every upstream connection now, draining ones included (the proxy is closing)."""
+        for pool in [*self.pools.values(), *self.retired]:
+            pool.close()
+        self.retired.clear()
 
     def resolve(self, ctx: ListenerContext, msg: Message) -> Target | Failure:
         """Route ``msg`` and pick its endpoint."""

@@ -322,3 +322,31 @@ def test_the_log_is_rate_limited_per_cause_with_a_summary(caplog: pytest.LogCapt
     assert any(line.startswith("bad_client: 97 more suppressed") for line in lines)
     assert len(lines) == 5
     assert limited.emit("bad_client", "a new interval")  # logged again
+
+
+# -- configuration changes ----------------------------------------------------------------------
+
+
+def test_a_cluster_update_lets_requests_in_flight_finish_on_the_old_connection() -> None:
+    h = Harness(LenPrefixFactory(), (route("all", "c"),), {"c": 1})
+    s, t = h.client()
+    s.data_received(frame(0, 1, {"m": "a"}))
+    h.connect_all()
+    old = h.conns()[0]
+    (rid,) = _ids_sent(h.upstream_transports[id(old)].take())
+    # New labels on the endpoint: a new cluster state; new requests use a new pool.
+    h.upstreams.update_clusters({"c": ClusterConfig("c", (Endpoint("127.0.0.1", 9000, labels=(("version", "v2"),)),))})
+    assert not h.upstream_transports[id(old)].closed  # a request is still in flight on it
+    s.data_received(frame(0, 2, {"m": "b"}))
+    h.connect_all()
+    new = h.conns()[-1]
+    assert new is not old
+    old.data_received(frame(1, rid, {}, b"first"))  # type: ignore[attr-defined]
+    h.io.flush()
+    assert parse(t.take())[1:] == (1, {}, b"first")  # answered, not reset
+    assert h.upstream_transports[id(old)].closed  # and then retired
+    (rid2,) = _ids_sent(h.upstream_transports[id(new)].take())
+    new.data_received(frame(1, rid2, {}, b"second"))  # type: ignore[attr-defined]
+    h.io.flush()
+    assert parse(t.take())[1:] == (2, {}, b"second")
+    assert h.ctx.stats.errors == {}
