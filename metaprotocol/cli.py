@@ -40,6 +40,12 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaprotocol", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"metaprotocol {__version__}")
@@ -52,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--admin", type=_host_port, help="admin endpoint HOST:PORT")
     proxy.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
     proxy.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    proxy.add_argument("--concurrency", type=_positive, default=1, metavar="N",
+                       help="worker processes sharing each listener (SO_REUSEPORT, Linux); 1: this process serves")  # fmt: skip
     proxy.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
     validate = sub.add_parser("validate", help="check a bootstrap file and exit")
     validate.add_argument("-c", "--config", required=True)
@@ -88,7 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         if args.admin:
             bootstrap = _with_admin(bootstrap, *args.admin)
-        from metaprotocol.io.proxy import Proxy
+        from metaprotocol.io.proxy import Proxy, build_factories
+
+        if args.concurrency > 1:
+            build_factories(bootstrap, registry)  # invalid: exit 2 here, before any worker starts
+            return _run_workers(args, bootstrap, registry)
 
         proxy = Proxy(bootstrap, registry)
     except ConfigError as exc:
@@ -98,6 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     xds = f"{ads[0]}:{ads[1]}" if ads else None
     node_id = bootstrap.node_id if bootstrap.node_id and args.node_id == "metaprotocol-proxy" else args.node_id
     return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=node_id, delta=args.xds_delta)
+
+
+def _run_workers(args: argparse.Namespace, bootstrap: Bootstrap, registry: CodecRegistry) -> int:
+    from metaprotocol.io.workers import run_supervisor
+
+    ads = args.xds or bootstrap.ads
+    node_id = bootstrap.node_id if bootstrap.node_id and args.node_id == "metaprotocol-proxy" else args.node_id
+    return run_supervisor(bootstrap, registry, args.concurrency, drain_timeout=args.drain_timeout, use_uvloop=not args.no_uvloop,
+                          log_level=args.log_level, xds=f"{ads[0]}:{ads[1]}" if ads else None, node_id=node_id, delta=args.xds_delta)  # fmt: skip
 
 
 def _with_admin(bootstrap: Bootstrap, host: str, port: int) -> Bootstrap:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -20,6 +21,15 @@ _READ_TIMEOUT: Final = 5.0
 async def start_admin(proxy: Proxy, host: str, port: int) -> asyncio.Server:
     """Serve the admin endpoint for ``proxy``."""
 
+    async def respond(path: str) -> tuple[str, str, bytes]:
+        return _respond(proxy, path)
+
+    return await serve_admin(respond, host, port)
+
+
+async def serve_admin(respond: Callable[[str], Awaitable[tuple[str, str, bytes]]], host: str, port: int) -> asyncio.Server:
+    """Serve an admin endpoint whose answers come from ``respond(path)`` (status, type, body)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(_READ_TIMEOUT):
@@ -30,7 +40,7 @@ async def start_admin(proxy: Proxy, host: str, port: int) -> asyncio.Server:
         line = head.split(b"\r\n", 1)[0][:_MAX_REQUEST_LINE].decode("latin-1")
         parts = line.split()
         path = parts[1].split("?", 1)[0] if len(parts) >= 2 else "/"  # noqa: PLR2004
-        status, ctype, body = _respond(proxy, path)
+        status, ctype, body = await respond(path)
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n".encode()
@@ -43,6 +53,13 @@ async def start_admin(proxy: Proxy, host: str, port: int) -> asyncio.Server:
         writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+def ready_answer(ready: bool) -> tuple[str, str, bytes]:
+    """The answer of ``/ready``."""
+    if ready:
+        return "200 OK", "text/plain", b"LIVE\n"
+    return "503 Service Unavailable", "text/plain", b"NOT READY\n"
 
 
 def _respond(proxy: Proxy, path: str) -> tuple[str, str, bytes]:

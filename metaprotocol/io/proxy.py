@@ -91,6 +91,7 @@ class Proxy:
         self.ready = False
         self.stopped = False
         self.xds: XdsStatus | None = None  # set by an ADS client: /config_dump and /stats show it
+        self.reuse_port = False  # a worker of several (metaprotocol.io.workers) shares its listeners
 
     async def start(self) -> None:
         """Bind every listener (and the admin endpoint); raise before serving if any bind fails."""
@@ -128,6 +129,7 @@ class Proxy:
             lst.address,
             lst.port,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=1024,
         )
         for sock in server.sockets:
@@ -319,6 +321,17 @@ class Proxy:
             "codecs": {name: f.name for name, f in self.factories.items()},
             **({"xds": self.xds.dump()} if self.xds is not None else {}),
         }
+
+
+def bootstrap_dump(bootstrap: Bootstrap, registry: CodecRegistry) -> dict[str, object]:
+    """A configuration as ``/config_dump`` shows it (what a parent of worker processes holds)."""
+    return {
+        "source": bootstrap.source,
+        "listeners": [_plain(lst) for lst in bootstrap.listeners],
+        "route_tables": {lst.name: _plain(lst.route_config) if lst.route_config is not None else None for lst in bootstrap.listeners},
+        "clusters": [_plain(c) for c in bootstrap.clusters],
+        "codecs": {name: f.name for name, f in build_factories(bootstrap, registry).items()},
+    }
 
 
 async def _drain_sessions(contexts: list[ListenerContext], timeout: float) -> None:

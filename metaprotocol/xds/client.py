@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -36,17 +36,38 @@ from metaprotocol.xds import convert
 from metaprotocol.xds.status import Nack, XdsStatus
 
 if TYPE_CHECKING:
-    from metaprotocol.io.proxy import Proxy
+    from metaprotocol.registry import CodecRegistry
 
 log = logging.getLogger(__name__)
 INVALID_ARGUMENT = 3
 Queue = asyncio.Queue[Any]  # of DiscoveryRequest (state of the world) or DeltaDiscoveryRequest (delta)
 
 
-class AdsClient:
-    """Keeps a Proxy in step with an ADS server."""
+class _Serving(Protocol):
+    @property
+    def config(self) -> ListenerConfig: ...
 
-    def __init__(self, proxy: Proxy, address: str, node_id: str, cluster: str = "metaprotocol", delta: bool = False) -> None:
+
+class ConfigTarget(Protocol):
+    """What the client keeps in step: a Proxy, or the parent of worker processes
+    (metaprotocol.io.workers.Supervisor), which hands each configuration to its workers."""
+
+    registry: CodecRegistry
+    xds: XdsStatus | None
+
+    @property
+    def bootstrap(self) -> Bootstrap: ...
+
+    @property
+    def contexts(self) -> Mapping[str, _Serving]: ...
+
+    async def apply(self, bootstrap: Bootstrap, unbound: dict[str, str] | None = None) -> None: ...
+
+
+class AdsClient:
+    """Keeps a Proxy (or a Supervisor of workers) in step with an ADS server."""
+
+    def __init__(self, proxy: ConfigTarget, address: str, node_id: str, cluster: str = "metaprotocol", delta: bool = False) -> None:
         self.proxy = proxy
         self.address = address
         self.node = base_pb2.Node(id=node_id, cluster=cluster)
