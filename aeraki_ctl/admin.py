@@ -141,6 +141,10 @@ class AdminServer:
         out.append(f"aeraki_ctl_ready {int(self.ads.published)}")
         family("aeraki_ctl_healthy", "gauge", "1 while the controller runs.")
         out.append(f"aeraki_ctl_healthy {int(_call_ok(self.health))}")
+        election = leader_election(self.status_provider)
+        if election is not None:
+            family("aeraki_ctl_leader", "gauge", "1 while this replica holds the leader-election Lease (and writes MetaRouter status).")
+            out.append(f'aeraki_ctl_leader{{lease="{election.get("lease", "")}"}} {int(bool(election.get("leader")))}')
         states = object_states(self.status_provider)
         if states is not None:
             family("aeraki_ctl_objects", "gauge", "Objects by lifecycle state at the last sync (accepted, rejected, serving-last-valid).")
@@ -152,6 +156,15 @@ def objects_of(status: dict[str, object]) -> dict[str, object]:
     """The per-object mapping of a ``/status`` answer (at its top level, or under ``objects``)."""
     inner = status.get("objects")
     return inner if isinstance(inner, dict) else status
+
+
+def leader_election(provider: StatusProvider) -> dict[str, object] | None:
+    """The ``leader_election`` field of ``/status`` (serve --kubernetes); None without one."""
+    try:
+        value = provider().get("leader_election")
+    except Exception:  # noqa: BLE001 - metrics must render anyway
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def object_states(provider: StatusProvider) -> dict[str, int] | None:

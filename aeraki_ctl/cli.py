@@ -4,6 +4,7 @@
     aeraki-ctl validate DIR
     aeraki-ctl serve --config-dir DIR [--xds-address 127.0.0.1:15010] [--admin 127.0.0.1:15014]
     aeraki-ctl serve --kubernetes [--kubeconfig FILE] [--namespace NS ...] [--config-dir DIR] ...
+                     [--lease-namespace NS] [--lease-duration 15] [--identity ID]
                      [--webhook-port 9443 --tls-cert FILE --tls-key FILE]
     aeraki-ctl webhook --port 9443 --tls-cert FILE --tls-key FILE [--address 0.0.0.0]
     aeraki-ctl proxy-status --admin HOST:PORT
@@ -14,7 +15,8 @@ translate prints the proxy configuration made from the resources in DIR as a boo
 "metaprotocol proxy -c" runs; problems go to stderr. validate lists every problem and exits 1
 when any object was skipped. serve serves the configuration over xDS (ADS on gRPC, state of the
 world and delta) to "metaprotocol proxy --xds" and Envoy, follows changes to DIR (and, with
---kubernetes, watches the API server: in-cluster configuration, or --kubeconfig), and with
+--kubernetes, watches the API server: in-cluster configuration, or --kubeconfig; the replica that
+holds the Lease aeraki-ctl in --lease-namespace writes each MetaRouter's status), and with
 --admin serves an HTTP admin API (/healthz, /readyz, /proxies, /status, /metrics).
 webhook serves the validating admission webhook (AdmissionReview admission.k8s.io/v1 at /validate,
 HTTPS): each object is checked as validate checks it, alone; serve --webhook-port serves it too,
@@ -63,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--kubernetes", action="store_true", help="watch MetaRouters, ApplicationProtocols, ServiceEntries, DestinationRules, Services and EndpointSlices in Kubernetes")
     s.add_argument("--kubeconfig", metavar="FILE", help="with --kubernetes: this kubeconfig instead of the in-cluster configuration")
     s.add_argument("--namespace", action="append", default=[], metavar="NS", help="with --kubernetes: watch only this namespace (repeatable; default: all)")
+    s.add_argument("--lease-namespace", metavar="NS", help="with --kubernetes: the namespace of the leader-election Lease (default: $POD_NAMESPACE, else aeraki)")
+    s.add_argument("--lease-duration", type=int, default=15, metavar="SECONDS", help="with --kubernetes: the Lease's duration; renewed every third of it (default 15)")
+    s.add_argument("--identity", help="with --kubernetes: this replica's name in the Lease (default: $POD_NAME or the host name, and the pid)")
     s.add_argument("--xds-address", default="127.0.0.1:15010")
     s.add_argument("--listen-address", default="127.0.0.1")
     s.add_argument("--port-offset", type=int, default=0)
@@ -91,8 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve" and not args.config_dir and not args.kubernetes:
         parser.error("serve needs --config-dir, --kubernetes, or both")
-    if args.command == "serve" and (args.kubeconfig or args.namespace) and not args.kubernetes:
-        parser.error("--kubeconfig and --namespace go with --kubernetes")
+    if args.command == "serve" and (args.kubeconfig or args.namespace or args.lease_namespace or args.identity) and not args.kubernetes:
+        parser.error("--kubeconfig, --namespace, --lease-namespace and --identity go with --kubernetes")
+    if args.command == "serve" and args.lease_duration < 1:
+        parser.error("--lease-duration must be at least 1 (seconds)")
     if args.command == "ratelimit":
         try:
             return _ratelimit(args)
@@ -205,12 +212,18 @@ def _serve(args: argparse.Namespace) -> int:
 
             zookeeper = ZooKeeperSource(args.zookeeper)
         sources: list[Source] = []
+        elector = writer = None
         if args.kubernetes:  # also before listening: the extra, and the client configuration
             from aeraki_ctl.sources.kubernetes import KubernetesSource
 
             kubernetes = KubernetesSource(kubeconfig=args.kubeconfig, namespaces=args.namespace)
             await kubernetes.connect()
             sources.append(kubernetes)
+            from aeraki_ctl.k8s_status import LeaderElector, StatusWriter
+
+            elector = LeaderElector(kubernetes.api_client, args.lease_namespace, identity=args.identity, lease_duration=args.lease_duration)
+            writer = StatusWriter(kubernetes.api_client, kubernetes.cache, lambda: elector.is_leader)
+            elector.on_change(lambda leading: writer.wake() if leading else None)
         ads = AdsServer()
         grpc_server, port = await start_server(ads, args.xds_address)
         where = [w for w in (args.config_dir, "Kubernetes" if args.kubernetes else None, args.zookeeper) if w]
@@ -223,12 +236,23 @@ def _serve(args: argparse.Namespace) -> int:
             fatal.append(exc)
             stop.set()
 
+        status_provider = controller.status
+        writing = None
+        if elector is not None and writer is not None:
+            controller.on_sync.append(writer.observe)
+            elector.start()
+            writing = asyncio.ensure_future(writer.run())
+            election = elector
+
+            def status_provider() -> dict[str, object]:
+                return {**controller.status(), "leader_election": election.status()}
+
         task = asyncio.ensure_future(supervise(controller.run, on_fatal))
         admin = None
         if args.admin:
             from aeraki_ctl.admin import AdminServer
 
-            admin = AdminServer(ads, health=lambda: not task.done(), status_provider=controller.status)
+            admin = AdminServer(ads, health=lambda: not task.done(), status_provider=status_provider)
             admin_port = await admin.start(*args.admin)
             logging.getLogger("aeraki_ctl").info("admin API on %s:%d", args.admin[0], admin_port)
         webhook = None
@@ -248,7 +272,13 @@ def _serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        if writing is not None:
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+        if elector is not None:
+            await elector.stop(release=True)  # before the source closes the client
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         if admin is not None:
             await admin.close()
         if webhook is not None:

@@ -59,6 +59,7 @@ class Controller:
         self.last_sync = 0.0
         self.ledger = Ledger()
         self.objects: dict[str, ObjectStatus] = {}
+        self.on_sync: list[Callable[[dict[str, ObjectStatus]], None]] = []  # called after each sync, before it yields (k8s_status)
         self.file_problems: list[str] = []
         self.ready = False
 
@@ -95,6 +96,11 @@ class Controller:
             elif s.problems:
                 log.warning("%s: %s", s.ref, "; ".join(s.problems))
         self.objects = result.status
+        for hook in self.on_sync:
+            try:
+                hook(result.status)
+            except Exception:  # noqa: BLE001 - a status hook never stops serving
+                log.exception("after-sync hook failed")
         refs = set(result.status)
         self.file_problems = [str(p) for p in result.unread + result.translation.problems if p.obj not in refs]
         for text in self.file_problems:

@@ -19,11 +19,30 @@ Built from the Kubernetes API conventions (api-concepts: "Efficient detection of
   ``timeoutSeconds`` ends the stream cleanly after that long.
 - One resourceVersion counter for the whole store, increasing with every write (as etcd's
   revision); ``metadata.generation`` increases when ``spec`` changes.
-- Errors are ``Status`` objects (404 for an unknown path, 405 for a method other than GET).
+- Errors are ``Status`` objects (404 for an unknown path or object, 405 for a method a path does
+  not serve).
+- Single objects: ``GET .../namespaces/NS/<plural>/NAME`` (404 ``NotFound`` when absent).
+- The status subresource of metarouters (api-concepts "Subresources", the CRD ``subresources.status``
+  rules): ``GET|PUT|PATCH .../namespaces/NS/metarouters/NAME/status``. ``PUT`` takes a whole object
+  and keeps only its ``status``; a ``metadata.resourceVersion`` in it is a precondition: a stale one
+  is ``409 Conflict`` (reason ``Conflict``), an absent one is an unconditional update. ``PATCH``
+  needs ``Content-Type: application/merge-patch+json`` (RFC 7386; anything else is
+  ``415 UnsupportedMediaType``) and also keeps only ``status`` (a ``metadata.resourceVersion`` in
+  the patch is a precondition too). A status write never changes ``spec``, ``metadata`` or
+  ``metadata.generation``; one that changes the status bumps ``resourceVersion`` and emits a
+  MODIFIED watch event; one that changes nothing is a no-op (no new version, no event), as the
+  API server's update is.
+- ``coordination.k8s.io/v1`` Leases: ``GET .../namespaces/NS/leases/NAME`` (404),
+  ``POST .../namespaces/NS/leases`` (201; ``409 AlreadyExists`` when the name is taken),
+  ``PUT .../namespaces/NS/leases/NAME`` (404 when absent: a Lease is not created on update;
+  ``409 Conflict`` on a stale ``metadata.resourceVersion``; ``spec`` replaced, ``generation``
+  unchanged, as for built-in kinds without a generation).
 
 Tests write objects with :meth:`apply`/:meth:`delete`, drop every open watch with
 :meth:`drop_watches`, send bookmarks with :meth:`bookmark`, and read what was asked in
-``requests``. Each response to a list closes its connection (``Connection: close``).
+``requests`` (and every write, with its method and body, in ``writes``). Each response closes
+its connection (``Connection: close``). ``conflicts`` (a count) makes that many next
+resourceVersion-checked writes fail with ``409 Conflict`` as if another writer got there first.
 """
 
 from __future__ import annotations
@@ -44,7 +63,10 @@ COLLECTIONS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("/apis/metaprotocol.aeraki.io/v1alpha1", "applicationprotocols"): ("ApplicationProtocol", "metaprotocol.aeraki.io/v1alpha1", False),
     ("/apis/networking.istio.io/v1beta1", "serviceentries"): ("ServiceEntry", "networking.istio.io/v1beta1", False),
     ("/apis/networking.istio.io/v1beta1", "destinationrules"): ("DestinationRule", "networking.istio.io/v1beta1", False),
+    ("/apis/coordination.k8s.io/v1", "leases"): ("Lease", "coordination.k8s.io/v1", True),
 }
+STATUS_SUBRESOURCE = {("/apis/metaprotocol.aeraki.io/v1alpha1", "metarouters")}  # kinds with subresources.status
+GROUPS = {("/apis/metaprotocol.aeraki.io/v1alpha1", "metarouters"): "metarouters.metaprotocol.aeraki.io", ("/apis/coordination.k8s.io/v1", "leases"): "leases.coordination.k8s.io"}
 BY_KIND = {(api, kind): key for key, (kind, api, _) in COLLECTIONS.items()}
 
 
@@ -72,6 +94,8 @@ class ContractServer:
         self.history: list[tuple[int, tuple[str, str], str, dict[str, Any]]] = []
         self.watches: list[_Watch] = []
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, query) of every request
+        self.writes: list[tuple[str, str, dict[str, Any]]] = []  # (method, path, body) of every PUT/POST/PATCH
+        self.conflicts = 0  # the next N resourceVersion-checked writes fail with 409 Conflict
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self._uid = 0
@@ -96,13 +120,19 @@ class ContractServer:
     # -- the store (what tests call) --------------------------------------------------------------
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create or replace ``obj`` (by apiVersion, kind, namespace, name); returns it as stored."""
+        """Create or replace ``obj`` (by apiVersion, kind, namespace, name); returns it as stored.
+        For a kind with a status subresource, ``status`` in ``obj`` is ignored (the stored one is
+        kept), as the API server does on the main resource."""
         key = BY_KIND[(obj["apiVersion"], obj["kind"])]
         meta = obj.setdefault("metadata", {})
         ns = meta.setdefault("namespace", "default")
         name = meta["name"]
         old = self.objects.get((key, ns, name))
         stored = copy.deepcopy(obj)
+        if key in STATUS_SUBRESOURCE:  # the main resource ignores status: only the subresource writes it
+            stored.pop("status", None)
+            if old is not None and "status" in old:
+                stored["status"] = copy.deepcopy(old["status"])
         self.revision += 1
         m = stored["metadata"]
         m["resourceVersion"] = str(self.revision)
@@ -184,6 +214,23 @@ class ContractServer:
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         self.requests.append((url.path, query))
         try:
+            headers = {}
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+            item = _item_route(url.path)
+            if item is not None:
+                await self._object(writer, method, item, headers.get("content-type", "").split(";")[0].strip(), body)
+                return
+            if method == "POST":
+                route = _route(url.path)
+                if route is None or route[1] is None:
+                    await self._send(writer, 404 if route is None else 405, status(404, "NotFound", url.path) if route is None else status(405, "MethodNotAllowed", "POST needs a namespace"))
+                    return
+                await self._create(writer, route[0], route[1], body)
+                return
             if method != "GET":
                 await self._send(writer, 405, status(405, "MethodNotAllowed", f"{method} is not supported"))
                 return
@@ -199,14 +246,108 @@ class ContractServer:
                 items = [self._item(key, o, list_item=True) for (k, n, _), o in sorted(self.objects.items()) if k == key and ns in (None, n)]
                 body = {"kind": f"{kind}List", "apiVersion": api, "metadata": {"resourceVersion": str(self.revision)}, "items": items}
                 await self._send(writer, 200, body)
-        except (ConnectionError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
 
+    # -- single objects, the status subresource, create ---------------------------------------------
+
+    async def _object(self, writer: asyncio.StreamWriter, method: str, item: tuple[tuple[str, str], str, str, bool], content_type: str, raw: bytes) -> None:
+        key, ns, name, subresource = item
+        kind, api, _ = COLLECTIONS[key]
+        resource = GROUPS.get(key, key[1])
+        if subresource and key not in STATUS_SUBRESOURCE:
+            await self._send(writer, 404, status(404, "NotFound", "the server could not find the requested resource"))
+            return
+        current = self.objects.get((key, ns, name))
+        allowed = ("GET", "PUT", "PATCH") if subresource else ("GET", "PUT")
+        if method not in allowed:
+            await self._send(writer, 405, status(405, "MethodNotAllowed", f"{method} is not supported"))
+            return
+        if current is None:
+            await self._send(writer, 404, status(404, "NotFound", f'{resource} "{name}" not found'))
+            return
+        if method == "GET":
+            await self._send(writer, 200, self._item(key, current, list_item=False))
+            return
+        if method == "PATCH" and content_type != "application/merge-patch+json":
+            await self._send(writer, 415, status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got {content_type!r})"))
+            return
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            await self._send(writer, 400, status(400, "BadRequest", "the body is not a JSON object"))
+            return
+        self.writes.append((method, f"{_prefix(key)}/namespaces/{ns}/{key[1]}/{name}{'/status' if subresource else ''}", body))
+        meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        if method == "PUT" and meta.get("name", name) != name:
+            await self._send(writer, 400, status(400, "BadRequest", "the name of the object does not match the name on the URL"))
+            return
+        precondition = meta.get("resourceVersion")
+        if precondition is not None:
+            if self.conflicts > 0 or str(precondition) != current["metadata"]["resourceVersion"]:
+                self.conflicts = max(0, self.conflicts - 1)
+                message = f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; please apply your changes to the latest version and try again'
+                await self._send(writer, 409, status(409, "Conflict", message))
+                return
+        updated = copy.deepcopy(current)
+        if subresource:
+            if method == "PUT":
+                new_status = body.get("status")
+            else:
+                new_status = merge_patch(current.get("status"), body.get("status")) if "status" in body else current.get("status")
+            if new_status is None:
+                updated.pop("status", None)
+            else:
+                updated["status"] = new_status
+        else:  # a whole-object update: spec replaced; metadata's system fields kept
+            for field_ in ("spec", "status"):
+                if field_ in body:
+                    updated[field_] = copy.deepcopy(body[field_])
+            for field_ in ("labels", "annotations"):
+                if field_ in meta:
+                    updated["metadata"][field_] = copy.deepcopy(meta[field_])
+            if "generation" in current["metadata"] and updated.get("spec") != current.get("spec"):
+                updated["metadata"]["generation"] = current["metadata"]["generation"] + 1
+        if updated != current:  # a no-op update writes nothing (no new resourceVersion, no event)
+            self.revision += 1
+            updated["metadata"]["resourceVersion"] = str(self.revision)
+            self.objects[(key, ns, name)] = updated
+            self._record(key, "MODIFIED", updated)
+        await self._send(writer, 200, self._item(key, updated, list_item=False))
+
+    async def _create(self, writer: asyncio.StreamWriter, key: tuple[str, str], ns: str, raw: bytes) -> None:
+        kind, api, _ = COLLECTIONS[key]
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("metadata"), dict) or not body["metadata"].get("name"):
+            await self._send(writer, 422, status(422, "Invalid", "metadata.name: Required value"))
+            return
+        self.writes.append(("POST", f"{_prefix(key)}/namespaces/{ns}/{key[1]}", body))
+        name = body["metadata"]["name"]
+        if body["metadata"].get("namespace", ns) != ns:
+            await self._send(writer, 400, status(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request"))
+            return
+        if (key, ns, name) in self.objects:
+            await self._send(writer, 409, status(409, "AlreadyExists", f'{GROUPS.get(key, key[1])} "{name}" already exists'))
+            return
+        obj = copy.deepcopy(body)
+        obj["metadata"].pop("resourceVersion", None)
+        obj["metadata"]["namespace"] = ns
+        obj["apiVersion"], obj["kind"] = api, kind
+        stored = self.apply(obj)
+        if key not in STATUS_SUBRESOURCE and key[0] == "/apis/coordination.k8s.io/v1":
+            stored["metadata"].pop("generation", None)  # Leases carry no generation
+        await self._send(writer, 201, self._item(key, stored, list_item=False))
+
     async def _send(self, writer: asyncio.StreamWriter, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
-        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(code, "Error")
+        reason = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 415: "Unsupported Media Type", 422: "Unprocessable Entity"}.get(code, "Error")
         writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
         await writer.drain()
 
@@ -269,3 +410,34 @@ def _route(path: str) -> tuple[tuple[str, str], str | None] | None:
     if len(rest) != 1 or (prefix, rest[0]) not in COLLECTIONS:
         return None
     return (prefix, rest[0]), ns
+
+
+def _prefix(key: tuple[str, str]) -> str:
+    return key[0]
+
+
+def _item_route(path: str) -> tuple[tuple[str, str], str, str, bool] | None:
+    """``PREFIX/namespaces/NS/PLURAL/NAME[/status]``: (collection, namespace, name, status?)."""
+    parts = path.strip("/").split("/")
+    prefix_len = 2 if parts[:1] == ["api"] else 3 if parts[:1] == ["apis"] else 0
+    if not prefix_len:
+        return None
+    prefix, rest = "/" + "/".join(parts[:prefix_len]), parts[prefix_len:]
+    if len(rest) not in (4, 5) or rest[0] != "namespaces" or (prefix, rest[2]) not in COLLECTIONS:
+        return None
+    if len(rest) == 5 and rest[4] != "status":  # noqa: PLR2004
+        return None
+    return (prefix, rest[2]), rest[1], rest[3], len(rest) == 5  # noqa: PLR2004
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge recursively, ``null`` removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
