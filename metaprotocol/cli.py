@@ -2,6 +2,7 @@
 
   metaprotocol proxy -c bootstrap.yaml      run the proxy on a static configuration
   metaprotocol proxy --xds HOST:PORT        run it on configuration from aeraki-ctl serve (ADS)
+  metaprotocol proxy ... --concurrency N    N worker processes sharing each listener (SO_REUSEPORT)
   metaprotocol validate -c bootstrap.yaml   check a configuration as the proxy would, and exit
   metaprotocol codecs                       list the installed codec plugins
 

@@ -143,3 +143,46 @@ def test_merge_prometheus_sums_per_label_set_and_keeps_families_whole() -> None:
     assert merge_prometheus([a, b]) == (
         '# HELP m_total x\n# TYPE m_total counter\nm_total{l="a"} 3\nm_total{l="b"} 5\n# TYPE g gauge\ng 2.5\nh_bucket{le="+Inf"} 7\n'
     )
+
+
+def test_xds_with_two_workers_one_stream_a_metarouter_change_reaches_both(tmp_path: Path) -> None:
+    import asyncio
+    from collections import Counter
+
+    from metaprotocol_apps.dubbo import DubboConsumer
+    from tests.integration.test_xds_live import Providers, calls, start_ctl, write_config
+
+    providers = Providers()
+    write_config(tmp_path, providers.ports, (50, 50))
+    xds_port, listen_port, admin = free_port(), free_port(), free_port()
+    ctl = start_ctl(tmp_path, xds_port, listen_port - 20880)
+    proxy = subprocess.Popen([sys.executable, "-m", "metaprotocol.cli", "proxy", "--xds", f"127.0.0.1:{xds_port}", "--node-id", "test",
+                              "--admin", f"127.0.0.1:{admin}", "--concurrency", "2", "--log-level", "WARNING"], env=ENV)  # fmt: skip
+
+    async def fresh_connections(n: int) -> Counter[str]:  # one call per new connection: the kernel picks a worker each time
+        total: Counter[str] = Counter()
+        for _ in range(n):
+            async with DubboConsumer("127.0.0.1", listen_port) as c:
+                counts, failures = await calls(listen_port, 1, c)
+                assert failures == 0
+                total += counts
+        return total
+
+    try:
+        wait_for(lambda: listener_ports(dump(admin)), what="the first configuration")
+        wait_for(lambda: socket.create_connection(("127.0.0.1", listen_port), timeout=1).close() or True, what="the listener")
+        assert set(asyncio.run(fresh_connections(30))) == {"v1", "v2"}
+        per_worker = requests_per_worker(admin)
+        assert all(n > 0 for n in per_worker.values()), per_worker
+        assert dump(admin)["xds"]["connected"] is True
+        write_config(tmp_path, providers.ports, (0, 100))
+        wait_for(lambda: "|v1|" not in json.dumps(dump(admin)["route_tables"]), what="the change in the parent")
+        before = requests_per_worker(admin)
+        assert asyncio.run(fresh_connections(30)) == Counter({"v2": 30})
+        after = requests_per_worker(admin)
+        assert all(after[i] > before[i] for i in after), (before, after)  # both workers served the new routes
+    finally:
+        for p in (proxy, ctl):
+            p.terminate()
+            p.wait(10)
+        providers.stop()
