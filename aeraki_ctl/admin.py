@@ -17,8 +17,6 @@ from aeraki_ctl.xds.server import PUSH_BUCKETS, AdsServer
 from metaprotocol.xds.status import SHORT_NAMES
 
 log = logging.getLogger(__name__)
-_READ_TIMEOUT: Final = 5.0
-_MAX_REQUEST_LINE: Final = 8192
 PATHS: Final = ("/healthz", "/readyz", "/proxies", "/status", "/metrics")
 
 StatusProvider = Callable[[], dict[str, object]]
@@ -51,7 +49,12 @@ class AdminServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any); returns the bound port."""
-        self.server = await asyncio.start_server(self._handle, host, port)
+        from metaprotocol.io.admin import serve_admin
+
+        async def respond(path: str) -> tuple[str, str, bytes]:
+            return self.respond(path)
+
+        self.server = await serve_admin(respond, host, port)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
@@ -59,30 +62,6 @@ class AdminServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(_READ_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
-            writer.close()
-            return
-        parts = head.split(b"\r\n", 1)[0][:_MAX_REQUEST_LINE].decode("latin-1").split()
-        method = parts[0] if parts else ""
-        path = parts[1].split("?", 1)[0] if len(parts) >= 2 else "/"  # noqa: PLR2004
-        if method not in ("GET", "HEAD"):
-            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-        else:
-            status, ctype, body = self.respond(path)
-        writer.write(
-            f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-            + (body if method != "HEAD" else b"")
-        )
-        try:
-            await writer.drain()
-        except OSError:
-            pass
-        writer.close()
 
     def respond(self, path: str) -> tuple[str, str, bytes]:
         """Status line, content type and body for ``path``."""

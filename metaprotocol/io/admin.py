@@ -28,7 +28,8 @@ async def start_admin(proxy: Proxy, host: str, port: int) -> asyncio.Server:
 
 
 async def serve_admin(respond: Callable[[str], Awaitable[tuple[str, str, bytes]]], host: str, port: int) -> asyncio.Server:
-    """Serve an admin endpoint whose answers come from ``respond(path)`` (status, type, body)."""
+    """Serve an admin endpoint whose answers come from ``respond(path)`` (status, type, body):
+    GET and HEAD only, one request per connection. aeraki-ctl's admin API is served by it too."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -39,12 +40,16 @@ async def serve_admin(respond: Callable[[str], Awaitable[tuple[str, str, bytes]]
             return
         line = head.split(b"\r\n", 1)[0][:_MAX_REQUEST_LINE].decode("latin-1")
         parts = line.split()
+        method = parts[0] if parts else ""
         path = parts[1].split("?", 1)[0] if len(parts) >= 2 else "/"  # noqa: PLR2004
-        status, ctype, body = await respond(path)
+        if method in ("GET", "HEAD"):
+            status, ctype, body = await respond(path)
+        else:
+            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n".encode()
-            + body
+            + (body if method != "HEAD" else b"")
         )
         try:
             await writer.drain()
