@@ -350,11 +350,19 @@ async def _drain_sessions(contexts: list[ListenerContext], timeout: float) -> No
 
 
 def _fd_limit() -> int:
-    """The soft limit on open files (0 when unknown), which sets the default connection bound."""
+    """The limit on open files (0 when unknown), which sets the default connection bound. The
+    soft limit is first raised to the hard one, as servers do (a distribution's default soft
+    limit of 1024 would otherwise cap a proxy at about 900 clients)."""
     try:
         import resource
 
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (OSError, ValueError):
+                pass  # not allowed here: keep the soft limit
     except (ImportError, OSError, ValueError):
         return 0
     return soft if soft != resource.RLIM_INFINITY else 0

@@ -350,3 +350,21 @@ def test_a_cluster_update_lets_requests_in_flight_finish_on_the_old_connection()
     h.io.flush()
     assert parse(t.take())[1:] == (2, {}, b"second")
     assert h.ctx.stats.errors == {}
+
+
+def test_the_proxy_raises_its_open_file_limit_and_bounds_connections_below_it() -> None:
+    import resource
+
+    from metaprotocol.io.proxy import _fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, 256) if hard == resource.RLIM_INFINITY else min(soft, hard, 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        limit = _fd_limit()
+        now, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert now == hard or hard == resource.RLIM_INFINITY
+        assert limit == (0 if now == resource.RLIM_INFINITY else now)
+        assert Overload(OverloadConfig(), limit).max_connections == int(limit * 0.9)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
