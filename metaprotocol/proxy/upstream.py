@@ -156,15 +156,10 @@ class UpstreamConnection:
             self._codec_bug(exc)
 
     def retire_if_idle(self) -> None:
-        """Close a connection of a draining pool once nothing waits on it."""
-        if self.pool.draining and not self.closed and not self.outstanding:
-            self.closed = True
-            if self.connected:
-                self.pool.stats.cx_active -= 1
-                self.connected = False
-            self.pool.remove(self)
-            if self.transport is not None:
-                self.transport.close()  # type: ignore[attr-defined]
+        """Close a connection of a draining pool once nothing waits on it (``_abort`` with
+        nobody left to fail)."""
+        if self.pool.draining and not self.outstanding:
+            self._abort(ErrorKind.UPSTREAM_RESET, "retired after a cluster update")
 
     def _codec_bug(self, exc: Exception) -> None:
         """The client codec raised something it does not document: count it, log it with its
@@ -357,8 +352,7 @@ class UpstreamConnection:
             self.timeouts += 1
             limit = pool.cluster.config.max_consecutive_timeouts
             if limit <= 0 or self.timeouts < limit:
-                if pool.draining:
-                    self.retire_if_idle()
+                self.retire_if_idle()
                 return
         pool.stats.timeout_closes += 1
         pool.io.report("upstream_cx_timeout_close", f"{pool.name}: closing a connection after {max(self.timeouts, 1)} request timeout(s)")
