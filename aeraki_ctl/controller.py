@@ -102,9 +102,11 @@ class Controller:
             except Exception:  # noqa: BLE001 - a status hook never stops serving
                 log.exception("after-sync hook failed")
         refs = set(result.status)
-        self.file_problems = [str(p) for p in result.unread + result.translation.problems if p.obj not in refs]
-        for text in self.file_problems:
-            log.warning("%s", text)
+        file_problems = [str(p) for p in result.unread + result.translation.problems if p.obj not in refs]
+        for text in file_problems:  # like object problems: logged when they appear, not every sync
+            if text not in self.file_problems:
+                log.warning("%s", text)
+        self.file_problems = file_problems
         await self.ads.set_snapshot(snapshot_of(result.translation.bootstrap))
         self.applied += 1
         self.last_sync = time.time()

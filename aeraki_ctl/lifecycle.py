@@ -71,7 +71,6 @@ class Ledger:
                 served[ref] = self.last_valid[ref]
                 status[ref] = ObjectStatus(ref, source, SERVING_LAST_VALID, [f"{source} cannot be read: {broken[source]}"])
         substituted: set[str] = set()
-        dropped: set[str] = set()
         extra = [p for p in loaded.problems if p.obj not in refs]  # file-level and unattributed
         for _ in range(2 * len(served) + 1):  # each object is substituted once, dropped once at most
             result = translate(ResourceSet(resources=_ordered(served), problems=[]))
@@ -88,14 +87,15 @@ class Ledger:
                     status[ref] = ObjectStatus(ref, current[ref].source if ref in current else last.source, SERVING_LAST_VALID, reasons)
                 else:  # never valid, or its last valid version no longer translates either
                     del served[ref]
-                    dropped.add(ref)
                     prior = status.get(ref)
-                    status[ref] = ObjectStatus(ref, (current.get(ref) or last or served.get(ref) or _nothing(ref)).source, REJECTED, (prior.problems if prior else []) + reasons)
+                    source = current[ref].source if ref in current else last.source if last is not None else "-"
+                    status[ref] = ObjectStatus(ref, source, REJECTED, (prior.problems if prior else []) + reasons)
         for ref, resource in current.items():
             if ref in status:
                 continue
             status[ref] = ObjectStatus(ref, resource.source, ACCEPTED, [str(p) for p in result.problems if p.obj == ref])
-            if self.last_valid.get(ref) is None or _spec(self.last_valid[ref]) != _spec(resource):
+            last = self.last_valid.get(ref)
+            if last is None or last.spec != resource.spec:
                 self.versions[ref] = self.versions.get(ref, 0) + 1
             self.last_valid[ref] = resource
             self.origin[ref] = resource.source
@@ -111,18 +111,8 @@ class Ledger:
         return SyncResult(result, status, extra)
 
 
-def _spec(resource: Resource) -> object:
-    return resource.spec
-
-
 def _ordered(served: dict[str, Resource]) -> list[Resource]:
     return [served[k] for k in sorted(served)]
-
-
-def _nothing(ref: str) -> Resource:
-    kind, _, rest = ref.partition(" ")
-    namespace, _, name = rest.partition("/")
-    return Resource(kind, name, namespace, {}, "-")
 
 
 def _broken_sources(loaded: ResourceSet, refs: set[str]) -> dict[str, str]:
