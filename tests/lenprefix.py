@@ -111,3 +111,11 @@ class LenPrefixFactory(CodecFactory):
 
     def client_codec(self, profile: Hashable = None) -> LenClient:
         return LenClient()
+
+
+class ExclusiveFactory(LenPrefixFactory):
+    """The same frames as a protocol without correlation: one request at a time per upstream
+    connection (``Correlation.EXCLUSIVE``); ids pass through unchanged."""
+
+    name = "lenprefix-exclusive"
+    correlation = Correlation.EXCLUSIVE

@@ -166,10 +166,7 @@ class RedisServerCodec(ServerCodec):
     def on_error(self, request: Message | None, error: LocalError) -> bytes:
         """``-ERR <reason>`` (the same form in RESP2 and RESP3)."""
         text = error.message.replace("\r", " ").replace("\n", " ")
-        reply = f"-ERR {text}\r\n".encode()
-        if request is not None and isinstance(request.opaque, _Pipeline):
-            return reply * request.opaque.count  # one error per command of a forwarded pipeline
-        return reply
+        return f"-ERR {text}\r\n".encode()
 
     def decode_run(self, buffer: ReadBuffer) -> tuple[Message, int] | None:
         """Consecutive single-key commands (never answered locally nor split) framed in one pass.

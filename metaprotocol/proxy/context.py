@@ -8,16 +8,17 @@ fakes and drive the core byte by byte.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Final, Protocol
 
-from metaprotocol.config.model import HASHING_POLICIES, GlobalRateLimit, ListenerConfig, OverloadConfig
+from metaprotocol.config.model import GlobalRateLimit, ListenerConfig, OverloadConfig
+from metaprotocol.proxy.chain import Chain, StageBuilder, compile_chain
 from metaprotocol.proxy.overload import Overload
 from metaprotocol.proxy.policies import RateLimiter
-from metaprotocol.router.matchers import compile_matcher
 from metaprotocol.proxy.stats import ListenerStats
+from metaprotocol.router.matchers import Predicate, compile_matcher
 from metaprotocol.router.table import CompiledRoute, RouteTable
-from metaprotocol.spi import CodecFactory, Correlation, LocalError, Message
+from metaprotocol.spi import CodecFactory, Correlation, ErrorKind, LocalError, Message
 
 if TYPE_CHECKING:
     from metaprotocol.cluster.state import ClusterState
@@ -58,8 +59,29 @@ class ProxyIO(Protocol):
         """Ask the listener's rate limit service; ``done(allowed)`` runs later on the loop."""
 
 
+class Requester(Protocol):
+    """Whoever waits for a request's outcome: a downstream session, or the sink of a mirrored
+    copy (``mirror.MirrorSink``). What the upstream side needs of it, and nothing more."""
+
+    ctx: ListenerContext
+    closed: bool
+
+    def upstream_profile(self) -> Hashable:
+        """The upstream connection kind its requests need."""
+
+    def complete(self, p: Pending, response: Message) -> None:
+        """The upstream answered ``p``."""
+
+    def fail(self, p: Pending, kind: ErrorKind, message: str) -> None:
+        """``p`` failed upstream."""
+
+
 class ListenerContext:
-    """Everything sessions of one listener share. ``table`` is swapped whole on a route update."""
+    """Everything sessions of one listener share, and the listener's compiled chain.
+
+    Assigning ``table``, ``limiter``, ``access_log`` or a global limit (``apply_global_limit``)
+    compiles a new chain, and so does a cluster update (``Upstreams.update_clusters``): what the
+    request path runs is always what the configuration says."""
 
     def __init__(
         self,
@@ -70,6 +92,7 @@ class ListenerContext:
         io: ProxyIO,
         rng: random.Random | None = None,
         overload: Overload | None = None,
+        stages: Sequence[StageBuilder] = (),
     ) -> None:
         self.config = config
         self.overload = overload if overload is not None else Overload(OverloadConfig())
@@ -77,69 +100,65 @@ class ListenerContext:
         self.factory = factory
         self.correlation = factory.correlation
         self.ordered_replies = factory.correlation is not Correlation.REQUEST_ID
-        self.table = table
         self.upstreams = upstreams
         self.io = io
         self.rng = rng or random.Random()  # noqa: S311 - load balancing, not cryptography
         self.stats = ListenerStats(config.name, config.stat_prefix, factory.name)
         self.sessions: set[DownstreamSession] = set()
         self.draining = False
-        self.limiter: RateLimiter | None = None
-        if config.local_rate_limit is not None:
-            self.limiter = RateLimiter(config.local_rate_limit, io.now())
-        self.access_log: Callable[[dict[str, object]], None] | None = None
+        self.extra_stages = tuple(stages)  # the listener's own stages, before the router
+        self._table = table
+        self._limiter = RateLimiter(config.local_rate_limit, io.now()) if config.local_rate_limit is not None else None
+        self._access_log: Callable[[dict[str, object]], None] | None = None
         self.global_limit: GlobalRateLimit | None = None
-        self.global_match: tuple[Callable[[dict[str, str]], bool], ...] = ()
-        self.apply_global_limit(config.global_rate_limit)
-        self._pipeline_table: RouteTable | None = None
-        self._pipeline_log: Callable[[dict[str, object]], None] | None = None
-        self._pipeline_generation = -1
-        self._pipeline_limiter: RateLimiter | None = None
-        self._pipeline_global_limit: GlobalRateLimit | None = None
-        self._pipeline_ok = False
+        self.global_match: tuple[Predicate, ...] = ()
+        self.chain: Chain = _UNCOMPILED
+        self.apply_global_limit(config.global_rate_limit)  # compiles the chain
+        upstreams.listeners.add(self)
+
+    def recompile(self) -> None:
+        """Compile the chain the configuration needs now."""
+        self.chain = compile_chain(self, self.extra_stages)
+
+    @property
+    def table(self) -> RouteTable | None:
+        """The route table (swapped whole on a route update)."""
+        return self._table
+
+    @table.setter
+    def table(self, table: RouteTable | None) -> None:
+        self._table = table
+        self.recompile()
+
+    @property
+    def limiter(self) -> RateLimiter | None:
+        """The local rate limit, if any."""
+        return self._limiter
+
+    @limiter.setter
+    def limiter(self, limiter: RateLimiter | None) -> None:
+        self._limiter = limiter
+        self.recompile()
+
+    @property
+    def access_log(self) -> Callable[[dict[str, object]], None] | None:
+        """Where finished requests are logged, if anywhere."""
+        return self._access_log
+
+    @access_log.setter
+    def access_log(self, log: Callable[[dict[str, object]], None] | None) -> None:
+        self._access_log = log
+        self.recompile()
 
     def forwards_pipelines(self) -> bool:
-        """Whether consecutive plain requests may travel upstream as one unit (ORDERED codecs that
-        implement ``ServerCodec.decode_run`` or ``batch``): only when no decision is made per request, i.e. one route
-        catches everything and sends it to one non-hashing cluster without circuit breakers, with
-        no mutation, mirror, retry, fault, rate limit or access log. Cached until the route table,
-        the access log or the clusters change."""
-        if (
-            self.table is not self._pipeline_table
-            or self.access_log is not self._pipeline_log
-            or self.upstreams.generation != self._pipeline_generation
-            or self.limiter is not self._pipeline_limiter
-            or self.global_limit is not self._pipeline_global_limit
-        ):
-            self._pipeline_table, self._pipeline_log = self.table, self.access_log
-            self._pipeline_limiter, self._pipeline_global_limit = self.limiter, self.global_limit
-            self._pipeline_generation = self.upstreams.generation
-            self._pipeline_ok = self._pipelines_allowed()
-        return self._pipeline_ok
+        """Whether runs of plain requests travel upstream as units (``Chain.forwards_pipelines``)."""
+        return self.chain.forwards_pipelines
 
     def apply_global_limit(self, config: GlobalRateLimit | None) -> None:
         """Take a listener update's global rate limit (and its request matchers)."""
         self.global_limit = config
         self.global_match = tuple(compile_matcher(m) for m in config.match) if config else ()
-
-    def _pipelines_allowed(self) -> bool:
-        factory = self.factory
-        if factory.correlation is not Correlation.ORDERED or factory.bound_upstream:
-            return False
-        if self.limiter is not None or self.global_limit is not None or self.access_log is not None:
-            return False
-        table = self.table
-        if table is None or not table.routes:
-            return False
-        rule = table.routes[0].rule
-        if rule.match or rule.request_mutation or rule.response_mutation or rule.mirrors or rule.retry or rule.fault:
-            return False
-        name = rule.action.cluster
-        cs = self.upstreams.clusters.get(name) if name else None
-        if cs is None:
-            return False
-        cfg = cs.config
-        return cfg.lb_policy not in HASHING_POLICIES and cfg.circuit_breakers is None
+        self.recompile()
 
 
 class Pending:
@@ -171,7 +190,7 @@ class Pending:
         "upstream_id",
     )
 
-    def __init__(self, session: DownstreamSession, request: Message, start: float) -> None:
+    def __init__(self, session: Requester, request: Message, start: float) -> None:
         self.session = session
         self.request = request
         self.start = start
@@ -194,6 +213,9 @@ class Pending:
 
     def __repr__(self) -> str:
         return f"Pending({self.request!r}, done={self.done})"
+
+
+_UNCOMPILED: Final = Chain((), (), False, None)  # the chain before the first compile
 
 
 class Failure:

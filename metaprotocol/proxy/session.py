@@ -9,11 +9,16 @@ replies that are ready are written with one ``writelines`` at the end of the eve
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 from typing import Final, Protocol
 
+from metaprotocol.proxy import fanout
+from metaprotocol.proxy.chain import Chain
 from metaprotocol.proxy.context import Failure, ListenerContext, Pending
+from metaprotocol.proxy.pipeline import forward_pipelines
+from metaprotocol.proxy.retry import retry, retry_over
+from metaprotocol.proxy.routing import RouterStage
 from metaprotocol.proxy.tunnel import Tunnel
-from metaprotocol.router.table import CompiledRoute
 from metaprotocol.spi import (
     NEED_DATA,
     ErrorKind,
@@ -26,15 +31,7 @@ from metaprotocol.spi import (
     RemoteProtocolError,
 )
 
-
-class _Ask:
-    """Type of ASK: ``_handle`` asks the codec whether it answers the request itself."""
-
-
-ASK: Final = _Ask()
-
-# Failures of requests that never left the proxy: resending them is safe for any request.
-NEVER_SENT = frozenset({ErrorKind.CONNECT_FAILURE.value, ErrorKind.NO_HEALTHY_UPSTREAM.value, ErrorKind.OVER_LIMIT.value})
+_UNDECODED: Final = Message(MessageType.ERROR, b"")  # stands for bytes refused before a message existed
 
 
 class Transport(Protocol):
@@ -161,39 +158,33 @@ class DownstreamSession:
         try:
             self._process()
         except MetaProtocolError as exc:
-            self._protocol_error(exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc)))
+            self.decode_failed(exc if isinstance(exc, RemoteProtocolError) else RemoteProtocolError(str(exc)), self.last_active)
         except Exception as exc:  # noqa: BLE001 - defence in depth at the codec boundary
-            self._internal_error(exc)
+            self.codec_bug(exc)
+            self._refuse(None, ErrorKind.INTERNAL, "internal error", self.last_active, close=True)
 
     def _process(self) -> None:
-        codec = self.codec
+        """Decode every whole frame read and hand each message to ``_on_message``; when the
+        listener's chain forwards pipelines, runs of plain requests go as units instead."""
         buffer = self.buffer
         ctx = self.ctx
         now = self.last_active = ctx.io.now()
-        if self.ordered and ctx.forwards_pipelines():  # never in bound mode, the only one with a tunnel
-            self._process_pipeline(now)
+        chain = ctx.chain
+        if chain.forwards_pipelines:  # ordered, never bound: no tunnel to care for
+            forward_pipelines(self, chain, now)
             return
-        express = self._express_allowed()
+        codec = self.codec
         while not self.read_paused and not self.closing and buffer.pos < len(buffer.data):
             try:
                 msg = codec.decode(buffer)
             except RemoteProtocolError as exc:
-                if exc.skipped:
-                    self._bad_frame(exc, now)
+                if self.decode_failed(exc, now):
                     continue
-                self._protocol_error(exc)
                 return
             if msg is NEED_DATA:
                 return
             assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel for mypy
-            if express and msg.type is MessageType.REQUEST and not msg.parts:
-                answer = codec.answer_locally(msg)
-                if answer is None:
-                    self._express(msg, now)
-                else:
-                    self._handle(msg, now, answer)
-                continue
-            self._handle(msg, now)
+            self.on_message(msg, chain, now)
             if self.tunnel is not None:  # bound: the rest of the buffer goes through unparsed
                 rest = bytes(buffer.data[buffer.pos :])
                 buffer.clear()
@@ -201,23 +192,53 @@ class DownstreamSession:
                     self.tunnel.forward(rest)
                 return
 
-    def _express_allowed(self) -> bool:
-        """With no rate limit and no bound mode, a plain two-way request may go from decode to
-        dispatch without _handle's checks (``_express``: the same steps, in the same order)."""
-        ctx = self.ctx
-        return ctx.limiter is None and ctx.global_limit is None and not ctx.factory.bound_upstream
+    def on_message(self, msg: Message, chain: Chain, now: float) -> None:
+        """One decoded message from the client: a request runs the listener's chain unless the
+        codec answers it itself (the protocol's own local commands); heartbeats are answered here;
+        anything else is refused."""
+        mtype = msg.type
+        if mtype is MessageType.REQUEST or mtype is MessageType.ONEWAY:
+            answer = self.codec.answer_locally(msg)
+            if answer is None:
+                self.request(Pending(self, msg, now), chain, now)
+            else:
+                self.answered_locally(msg, answer, now)
+            return
+        if mtype is MessageType.HEARTBEAT:
+            self.ctx.stats.heartbeats += 1
+            self.reply_locally(Pending(self, msg, now), self.codec.heartbeat_reply(msg))
+            return
+        if mtype is MessageType.EVENT:  # unsolicited from the client (e.g. a stray reply): drop
+            return
+        self.ctx.stats.errors[ErrorKind.BAD_REQUEST.value] += 1
+        self.reply_locally(Pending(self, msg, now), self.error_reply(msg, LocalError(ErrorKind.BAD_REQUEST, "not a request")))
 
-    def _express(self, msg: Message, now: float) -> None:
-        """Dispatch a plain two-way request that needs no local answer (see _express_allowed)."""
-        ctx = self.ctx
-        ctx.stats.requests += 1
-        p = Pending(self, msg, now)
-        if self._admit(p):
-            failure = ctx.upstreams.dispatch(ctx, p, msg, now, False)
-            if failure is not None:
-                self._fail(p, failure)
+    def answered_locally(self, msg: Message, answer: LocalAnswer, now: float) -> None:
+        """The codec answers ``msg`` itself (Redis PING, a Dubbo heartbeat ...): in its place."""
+        stats = self.ctx.stats
+        stats.requests += 1
+        stats.local_answers += 1
+        self.reply_locally(Pending(self, msg, now), answer.reply)
+        if answer.close:
+            self.closing = True
 
-    def _admit(self, p: Pending) -> bool:
+    def request(self, p: Pending, chain: Chain, now: float) -> None:
+        """The one request path: ``p`` (one request, or a forwarded pipeline of ``p.count``) runs
+        the listener's compiled stages in order until one takes it over."""
+        self.ctx.stats.requests += p.count
+        for stage in chain.stages:
+            if not stage(self, p, now):
+                return
+
+    def resume(self, chain: Chain, p: Pending, index: int) -> None:
+        """Go on with ``p`` from stage ``index`` (a stage that deferred it, e.g. a rate limit
+        service's answer)."""
+        now = self.ctx.io.now()
+        for stage in chain.stages[index:]:
+            if not stage(self, p, now):
+                return
+
+    def admit(self, p: Pending) -> bool:
         """``p`` (two-way) is in flight: counted, given its reply slot in ordered mode, and reading
         paused at the connection's limit. False when the process is overloaded: ``p`` has then
         been answered with the codec's over-limit reply and must not be sent."""
@@ -234,140 +255,17 @@ class DownstreamSession:
         if overload.pending > overload.admit_below:
             reason = overload.reject_reason()
             overload.rejected_requests[reason] += n
-            self._local_error(p, ErrorKind.OVER_LIMIT, f"proxy overloaded ({reason} limit)")
+            self.local_error(p, ErrorKind.OVER_LIMIT, f"proxy overloaded ({reason} limit)")
             return False
         return True
 
-    def _process_pipeline(self, now: float) -> None:
-        """Decode what was read, forwarding each run of plain requests as one unit (one route
-        decision, one upstream write, one completion) instead of one by one."""
-        codec = self.codec
-        buffer = self.buffer
-        run: list[Message] = []  # forwarded pipelines imply no limits and no bound mode: express
-        while not self.read_paused and not self.closing and buffer.pos < len(buffer.data):
-            try:
-                unit = codec.decode_run(buffer)
-                if unit is not None:
-                    self._forward_run(run, now)
-                    if unit[1] == 1:  # one plain request: the ordinary path, no local answer
-                        self._express(unit[0], now)
-                    else:
-                        self._forward_unit(unit[0], unit[1], now)
-                    continue
-                msg = codec.decode(buffer)
-            except RemoteProtocolError as exc:
-                self._forward_run(run, now)
-                if exc.skipped:
-                    self._bad_frame(exc, now)
-                    continue
-                self._protocol_error(exc)
-                return
-            if msg is NEED_DATA:
-                break
-            assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel for mypy
-            if msg.type is MessageType.REQUEST and not msg.parts:
-                answer = codec.answer_locally(msg)
-                if answer is None:
-                    if run or buffer.pos < len(buffer.data):
-                        run.append(msg)
-                    else:  # alone in its read (no pipelining): the ordinary path
-                        self._express(msg, now)
-                    continue
-                self._forward_run(run, now)
-                self._handle(msg, now, answer)
-            else:
-                self._forward_run(run, now)
-                self._handle(msg, now)
-        self._forward_run(run, now)
-
-    def _forward_run(self, run: list[Message], now: float) -> None:
-        """Send the plain requests gathered so far (as one unit where the codec can) and empty
-        ``run``."""
-        if not run:
-            return
-        if len(run) == 1 or (batch := self.codec.batch(run)) is None:
-            for msg in run:
-                self._express(msg, now)
-        else:
-            self._forward_unit(batch, len(run), now)
-        run.clear()
-
-    def _forward_unit(self, batch: Message, n: int, now: float) -> None:
-        """Route and send ``n`` requests standing as one message; one pending entry answers all."""
-        ctx = self.ctx
-        ctx.stats.requests += n
-        p = Pending(self, batch, now)
-        p.count = p.batch_left = n
-        if self._admit(p):
-            failure = ctx.upstreams.dispatch(ctx, p, batch, now, False)
-            if failure is not None:
-                self._fail(p, failure)
-
-    def _handle(self, msg: Message, now: float, answer: LocalAnswer | None | _Ask = ASK) -> None:
-        ctx = self.ctx
-        mtype = msg.type
-        if mtype is MessageType.HEARTBEAT:
-            ctx.stats.heartbeats += 1
-            self._local(Pending(self, msg, now), self.codec.heartbeat_reply(msg))
-            return
-        if mtype is MessageType.EVENT:  # unsolicited from the client (e.g. a stray reply): drop
-            return
-        if mtype is not MessageType.REQUEST and mtype is not MessageType.ONEWAY:
-            ctx.stats.errors[ErrorKind.BAD_REQUEST.value] += 1
-            reply = self.codec.on_error(msg, LocalError(ErrorKind.BAD_REQUEST, "not a request"))
-            self._local(Pending(self, msg, now), reply)
-            return
-        ctx.stats.requests += 1
-        if answer is ASK:
-            answer = self.codec.answer_locally(msg)
-        if answer is not None:
-            assert isinstance(answer, LocalAnswer)  # noqa: S101 - narrows the sentinel
-            ctx.stats.local_answers += 1
-            self._local(Pending(self, msg, now), answer.reply)
-            if answer.close:
-                self.closing = True
-            return
-        oneway = mtype is MessageType.ONEWAY
-        limiter = ctx.limiter
-        if limiter is not None:
-            if limiter.allow(msg.metadata, now):
-                ctx.stats.rate_limit_ok += 1
-            else:
-                ctx.stats.rate_limited += 1
-                ctx.stats.errors[ErrorKind.OVER_LIMIT.value] += 1
-                if not oneway:
-                    self._local(Pending(self, msg, now), self.codec.on_error(msg, LocalError(ErrorKind.OVER_LIMIT, "rate limited")))
-                return
-        if ctx.factory.bound_upstream:
-            self._bind(msg)
-            return
-        p = Pending(self, msg, now)
-        glimit = ctx.global_limit
-        if glimit is not None and all(pred(msg.metadata) for pred in ctx.global_match):
-            md = msg.metadata
-            entries = [(key, md[prop]) for prop, key in glimit.descriptors if prop in md]
-            if entries:
-                if not oneway and not self._admit(p):
-                    return
-                ctx.io.rate_limit(ctx, entries, lambda allowed: self._after_global_limit(p, msg, oneway, allowed))
-                return
-        if oneway:
-            ctx.stats.requests_oneway += 1
-        elif not self._admit(p):
-            return
-        parts = msg.parts
-        if parts and self._split(p, parts, now):
-            return
-        failure = ctx.upstreams.dispatch(ctx, p, msg, now, oneway)
-        if failure is not None and not oneway:
-            self._fail(p, failure)
-
-    def _bind(self, msg: Message) -> None:
+    def bind(self, msg: Message) -> None:
         """Bound mode: open this client's own upstream connection and pass bytes through."""
         ctx = self.ctx
-        target = ctx.upstreams.resolve(ctx, msg)
+        router = RouterStage(ctx)
+        target = router.resolve(msg)
         if isinstance(target, Failure):
-            self._local(Pending(self, msg, ctx.io.now()), self.codec.on_error(msg, target.error))
+            self.reply_locally(Pending(self, msg, ctx.io.now()), self.error_reply(msg, target.error))
             self.closing = True
             return
         route, cs, index = target
@@ -398,50 +296,10 @@ class DownstreamSession:
         else:
             self.transport.resume_reading()
 
-    def _after_global_limit(self, p: Pending, msg: Message, oneway: bool, allowed: bool) -> None:
-        """The rate limit service answered (or failed, already turned into ``allowed``)."""
-        if self.closed:
-            return
-        ctx = self.ctx
-        if not allowed:
-            ctx.stats.rate_limited += 1
-            if oneway:
-                ctx.stats.errors[ErrorKind.OVER_LIMIT.value] += 1
-            else:
-                self._local_error(p, ErrorKind.OVER_LIMIT, "rate limited")
-            self.flush()
-            return
-        ctx.stats.rate_limit_ok += 1
-        failure = ctx.upstreams.dispatch(ctx, p, msg, ctx.io.now(), oneway)
-        if failure is not None and not oneway:
-            self._fail(p, failure)
-        self.flush()
-
-    def _split(self, p: Pending, parts: list[Message], now: float) -> bool:
-        """Send the parts of a scatter-gather request separately, unless they share an upstream."""
-        ctx = self.ctx
-        upstreams = ctx.upstreams
-        targets = []
-        for part in parts:
-            target = upstreams.resolve(ctx, part)
-            if isinstance(target, Failure):
-                self._fail(p, target)
-                return True
-            targets.append(target)
-        first = targets[0]
-        if all(t[1] == first[1] and t[2] == first[2] for t in targets):
-            return False
-        ctx.stats.fanout_requests += 1
-        p.parts_left = len(parts)
-        p.part_replies = [None] * len(parts)
-        for i, (part, target) in enumerate(zip(parts, targets, strict=True)):
-            child = Pending(self, part, now)
-            child.parent = p
-            child.part_index = i
-            upstreams.send(ctx, child, part, target, now, oneway=False)
-            if p.done:
-                break
-        return True
+    def upstream_profile(self) -> Hashable:
+        """The upstream connection kind this client's requests need (the codec's, which may change
+        with the client's protocol negotiation)."""
+        return self.codec.upstream_profile()
 
     # -- completion ---------------------------------------------------------------------------
 
@@ -450,109 +308,60 @@ class DownstreamSession:
         if p.done:
             self.ctx.stats.late_responses += 1
             return
-        parent = p.parent
-        if parent is not None:
-            p.done = True
-            if parent.done:
-                return
-            replies = parent.part_replies
-            assert replies is not None  # noqa: S101
-            replies[p.part_index] = response
-            parent.parts_left -= 1
-            if parent.parts_left == 0:
-                try:
-                    merged = self.codec.merge(parent.request, [r for r in replies if r])
-                except MetaProtocolError as exc:
-                    self._local_error(parent, ErrorKind.BAD_RESPONSE, str(exc))
-                    return
-                except Exception as exc:  # noqa: BLE001 - a codec bug: this request fails, nothing else
-                    self._codec_bug(exc)
-                    self._local_error(parent, ErrorKind.INTERNAL, "internal error")
-                    return
-                self._finish(parent, merged)
+        if p.parent is not None:
+            fanout.part_replied(self, p, response)
             return
         route = p.route
-        if response.type is MessageType.ERROR and route is not None and route.rule.retry is not None and self._retry(p, "error"):
+        if response.type is MessageType.ERROR and route is not None and route.rule.retry is not None and retry(self, p, "error"):
             return
         mutation = route.response_mutation if route is not None else None
         try:
             data = self.codec.encode(response, mutation, p.request.request_id)
         except MetaProtocolError as exc:  # e.g. a lazily read response body that is malformed
-            self._local_error(p, ErrorKind.BAD_RESPONSE, str(exc))
+            self.local_error(p, ErrorKind.BAD_RESPONSE, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a codec bug: this request fails, nothing else
-            self._codec_bug(exc)
-            self._local_error(p, ErrorKind.INTERNAL, "internal error")
+            self.codec_bug(exc)
+            self.local_error(p, ErrorKind.INTERNAL, "internal error")
             return
         self.ctx.stats.responses += p.count
-        self._finish(p, data, "ok" if response.type is MessageType.RESPONSE else "error")
+        self.finish(p, data, "ok" if response.type is MessageType.RESPONSE else "error")
 
     def fail(self, p: Pending, kind: ErrorKind, message: str) -> None:
         """``p`` failed upstream (reset, timeout ...): retry if the route says so, else answer
         with the codec's error reply."""
-        if p.done:
+        if p.done or retry(self, p, kind.value):
             return
-        if self._retry(p, kind.value):
+        if p.parent is not None:
+            fanout.part_failed(self, p, kind, message)
             return
-        parent = p.parent
-        if parent is not None:
-            p.done = True
-            if not parent.done:
-                self._local_error(parent, kind, message)
-            return
-        self._local_error(p, kind, message)
+        self.local_error(p, kind, message)
 
-    def _retry(self, p: Pending, reason: str) -> bool:
-        """Send ``p`` again when its route retries ``reason`` and tries are left."""
-        route = p.route
-        policy = route.rule.retry if route is not None else None
-        if policy is None or reason not in policy.retry_on or p.tries >= policy.num_retries or self.closed or p.parent is not None:
-            return False
-        if p.request.type is not MessageType.REQUEST:
-            return False  # one-way requests are not answered, so not retried
-        ctx = self.ctx
-        if reason not in NEVER_SENT and not policy.retry_non_idempotent and not self.codec.is_idempotent(p.request):
-            ctx.stats.retries_not_idempotent += 1
-            return False
-        upstreams = ctx.upstreams
-        cs = upstreams.clusters.get(p.cluster)
-        cstats = upstreams.cluster_stats.get(p.cluster)
-        if cs is not None and p.retry_cluster is None:
-            if not cs.retry_allowed():
-                if cstats is not None:
-                    cstats.retry_overflows += 1
-                return False
-            cs.active_retries += 1
-            p.retry_cluster = cs
-        if cstats is not None:
-            cstats.retries += 1
-        p.tries += 1
-        ctx.stats.retries += 1
-        p.upstream = None
-        p.upstream_id = None
-        failure = ctx.upstreams.dispatch(ctx, p, p.request, ctx.io.now(), oneway=False)
-        if failure is not None:
-            self._fail(p, failure)
-        return True
-
-    def _fail(self, p: Pending, failure: Failure) -> None:
+    def fail_with(self, p: Pending, failure: Failure) -> None:
+        """``p`` could not be sent (no route, no healthy upstream ...): answer with the error."""
         if failure.cluster:
             p.cluster = failure.cluster
-        self._local_error(p, failure.error.kind, failure.error.message)
+        self.local_error(p, failure.error.kind, failure.error.message)
 
-    def _local_error(self, p: Pending, kind: ErrorKind, message: str) -> None:
+    def local_error(self, p: Pending, kind: ErrorKind, message: str) -> None:
+        """Answer ``p`` with the protocol's error reply. For a forwarded pipeline cut part-way, the
+        replies that came stay and the codec answers the rest (``ServerCodec.batch_error``)."""
         answered = p.batch_replies
-        self.ctx.stats.errors[kind.value] += p.batch_left if answered else p.count
+        left = p.batch_left if answered else p.count
+        self.ctx.stats.errors[kind.value] += left
         if p.request.type is MessageType.ONEWAY:
             p.done = True
             return
-        reply = self._error_reply(p.request, LocalError(kind, message))
-        if answered:  # a forwarded pipeline failed part-way: replies that came stay, errors for the rest
-            per_request = len(reply) // p.count
-            reply = b"".join(answered) + reply[per_request * (p.count - p.batch_left) :]
-        self._finish(p, reply, kind.value)
+        error = LocalError(kind, message)
+        if p.count == 1:
+            reply = self.error_reply(p.request, error)
+        else:
+            reply = self._batch_error(p.request, error, left)
+            if answered:
+                reply = b"".join(answered) + reply
+        self.finish(p, reply, kind.value)
 
-    def _local(self, p: Pending, reply: bytes) -> None:
+    def reply_locally(self, p: Pending, reply: bytes) -> None:
         """A reply made without going upstream, kept in request order."""
         p.done = True
         if self.ordered and self.slots:
@@ -561,16 +370,11 @@ class DownstreamSession:
         else:
             self.out.append(reply)
 
-    def _finish(self, p: Pending, data: bytes | bytearray, status: str = "ok") -> None:
+    def finish(self, p: Pending, data: bytes | bytearray, status: str = "ok") -> None:
+        """``p`` is answered with ``data``: out of the books, into its reply slot."""
         p.done = True
-        retrying = p.retry_cluster
-        if retrying is not None:  # the retry is over, whatever its outcome
-            retrying.active_retries -= 1
-            p.retry_cluster = None
-            if status == "ok":
-                cstats = self.ctx.upstreams.cluster_stats.get(p.cluster)
-                if cstats is not None:
-                    cstats.retry_successes += 1
+        if p.retry_cluster is not None:  # the retry is over, whatever its outcome
+            retry_over(self, p, status == "ok")
         if self.closed:
             return
         ctx = self.ctx
@@ -581,8 +385,8 @@ class DownstreamSession:
         now = ctx.io.now()
         ctx.stats.latency.observe(now - p.start, count)
         self.last_active = now
-        if ctx.access_log is not None:
-            ctx.access_log(_log_record(ctx.name, p, data, now, status))
+        for hook in ctx.chain.on_finish:
+            hook(p, data, now, status)
         if self.ordered:
             p.reply = data
             slots = self.slots
@@ -642,55 +446,53 @@ class DownstreamSession:
                 if self.out or self.closing:  # local replies made now go out this loop pass
                     self._flush_soon()
 
-    def _protocol_error(self, exc: RemoteProtocolError) -> None:
-        """Garbage from the client: reply as the protocol does, keep earlier replies, close."""
+    def decode_failed(self, exc: RemoteProtocolError, now: float) -> bool:
+        """The codec refused what the client sent. A frame it stepped over whole (``exc.skipped``)
+        is answered with the protocol's error in its place and reading goes on (True); otherwise
+        the connection gets the protocol's reply to garbage, keeps the replies it is owed, and
+        closes (False)."""
         ctx = self.ctx
         ctx.stats.request_decoding_errors += 1
         ctx.io.report("downstream_protocol_error", f"{ctx.name}: {exc}")
-        self.buffer.clear()
-        self.closing = True
         request = exc.request if isinstance(exc.request, Message) else None
-        reply = self._error_reply(request, LocalError(exc.kind, str(exc)))
-        if reply:
-            self._local(Pending(self, Message(MessageType.ERROR, b""), 0.0), reply)
+        if exc.skipped:
+            ctx.stats.errors[exc.kind.value] += 1
+        self._refuse(request, exc.kind, str(exc), now, close=not exc.skipped)
+        return exc.skipped
 
-    def _bad_frame(self, exc: RemoteProtocolError, now: float) -> None:
-        """A malformed request the codec stepped over whole (``exc.skipped``): answer it with the
-        protocol's error, in its place among the replies, and go on reading."""
-        ctx = self.ctx
-        ctx.stats.request_decoding_errors += 1
-        ctx.stats.errors[exc.kind.value] += 1
-        ctx.io.report("downstream_protocol_error", f"{ctx.name}: {exc}")
-        request = exc.request if isinstance(exc.request, Message) else None
+    def _refuse(self, request: Message | None, kind: ErrorKind, text: str, now: float, *, close: bool) -> None:
+        """Answer ``request`` (None: undecodable bytes) with the protocol's error, in its place
+        among the replies; with ``close``, read nothing more and close once the replies are out."""
+        if close:
+            self.buffer.clear()
+            self.closing = True
         if request is not None and request.type is MessageType.ONEWAY:
             return
-        reply = self._error_reply(request, LocalError(exc.kind, str(exc)))
+        reply = self.error_reply(request, LocalError(kind, text))
         if reply:
-            self._local(Pending(self, request or Message(MessageType.ERROR, b""), now), reply)
+            self.reply_locally(Pending(self, request or _UNDECODED, now), reply)
 
-    def _internal_error(self, exc: Exception) -> None:
-        """A codec raised something it does not document: count it, log it with its traceback,
-        answer with the protocol's error and close this connection only (after the replies it
-        is still owed)."""
-        self._codec_bug(exc)
-        self.buffer.clear()
-        self.closing = True
-        reply = self._error_reply(None, LocalError(ErrorKind.INTERNAL, "internal error"))
-        if reply:
-            self._local(Pending(self, Message(MessageType.ERROR, b""), 0.0), reply)
-
-    def _codec_bug(self, exc: BaseException) -> None:
+    def codec_bug(self, exc: BaseException) -> None:
+        """The codec raised something it does not document: counted and logged with its traceback."""
         ctx = self.ctx
         ctx.stats.codec_internal_errors += 1
         ctx.io.report("codec_internal_error", f"{ctx.name} ({ctx.factory.name}): {type(exc).__name__}: {exc}", exc)
 
-    def _error_reply(self, request: Message | None, error: LocalError) -> bytes:
+    def error_reply(self, request: Message | None, error: LocalError) -> bytes:
         """``codec.on_error``, which must not fail in its turn: a codec bug there costs the
         reply (the client then sees the connection close), never the event loop."""
         try:
             return self.codec.on_error(request, error)
         except Exception as exc:  # noqa: BLE001 - defence in depth at the codec boundary
-            self._codec_bug(exc)
+            self.codec_bug(exc)
+            return b""
+
+    def _batch_error(self, batch: Message, error: LocalError, unanswered: int) -> bytes:
+        """``codec.batch_error``, guarded like ``error_reply``."""
+        try:
+            return self.codec.batch_error(batch, error, unanswered)
+        except Exception as exc:  # noqa: BLE001 - defence in depth at the codec boundary
+            self.codec_bug(exc)
             return b""
 
     def drain(self) -> None:
@@ -702,23 +504,4 @@ class DownstreamSession:
         self.flush()
 
 
-def _log_record(listener: str, p: Pending, reply: bytes | bytearray, now: float, status: str) -> dict[str, object]:
-    """What the access log may print about one finished request."""
-    conn = p.upstream
-    return {
-        "listener": listener,
-        "route": p.route.name if p.route is not None else "",
-        "cluster": p.cluster,
-        "upstream_host": conn.pool.endpoint_key if conn is not None else "",
-        "request_id": p.request.request_id,
-        "metadata": p.request.metadata,
-        "bytes_received": len(p.request.raw),
-        "bytes_sent": len(reply),
-        "duration": now - p.start,
-        "start": p.start,
-        "tries": p.tries + 1,
-        "status": status,
-    }
-
-
-__all__ = ["CompiledRoute", "DownstreamSession", "Transport"]
+__all__ = ["DownstreamSession", "Transport"]

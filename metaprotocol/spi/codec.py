@@ -92,12 +92,20 @@ class ServerCodec(abc.ABC):
     def batch(self, requests: Sequence[Message]) -> Message | None:
         """One message standing for consecutive plain requests of an ORDERED protocol, so that
         the proxy routes and forwards a client's pipeline as a unit when nothing is decided per
-        request (``ListenerContext.forwards_pipelines``). Its ``raw`` is the requests' bytes in
-        order; the upstream's replies to them are passed back concatenated, and ``on_error`` on it
-        must answer every request in it with the same reply (when the pipeline fails part-way,
-        the replies that came are kept and the rest are errors). None (the default) keeps
+        request (``Chain.forwards_pipelines``). Its ``raw`` is the requests' bytes in order; the
+        upstream's replies to them are passed back concatenated. When the pipeline fails, the
+        replies that came are kept and ``batch_error`` answers the rest. None (the default) keeps
         requests one by one."""
         return None
+
+    def batch_error(self, batch: Message, error: LocalError, unanswered: int) -> bytes:
+        """The error replies, in order, to the last ``unanswered`` requests of a forwarded
+        pipeline (``batch`` or ``decode_run``'s message) whose first ones were answered upstream.
+
+        The default repeats ``on_error(batch, error)``: right for protocols whose error reply
+        echoes nothing of its request (ORDERED ones, the only ones that forward pipelines).
+        """
+        return self.on_error(batch, error) * unanswered
 
     def decode_run(self, buffer: ReadBuffer) -> tuple[Message, int] | None:
         """Optional fast path for forwarded pipelines: frame, without a message per request, the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 
@@ -47,8 +47,9 @@ class _NeedData:
 NEED_DATA: Final = _NeedData()
 """Returned by ``Codec.decode`` when the buffer holds no whole frame yet."""
 
-Metadata = dict[str, str]
-"""String attributes for routing, hashing, rate limiting and logs. Keys are lower-case."""
+Metadata = Mapping[str, str]
+"""String attributes for routing, hashing, rate limiting and logs. Keys are lower-case. Read-only
+once decoded (a codec may share one mapping between messages): the type forbids writing to it."""
 
 
 class Message:

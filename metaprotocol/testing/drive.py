@@ -249,7 +249,8 @@ class Driver:
         return msg.type is MessageType.REQUEST and not msg.parts and answer is None
 
     def batch(self, server: ServerCodec, run: list[Message], kind: LocalError) -> None:
-        """``batch`` stands for the run's bytes in order, and its error reply answers each."""
+        """``batch`` stands for the run's bytes in order, and ``batch_error`` answers exactly the
+        requests it is asked to (one reply each), for any number of them left unanswered."""
         if len(run) < 2 or type(server).batch is ServerCodec.batch:  # noqa: PLR2004
             return
         unit = call(server.batch, run)
@@ -258,12 +259,13 @@ class Driver:
         if bytes(unit.raw) != b"".join(bytes(m.raw) for m in run):
             raise Finding("batch's raw is not the requests' bytes in order")
         touch(unit)
-        reply = call(server.on_error, unit, kind)
         profile = call(server.upstream_profile)
-        if reply:
-            answered = decode_all(self.client_codec(profile).decode, [bytes(reply)])
-            if not answered.failed and len(answered.raws) != len(run):
-                raise Finding(f"on_error of a batch of {len(run)} gave {len(answered.raws)} replies")
+        for unanswered in (len(run), 1):
+            reply = call(server.batch_error, unit, kind, unanswered)
+            if reply:
+                answered = decode_all(self.client_codec(profile).decode, [bytes(reply)])
+                if not answered.failed and len(answered.raws) != unanswered:
+                    raise Finding(f"batch_error for {unanswered} of a batch of {len(run)} gave {len(answered.raws)} replies")
         call(self.client_codec(profile).encode, unit, None, None)
 
     def decode_run_agrees(self, chunks: Sequence[bytes], first: Frames) -> None:
