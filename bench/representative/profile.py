@@ -1,0 +1,51 @@
+"""py-spy profiles of our proxy under a mix: record raw stacks, rank functions by self time."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def pyspy_binary() -> str | None:
+    found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return found if Path(found).exists() else None
+
+
+def record(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.Popen[bytes]:
+    """Start sampling ``pid`` for ``seconds`` into ``out`` (py-spy's raw, collapsed-stack format)."""
+    exe = pyspy_binary()
+    assert exe, "py-spy is not installed: run scripts/bench-install"
+    argv = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate), "--format", "raw", "--output", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _short(path: str) -> str:
+    for marker in ("/metaprotocol/", "/codecs/", "/site-packages/", "/lib/python3"):
+        at = path.find(marker)
+        if at >= 0:
+            return path[at + 1 :]
+    return path
+
+
+def top_self(raw: Path, n: int = 15) -> tuple[int, list[dict[str, object]]]:
+    """The total samples and the ``n`` functions with the most self samples (the innermost frame
+    of each sampled stack), each with its share of all samples."""
+    self_counts: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        m = _FRAME.match(leaf)
+        key = f"{m['func']} ({_short(m['file'])})" if m else leaf
+        self_counts[key] += int(count)
+        total += int(count)
+    rows = [{"function": k, "samples": c, "self_pct": round(100 * c / total, 1)} for k, c in self_counts.most_common(n)] if total else []
+    return total, rows
