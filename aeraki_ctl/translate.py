@@ -21,8 +21,9 @@ import re
 from functools import partial
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from aeraki_ctl import sidecar
 from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet, seconds
 from metaprotocol.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -88,10 +89,12 @@ class Options:
 
 @dataclass
 class Translation:
-    """The configuration and the problems met while making it."""
+    """The configuration and the problems met while making it, and the Sidecars that are served
+    (they scope what each proxy receives; they add nothing to the configuration itself)."""
 
     bootstrap: Bootstrap
     problems: list[Problem] = field(default_factory=list)
+    sidecars: tuple[Resource, ...] = ()
 
     @property
     def errors(self) -> list[Problem]:
@@ -167,6 +170,51 @@ class _Failed:
 
     def rule(self, host: str) -> bool:
         return self.some_rule or host in self.rules
+
+
+class _World(Protocol):
+    """What translating one service port reads of the other services: the incremental translator
+    answers from its per-host facts and records each host asked about (a dependency)."""
+
+    def ports(self, host: str) -> list[int]:
+        """The MetaProtocol ports of ``host``, sorted."""
+
+    def rule(self, host: str) -> _Rule | None:
+        """The DestinationRule served for ``host``."""
+
+    def failed(self) -> _Failed:
+        """The rejected hosts (the answers to ``service``/``rule`` are dependencies too)."""
+
+    def service_entry(self, host: str) -> Resource | None:
+        """The first ServiceEntry read without error (by namespace, name) listing ``host``."""
+
+
+@dataclass
+class _GlobalWorld:
+    """The whole translation's answers."""
+
+    by_host: dict[str, list[int]]
+    rules: Mapping[str, _Rule]
+    failures: _Failed
+    valid: ResourceSet
+    _entries: dict[str, Resource] | None = None
+
+    def ports(self, host: str) -> list[int]:
+        return self.by_host.get(host, [])
+
+    def rule(self, host: str) -> _Rule | None:
+        return self.rules.get(host)
+
+    def failed(self) -> _Failed:
+        return self.failures
+
+    def service_entry(self, host: str) -> Resource | None:
+        if self._entries is None:
+            self._entries = {}
+            for se in self.valid.of("ServiceEntry"):
+                for h in se.message(ServiceEntry).hosts:
+                    self._entries.setdefault(h, se)
+        return self._entries.get(host)
 
 
 class _Reporter:
@@ -250,57 +298,84 @@ def translate(resources: ResourceSet, options: Options | None = None, registry: 
     routers: dict[str, Resource] = {}
     for mr in valid.of("MetaRouter"):
         _guard(mr, problems, partial(_router, mr, routers, hosts, failed, problems), None)
-
-    _check_rejected(resources, codecs, services, rules, failed, valid, reg, problems)
+    by_host: dict[str, list[int]] = {}
+    for s in services:
+        by_host.setdefault(s.host, []).append(s.port)
+    world = _GlobalWorld(by_host, rules, failed, valid)
+    _check_rejected(resources, codecs, services, world, reg, problems)
     clusters: dict[str, ClusterConfig] = {}
     listeners: list[ListenerConfig] = []
     for svc in services:
-        rule = rules.get(svc.host)
-        made_clusters = _guard(rule.resource, problems, partial(_clusters, svc, rule, problems), None) if rule else None
-        if made_clusters is None:
-            made_clusters = _clusters(svc, None, problems)
-            rule = None
-        clusters.update(made_clusters)
-        top = rule.policy if rule else _Policy()
-        default = (RouteRule("default", (), RouteAction(cluster=cluster_name(svc.port, "", svc.host), hash_policy=(top.hash_key,) if top.hash_key else ())),)
-        routes: tuple[RouteRule, ...] = default
-        limit: LocalRateLimit | None = None
-        global_limit: GlobalRateLimit | None = None
-        router = routers.get(svc.host)
-        if router is not None:
-            extra: dict[str, ClusterConfig] = {}
-            out = _guard(router, problems, partial(_router_config, router, svc, services, rules, failed, valid, extra, problems), None)
-            if out is not None:
-                routes = out[0] or default
-                limit, global_limit = out[1], out[2]
-                for name, cfg in extra.items():
-                    clusters.setdefault(name, cfg)
-        name = f"{svc.host}_{svc.port}"
-        listeners.append(
-            ListenerConfig(
-                name=name,
-                address=opts.listen_address,
-                port=svc.port + opts.port_offset,
-                codec=CodecRef(svc.codec),
-                stat_prefix=cluster_name(svc.port, "", svc.host),
-                route_config=RouteConfig(name, routes),
-                idle_timeout=top.idle_timeout,
-                local_rate_limit=limit,
-                global_rate_limit=global_limit,
-                protocol=svc.protocol,
-            )
-        )
+        extra: dict[str, ClusterConfig] = {}
+        listeners.append(service_port(svc, rules.get(svc.host), routers.get(svc.host), world, opts, clusters, extra, problems))
+        for name, cfg in extra.items():
+            clusters.setdefault(name, cfg)
+    sidecars = check_sidecars(resources.of("Sidecar"), problems)
     unique = list(dict.fromkeys(problems))  # an object's problem met once per service port is told once
-    return Translation(Bootstrap(tuple(listeners), tuple(clusters[k] for k in sorted(clusters)), None, "aeraki-ctl"), unique)
+    return Translation(Bootstrap(tuple(listeners), tuple(clusters[k] for k in sorted(clusters)), None, "aeraki-ctl"), unique, sidecars)
+
+
+def check_sidecars(sidecars: Iterable[Resource], problems: list[Problem]) -> tuple[Resource, ...]:
+    """Every problem of the Sidecars (namespace by namespace); the valid ones, by ref."""
+    by_namespace: dict[str, list[Resource]] = {}
+    for r in sidecars:
+        by_namespace.setdefault(r.namespace, []).append(r)
+    valid: list[Resource] = []
+    for ns in sorted(by_namespace):
+        valid.extend(sidecar.check(by_namespace[ns], problems))
+    return tuple(sorted(valid, key=lambda r: r.ref))
+
+
+def service_port(
+    svc: _Service,
+    rule: _Rule | None,
+    router: Resource | None,
+    world: _World,
+    opts: Options,
+    clusters: dict[str, ClusterConfig],
+    extra: dict[str, ClusterConfig],
+    problems: list[Problem],
+) -> ListenerConfig:
+    """One service port: its clusters (into ``clusters``), the clusters its MetaRouter adds (a
+    rate limit service's, into ``extra``) and its listener with its route table."""
+    made_clusters = _guard(rule.resource, problems, partial(_clusters, svc, rule, problems), None) if rule else None
+    if made_clusters is None:
+        made_clusters = _clusters(svc, None, problems)
+        rule = None
+    clusters.update(made_clusters)
+    top = rule.policy if rule else _Policy()
+    default = (RouteRule("default", (), RouteAction(cluster=cluster_name(svc.port, "", svc.host), hash_policy=(top.hash_key,) if top.hash_key else ())),)
+    routes: tuple[RouteRule, ...] = default
+    limit: LocalRateLimit | None = None
+    global_limit: GlobalRateLimit | None = None
+    if router is not None:
+        mine: dict[str, ClusterConfig] = {}
+        out = _guard(router, problems, partial(_router_config, router, svc, world, mine, problems), None)
+        if out is not None:
+            routes = out[0] or default
+            limit, global_limit = out[1], out[2]
+            for name, cfg in mine.items():
+                extra.setdefault(name, cfg)
+    name = f"{svc.host}_{svc.port}"
+    return ListenerConfig(
+        name=name,
+        address=opts.listen_address,
+        port=svc.port + opts.port_offset,
+        codec=CodecRef(svc.codec),
+        stat_prefix=cluster_name(svc.port, "", svc.host),
+        route_config=RouteConfig(name, routes),
+        idle_timeout=top.idle_timeout,
+        local_rate_limit=limit,
+        global_rate_limit=global_limit,
+        protocol=svc.protocol,
+    )
 
 
 def _check_rejected(
     resources: ResourceSet,
     codecs: Mapping[str, str],
     services: list[_Service],
-    rules: Mapping[str, _Rule],
-    failed: _Failed,
-    valid: ResourceSet,
+    world: _World,
     registry: CodecRegistry,
     problems: list[Problem],
 ) -> None:
@@ -308,18 +383,22 @@ def _check_rejected(
     like a valid object's, and thrown away), so that every problem is told at once."""
     hosts = {s.host for s in services}
     for r in resources.resources:
-        if not r.rejected:
-            continue
-        if r.kind == "ServiceEntry":
-            _guard(r, problems, partial(_services, r, codecs, {}, registry, problems), None)
-        elif r.kind == "DestinationRule":
-            _guard(r, problems, partial(_destination_rule, r, {}, hosts, problems), False)
-        elif r.kind == "MetaRouter":
-            routers: dict[str, Resource] = {}
-            _guard(r, problems, partial(_router, r, routers, hosts, failed, problems), None)
-            for svc in services if routers else ():
-                if svc.host in routers:
-                    _guard(r, problems, partial(_router_config, r, svc, services, rules, failed, valid, {}, problems), None)
+        if r.rejected:
+            check_rejected(r, codecs, hosts, services, world, registry, problems)
+
+
+def check_rejected(r: Resource, codecs: Mapping[str, str], hosts: set[str], services: list[_Service], world: _World, registry: CodecRegistry, problems: list[Problem]) -> None:
+    """One rejected object's other problems (``services``: at least those of its host)."""
+    if r.kind == "ServiceEntry":
+        _guard(r, problems, partial(_services, r, codecs, {}, registry, problems), None)
+    elif r.kind == "DestinationRule":
+        _guard(r, problems, partial(_destination_rule, r, {}, hosts, problems), False)
+    elif r.kind == "MetaRouter":
+        routers: dict[str, Resource] = {}
+        _guard(r, problems, partial(_router, r, routers, hosts, world.failed(), problems), None)
+        for svc in services if routers else ():
+            if svc.host in routers:
+                _guard(r, problems, partial(_router_config, r, svc, world, {}, problems), None)
 
 
 def _application_protocol(ap: Resource, codecs: dict[str, str], problems: list[Problem]) -> None:
@@ -591,37 +670,27 @@ def _router(mr: Resource, routers: dict[str, Resource], hosts: set[str], failed:
 _RouterConfig = tuple[tuple[RouteRule, ...], LocalRateLimit | None, GlobalRateLimit | None]
 
 
-def _router_config(
-    mr: Resource,
-    svc: _Service,
-    services: list[_Service],
-    rules: Mapping[str, _Rule],
-    failed: _Failed,
-    valid: ResourceSet,
-    extra: dict[str, ClusterConfig],
-    problems: list[Problem],
-) -> _RouterConfig | None:
+def _router_config(mr: Resource, svc: _Service, world: _World, extra: dict[str, ClusterConfig], problems: list[Problem]) -> _RouterConfig | None:
     """The MetaRouter's routes and rate limits for one service port; None when it has an error
     (every one of them is reported)."""
     spec = mr.message(MetaRouter)
     report = _Reporter(mr, problems)
-    routes = _routes(spec, svc, services, rules, failed, report)
+    routes = _routes(spec, svc, world, report)
     limit = _local_rate_limit(spec.local_rate_limit, report) if spec.HasField("local_rate_limit") else None
-    global_limit = _global_rate_limit(spec, valid, extra, report) if spec.HasField("global_rate_limit") else None
+    global_limit = _global_rate_limit(spec, world, extra, report) if spec.HasField("global_rate_limit") else None
     if (report.errors or report.blocked) and not report.partial:
         report.warn(f"the MetaRouter is not applied to {svc.host}:{svc.port} (its default route is used)")
         return None
     return routes, limit, global_limit
 
 
-def _destination(
-    d: Destination, path: str, svc: _Service, services: list[_Service], rules: Mapping[str, _Rule], failed: _Failed, report: _Reporter
-) -> tuple[str, str] | None:
+def _destination(d: Destination, path: str, svc: _Service, world: _World, report: _Reporter) -> tuple[str, str] | None:
     """The cluster name of a destination and the hash key of its traffic policy."""
     if not d.host:
         report("host is required", f"{path}.host")
         return None
-    ports = sorted(s.port for s in services if s.host == d.host)
+    ports = world.ports(d.host)
+    failed = world.failed()
     if not ports and failed.service(d.host):
         report.block(f"destination host {d.host!r} is not served now: a ServiceEntry that may declare it is rejected", f"{path}.host")
         return None
@@ -640,7 +709,7 @@ def _destination(
     if port not in ports:
         report(f"{d.host} has no MetaProtocol port {port}", f"{path}.port.number")
         return None
-    rule = rules.get(d.host)
+    rule = world.rule(d.host)
     if d.subset and (rule is None or d.subset not in rule.subsets) and failed.rule(d.host):
         report.block(f"subset {d.subset!r} of {d.host} is not served now: a DestinationRule that may declare it is rejected", f"{path}.subset")
         return None
@@ -651,17 +720,15 @@ def _destination(
     return cluster_name(port, d.subset, d.host), policy.hash_key
 
 
-def _routes(spec: MetaRouter, svc: _Service, services: list[_Service], rules: Mapping[str, _Rule], failed: _Failed, report: _Reporter) -> tuple[RouteRule, ...]:
+def _routes(spec: MetaRouter, svc: _Service, world: _World, report: _Reporter) -> tuple[RouteRule, ...]:
     out = []
     for i, route in enumerate(spec.routes):
         rpath = f"spec.routes[{i}]"
-        out.append(_route(route, i, rpath, svc, services, rules, failed, report))
+        out.append(_route(route, i, rpath, svc, world, report))
     return tuple(r for r in out if r is not None)
 
 
-def _route(
-    route: MetaRoute, i: int, rpath: str, svc: _Service, services: list[_Service], rules: Mapping[str, _Rule], failed: _Failed, report: _Reporter
-) -> RouteRule | None:
+def _route(route: MetaRoute, i: int, rpath: str, svc: _Service, world: _World, report: _Reporter) -> RouteRule | None:
     errors = report.errors + report.blocked
     matchers = _matchers(route.match, f"{rpath}.match", report)
     weighted: list[WeightedCluster] = []
@@ -669,7 +736,7 @@ def _route(
     if not route.route:
         report("a route needs at least one destination", f"{rpath}.route")
     for j, d in enumerate(route.route):
-        dest = _destination(d.destination, f"{rpath}.route[{j}].destination", svc, services, rules, failed, report)
+        dest = _destination(d.destination, f"{rpath}.route[{j}].destination", svc, world, report)
         if dest is None:
             continue
         weighted.append(WeightedCluster(dest[0], d.weight if len(route.route) > 1 else 100))
@@ -683,7 +750,7 @@ def _route(
         report.warn(f"the destinations hash on different keys ({', '.join(keys)}); the route hashes on all of them", f"{rpath}.route")
     mirrors: tuple[MirrorPolicy, ...] = ()
     if route.HasField("mirror"):
-        m = _destination(route.mirror, f"{rpath}.mirror", svc, services, rules, failed, report)
+        m = _destination(route.mirror, f"{rpath}.mirror", svc, world, report)
         pct = route.mirror_percentage.value if route.HasField("mirror_percentage") else 100.0
         if not 0.0 <= pct <= 100.0:  # noqa: PLR2004
             report(f"must be 0..100, not {pct:g}", f"{rpath}.mirrorPercentage.value")
@@ -766,14 +833,14 @@ def _local_rate_limit(spec: AerakiLocalRateLimit, report: _Reporter) -> LocalRat
     return LocalRateLimit(tuple(conditions), default)
 
 
-def _global_rate_limit(spec: MetaRouter, valid: ResourceSet, extra: dict[str, ClusterConfig], report: _Reporter) -> GlobalRateLimit | None:
+def _global_rate_limit(spec: MetaRouter, world: _World, extra: dict[str, ClusterConfig], report: _Reporter) -> GlobalRateLimit | None:
     """MetaRouter.globalRateLimit; the service's cluster (``outbound|<port>||<host>``) is made from
     its ServiceEntry, whatever the port's protocol."""
     g = spec.global_rate_limit
     path = "spec.globalRateLimit"
     parts = g.rate_limit_service.split("|")
     host, port = (parts[3], parts[1]) if len(parts) == 4 else ("", "")  # noqa: PLR2004
-    se = next((r for r in valid.of("ServiceEntry") if host and host in r.message(ServiceEntry).hosts), None)
+    se = world.service_entry(host) if host else None
     if se is None or not port.isdigit():
         report(f"rateLimitService {g.rate_limit_service!r} is not outbound|<port>||<host> of a known ServiceEntry", f"{path}.rateLimitService")
         return None

@@ -22,9 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from metaprotocol_api.istio.networking.v1alpha3 import destination_rule_pb2 as metaprotocol__api_dot_istio_dot_networking_dot_v1alpha3_dot_destination__rule__pb2
+from metaprotocol_api.istio.networking.v1alpha3 import gateway_pb2 as metaprotocol__api_dot_istio_dot_networking_dot_v1alpha3_dot_gateway__pb2
+from metaprotocol_api.istio.networking.v1alpha3 import virtual_service_pb2 as metaprotocol__api_dot_istio_dot_networking_dot_v1alpha3_dot_virtual__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n8metaprotocol_api/istio/networking/v1alpha3/sidecar.proto\x12\x19istio.networking.v1alpha3\"\x8a\x01\n\x10WorkloadSelector\x12G\n\x06labels\x18\x01 \x03(\x0b\x32\x37.istio.networking.v1alpha3.WorkloadSelector.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n8metaprotocol_api/istio/networking/v1alpha3/sidecar.proto\x12\x19istio.networking.v1alpha3\x1a\x41metaprotocol_api/istio/networking/v1alpha3/destination_rule.proto\x1a\x38metaprotocol_api/istio/networking/v1alpha3/gateway.proto\x1a@metaprotocol_api/istio/networking/v1alpha3/virtual_service.proto\"\x91\x03\n\x07Sidecar\x12\x46\n\x11workload_selector\x18\x01 \x01(\x0b\x32+.istio.networking.v1alpha3.WorkloadSelector\x12@\n\x07ingress\x18\x02 \x03(\x0b\x32/.istio.networking.v1alpha3.IstioIngressListener\x12>\n\x06\x65gress\x18\x03 \x03(\x0b\x32..istio.networking.v1alpha3.IstioEgressListener\x12R\n\x17inbound_connection_pool\x18\x07 \x01(\x0b\x32\x31.istio.networking.v1alpha3.ConnectionPoolSettings\x12Q\n\x17outbound_traffic_policy\x18\x04 \x01(\x0b\x32\x30.istio.networking.v1alpha3.OutboundTrafficPolicyJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\tlocalhost\"\xdb\x02\n\x14IstioIngressListener\x12\x34\n\x04port\x18\x01 \x01(\x0b\x32&.istio.networking.v1alpha3.SidecarPort\x12\x0c\n\x04\x62ind\x18\x02 \x01(\t\x12<\n\x0c\x63\x61pture_mode\x18\x03 \x01(\x0e\x32&.istio.networking.v1alpha3.CaptureMode\x12\x18\n\x10\x64\x65\x66\x61ult_endpoint\x18\x04 \x01(\t\x12\x39\n\x03tls\x18\x07 \x01(\x0b\x32,.istio.networking.v1alpha3.ServerTLSSettings\x12J\n\x0f\x63onnection_pool\x18\x08 \x01(\x0b\x32\x31.istio.networking.v1alpha3.ConnectionPoolSettingsJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\x14localhost_client_tls\"\xc8\x01\n\x13IstioEgressListener\x12\x34\n\x04port\x18\x01 \x01(\x0b\x32&.istio.networking.v1alpha3.SidecarPort\x12\x0c\n\x04\x62ind\x18\x02 \x01(\t\x12<\n\x0c\x63\x61pture_mode\x18\x03 \x01(\x0e\x32&.istio.networking.v1alpha3.CaptureMode\x12\r\n\x05hosts\x18\x04 \x03(\tJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\x14localhost_server_tls\"\x8a\x01\n\x10WorkloadSelector\x12G\n\x06labels\x18\x01 \x03(\x0b\x32\x37.istio.networking.v1alpha3.WorkloadSelector.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x01\n\x15OutboundTrafficPolicy\x12\x43\n\x04mode\x18\x01 \x01(\x0e\x32\x35.istio.networking.v1alpha3.OutboundTrafficPolicy.Mode\x12<\n\x0c\x65gress_proxy\x18\x02 \x01(\x0b\x32&.istio.networking.v1alpha3.Destination\"(\n\x04Mode\x12\x11\n\rREGISTRY_ONLY\x10\x00\x12\r\n\tALLOW_ANY\x10\x01\"V\n\x0bSidecarPort\x12\x0e\n\x06number\x18\x01 \x01(\r\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x17\n\x0btarget_port\x18\x04 \x01(\rB\x02\x18\x01*2\n\x0b\x43\x61ptureMode\x12\x0b\n\x07\x44\x45\x46\x41ULT\x10\x00\x12\x0c\n\x08IPTABLES\x10\x01\x12\x08\n\x04NONE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +36,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKLOADSELECTOR_LABELSENTRY']._loaded_options = None
   _globals['_WORKLOADSELECTOR_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_WORKLOADSELECTOR']._serialized_start=88
-  _globals['_WORKLOADSELECTOR']._serialized_end=226
-  _globals['_WORKLOADSELECTOR_LABELSENTRY']._serialized_start=181
-  _globals['_WORKLOADSELECTOR_LABELSENTRY']._serialized_end=226
+  _globals['_SIDECARPORT'].fields_by_name['target_port']._loaded_options = None
+  _globals['_SIDECARPORT'].fields_by_name['target_port']._serialized_options = b'\030\001'
+  _globals['_CAPTUREMODE']._serialized_start=1663
+  _globals['_CAPTUREMODE']._serialized_end=1713
+  _globals['_SIDECAR']._serialized_start=279
+  _globals['_SIDECAR']._serialized_end=680
+  _globals['_ISTIOINGRESSLISTENER']._serialized_start=683
+  _globals['_ISTIOINGRESSLISTENER']._serialized_end=1030
+  _globals['_ISTIOEGRESSLISTENER']._serialized_start=1033
+  _globals['_ISTIOEGRESSLISTENER']._serialized_end=1233
+  _globals['_WORKLOADSELECTOR']._serialized_start=1236
+  _globals['_WORKLOADSELECTOR']._serialized_end=1374
+  _globals['_WORKLOADSELECTOR_LABELSENTRY']._serialized_start=1329
+  _globals['_WORKLOADSELECTOR_LABELSENTRY']._serialized_end=1374
+  _globals['_OUTBOUNDTRAFFICPOLICY']._serialized_start=1377
+  _globals['_OUTBOUNDTRAFFICPOLICY']._serialized_end=1573
+  _globals['_OUTBOUNDTRAFFICPOLICY_MODE']._serialized_start=1533
+  _globals['_OUTBOUNDTRAFFICPOLICY_MODE']._serialized_end=1573
+  _globals['_SIDECARPORT']._serialized_start=1575
+  _globals['_SIDECARPORT']._serialized_end=1661
 # @@protoc_insertion_point(module_scope)

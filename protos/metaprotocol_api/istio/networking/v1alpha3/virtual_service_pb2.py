@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n@metaprotocol_api/istio/networking/v1alpha3/virtual_service.proto\x12\x19istio.networking.v1alpha3\"\x1e\n\x0cPortSelector\x12\x0e\n\x06number\x18\x01 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n@metaprotocol_api/istio/networking/v1alpha3/virtual_service.proto\x12\x19istio.networking.v1alpha3\"b\n\x0b\x44\x65stination\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0e\n\x06subset\x18\x02 \x01(\t\x12\x35\n\x04port\x18\x03 \x01(\x0b\x32\'.istio.networking.v1alpha3.PortSelector\"\x1e\n\x0cPortSelector\x12\x0e\n\x06number\x18\x01 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'metaprotocol_api.istio.networking.v1alpha3.virtual_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PORTSELECTOR']._serialized_start=95
-  _globals['_PORTSELECTOR']._serialized_end=125
+  _globals['_DESTINATION']._serialized_start=95
+  _globals['_DESTINATION']._serialized_end=193
+  _globals['_PORTSELECTOR']._serialized_start=195
+  _globals['_PORTSELECTOR']._serialized_end=225
 # @@protoc_insertion_point(module_scope)
