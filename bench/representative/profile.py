@@ -18,10 +18,12 @@ def pyspy_binary() -> str | None:
 
 
 def record(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.Popen[bytes]:
-    """Start sampling ``pid`` for ``seconds`` into ``out`` (py-spy's raw, collapsed-stack format)."""
+    """Start sampling ``pid`` for ``seconds`` into ``out`` (py-spy's raw, collapsed-stack format),
+    native frames included, so time in a system call (``writev``, ``read`` in libc) is told apart
+    from the Python function that made it."""
     exe = pyspy_binary()
     assert exe, "py-spy is not installed: run scripts/bench-install"
-    argv = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate), "--format", "raw", "--output", str(out)]
+    argv = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate), "--format", "raw", "--native", "--output", str(out)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -31,6 +33,24 @@ def _short(path: str) -> str:
         if at >= 0:
             return path[at + 1 :]
     return path
+
+
+AREAS = (("codecs/", "codecs (metaprotocol_codecs)"), ("metaprotocol/proxy/", "proxy core (metaprotocol/proxy)"),
+         ("metaprotocol/router/", "router"), ("metaprotocol/", "rest of metaprotocol"), ("libc", "system calls (libc)"),
+         ("uvloop", "event loop (uvloop)"), ("asyncio/", "event loop (uvloop)"))  # fmt: skip
+
+
+def area(key: str) -> str:
+    return next((name for marker, name in AREAS if marker in key), "other (interpreter, stdlib)")
+
+
+def areas(raw: Path) -> dict[str, float]:
+    """Self time by area of the code, in % of all samples."""
+    total, rows = top_self(raw, 10_000)
+    out: Counter[str] = Counter()
+    for row in rows:
+        out[area(str(row["function"]))] += int(row["samples"])  # type: ignore[call-overload]
+    return {k: round(100 * v / total, 1) for k, v in out.most_common()} if total else {}
 
 
 def top_self(raw: Path, n: int = 15) -> tuple[int, list[dict[str, object]]]:

@@ -212,6 +212,9 @@ def targets_table(summary: list[dict[str, Any]], connections: int) -> list[dict[
             return
         best = max(peers, key=lambda r: r["rps"]["median"])
         got = ours[0]["rps"]["median"] / best["rps"]["median"]
+        if not got:
+            rows.append({"target": label, "want": f">= {want:.2f}x", "got": "0 (our runs failed)", "met": False, "short_by": "no replies"})
+            return
         rows.append({"target": label, "want": f">= {want:.2f}x", "got": f"{got:.2f}x (vs {best['target']})", "ratio": round(got, 3), "met": got >= want,
                      "short_by": None if got >= want else f"{100 * (1 - got / want):.0f}% short (needs {want / got:.2f}x more)"})  # fmt: skip
 
@@ -288,15 +291,23 @@ def markdown(info: dict[str, Any]) -> str:
                       "answers that method): " + "; ".join(f"{name} {c['ok']} ok" + (f", wrong: {c['wrong']}" if c["wrong"] else "") + (f", {c['error']}" if c.get("error") else "")
                                                           for name, c in checked.items()) + "."]  # fmt: skip
         lines += ["", machine_line(info)]
+        crashed = {k: v for k, v in (info.get("crashes") or {}).items() if k.startswith(f"envoy_{proto}") or (proto == "redis" and k == "twemproxy")}
+        if crashed:
+            lines += ["", "Peer processes that exited during the run and were started again (the measurement before each exit completed): "
+                      + ", ".join(f"{k} {v} times" for k, v in crashed.items()) + ". Envoy 1.40's generic_proxy with bound upstream connections "
+                      "segfaults when downstream connections close (../shared/reference/peers/README.md)."]  # fmt: skip
         skipped = info.get("skipped") or {}
         if skipped:
             lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]
     if info.get("profiles"):
-        lines += ["", "## Profiles of our proxy (py-spy, self time)", ""]
+        lines += ["", "## Profiles of our proxy (py-spy, self time)", "",
+                  "py-spy `record --native` at 200 Hz on our proxy while the load generator runs the mix (a separate run: sampling slows the "
+                  "proxy). Self time: samples whose innermost frame is the function; `writev`/`read`/`send` (libc) are the kernel's share "
+                  "(system calls); `Runner.run` self time is the event loop's own C code.", ""]  # fmt: skip
         for name, prof in info["profiles"].items():
             lines += [f"### {name} ({prof['samples']} samples)", "", "| # | function | self % |", "|---:|---|---:|"]
             lines += [f"| {i} | `{row['function']}` | {row['self_pct']} |" for i, row in enumerate(prof["top"], 1)]
-            lines.append("")
+            lines += ["", "Self time by area: " + ", ".join(f"{k} {v} %" for k, v in prof.get("areas", {}).items()) + ".", ""]
         lines.append(machine_line(info))
     return "\n".join(lines) + "\n"
 
@@ -318,7 +329,7 @@ def check_replies(st: Stack, files: dict[str, Path], protocols: list[str]) -> di
     return out
 
 
-def run_profiles(st: Stack, exe: dict[str, Path], files: dict[str, Path], seconds: float, tmp: Path) -> dict[str, Any]:
+def run_profiles(st: Stack, exe: dict[str, Path], files: dict[str, Path], seconds: float, tmp: Path, out_base: Path) -> dict[str, Any]:
     if not profile.pyspy_binary():
         st.skipped["profiles"] = "py-spy not installed: run scripts/bench-install"
         return {}
@@ -338,14 +349,14 @@ def run_profiles(st: Stack, exe: dict[str, Path], files: dict[str, Path], second
             st.skipped[f"profile {proto}"] = err.decode(errors="replace")[-200:]
             continue
         total, top = profile.top_self(raw)
-        out[f"{proto}, {case.load}"] = {"samples": total, "top": top, "rps_while_sampled": result["rps"]}
-        shutil.copy(raw, ROOT / "bench/results" / f"profile-{proto}-{'P' if proto == 'redis' else 'd'}{depth}.txt")
+        out[f"{proto}, {case.load}"] = {"samples": total, "top": top, "areas": profile.areas(raw), "rps_while_sampled": result["rps"]}
+        shutil.copy(raw, out_base.with_name(f"{out_base.name}-profile-{proto}-{'P' if proto == 'redis' else 'd'}{depth}.txt"))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short runs to check the harness (2 reps of 0.5 s, a small corpus, no profiles)")
+    parser.add_argument("--quick", action="store_true", help="short runs to check the harness (2 reps of 0.5 s, a small corpus, 2 s profiles; results in the work directory)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=0.5)
@@ -360,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results path without suffix (default bench/results/representative; --quick: the work directory)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.reps, args.seconds, args.warmup, args.frames, args.profile_seconds = 2, 0.5, 0.2, 1024, 0.0
+        args.reps, args.seconds, args.warmup, args.frames, args.profile_seconds = 2, 0.5, 0.2, 1024, 2.0
     scale = 1.0
     if args.smoke:
         args.reps, args.seconds, args.warmup, args.frames, args.keys, args.profile_seconds = 1, 0.1, 0.05, 128, 1000, 0.0
@@ -369,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     depths = [int(d) for d in args.depths.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="mp-representative-"))
     out_base = args.out or (tmp / "representative-quick" if args.quick or args.smoke else ROOT / "bench/results/representative")
+    out_base.parent.mkdir(parents=True, exist_ok=True)
     print(f"work directory {tmp}", file=sys.stderr)
     exe = build_c(tmp)
     files = corpus.build_all(tmp / "corpus", args.frames, args.keys)
@@ -390,20 +402,21 @@ def main(argv: list[str] | None = None) -> int:
             for i, case in enumerate(cases):
                 result = measure(exe["loadgen"], files[case.protocol], by_name[(case.protocol, case.target)], case, args.seconds, args.warmup)
                 runs.append({"rep": rep, "case": asdict(case), "result": result})
-                dead = [name for name, proc in st.procs if proc.poll() is not None]
-                if dead:
-                    raise RuntimeError(f"exited during the run: {dead} (logs in {tmp})")
+                restarted = st.restart_peers()
+                if restarted:
+                    result["peer_exited_after"] = restarted
+                    print(f"  exited after this case, restarted: {restarted}", file=sys.stderr)
                 print(f"rep {rep + 1}/{args.reps} case {i + 1}/{len(cases)} {case.protocol} {case.target:<26} {case.load:<22} {result['rps']:>9.0f} req/s "
                       f"p50 {result['p50_ms']:.3f} ms cpu {result['cpu_us_per_request']} us/req {result.get('stderr', '')}", file=sys.stderr)  # fmt: skip
         info["calibration"]["end"] = calibrate(exe["calibrate"], scale)
-        info["profiles"] = run_profiles(st, exe, files, args.profile_seconds, tmp) if args.profile_seconds > 0 else {}
+        info["profiles"] = run_profiles(st, exe, files, args.profile_seconds, tmp, out_base) if args.profile_seconds > 0 else {}
     finally:
         st.stop()
     info["skipped"] = st.skipped
+    info["crashes"] = st.crashes
     info["summary"] = summarize(runs, cases)
     info["targets"] = targets_table(info["summary"], args.connections)
     info["runs"] = runs
-    out_base.parent.mkdir(parents=True, exist_ok=True)
     md, js = out_base.with_name(out_base.name + ".md"), out_base.with_name(out_base.name + ".json")
     md.write_text(markdown(info))
     js.write_text(json.dumps(info, indent=1) + "\n")

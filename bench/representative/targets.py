@@ -4,7 +4,7 @@ Every peer is configured as in ../shared/reference/peers/ (Envoy 1.40 ``--concur
 twemproxy with one server connection, haproxy in TCP mode with one thread), adapted to the mix:
 4 services x 3 methods routed by interface/service and method to one cluster of 2 provider
 endpoints (so 2+ upstream connections). Each Envoy configuration runs in its own process
-(``--base-id`` distinct), as the bound generic_proxy must (it crashed Envoy 1.40 when shared).
+(``--disable-hot-restart``, so several coexist), as the bound generic_proxy must (it crashed Envoy 1.40 when shared).
 """
 
 from __future__ import annotations
@@ -50,13 +50,37 @@ class Stack:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     targets: dict[str, list[Target]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-    base_id: int = 40
+    argvs: dict[str, tuple[list[str], dict[str, Any]]] = field(default_factory=dict)
+    crashes: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        with open(self.tmp / f"{name}.log", "wb") as log:  # the child keeps its own descriptor
+        with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kw)
         self.procs.append((name, proc))
+        self.argvs[name] = (argv, kw)
         return proc
+
+    def restart_peers(self) -> list[str]:
+        """Start again each peer (Envoy, twemproxy, haproxy) that exited (Envoy 1.40's bound
+        generic_proxy segfaults when downstream connections close: reference README); count it.
+        Raise if one of ours (a provider, redis-server, our proxy) exited."""
+        dead = [(i, name, proc) for i, (name, proc) in enumerate(self.procs) if proc.poll() is not None]
+        ours = [name for _, name, _ in dead if not name.startswith(("envoy", "twemproxy", "haproxy"))]
+        if ours:
+            raise RuntimeError(f"exited during the run: {ours} (logs in {self.tmp})")
+        for i, name, proc in dead:
+            argv, kw = self.argvs[name]
+            with open(self.tmp / f"{name}.log", "ab") as log:
+                fresh = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kw)
+            self.procs[i] = (name, fresh)
+            self.crashes[name] = self.crashes.get(name, 0) + 1
+            for targets in self.targets.values():
+                for t in targets:
+                    if t.pid == proc.pid:
+                        t.pid = fresh.pid
+        if dead:
+            self.wait()
+        return [name for _, name, _ in dead]
 
     def stop(self) -> None:
         for _, proc in reversed(self.procs):
@@ -71,10 +95,9 @@ class Stack:
     def envoy(self, name: str, cfg: dict[str, Any]) -> subprocess.Popen[bytes]:
         path = self.tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        self.base_id += 1
         exe = envoy_binary()
         assert exe
-        return self.start(name, [exe, "-c", str(path), "--concurrency", "1", "--log-level", "error", "--base-id", str(self.base_id)])
+        return self.start(name, [exe, "-c", str(path), "--concurrency", "1", "--log-level", "error", "--disable-hot-restart"])
 
     def ours(self, name: str, boot: dict[str, Any]) -> subprocess.Popen[bytes]:
         path = self.tmp / f"{name}.yaml"
