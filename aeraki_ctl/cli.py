@@ -4,7 +4,7 @@
     aeraki-ctl validate DIR
     aeraki-ctl serve --config-dir DIR [--xds-address 127.0.0.1:15010] [--admin 127.0.0.1:15014]
     aeraki-ctl serve --kubernetes [--kubeconfig FILE] [--namespace NS ...] [--config-dir DIR] ...
-                     [--lease-namespace NS] [--lease-duration 15] [--identity ID]
+                     [--lease-namespace NS] [--lease-duration 15] [--identity ID] [--list-page-size 500]
                      [--webhook-port 9443 --tls-cert FILE --tls-key FILE]
     aeraki-ctl webhook --port 9443 --tls-cert FILE --tls-key FILE [--address 0.0.0.0]
     aeraki-ctl proxy-status --admin HOST:PORT
@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--lease-namespace", metavar="NS", help="with --kubernetes: the namespace of the leader-election Lease (default: $POD_NAMESPACE, else aeraki)")
     s.add_argument("--lease-duration", type=int, default=15, metavar="SECONDS", help="with --kubernetes: the Lease's duration; renewed every third of it (default 15)")
     s.add_argument("--identity", help="with --kubernetes: this replica's name in the Lease (default: $POD_NAME or the host name, and the pid)")
+    s.add_argument("--list-page-size", type=int, metavar="N", help="with --kubernetes: list in pages of N objects (limit/continue; default 500; 0: one whole list)")
     s.add_argument("--xds-address", default="127.0.0.1:15010")
     s.add_argument("--listen-address", default="127.0.0.1")
     s.add_argument("--port-offset", type=int, default=0)
@@ -96,8 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve" and not args.config_dir and not args.kubernetes:
         parser.error("serve needs --config-dir, --kubernetes, or both")
-    if args.command == "serve" and (args.kubeconfig or args.namespace or args.lease_namespace or args.identity) and not args.kubernetes:
-        parser.error("--kubeconfig, --namespace, --lease-namespace and --identity go with --kubernetes")
+    if args.command == "serve" and (args.kubeconfig or args.namespace or args.lease_namespace or args.identity or args.list_page_size is not None) and not args.kubernetes:
+        parser.error("--kubeconfig, --namespace, --lease-namespace, --identity and --list-page-size go with --kubernetes")
+    if args.command == "serve" and args.list_page_size is not None and args.list_page_size < 0:
+        parser.error("--list-page-size must be 0 (no pages) or more")
     if args.command == "serve" and args.lease_duration < 1:
         parser.error("--lease-duration must be at least 1 (seconds)")
     if args.command == "ratelimit":
@@ -216,7 +219,8 @@ def _serve(args: argparse.Namespace) -> int:
         if args.kubernetes:  # also before listening: the extra, and the client configuration
             from aeraki_ctl.sources.kubernetes import KubernetesSource
 
-            kubernetes = KubernetesSource(kubeconfig=args.kubeconfig, namespaces=args.namespace)
+            page = {} if args.list_page_size is None else {"list_page_size": args.list_page_size}
+            kubernetes = KubernetesSource(kubeconfig=args.kubeconfig, namespaces=args.namespace, **page)
             await kubernetes.connect()
             sources.append(kubernetes)
             from aeraki_ctl.k8s_status import LeaderElector, StatusWriter

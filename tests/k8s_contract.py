@@ -19,6 +19,30 @@ Built from the Kubernetes API conventions (api-concepts: "Efficient detection of
   ``timeoutSeconds`` ends the stream cleanly after that long.
 - One resourceVersion counter for the whole store, increasing with every write (as etcd's
   revision); ``metadata.generation`` increases when ``spec`` changes.
+- Chunked lists (api-concepts "Retrieving large results sets in chunks"; ``ListMeta``):
+  ``?limit=N`` (N > 0) returns at most N items and, when more remain, ``metadata.continue`` (an
+  opaque token) and ``metadata.remainingItemCount`` (the items after this page; optional in the
+  API, set here as the API server does without selectors). ``?continue=TOKEN`` (with the same
+  ``limit``) returns the next page **of the same snapshot**: every page carries the first page's
+  ``metadata.resourceVersion`` and shows the store as it was at that version, whatever was
+  written since (etcd's MVCC read at a revision), so a watch from that version sees every later
+  write once. A token whose version was compacted away (:meth:`ContractServer.compact`, as etcd
+  compacts every few minutes) is ``410 Gone`` with a ``Status`` of reason ``Expired`` carrying, in
+  its ``metadata.continue``, a token that continues from the same key in the latest snapshot (an
+  inconsistent continuation, which the API offers). A token that is not one of ours, or is used on
+  another collection, is ``400 BadRequest``; ``continue`` with a ``resourceVersion`` other than
+  ``""``/``"0"`` is ``400`` too. The last page has no ``continue`` (and no
+  ``remainingItemCount``). Without ``limit`` (or with ``limit=0``) the list is whole.
+- Discovery (api-concepts "Discovery API", meta/v1 ``APIGroup``/``APIGroupList``): ``GET /apis``
+  lists the groups, ``GET /apis/G`` (or ``/apis/G/``) is the ``APIGroup`` of G with ``versions``
+  (``groupVersion`` and ``version``) in the API server's version priority (GA before beta before
+  alpha, higher major/minor first; what the API server sorts a CRD's versions by) and
+  ``preferredVersion`` the first of them; ``404`` for a group not served. The Istio group
+  ``networking.istio.io`` is multi-version, as Istio's CRDs are (one schema, conversion
+  ``None``): an object is stored once and served at every served version with the apiVersion of
+  the request (``ContractServer(served={"networking.istio.io": ("v1",)})`` makes a v1-only
+  cluster; the default serves ``v1``, ``v1beta1`` and ``v1alpha3``); a version not served is
+  ``404`` on every path under it.
 - Errors are ``Status`` objects (404 for an unknown path or object, 405 for a method a path does
   not serve).
 - Single objects: ``GET .../namespaces/NS/<plural>/NAME`` (404 ``NotFound`` when absent).
@@ -48,8 +72,12 @@ resourceVersion-checked writes fail with ``409 Conflict`` as if another writer g
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import copy
 import json
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -68,6 +96,26 @@ COLLECTIONS: dict[tuple[str, str], tuple[str, str, bool]] = {
 STATUS_SUBRESOURCE = {("/apis/metaprotocol.aeraki.io/v1alpha1", "metarouters")}  # kinds with subresources.status
 GROUPS = {("/apis/metaprotocol.aeraki.io/v1alpha1", "metarouters"): "metarouters.metaprotocol.aeraki.io", ("/apis/coordination.k8s.io/v1", "leases"): "leases.coordination.k8s.io"}
 BY_KIND = {(api, kind): key for key, (kind, api, _) in COLLECTIONS.items()}
+# Groups whose custom resources are served at several versions with one schema (Istio's CRDs):
+# the versions a ContractServer serves by default.
+MULTI_VERSION: dict[str, tuple[str, ...]] = {"networking.istio.io": ("v1", "v1beta1", "v1alpha3")}
+EXPIRED_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new list "
+    "without the continue parameter, or use the continue token in this response to retrieve the remainder of the "
+    "results. Continuing with the provided token results in an inconsistent list: objects created, modified or "
+    "deleted since the first chunk was returned may show up in the list."
+)
+
+
+def version_priority(version: str) -> tuple[int, int, int, str]:
+    """The API server's order of versions (Kubernetes version priority), as a sort key: ``vN``
+    (GA) before ``vNbetaM`` before ``vNalphaM``, higher N then higher M first; anything else last,
+    alphabetically."""
+    m = re.fullmatch(r"v([1-9][0-9]*)(?:(alpha|beta)([1-9][0-9]*))?", version)
+    if m is None:
+        return (3, 0, 0, version)
+    stage = {None: 0, "beta": 1, "alpha": 2}[m.group(2)]
+    return (stage, -int(m.group(1)), -int(m.group(3) or 0), "")
 
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -80,6 +128,7 @@ class _Watch:
     collection: tuple[str, str]
     namespace: str | None
     bookmarks: bool
+    api: str = ""  # the apiVersion the watch was opened at (its objects carry it)
     queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
     writer: asyncio.StreamWriter | None = None
 
@@ -87,10 +136,15 @@ class _Watch:
 class ContractServer:
     """The store, its history and the HTTP front; ``await start()`` then ``url``."""
 
-    def __init__(self) -> None:
+    def __init__(self, served: Mapping[str, Iterable[str]] | None = None) -> None:
         self.revision = 0
-        self.compacted = 0  # watches from a version older than this get 410 Gone
+        self.compacted = 0  # watches from a version older than this get 410 Gone, and continue tokens too
+        self.served: dict[str, tuple[str, ...]] = dict(MULTI_VERSION)  # multi-version group -> versions served
+        self.served.update({g: tuple(v) for g, v in (served or {}).items()})
         self.objects: dict[tuple[tuple[str, str], str, str], dict[str, Any]] = {}
+        self._base: dict[tuple[tuple[str, str], str, str], dict[str, Any]] = {}  # the objects at revision `compacted`
+        self.pages: list[dict[str, Any]] = []  # every list answered: path, query, resourceVersion, item names, continue?
+        self.before_list: Callable[[str, dict[str, str]], None] | None = None  # called with (path, query) before a list is answered
         self.history: list[tuple[int, tuple[str, str], str, dict[str, Any]]] = []
         self.watches: list[_Watch] = []
         self.requests: list[tuple[str, dict[str, str]]] = []  # (path, query) of every request
@@ -123,7 +177,7 @@ class ContractServer:
         """Create or replace ``obj`` (by apiVersion, kind, namespace, name); returns it as stored.
         For a kind with a status subresource, ``status`` in ``obj`` is ignored (the stored one is
         kept), as the API server does on the main resource."""
-        key = BY_KIND[(obj["apiVersion"], obj["kind"])]
+        key = _storage_key(obj["apiVersion"], obj["kind"])
         meta = obj.setdefault("metadata", {})
         ns = meta.setdefault("namespace", "default")
         name = meta["name"]
@@ -152,7 +206,7 @@ class ContractServer:
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Delete an object (its last state, at a new resourceVersion, goes out as DELETED)."""
-        key = BY_KIND[(api_version, kind)]
+        key = _storage_key(api_version, kind)
         obj = self.objects.pop((key, namespace, name))
         self.revision += 1
         gone = copy.deepcopy(obj)
@@ -163,6 +217,7 @@ class ContractServer:
         """Forget the history up to now: watches from an older resourceVersion get 410 Gone."""
         self.compacted = self.revision
         self.history = [h for h in self.history if h[0] > self.compacted]
+        self._base = dict(self.objects)
 
     def drop_watches(self) -> None:
         """Cut every open watch connection (no final chunk: as a network failure looks)."""
@@ -176,8 +231,8 @@ class ContractServer:
         """Send a BOOKMARK at the current revision to every watch that allows bookmarks."""
         for w in self.watches:
             if w.bookmarks:
-                kind, api, _ = COLLECTIONS[w.collection]
-                w.queue.put_nowait({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": str(self.revision)}}})
+                kind = COLLECTIONS[w.collection][0]
+                w.queue.put_nowait({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": w.api, "metadata": {"resourceVersion": str(self.revision)}}})
 
     def watch_count(self, plural: str | None = None) -> int:
         """Open watches (of one collection's plural)."""
@@ -188,18 +243,62 @@ class ContractServer:
         ns = obj["metadata"]["namespace"]
         for w in self.watches:
             if w.collection == key and w.namespace in (None, ns):
-                w.queue.put_nowait({"type": type_, "object": self._item(key, obj, list_item=False)})
+                w.queue.put_nowait({"type": type_, "object": self._item(key, obj, list_item=False, api=w.api)})
+
+    def _state_at(self, revision: int) -> dict[tuple[tuple[str, str], str, str], dict[str, Any]]:
+        """The store as it was at ``revision`` (not older than ``compacted``): the objects at the
+        last compaction, then the history up to it."""
+        if revision >= self.revision:
+            return self.objects
+        state = dict(self._base)
+        for rv, key, type_, obj in self.history:
+            if rv > revision:
+                break
+            k = (key, obj["metadata"]["namespace"], obj["metadata"]["name"])
+            if type_ == "DELETED":
+                state.pop(k, None)
+            else:
+                state[k] = obj
+        return state
 
     @staticmethod
-    def _item(key: tuple[str, str], obj: dict[str, Any], list_item: bool) -> dict[str, Any]:
-        kind, api, builtin = COLLECTIONS[key]
+    def _item(key: tuple[str, str], obj: dict[str, Any], list_item: bool, api: str | None = None) -> dict[str, Any]:
+        kind, stored_api, builtin = COLLECTIONS[key]
         out = copy.deepcopy(obj)
         if list_item and builtin:
             out.pop("kind", None)
             out.pop("apiVersion", None)
         else:
-            out["kind"], out["apiVersion"] = kind, api
+            out["kind"], out["apiVersion"] = kind, api or stored_api
         return out
+
+    def _routes(self) -> dict[tuple[str, str], tuple[tuple[str, str], str]]:
+        """(path prefix, plural) -> (the collection it is stored as, the apiVersion served there)."""
+        out: dict[tuple[str, str], tuple[tuple[str, str], str]] = {}
+        for key, (_, api, _) in COLLECTIONS.items():
+            group = api.rpartition("/")[0]
+            if group in self.served:
+                for version in self.served[group]:
+                    out[(f"/apis/{group}/{version}", key[1])] = (key, f"{group}/{version}")
+            else:
+                out[key] = (key, api)
+        return out
+
+    def _groups(self) -> dict[str, list[str]]:
+        """Every API group served (not the core group) -> its versions, in priority order."""
+        groups: dict[str, set[str]] = {}
+        for _, api, _ in COLLECTIONS.values():
+            group, _, version = api.rpartition("/")
+            if group and group not in self.served:
+                groups.setdefault(group, set()).add(version)
+        for group, versions in self.served.items():
+            if versions:
+                groups[group] = set(versions)
+        return {g: sorted(v, key=version_priority) for g, v in sorted(groups.items())}
+
+    def _api_group(self, group: str, versions: list[str]) -> dict[str, Any]:
+        listed = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": listed, "preferredVersion": listed[0]}
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
@@ -220,12 +319,12 @@ class ContractServer:
                 if sep:
                     headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
-            item = _item_route(url.path)
+            item = self._item_route(url.path)
             if item is not None:
                 await self._object(writer, method, item, headers.get("content-type", "").split(";")[0].strip(), body)
                 return
             if method == "POST":
-                route = _route(url.path)
+                route = self._route(url.path)
                 if route is None or route[1] is None:
                     await self._send(writer, 404 if route is None else 405, status(404, "NotFound", url.path) if route is None else status(405, "MethodNotAllowed", "POST needs a namespace"))
                     return
@@ -234,18 +333,25 @@ class ContractServer:
             if method != "GET":
                 await self._send(writer, 405, status(405, "MethodNotAllowed", f"{method} is not supported"))
                 return
-            route = _route(url.path)
+            parts = url.path.strip("/").split("/")
+            if parts[0] == "apis" and len(parts) <= 2:  # noqa: PLR2004 - discovery: /apis, /apis/GROUP
+                groups = self._groups()
+                if len(parts) == 1:
+                    await self._send(writer, 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [self._api_group(g, v) for g, v in groups.items()]})
+                elif parts[1] in groups:
+                    await self._send(writer, 200, self._api_group(parts[1], groups[parts[1]]))
+                else:
+                    await self._send(writer, 404, status(404, "NotFound", "the server could not find the requested resource"))
+                return
+            route = self._route(url.path)
             if route is None:
                 await self._send(writer, 404, status(404, "NotFound", f"the server could not find the requested resource ({url.path})"))
                 return
-            key, ns = route
+            key, ns, api = route
             if parse_bool(query.get("watch", "")):
-                await self._watch(writer, key, ns, query)
+                await self._watch(writer, key, ns, api, query)
             else:
-                kind, api, _ = COLLECTIONS[key]
-                items = [self._item(key, o, list_item=True) for (k, n, _), o in sorted(self.objects.items()) if k == key and ns in (None, n)]
-                body = {"kind": f"{kind}List", "apiVersion": api, "metadata": {"resourceVersion": str(self.revision)}, "items": items}
-                await self._send(writer, 200, body)
+                await self._list(writer, key, ns, api, url.path, query)
         except (ConnectionError, asyncio.CancelledError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -253,9 +359,8 @@ class ContractServer:
 
     # -- single objects, the status subresource, create ---------------------------------------------
 
-    async def _object(self, writer: asyncio.StreamWriter, method: str, item: tuple[tuple[str, str], str, str, bool], content_type: str, raw: bytes) -> None:
-        key, ns, name, subresource = item
-        kind, api, _ = COLLECTIONS[key]
+    async def _object(self, writer: asyncio.StreamWriter, method: str, item: tuple[tuple[str, str], str, str, bool, str], content_type: str, raw: bytes) -> None:
+        key, ns, name, subresource, api = item
         resource = GROUPS.get(key, key[1])
         if subresource and key not in STATUS_SUBRESOURCE:
             await self._send(writer, 404, status(404, "NotFound", "the server could not find the requested resource"))
@@ -269,7 +374,7 @@ class ContractServer:
             await self._send(writer, 404, status(404, "NotFound", f'{resource} "{name}" not found'))
             return
         if method == "GET":
-            await self._send(writer, 200, self._item(key, current, list_item=False))
+            await self._send(writer, 200, self._item(key, current, list_item=False, api=api))
             return
         if method == "PATCH" and content_type != "application/merge-patch+json":
             await self._send(writer, 415, status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got {content_type!r})"))
@@ -317,7 +422,7 @@ class ContractServer:
             updated["metadata"]["resourceVersion"] = str(self.revision)
             self.objects[(key, ns, name)] = updated
             self._record(key, "MODIFIED", updated)
-        await self._send(writer, 200, self._item(key, updated, list_item=False))
+        await self._send(writer, 200, self._item(key, updated, list_item=False, api=api))
 
     async def _create(self, writer: asyncio.StreamWriter, key: tuple[str, str], ns: str, raw: bytes) -> None:
         kind, api, _ = COLLECTIONS[key]
@@ -351,7 +456,76 @@ class ContractServer:
         writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
         await writer.drain()
 
-    async def _watch(self, writer: asyncio.StreamWriter, key: tuple[str, str], ns: str | None, query: dict[str, str]) -> None:
+    async def _list(self, writer: asyncio.StreamWriter, key: tuple[str, str], ns: str | None, api: str, path: str, query: dict[str, str]) -> None:
+        """A list, whole or one chunk of it (``limit``, ``continue``)."""
+        if self.before_list is not None:
+            self.before_list(path, query)
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError:
+            await self._send(writer, 400, status(400, "BadRequest", f"invalid limit: {query.get('limit')!r}"))
+            return
+        revision, after = self.revision, None
+        token = query.get("continue", "")
+        if token:
+            if query.get("resourceVersion", "") not in ("", "0"):
+                await self._send(writer, 400, status(400, "BadRequest", "specifying resource version is not allowed when using continue"))
+                return
+            decoded = _decode_continue(token)
+            if decoded is None or decoded[0] != path:
+                await self._send(writer, 400, status(400, "BadRequest", "continue key is not valid"))
+                return
+            _, revision, after = decoded
+            if revision < self.compacted:  # etcd no longer has that revision: the snapshot is gone
+                gone = status(410, "Expired", EXPIRED_CONTINUE)
+                gone["metadata"]["continue"] = _encode_continue(path, self.revision, after)
+                self.pages.append({"path": path, "query": dict(query), "code": 410})
+                await self._send(writer, 410, gone)
+                return
+        state = self._state_at(revision)
+        names = sorted((n, name) for (k, n, name) in state if k == key and ns in (None, n) and (after is None or (n, name) > after))
+        page = names[:limit] if limit > 0 else names
+        meta: dict[str, Any] = {"resourceVersion": str(revision)}
+        if len(page) < len(names):
+            meta["continue"] = _encode_continue(path, revision, page[-1])
+            meta["remainingItemCount"] = len(names) - len(page)
+        kind = COLLECTIONS[key][0]
+        items = [self._item(key, state[(key, n, name)], list_item=True, api=api) for n, name in page]
+        self.pages.append({"path": path, "query": dict(query), "code": 200, "resourceVersion": str(revision), "names": [name for _, name in page], "continue": "continue" in meta})
+        await self._send(writer, 200, {"kind": f"{kind}List", "apiVersion": api, "metadata": meta, "items": items})
+
+    def _route(self, path: str) -> tuple[tuple[str, str], str | None, str] | None:
+        """A collection's path: (the collection, its namespace or None, the apiVersion served there)."""
+        parts = path.strip("/").split("/")
+        prefix_len = 2 if parts[:1] == ["api"] else 3 if parts[:1] == ["apis"] else 0
+        if not prefix_len:
+            return None
+        prefix, rest = "/" + "/".join(parts[:prefix_len]), parts[prefix_len:]
+        ns = None
+        if len(rest) == 3 and rest[0] == "namespaces":  # noqa: PLR2004
+            ns, rest = rest[1], rest[2:]
+        routes = self._routes()
+        if len(rest) != 1 or (prefix, rest[0]) not in routes:
+            return None
+        key, api = routes[(prefix, rest[0])]
+        return key, ns, api
+
+    def _item_route(self, path: str) -> tuple[tuple[str, str], str, str, bool, str] | None:
+        """``PREFIX/namespaces/NS/PLURAL/NAME[/status]``: (collection, namespace, name, status?, apiVersion)."""
+        parts = path.strip("/").split("/")
+        prefix_len = 2 if parts[:1] == ["api"] else 3 if parts[:1] == ["apis"] else 0
+        if not prefix_len:
+            return None
+        prefix, rest = "/" + "/".join(parts[:prefix_len]), parts[prefix_len:]
+        routes = self._routes()
+        if len(rest) not in (4, 5) or rest[0] != "namespaces" or (prefix, rest[2]) not in routes:
+            return None
+        if len(rest) == 5 and rest[4] != "status":  # noqa: PLR2004
+            return None
+        key, api = routes[(prefix, rest[2])]
+        return key, rest[1], rest[3], len(rest) == 5, api  # noqa: PLR2004
+
+    async def _watch(self, writer: asyncio.StreamWriter, key: tuple[str, str], ns: str | None, api: str, query: dict[str, str]) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         rv_text = query.get("resourceVersion", "")
         since = int(rv_text) if rv_text.isdigit() and rv_text != "0" else self.revision
@@ -360,14 +534,14 @@ class ContractServer:
             await _chunk(writer, json.dumps(gone).encode() + b"\n")
             await _chunk(writer, b"")
             return
-        w = _Watch(key, ns, parse_bool(query.get("allowWatchBookmarks", "")), writer=writer)
+        w = _Watch(key, ns, parse_bool(query.get("allowWatchBookmarks", "")), api=api, writer=writer)
         if rv_text in ("", "0"):  # "Get State and Start at Most Recent": synthetic ADDED events first
             for (k, n, _), obj in sorted(self.objects.items()):
                 if k == key and ns in (None, n):
-                    w.queue.put_nowait({"type": "ADDED", "object": self._item(key, obj, list_item=False)})
+                    w.queue.put_nowait({"type": "ADDED", "object": self._item(key, obj, list_item=False, api=api)})
         for rv, k, type_, obj in self.history:
             if rv > since and k == key and ns in (None, obj["metadata"]["namespace"]):
-                w.queue.put_nowait({"type": type_, "object": self._item(key, obj, list_item=False)})
+                w.queue.put_nowait({"type": type_, "object": self._item(key, obj, list_item=False, api=api)})
         self.watches.append(w)
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds", "").isdigit() else None
         loop = asyncio.get_running_loop()
@@ -398,36 +572,8 @@ async def _chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
     await writer.drain()
 
 
-def _route(path: str) -> tuple[tuple[str, str], str | None] | None:
-    parts = path.strip("/").split("/")
-    prefix_len = 2 if parts[:1] == ["api"] else 3 if parts[:1] == ["apis"] else 0
-    if not prefix_len:
-        return None
-    prefix, rest = "/" + "/".join(parts[:prefix_len]), parts[prefix_len:]
-    ns = None
-    if len(rest) == 3 and rest[0] == "namespaces":
-        ns, rest = rest[1], rest[2:]
-    if len(rest) != 1 or (prefix, rest[0]) not in COLLECTIONS:
-        return None
-    return (prefix, rest[0]), ns
-
-
 def _prefix(key: tuple[str, str]) -> str:
     return key[0]
-
-
-def _item_route(path: str) -> tuple[tuple[str, str], str, str, bool] | None:
-    """``PREFIX/namespaces/NS/PLURAL/NAME[/status]``: (collection, namespace, name, status?)."""
-    parts = path.strip("/").split("/")
-    prefix_len = 2 if parts[:1] == ["api"] else 3 if parts[:1] == ["apis"] else 0
-    if not prefix_len:
-        return None
-    prefix, rest = "/" + "/".join(parts[:prefix_len]), parts[prefix_len:]
-    if len(rest) not in (4, 5) or rest[0] != "namespaces" or (prefix, rest[2]) not in COLLECTIONS:
-        return None
-    if len(rest) == 5 and rest[4] != "status":  # noqa: PLR2004
-        return None
-    return (prefix, rest[2]), rest[1], rest[3], len(rest) == 5  # noqa: PLR2004
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -441,3 +587,30 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[k] = merge_patch(out.get(k), v)
     return out
+
+
+def _storage_key(api_version: str, kind: str) -> tuple[str, str]:
+    """The collection an object of this apiVersion and kind is stored in (any version of a
+    multi-version group is the same collection)."""
+    group = api_version.rpartition("/")[0]
+    if group in MULTI_VERSION:
+        for key, (k, api, _) in COLLECTIONS.items():
+            if k == kind and api.rpartition("/")[0] == group:
+                return key
+    return BY_KIND[(api_version, kind)]
+
+
+def _encode_continue(path: str, revision: int, after: tuple[str, str]) -> str:
+    """An opaque continue token: the collection, the snapshot's revision, the last key served."""
+    return base64.urlsafe_b64encode(json.dumps({"v": 1, "path": path, "rv": revision, "after": list(after)}).encode()).decode()
+
+
+def _decode_continue(token: str) -> tuple[str, int, tuple[str, str]] | None:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after = data["after"]
+        if data.get("v") != 1 or not isinstance(data["rv"], int) or not (isinstance(after, list) and len(after) == 2):  # noqa: PLR2004
+            return None
+        return str(data["path"]), data["rv"], (str(after[0]), str(after[1]))
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None

@@ -2,7 +2,10 @@
 ``kubernetes_asyncio`` (the official client's asyncio edition; the ``kubernetes`` extra).
 
 Per kind (and per namespace when namespaces are given) one task runs list-then-watch: a LIST
-gives the state and its ``metadata.resourceVersion``; a WATCH from that version
+gives the state and its ``metadata.resourceVersion``, in pages of ``list_page_size`` items
+(``limit``, then ``continue`` until the server has no more; every page is the same snapshot, and a
+continue token that expired, ``410``, means one whole list without ``limit``, as client-go's pager
+does); a WATCH from that version
 (``allowWatchBookmarks=true``) applies ADDED/MODIFIED/DELETED to an in-memory cache and moves the
 version forward on every event and BOOKMARK. A watch that ends cleanly (its ``timeoutSeconds``) is
 re-opened from the last version; a dropped connection or an API error is retried from the last
@@ -13,8 +16,9 @@ the controller's ``changed`` hook.
 What the cache becomes (``resources()``), each object with the source ``k8s://<ns>/<Kind>/<name>``:
 
 - MetaRouter, ApplicationProtocol (``metaprotocol.aeraki.io/v1alpha1``), ServiceEntry and
-  DestinationRule (``networking.istio.io/v1beta1``; v1 objects are the same objects served at
-  v1beta1 by the API server) read by the typed parser the directory source uses;
+  DestinationRule (``networking.istio.io``, at the version the API server prefers among ``v1``,
+  ``v1beta1`` and ``v1alpha3``, found in its discovery document ``/apis/networking.istio.io``:
+  Istio serves one schema at all of them) read by the typed parser the directory source uses;
 - a Service with a port named in Aeraki's convention (``tcp-metaprotocol-<protocol>[-...]``)
   becomes a ServiceEntry-shaped resource ``<svc>.svc`` with host ``<svc>.<ns>.svc.cluster.local``
   and its metaprotocol ports; its endpoints are the ready endpoints of its EndpointSlices (label
@@ -43,23 +47,29 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 CLUSTER_DOMAIN = "svc.cluster.local"
 
 
+ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # networking.istio.io versions read (one schema), most preferred first
+DEFAULT_PAGE_SIZE = 500  # items per LIST page (client-go's reflector uses 500 too)
+
+
 @dataclass(frozen=True)
 class Kind:
     """A watched collection: its kind, group/version, plural, and whether it becomes a Resource
-    as it is (the CRDs) or feeds the Service translation."""
+    as it is (the CRDs) or feeds the Service translation. ``versions``, when set, are the
+    versions understood (most preferred first): the one watched is found by discovery."""
 
     kind: str
     group: str  # "" for the core group
     version: str
     plural: str
     crd: bool
+    versions: tuple[str, ...] = ()
 
 
 KINDS = (
     Kind("MetaRouter", "metaprotocol.aeraki.io", "v1alpha1", "metarouters", True),
     Kind("ApplicationProtocol", "metaprotocol.aeraki.io", "v1alpha1", "applicationprotocols", True),
-    Kind("ServiceEntry", "networking.istio.io", "v1beta1", "serviceentries", True),
-    Kind("DestinationRule", "networking.istio.io", "v1beta1", "destinationrules", True),
+    Kind("ServiceEntry", "networking.istio.io", "", "serviceentries", True, ISTIO_VERSIONS),
+    Kind("DestinationRule", "networking.istio.io", "", "destinationrules", True, ISTIO_VERSIONS),
     Kind("Service", "", "v1", "services", False),
     Kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", False),
     Kind("Pod", "", "v1", "pods", False),
@@ -72,6 +82,26 @@ class Gone(Exception):  # noqa: N818 - the HTTP status's name
 
 class ApiError(Exception):
     """The API server answered with an error."""
+
+
+class NotServed(ApiError):
+    """404: the API server does not serve this kind (its CRD, or that version of it, is absent).
+    ``watch``: the 404 answered a watch (the kind was served when it was listed)."""
+
+    def __init__(self, message: str, *, watch: bool = False) -> None:
+        super().__init__(message)
+        self.watch = watch
+
+
+def choose_version(group: Mapping[str, Any], understood: tuple[str, ...]) -> str | None:
+    """The version to watch from an ``APIGroup`` discovery document: its ``preferredVersion``
+    when we understand it, else the first of ``understood`` (our preference order) it serves;
+    None when it serves none of them."""
+    served = [str(v.get("version")) for v in group.get("versions") or [] if isinstance(v, Mapping)]
+    preferred = (group.get("preferredVersion") or {}).get("version")
+    if preferred in understood and preferred in served:
+        return str(preferred)
+    return next((v for v in understood if v in served), None)
 
 
 def _import() -> Any:
@@ -98,6 +128,7 @@ class KubernetesSource:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         watch_timeout: int = 300,
+        list_page_size: int = DEFAULT_PAGE_SIZE,
     ) -> None:
         self._k8s = _import()
         self.api_client = api_client
@@ -106,9 +137,13 @@ class KubernetesSource:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.watch_timeout = watch_timeout
+        self.list_page_size = max(0, list_page_size)  # 0: no pagination
         self.name = "kubernetes"
         self.cache: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name) -> object
-        self.lists = 0  # LISTs made (the first ones and each relist)
+        self.lists = 0  # whole lists made (the first ones and each relist), however many pages each took
+        self.pages = 0  # LIST requests answered 200 (one per page)
+        self.list_restarts = 0  # paginated lists whose continue token expired (410), made again whole
+        self.group_versions: dict[str, str] = {}  # discovered group -> the version watched
         self.relists = 0  # relists after 410 Gone
         self.reconnects = 0  # watches re-opened after a failure
         self._changed: Callable[[], None] = lambda: None
@@ -163,11 +198,14 @@ class KubernetesSource:
         scope = (kind.kind, ns)
         delay = self.backoff
         while True:
+            watched = kind
             try:
+                if kind.versions:
+                    watched = replace(kind, version=await self._discover(kind))
                 if self.versions.get(scope) is None:
-                    self.versions[scope] = await self._list(kind, ns)
+                    self.versions[scope] = await self._list(watched, ns)
                     delay = self.backoff
-                if await self._watch(kind, ns, scope):
+                if await self._watch(watched, ns, scope):
                     delay = self.backoff
             except Gone:
                 log.info("%s%s: resourceVersion %s is too old (410 Gone); listing again", kind.plural, _in(ns), self.versions.get(scope))
@@ -176,11 +214,57 @@ class KubernetesSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the API server away or an error: retry
+                if isinstance(exc, NotServed):
+                    self._not_served(kind, ns, watched.version, exc.watch)
                 self.reconnects += 1
                 wait = delay * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
                 log.warning("%s%s: %s: %s; retrying in %.1fs", kind.plural, _in(ns), type(exc).__name__, exc, wait)
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, self.max_backoff)
+
+    def _not_served(self, kind: Kind, ns: str | None, version: str, watch: bool) -> None:
+        """The API server does not serve ``kind`` (at ``version``): its discovered version is
+        forgotten (found again next time: Istio upgraded, or installed) and its next step is a
+        list again. When the 404 answered a watch, that is all: the version may have gone while
+        the kind stays (an upgrade that drops ``v1beta1``), so the cache stays until that list
+        says otherwise. Otherwise none of its objects exist: the kind counts as listed and empty
+        (it must not hold the first sync back)."""
+        if kind.versions and self.group_versions.get(kind.group) == version:
+            del self.group_versions[kind.group]
+        self.versions[(kind.kind, ns)] = None
+        if watch:
+            return
+        stale = [k for k in self.cache if k[0] == kind.kind and (ns is None or k[1] == ns)]
+        for k in stale:
+            del self.cache[k]
+        self._listed(kind, ns)
+        if stale:
+            self._changed()
+
+    async def _discover(self, kind: Kind) -> str:
+        """The version of ``kind``'s group to watch: the one found before, or the API server's
+        preferred among those understood (``GET /apis/<group>``, the ``APIGroup`` document)."""
+        known = self.group_versions.get(kind.group)
+        if known is not None:
+            return known
+        response = await self.api_client.call_api(
+            f"/apis/{kind.group}/", "GET", header_params={"Accept": "application/json"}, auth_settings=["BearerToken"], _preload_content=False
+        )
+        async with response:
+            body = await response.read()
+            if response.status == 404:  # noqa: PLR2004 - the group is not served: Istio's CRDs not installed
+                raise NotServed(f"discovery: the API group {kind.group} is not served")
+            if response.status != 200:  # noqa: PLR2004
+                raise ApiError(f"discovery of {kind.group}: HTTP {response.status}: {body[:200]!r}")
+        group = json.loads(body)
+        version = choose_version(group, kind.versions)
+        served = [v.get("version") for v in group.get("versions") or []]
+        if version is None:
+            raise NotServed(f"the API group {kind.group} serves {served}, none of {list(kind.versions)}")
+        if self.group_versions.get(kind.group) != version:
+            log.info("%s: watching %s/%s (served: %s; preferred: %s)", kind.plural, kind.group, version, ", ".join(map(str, served)), (group.get("preferredVersion") or {}).get("version"))
+        self.group_versions[kind.group] = version
+        return version
 
     def _call(self, kind: Kind, ns: str | None, **params: Any) -> Any:
         k8s = self._k8s.client
@@ -198,18 +282,53 @@ class KubernetesSource:
             return core.list_service_for_all_namespaces(**params) if ns is None else core.list_namespaced_service(ns, **params)
         return core.list_pod_for_all_namespaces(**params) if ns is None else core.list_namespaced_pod(ns, **params)
 
-    async def _list(self, kind: Kind, ns: str | None) -> str:
-        response = await self._call(kind, ns)
+    async def _page(self, kind: Kind, ns: str | None, **params: Any) -> dict[str, Any]:
+        """One LIST request: the List document."""
+        response = await self._call(kind, ns, **params)
         async with response:
             body = await response.read()
             if response.status == 404:  # noqa: PLR2004 - the kind is not served (Istio's CRDs not installed): nothing of it, retried
-                self._listed(kind, ns)
+                raise NotServed(f"LIST {kind.group}/{kind.version} {kind.plural}: HTTP 404: {body[:200]!r}")
+            if response.status == 410 and params.get("_continue"):  # noqa: PLR2004 - the continue token expired
+                raise Gone()
             if response.status != 200:  # noqa: PLR2004
                 raise ApiError(f"LIST {kind.plural}: HTTP {response.status}: {body[:200]!r}")
-        data = json.loads(body)
+        self.pages += 1
+        data: dict[str, Any] = json.loads(body)
+        return data
+
+    async def _list_all(self, kind: Kind, ns: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Every item and the list's resourceVersion, in pages of ``list_page_size`` (``limit``,
+        then ``continue`` until none is returned; the pages are one snapshot, so the version of
+        the last page is the version of all). A continue token that expired (``410``, reason
+        ``Expired``: the snapshot was compacted away) restarts the list whole, without ``limit``
+        (client-go's pager falls back the same way: paging again could expire again)."""
+        limit, token = self.list_page_size, None
+        items: list[dict[str, Any]] = []
+        while True:
+            params: dict[str, Any] = {}
+            if limit:
+                params["limit"] = limit
+            if token:
+                params["_continue"] = token
+            try:
+                data = await self._page(kind, ns, **params)
+            except Gone:
+                log.info("%s%s: the list's continue token expired (410) after %d items; listing again, whole", kind.plural, _in(ns), len(items))
+                self.list_restarts += 1
+                limit, token, items = 0, None, []
+                continue
+            items.extend(data.get("items") or [])
+            meta = data.get("metadata") or {}
+            token = meta.get("continue") or None
+            if not token or not limit:
+                return items, str(meta.get("resourceVersion", ""))
+
+    async def _list(self, kind: Kind, ns: str | None) -> str:
+        items, version = await self._list_all(kind, ns)
         self.lists += 1
         fresh = {}
-        for item in data.get("items") or []:
+        for item in items:
             key = _key(kind, item)
             if key is not None:
                 fresh[key] = self._keep(kind, item)
@@ -221,7 +340,7 @@ class KubernetesSource:
         self._listed(kind, ns)
         if changed:
             self._changed()
-        return str(data.get("metadata", {}).get("resourceVersion", ""))
+        return version
 
     def _listed(self, kind: Kind, ns: str | None) -> None:
         self._pending.discard((kind.kind, ns))
@@ -242,6 +361,8 @@ class KubernetesSource:
                 body = await response.read()
                 if response.status == 410:  # noqa: PLR2004
                     raise Gone()
+                if response.status == 404:  # noqa: PLR2004 - no longer served (a CRD or one of its versions removed)
+                    raise NotServed(f"WATCH {kind.group}/{kind.version} {kind.plural}: HTTP 404: {body[:200]!r}", watch=True)
                 raise ApiError(f"WATCH {kind.plural}: HTTP {response.status}: {body[:200]!r}")
             while True:
                 line = await response.content.readline()

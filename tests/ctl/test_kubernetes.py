@@ -5,6 +5,7 @@ bookmarks, Services with EndpointSlices and Pod labels, and the object lifecycle
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -148,7 +149,8 @@ async def test_namespaced_watch_sees_only_its_namespace(api: ContractServer) -> 
     source, _ = await started(api, namespaces=[NS])
     try:
         assert set(by_ref(source)) == {f"MetaRouter {NS}/route"}
-        assert all(path.startswith(("/api/v1/namespaces/meta-dubbo/", "/apis/")) and "/namespaces/meta-dubbo/" in path for path, _ in api.requests)
+        collections = [path for path, _ in api.requests if path.rstrip("/") != "/apis/networking.istio.io"]  # not discovery
+        assert all(path.startswith(("/api/v1/namespaces/meta-dubbo/", "/apis/")) and "/namespaces/meta-dubbo/" in path for path in collections)
         api.apply({**other, "spec": metarouter((50, 50))["spec"]})
         api.apply(metarouter((70, 30)))
         await eventually(lambda: [d.weight for d in by_ref(source)[f"MetaRouter {NS}/route"].spec.routes[0].route] == [70, 30])
@@ -353,3 +355,291 @@ def test_kubeconfig_is_read(tmp_path: Path) -> None:
             await server.close()
 
     asyncio.run(scenario())
+
+
+# -- chunked lists (limit / continue) -----------------------------------------------------------------
+
+MR_PATH = f"/apis/metaprotocol.aeraki.io/v1alpha1/namespaces/{NS}/metarouters"
+
+
+def weights_of(source: KubernetesSource, name: str) -> list[int]:
+    return [d.weight for d in by_ref(source)[f"MetaRouter {NS}/{name}"].spec.routes[0].route]
+
+
+def server_state(server: ContractServer, plural: str) -> dict[str, Any]:
+    return {name: obj["spec"] for (key, _, name), obj in server.objects.items() if key[1] == plural}
+
+
+def cached_state(source: KubernetesSource, kind: str) -> dict[str, Any]:
+    return {name: obj["spec"] for (k, _, name), obj in source.cache.items() if k == kind}
+
+
+def page_log(server: ContractServer, plural: str) -> list[dict[str, Any]]:
+    return [p for p in server.pages if p["path"].endswith("/" + plural)]
+
+
+@pytest.mark.asyncio
+async def test_contract_chunked_lists_are_one_snapshot_and_a_compacted_token_is_410_expired(api: ContractServer) -> None:
+    """The contract server's limit/continue, through the client library: what the API reference
+    says of ListMeta.continue, remainingItemCount and an expired token."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    for i in range(12):
+        api.apply(metarouter((20, 80), name=f"route-{i:02}"))
+    c = client.ApiClient(client.Configuration(host=api.url))
+    crd = client.CustomObjectsApi(c)
+    try:
+
+        async def page(**kw: Any) -> dict[str, Any]:
+            result: dict[str, Any] = await crd.list_namespaced_custom_object("metaprotocol.aeraki.io", "v1alpha1", NS, "metarouters", **kw)
+            return result
+
+        first = await page(limit=5)
+        assert [o["metadata"]["name"] for o in first["items"]] == [f"route-{i:02}" for i in range(5)]
+        meta = first["metadata"]
+        assert meta["resourceVersion"] == "12" and meta["remainingItemCount"] == 7 and meta["continue"]
+        # writes between pages are not seen by the rest of the list: it is the snapshot at 12
+        api.apply(metarouter((70, 30), name="route-00"))
+        api.apply(metarouter((70, 30), name="route-07"))
+        api.delete(MR_API, "MetaRouter", NS, "route-11")
+        api.apply(metarouter((70, 30), name="route-99"))
+        second = await page(limit=5, _continue=meta["continue"])
+        assert [o["metadata"]["name"] for o in second["items"]] == [f"route-{i:02}" for i in range(5, 10)]
+        assert second["metadata"]["resourceVersion"] == "12" and second["metadata"]["remainingItemCount"] == 2
+        assert second["items"][2]["spec"]["routes"][0]["route"][0]["weight"] == 20  # route-07 as it was at 12
+        last = await page(limit=5, _continue=second["metadata"]["continue"])
+        assert [o["metadata"]["name"] for o in last["items"]] == ["route-10", "route-11"]  # route-11 deleted since; route-99 created since
+        assert last["metadata"] == {"resourceVersion": "12"}  # no continue, no remainingItemCount on the last page
+        whole = await page()
+        assert len(whole["items"]) == 12 and "continue" not in whole["metadata"] and whole["metadata"]["resourceVersion"] == "16"
+        assert len((await page(limit=0))["items"]) == 12
+
+        token = second["metadata"]["continue"]
+        for bad in ({"_continue": "not-a-token"}, {"_continue": token, "resource_version": "12"}):
+            with pytest.raises(ApiException) as err:
+                await page(limit=5, **bad)
+            assert err.value.status == 400
+        with pytest.raises(ApiException) as err:  # a token of another collection
+            await crd.list_namespaced_custom_object("metaprotocol.aeraki.io", "v1alpha1", NS, "applicationprotocols", limit=5, _continue=token)
+        assert err.value.status == 400
+
+        api.compact()  # the snapshot at 12 is gone: its tokens expired
+        with pytest.raises(ApiException) as err:
+            await page(limit=5, _continue=token)
+        gone = json.loads(err.value.body)
+        assert err.value.status == 410 and (gone["kind"], gone["code"], gone["reason"]) == ("Status", 410, "Expired")
+        # the Status offers a token that continues from the same key in the latest snapshot (inconsistent)
+        rest = await page(limit=5, _continue=gone["metadata"]["continue"])
+        assert [o["metadata"]["name"] for o in rest["items"]] == ["route-10", "route-99"] and rest["metadata"]["resourceVersion"] == "16"
+    finally:
+        await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_list_longer_than_a_page_is_read_in_pages_and_the_watch_loses_and_repeats_nothing(api: ContractServer) -> None:
+    for i in range(12):
+        api.apply(metarouter((20, 80), name=f"route-{i:02}"))
+    listed_at = str(api.revision)
+    continued = []
+
+    def between_pages(path: str, query: dict[str, str]) -> None:  # writes land while the list is being read
+        if path != MR_PATH or "continue" not in query:
+            return
+        continued.append(query["continue"])
+        if len(continued) == 1:
+            api.apply(metarouter((60, 40), name="route-00"))  # in the page already read
+            api.delete(MR_API, "MetaRouter", NS, "route-11")  # in a page still to come
+        else:
+            api.apply(metarouter((30, 70), name="route-10a"))  # created after the snapshot, in a page still to come
+
+    api.before_list = between_pages
+    source, changes = await started(api, namespaces=[NS], list_page_size=5)
+    try:
+        pages = page_log(api, "metarouters")
+        assert [(p["query"].get("limit"), "continue" in p["query"], len(p["names"]), p["continue"]) for p in pages] == [
+            ("5", False, 5, True), ("5", True, 5, True), ("5", True, 2, False)]  # fmt: skip
+        assert {p["resourceVersion"] for p in pages} == {listed_at}  # one snapshot
+        assert sum((p["names"] for p in pages), []) == [f"route-{i:02}" for i in range(12)]  # each once; route-10a not in it
+        watch = [q for path, q in api.requests if path == MR_PATH and parse_bool(q.get("watch", ""))]
+        assert watch[0]["resourceVersion"] == listed_at  # the watch starts where the pages were read
+        await eventually(lambda: cached_state(source, "MetaRouter") == server_state(api, "metarouters"))
+        assert weights_of(source, "route-00") == [60, 40] and weights_of(source, "route-10a") == [30, 70]
+        assert "route-11" not in cached_state(source, "MetaRouter")
+        # one change for the list (the other kinds are empty), one per write replayed by the watch:
+        # an event lost or applied twice would be one fewer
+        await eventually(lambda: changes[0] == 4)
+        assert source.lists == 7 and source.pages == 9 and source.list_restarts == 0 and source.relists == 0
+        api.apply(metarouter((10, 90), name="route-03"))  # and it follows on
+        await eventually(lambda: weights_of(source, "route-03") == [10, 90])
+    finally:
+        await source.close()
+
+
+@pytest.mark.asyncio
+async def test_an_expired_continue_token_mid_list_restarts_the_list_whole(api: ContractServer) -> None:
+    for i in range(12):
+        api.apply(metarouter((20, 80), name=f"route-{i:02}"))
+    fired = []
+
+    def expire(path: str, query: dict[str, str]) -> None:
+        if path == MR_PATH and "continue" in query and not fired:
+            fired.append(True)
+            api.apply(metarouter((90, 10), name="route-07"))
+            api.delete(MR_API, "MetaRouter", NS, "route-11")
+            api.compact()  # the list's snapshot is compacted away before its second page: 410 Expired
+
+    api.before_list = expire
+    source, _ = await started(api, namespaces=[NS], list_page_size=5)
+    try:
+        pages = page_log(api, "metarouters")
+        assert [(p["code"], p["query"].get("limit"), "continue" in p["query"]) for p in pages] == [
+            (200, "5", False), (410, "5", True), (200, None, False)]  # fmt: skip
+        assert source.list_restarts == 1  # (other kinds' watches, from before the compaction, relist: 410)
+        whole_at = pages[-1]["resourceVersion"]
+        assert whole_at == "14" and len(pages[-1]["names"]) == 11
+        watch = [q for path, q in api.requests if path == MR_PATH and parse_bool(q.get("watch", ""))]
+        assert watch[0]["resourceVersion"] == whole_at  # from the whole list's version, not the expired one
+        assert cached_state(source, "MetaRouter") == server_state(api, "metarouters")
+        assert weights_of(source, "route-07") == [90, 10] and "route-11" not in cached_state(source, "MetaRouter")
+        api.apply(metarouter((40, 60), name="route-02"))
+        await eventually(lambda: weights_of(source, "route-02") == [40, 60])
+    finally:
+        await source.close()
+
+
+@pytest.mark.asyncio
+async def test_the_default_page_is_500_items(api: ContractServer) -> None:
+    for i in range(1001):
+        api.apply(pod(f"p{i:04}", "v1"))
+    source, _ = await started(api)
+    try:
+        pages = page_log(api, "pods")
+        assert [(p["query"].get("limit"), len(p["names"])) for p in pages] == [("500", 500), ("500", 500), ("500", 1)]
+        assert sum(1 for k in source.cache if k[0] == "Pod") == 1001
+    finally:
+        await source.close()
+
+
+def test_serve_list_page_size_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--config-dir", ".", "--list-page-size", "100"])  # goes with --kubernetes
+    assert "--list-page-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--kubernetes", "--list-page-size", "-1"])
+    assert "--list-page-size" in capsys.readouterr().err
+
+
+# -- networking.istio.io versions (discovery) -----------------------------------------------------------
+
+
+def test_contract_version_priority_is_the_api_servers() -> None:
+    got = sorted(["v1alpha3", "v1", "v2beta1", "v1beta1", "v2", "foo", "v10alpha1", "v1alpha10"], key=contract.version_priority)
+    assert got == ["v2", "v1", "v2beta1", "v1beta1", "v10alpha1", "v1alpha10", "v1alpha3", "foo"]
+
+
+@pytest.mark.asyncio
+async def test_contract_discovery_documents() -> None:
+    server = ContractServer(served={"networking.istio.io": ("v1beta1", "v1")})
+    await server.start()
+    c = client.ApiClient(client.Configuration(host=server.url))
+    try:
+        groups = await client.ApisApi(c).get_api_versions()
+        istio = next(g for g in groups.groups if g.name == "networking.istio.io")
+        assert [v.version for v in istio.versions] == ["v1", "v1beta1"] and istio.preferred_version.version == "v1"
+        assert {g.name for g in groups.groups} >= {"metaprotocol.aeraki.io", "discovery.k8s.io", "coordination.k8s.io"}
+        coordination = await client.CoordinationApi(c).get_api_group()  # GET /apis/coordination.k8s.io/
+        assert coordination.preferred_version.group_version == "coordination.k8s.io/v1"
+        # one object, served at every served version with the apiVersion of the request
+        server.apply(service_entry())
+        crd = client.CustomObjectsApi(c)
+        for version in ("v1", "v1beta1"):
+            listed = await crd.list_namespaced_custom_object("networking.istio.io", version, NS, "serviceentries")
+            assert [o["apiVersion"] for o in listed["items"]] == [f"networking.istio.io/{version}"]
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        with pytest.raises(ApiException) as err:  # a version not served
+            await crd.list_namespaced_custom_object("networking.istio.io", "v1alpha3", NS, "serviceentries")
+        assert err.value.status == 404
+        server.served["networking.istio.io"] = ()  # Istio not installed: the group is not served
+        with pytest.raises(ApiException) as err:
+            await c.call_api("/apis/networking.istio.io/", "GET", auth_settings=["BearerToken"], response_types_map={200: "V1APIGroup"})
+        assert err.value.status == 404
+    finally:
+        await c.close()
+        await server.close()
+
+
+def test_choose_version() -> None:
+    from aeraki_ctl.sources.kubernetes import ISTIO_VERSIONS, choose_version
+
+    def group(preferred: str, *versions: str) -> dict[str, Any]:
+        return {"versions": [{"version": v} for v in versions], "preferredVersion": {"version": preferred}}
+
+    assert choose_version(group("v1", "v1", "v1beta1", "v1alpha3"), ISTIO_VERSIONS) == "v1"
+    assert choose_version(group("v1beta1", "v1beta1", "v1"), ISTIO_VERSIONS) == "v1beta1"  # the server's preference first
+    assert choose_version(group("v2", "v2", "v1beta1", "v1alpha3"), ISTIO_VERSIONS) == "v1beta1"  # v2 is not understood
+    assert choose_version(group("v2", "v2"), ISTIO_VERSIONS) is None
+    assert choose_version({"versions": [{"version": "v1alpha3"}]}, ISTIO_VERSIONS) == "v1alpha3"
+
+
+@pytest.mark.parametrize(
+    ("served", "watched"),
+    [(("v1",), "v1"), (("v1beta1",), "v1beta1"), (("v1", "v1beta1", "v1alpha3"), "v1"), (("v2", "v1beta1"), "v1beta1")],
+    ids=["v1-only", "v1beta1-only", "all", "preferred-not-understood"],
+)
+@pytest.mark.asyncio
+async def test_istio_kinds_are_watched_at_the_version_the_cluster_serves(served: tuple[str, ...], watched: str) -> None:
+    server = ContractServer(served={"networking.istio.io": served})
+    await server.start()
+    se = service_entry()
+    se["apiVersion"] = f"networking.istio.io/{served[0]}"  # created at a served version
+    server.apply(se)
+    server.apply(destination_rule())
+    source, _ = await started(server)
+    try:
+        assert source.group_versions == {"networking.istio.io": watched}
+        istio = [path for path, _ in server.requests if path.endswith(("/serviceentries", "/destinationrules"))]
+        assert istio and all(path.startswith(f"/apis/networking.istio.io/{watched}/") for path in istio)
+        assert {f"ServiceEntry {NS}/demo-se", f"DestinationRule {NS}/demo-dr"} <= set(by_ref(source))
+        server.apply(service_entry((30001, 30002)))
+        await eventually(lambda: sorted(e.ports["tcp-metaprotocol-dubbo"] for e in by_ref(source)[f"ServiceEntry {NS}/demo-se"].spec.endpoints) == [30001, 30002])
+    finally:
+        await source.close()
+        await server.close()
+
+
+@pytest.mark.asyncio
+async def test_istio_installed_later_then_upgraded_to_v1_only() -> None:
+    server = ContractServer(served={"networking.istio.io": ()})  # not installed
+    await server.start()
+    server.apply(metarouter((20, 80)))
+    source = new_source(server)
+    await source.start(lambda: None)
+    try:
+        assert await source.wait_synced(5)  # the missing group does not hold the first sync back
+        assert set(by_ref(source)) == {f"MetaRouter {NS}/route"} and source.group_versions == {}
+        server.served["networking.istio.io"] = ("v1beta1", "v1alpha3")  # installed (an older Istio)
+        server.apply(service_entry())
+        await eventually(lambda: f"ServiceEntry {NS}/demo-se" in by_ref(source))
+        assert source.group_versions == {"networking.istio.io": "v1beta1"}
+        await eventually(lambda: server.watch_count("serviceentries") == 1 and server.watch_count("destinationrules") == 1)
+
+        server.served["networking.istio.io"] = ("v1",)  # upgraded: v1beta1 no longer served
+        server.drop_watches()
+        await eventually(lambda: source.group_versions == {"networking.istio.io": "v1"})
+        await eventually(lambda: server.watch_count("serviceentries") == 1 and server.watch_count("destinationrules") == 1)
+        assert f"ServiceEntry {NS}/demo-se" in by_ref(source)
+        for plural in ("serviceentries", "destinationrules"):
+            reopened = [path for path, q in server.requests if path.endswith(plural) and parse_bool(q.get("watch", ""))]
+            assert reopened[-1] == f"/apis/networking.istio.io/v1/{plural}"
+        server.delete("networking.istio.io/v1", "ServiceEntry", NS, "demo-se")
+        server.apply(destination_rule())
+        await eventually(lambda: f"ServiceEntry {NS}/demo-se" not in by_ref(source) and f"DestinationRule {NS}/demo-dr" in by_ref(source))
+
+        server.served["networking.istio.io"] = ()  # uninstalled: its objects are gone with it
+        server.drop_watches()
+        await eventually(lambda: f"DestinationRule {NS}/demo-dr" not in by_ref(source))
+        assert set(by_ref(source)) == {f"MetaRouter {NS}/route"}
+    finally:
+        await source.close()
+        await server.close()
