@@ -5,8 +5,10 @@ of writes is one sync; a ZooKeeper registry, when configured, is polled; an extr
 ``sources.kubernetes``) calls the loop's ``changed`` hook, and a burst of its changes is one sync
 too (debounced by ``quiet``). Each sync goes through
 the ``Ledger`` (``lifecycle.py``): an invalid object is rejected alone and its last valid version
-keeps serving. A sync that fails unexpectedly is logged with its traceback and the last published
-snapshot keeps serving; the loop goes on.
+keeps serving. Translation is incremental (``incremental.py``: only the hosts a change reaches are
+retranslated) and so is the snapshot (``xds.snapshot.SnapshotBuilder``: only their resources are
+packed again, and the server pushes only what changed). A sync that fails unexpectedly is logged
+with its traceback and the last published snapshot keeps serving; the loop goes on.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from aeraki_ctl.incremental import IncrementalTranslator
 from aeraki_ctl.lifecycle import ACCEPTED, Ledger, ObjectStatus
-from aeraki_ctl.resources import ResourceSet, load_directory
+from aeraki_ctl.resources import Problem, Resource, ResourceSet, load_directory, load_text
 from aeraki_ctl.sources import Source
 from aeraki_ctl.sources.zookeeper import ZooKeeperSource, resources_from_registry
-from aeraki_ctl.translate import Options, translate
+from aeraki_ctl.sidecar import ScopeRules
+from aeraki_ctl.translate import Options
 from aeraki_ctl.xds.server import AdsServer
-from aeraki_ctl.xds.snapshot import snapshot_of
+from aeraki_ctl.xds.snapshot import SnapshotBuilder
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ class Controller:
         self.last_error = ""
         self.last_sync = 0.0
         self.ledger = Ledger()
+        self.translator = IncrementalTranslator(self.options)
+        self.builder = SnapshotBuilder()
+        self._files = _FileCache()
         self.objects: dict[str, ObjectStatus] = {}
         self.on_sync: list[Callable[[dict[str, ObjectStatus]], None]] = []  # called after each sync, before it yields (k8s_status)
         self.file_problems: list[str] = []
@@ -74,7 +81,7 @@ class Controller:
 
     def resources(self) -> ResourceSet:
         """The directory's resources plus the registry's services and the extra sources' objects."""
-        out = load_directory(self.directory) if self.directory is not None else ResourceSet()
+        out = self._files.load(self.directory) if self.directory is not None else ResourceSet()
         for source in self.sources:
             extra_resources, extra_problems = source.resources()
             out.resources.extend(extra_resources)
@@ -88,7 +95,7 @@ class Controller:
     async def sync(self) -> None:
         """Translate the sources now and publish the result; an invalid object is rejected alone
         (its last valid version keeps serving)."""
-        result = self.ledger.sync(self.resources(), lambda rs: translate(rs, self.options))
+        result = self.ledger.sync(self.resources(), self.translator)
         changed = {ref: s for ref, s in result.status.items() if _summary(s) != _summary(self.objects.get(ref))}
         for s in changed.values():
             if s.state != ACCEPTED:
@@ -107,7 +114,14 @@ class Controller:
             if text not in self.file_problems:
                 log.warning("%s", text)
         self.file_problems = file_problems
-        await self.ads.set_snapshot(snapshot_of(result.translation.bootstrap))
+        touched, sidecars_changed = self.translator.take_changes()
+        try:
+            scopes = ScopeRules(result.translation.sidecars) if sidecars_changed else None
+            snapshot = self.builder.build(self.translator.outputs, touched, scopes)
+        except BaseException:
+            self.translator.give_back(touched, sidecars_changed)  # the next sync packs them
+            raise
+        await self.ads.set_snapshot(snapshot)
         self.applied += 1
         self.last_sync = time.time()
         self.ready = True
@@ -198,6 +212,55 @@ async def _watch(directory: Path, changed: asyncio.Event, quiet: float, awatch: 
     debounce_ms = max(1, int(quiet * 1000))
     async for _ in awatch(directory, watch_filter=yaml_only, debounce=debounce_ms, step=min(50, debounce_ms), recursive=True):  # type: ignore[attr-defined]
         changed.set()
+
+
+class _FileCache:
+    """The directory read again at each sync, a file parsed again only when its size or
+    modification time changed (the objects of the others are the same objects, so the
+    incremental translator sees them unchanged at the cost of a look)."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[tuple[int, int], ResourceSet]] = {}
+
+    def load(self, directory: Path) -> ResourceSet:
+        if not directory.is_dir():
+            return load_directory(directory)
+        out = ResourceSet()
+        refs: dict[str, Resource] = {}
+        seen: dict[Path, tuple[tuple[int, int], ResourceSet]] = {}
+        for file in sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()):
+            try:
+                st = file.stat()
+            except OSError:
+                continue
+            stamp = (st.st_mtime_ns, st.st_size)
+            cached = self._files.get(file)
+            if cached is None or cached[0] != stamp:
+                one = ResourceSet()
+                try:
+                    load_text(file.read_text(encoding="utf-8"), str(file), one)
+                except (OSError, UnicodeDecodeError) as exc:
+                    one.problems.append(Problem(str(file), "-", f"cannot be read: {exc}"))
+                    stamp = (-1, -1)  # read it again next time
+                cached = (stamp, one)
+            seen[file] = cached
+            _merge(out, cached[1], refs)
+        self._files = seen
+        return out
+
+
+def _merge(out: ResourceSet, one: ResourceSet, refs: dict[str, Resource]) -> None:
+    """One file's objects into ``out``, an object defined again (in another file) reported as
+    ``load_directory`` reports it."""
+    for r in one.resources:
+        first = refs.get(r.ref)
+        if first is not None:
+            where = f"{first.source}:{first.line}" if first.line else first.source
+            out.problems.append(Problem(r.source, r.ref, f"defined twice (first at {where}); this one is ignored", line=r.line))
+            continue
+        refs[r.ref] = r
+        out.resources.append(r)
+    out.problems.extend(one.problems)
 
 
 def _summary(s: ObjectStatus | None) -> tuple[str, tuple[str, ...]] | None:

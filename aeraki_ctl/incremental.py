@@ -137,6 +137,11 @@ class IncrementalTranslator:
         sidecars, self._sidecars_touched = self._sidecars_touched, False
         return touched, sidecars
 
+    def give_back(self, touched: set[str], sidecars: bool) -> None:
+        """Changes taken and not published (the snapshot could not be made): taken again next time."""
+        self._touched |= touched
+        self._sidecars_touched |= sidecars
+
     def __call__(self, resources: ResourceSet) -> Translation:
         new: dict[str, Resource] = {}
         for r in resources.resources:  # the same ref twice (two sources): each is its own object

@@ -41,6 +41,13 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _key_value(value: str) -> tuple[str, str]:
+    key, eq, val = value.partition("=")
+    if not key or not eq:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key, val
+
+
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
@@ -56,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--xds", type=_host_port, help="ADS server HOST:PORT (aeraki-ctl serve)")
     proxy.add_argument("--node-id", default="metaprotocol-proxy", help="node id sent to the ADS server")
     proxy.add_argument("--xds-delta", action="store_true", help="incremental xDS (DeltaAggregatedResources) instead of state of the world")
+    proxy.add_argument("--node-metadata", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                       help="node metadata sent to the ADS server, repeatable; as Istio's sidecars: NAMESPACE=ns, "
+                            "LABELS=app=a,version=v1 (or LABELS as a JSON object); they choose the Sidecar scope")  # fmt: skip
     proxy.add_argument("--admin", type=_host_port, help="admin endpoint HOST:PORT")
     proxy.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (SIGTERM)")
     proxy.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
@@ -87,6 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from metaprotocol.xds import client as xds_client
+
+    xds_client.NODE_METADATA.update(args.node_metadata)
+    try:
+        xds_client.node_metadata(xds_client.NODE_METADATA)
+    except ValueError as exc:
+        print(f"metaprotocol: --node-metadata: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if args.config:
             bootstrap = load_bootstrap(args.config)

@@ -4,6 +4,15 @@ Per stream and per type it keeps the subscription, the last nonce sent, the vers
 ACKed and the version it NACKed. A response goes out when the client has not seen the current
 version of what it subscribed to; a NACKed version is not sent again (the next different version
 is); requests carrying a stale nonce are ignored, as the xDS protocol says.
+
+Work per snapshot is proportional to what changed: ``set_snapshot`` takes the changed names (from
+the snapshot, or by comparing when it does not say), updates the scoped views, and adds to each
+watch the changed names it holds (``pending``). A state-of-the-world response for routes or
+endpoints then carries only those when the stream holds an earlier version (the client merges
+them; the full set on a new subscription and after a NACK); listeners and clusters carry the
+whole (scoped) set, as the protocol requires. Delta responses carry changes and removals only.
+A proxy's scope is the Istio Sidecar that applies to it (``aeraki_ctl.sidecar``), from the
+namespace and labels in its node metadata; proxies of one scope share one view.
 """
 
 from __future__ import annotations
@@ -13,14 +22,18 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from aeraki_ctl.xds.snapshot import Snapshot, _digest
+from google.protobuf import json_format
+
+from aeraki_ctl.sidecar import Scope, node_identity
+from aeraki_ctl.xds.snapshot import TYPES, Resource, Snapshot, token, version_of
+from aeraki_ctl.xds.views import View, ViewCache
 from metaprotocol.xds import convert
 from metaprotocol.xds.status import short_name
 
@@ -48,6 +61,9 @@ class _Watch:
     acked_version: str = ""
     nacked_version: str = ""
     sent: dict[str, str] = field(default_factory=dict)  # delta: resource name -> version sent
+    pending: set[str] = field(default_factory=set)  # names changed since the last response
+    full: bool = True  # the next response carries every resource (a new subscription, after a NACK)
+    digest: int = 0  # named subscriptions: the sum of the tokens of what they name
     state: str = NOT_SENT
     requested_at: float = 0.0  # monotonic time of the last request of this type
     nack_message: str = ""  # the error_detail of the last NACK
@@ -66,6 +82,10 @@ class StreamInfo:
     peer: str = ""
     kind: str = "sotw"  # or "delta"
     connected_since: float = field(default_factory=time.time)
+    namespace: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    scope: Scope | None = None  # the Sidecar that applies; None: it sees everything
+    scoped: bool = False  # the scope was resolved (from the first request with a node)
 
     def as_dict(self) -> dict[str, object]:
         """The stream's state per resource type, for ``/proxies``."""
@@ -84,6 +104,8 @@ class StreamInfo:
             }
         return {
             "node_id": self.node_id,
+            "namespace": self.namespace,
+            "sidecar": self.scope.ref if self.scope is not None else "",
             "peer": self.peer,
             "stream": self.kind,
             "connected_since": _iso(self.connected_since),
@@ -132,18 +154,74 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.published = False  # a snapshot was set (the controller's first sync is done)
         self.metrics = ServerMetrics()
         self._published_at = time.monotonic()
+        self.views = ViewCache()
 
     async def set_snapshot(self, snapshot: Snapshot) -> None:
         """Publish a new snapshot; streams push what changed for them."""
         self.published = True
-        if snapshot.versions == self.snapshot.versions:
+        old = self.snapshot
+        if snapshot.versions == old.versions and snapshot.scopes == old.scopes and snapshot.hosts == old.hosts:
             return
+        if snapshot.base == old.serial:
+            changed: dict[str, Collection[str]] = dict(snapshot.changed)
+            hosts: Iterable[str] = snapshot.changed_hosts
+        else:  # not made from the one served: compare
+            changed = {t: _differ(old.of(t), snapshot.of(t)) for t in TYPES}
+            hosts = {h for h in {*(old.hosts or {}), *(snapshot.hosts or {})} if (old.hosts or {}).get(h) != (snapshot.hosts or {}).get(h)}
+        moved = self.views.update(old, snapshot, changed, hosts)
         self.snapshot = snapshot
+        for info in self.streams.values():
+            if snapshot.scopes != old.scopes or (snapshot.hosts is None) != (old.hosts is None):
+                self._rescope(info)
+            else:
+                self._mark(info, old, changed, moved.get(info.scope, {}) if info.scope is not None else {})
         self.metrics.snapshots += 1
         self._published_at = time.monotonic()
         async with self._changed:
             self._generation += 1
             self._changed.notify_all()
+
+    def _view(self, info: StreamInfo) -> View | None:
+        if info.scope is None or self.snapshot.hosts is None:
+            return None
+        return self.views.get(info.scope, self.snapshot)
+
+    def _resolve_scope(self, info: StreamInfo, node: object) -> None:
+        """The proxy's namespace, labels and Sidecar scope, from the first request with a node."""
+        metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}  # type: ignore[attr-defined]
+        info.namespace, info.labels = node_identity(info.node_id, metadata)
+        info.scoped = True
+        self._rescope(info)
+
+    def _rescope(self, info: StreamInfo) -> None:
+        """Find the stream's scope again (Sidecars changed): its next responses are whole."""
+        scope = self.snapshot.scopes.scope_of(info.namespace, info.labels) if info.scoped and self.snapshot.hosts is not None else None
+        if scope == info.scope:
+            return
+        info.scope = scope
+        for w in info.watches.values():
+            w.full = True
+            if w.wildcard:
+                w.pending.clear()
+
+    def _mark(self, info: StreamInfo, old: Snapshot, changed: Mapping[str, Collection[str]], moved: Mapping[str, set[str]]) -> None:
+        """Add to each watch of a stream the changed names it holds (and keep named digests)."""
+        view = self._view(info)
+        for t, w in info.watches.items():
+            names = changed.get(t, ())
+            if w.wildcard:
+                if view is None:
+                    w.pending.update(names)
+                else:
+                    members = view.members[t]
+                    w.pending.update(n for n in names if n in members or n in w.sent)
+                    w.pending.update(moved.get(t, ()))
+                continue
+            before, after = old.of(t), self.snapshot.of(t)
+            mine = [n for n in names if n in w.names] if len(w.names) > len(names) else [n for n in w.names if n in names]
+            for n in mine:
+                w.digest += _token(after, n) - _token(before, n)
+            w.pending.update(mine)
 
     def _nonce(self) -> str:
         return str(next(self._nonces))
@@ -161,7 +239,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self,
         requests: AsyncIterator[Req],
         on_request: Callable[[StreamInfo, Req], None],
-        respond: Callable[[str, _Watch], Resp | None],
+        respond: Callable[[StreamInfo, str, _Watch], Resp | None],
         peer: str = "",
         kind: str = "sotw",
     ) -> AsyncIterator[Resp]:
@@ -182,7 +260,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     if req.type_url in info.watches:
                         info.watches[req.type_url].requested_at = time.monotonic()
                 for type_url, watch in info.watches.items():
-                    response = respond(type_url, watch)
+                    response = respond(info, type_url, watch)
                     if response is not None:
                         watch.state = STALE
                         self.metrics.observe_push(type_url, time.monotonic() - max(self._published_at, watch.requested_at))
@@ -208,15 +286,21 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 seen = self._generation
             await queue.put(None)
 
-    def _on_request(self, info: StreamInfo, req: discovery_pb2.DiscoveryRequest) -> None:
+    def _node(self, info: StreamInfo, req: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest) -> None:
         if req.node.id:
             info.node_id = req.node.id
+        if not info.scoped and req.HasField("node"):
+            self._resolve_scope(info, req.node)
+
+    def _on_request(self, info: StreamInfo, req: discovery_pb2.DiscoveryRequest) -> None:
+        self._node(info, req)
         watch = info.watches.setdefault(req.type_url, _Watch())
         if req.response_nonce and req.response_nonce != watch.nonce:
             return  # a reply to an older response: ignore
         if req.response_nonce:
             if req.HasField("error_detail"):
                 watch.nacked_version = watch.sent_version
+                watch.full = True  # what it holds is not known: the next version goes whole
                 self._record_nack(info, watch, req.type_url, req.response_nonce, req.error_detail.message)
             else:
                 watch.acked_version = req.version_info
@@ -224,8 +308,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         names = set(req.resource_names)
         wildcard = req.type_url in WILDCARD_TYPES and (not names or "*" in names)
         if names != watch.names or wildcard != watch.wildcard:
+            if wildcard != watch.wildcard or not watch.sent_version:
+                watch.full = True
+            watch.pending.update(names - watch.names)  # added names go to a stream that holds the others
             watch.names = names
             watch.wildcard = wildcard
+            resources = self.snapshot.of(req.type_url)
+            watch.digest = sum(_token(resources, n) for n in names)
             watch.sent_version = ""  # a new subscription gets a response
 
     def _record_ack(self, info: StreamInfo, watch: _Watch, type_url: str, current: bool = True) -> None:
@@ -246,23 +335,32 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         """Every connected client and, per type, what was sent, ACKed and NACKed (``/proxies``)."""
         return [info.as_dict() for _, info in sorted(self.streams.items())]
 
-    def _sotw_response(self, type_url: str, watch: _Watch) -> discovery_pb2.DiscoveryResponse | None:
-        version = self._view_version(type_url, watch)
-        if version == watch.sent_version or version == watch.nacked_version:
+    def _sotw_response(self, info: StreamInfo, type_url: str, watch: _Watch) -> discovery_pb2.DiscoveryResponse | None:
+        version = self._version(info, type_url, watch)
+        if version == watch.sent_version:
+            watch.pending.clear()  # back to what it holds
+            return None
+        if version == watch.nacked_version:
             return None
         resources = self.snapshot.of(type_url)
-        chosen = resources.values() if watch.wildcard else [resources[n] for n in sorted(watch.names) if n in resources]
+        if watch.wildcard:
+            view = self._view(info)
+            chosen = view.listing(type_url, self.snapshot) if view is not None else [r.packed for r in resources.values()]
+        else:
+            names = watch.names if watch.full else watch.pending & watch.names
+            chosen = [resources[n].packed for n in sorted(names) if n in resources]
         watch.nonce = self._nonce()
         watch.sent_version = version
-        return discovery_pb2.DiscoveryResponse(version_info=version, resources=[r.packed for r in chosen], type_url=type_url, nonce=watch.nonce)
+        watch.pending.clear()
+        watch.full = False
+        return discovery_pb2.DiscoveryResponse(version_info=version, resources=chosen, type_url=type_url, nonce=watch.nonce)
 
-    def _view_version(self, type_url: str, watch: _Watch) -> str:
-        """The version of what this watch sees (the whole type, or its named resources)."""
-        if watch.wildcard:
-            return self.snapshot.versions.get(type_url, "")
-        resources = self.snapshot.of(type_url)
-        parts = [f"{n}={resources[n].version}" if n in resources else f"{n}=-" for n in sorted(watch.names)]
-        return _digest(p.encode() for p in parts)
+    def _version(self, info: StreamInfo, type_url: str, watch: _Watch) -> str:
+        """The version of what this watch sees (the whole type or its scope, or its names)."""
+        if not watch.wildcard:
+            return version_of(watch.digest)
+        view = self._view(info)
+        return view.version(type_url) if view is not None else self.snapshot.versions.get(type_url, "")
 
     # -- delta ----------------------------------------------------------------------------------
 
@@ -274,8 +372,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             yield response
 
     def _on_delta_request(self, info: StreamInfo, req: discovery_pb2.DeltaDiscoveryRequest) -> None:
-        if req.node.id:
-            info.node_id = req.node.id
+        self._node(info, req)
         watch = info.watches.get(req.type_url)
         if watch is None:
             watch = info.watches[req.type_url] = _Watch()
@@ -285,6 +382,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             current = req.response_nonce == watch.nonce
             if req.HasField("error_detail"):
                 watch.nacked_version = watch.sent_version
+                watch.full = True
                 self._record_nack(info, watch, req.type_url, req.response_nonce, req.error_detail.message, current=current)
             else:
                 if current:
@@ -292,21 +390,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 self._record_ack(info, watch, req.type_url, current=current)
         for name in req.resource_names_subscribe:
             if name == "*":
-                watch.wildcard = True
+                watch.wildcard = watch.full = True
             else:
                 watch.names.add(name)
                 watch.sent.pop(name, None)
+                watch.pending.add(name)
         for name in req.resource_names_unsubscribe:
             if name == "*":
                 watch.wildcard = False
             watch.names.discard(name)
             watch.sent.pop(name, None)
 
-    def _delta_response(self, type_url: str, watch: _Watch) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    def _delta_response(self, info: StreamInfo, type_url: str, watch: _Watch) -> discovery_pb2.DeltaDiscoveryResponse | None:
         resources = self.snapshot.of(type_url)
-        wanted = set(resources) if watch.wildcard else watch.names
-        changed = [resources[n] for n in sorted(wanted) if n in resources and watch.sent.get(n) != resources[n].version]
-        removed = sorted(n for n in watch.sent if n not in resources or n not in wanted)
+        view = self._view(info) if watch.wildcard else None
+        wanted: Collection[str] = (view.members[type_url] if view is not None else resources) if watch.wildcard else watch.names
+        candidates: Iterable[str] = {*wanted, *watch.sent} if watch.full else watch.pending
+        changed, removed = [], []
+        for n in sorted(candidates):
+            if n in wanted and n in resources:
+                if watch.sent.get(n) != resources[n].version:
+                    changed.append(resources[n])
+            elif n in watch.sent:
+                removed.append(n)
+        watch.pending.clear()
+        watch.full = False
         if not changed and not removed:
             return None
         for r in changed:
@@ -314,7 +422,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for n in removed:
             watch.sent.pop(n, None)
         watch.nonce = self._nonce()
-        watch.sent_version = self.snapshot.versions.get(type_url, "")
+        watch.sent_version = self._version(info, type_url, watch) if watch.wildcard else self.snapshot.versions.get(type_url, "")
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=watch.sent_version,
             resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.packed) for r in changed],
@@ -322,6 +430,18 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             removed_resources=removed,
             nonce=watch.nonce,
         )
+
+
+def _token(resources: Mapping[str, Resource], name: str) -> int:
+    r = resources.get(name)
+    return r.token if r is not None else token(name, "-")
+
+
+def _differ(old: Mapping[str, Resource], new: Mapping[str, Resource]) -> set[str]:
+    """Names added, removed or changed between two maps of one type."""
+    out = {n for n, r in new.items() if n not in old or old[n].version != r.version}
+    out.update(n for n in old if n not in new)
+    return out
 
 
 def _peer(context: grpc.aio.ServicerContext) -> str:

@@ -12,6 +12,7 @@ with its reason. A lost control plane leaves the last good configuration serving
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 INVALID_ARGUMENT = 3
+NODE_METADATA: dict[str, str] = {}  # metaprotocol proxy --node-metadata: for clients not given their own
 Queue = asyncio.Queue[Any]  # of DiscoveryRequest (state of the world) or DeltaDiscoveryRequest (delta)
 
 
@@ -67,10 +69,12 @@ class ConfigTarget(Protocol):
 class AdsClient:
     """Keeps a Proxy (or a Supervisor of workers) in step with an ADS server."""
 
-    def __init__(self, proxy: ConfigTarget, address: str, node_id: str, cluster: str = "metaprotocol", delta: bool = False) -> None:
+    def __init__(self, proxy: ConfigTarget, address: str, node_id: str, cluster: str = "metaprotocol", delta: bool = False,
+                 metadata: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.proxy = proxy
         self.address = address
         self.node = base_pb2.Node(id=node_id, cluster=cluster)
+        self.node.metadata.update(node_metadata(NODE_METADATA if metadata is None else metadata))
         self.listeners: dict[str, ListenerConfig] = {}
         self.routes: dict[str, RouteConfig] = {}
         self.clusters: dict[str, cluster_pb2.Cluster] = {}
@@ -346,6 +350,20 @@ class AdsClient:
             self.proxy.bootstrap.admin,
             f"xds://{self.address}",
         )
+
+
+def node_metadata(pairs: Mapping[str, str]) -> dict[str, object]:
+    """Node metadata as Istio's sidecars send it: ``LABELS`` a map (given as a JSON object or
+    ``k=v,k=v``), every other key a string."""
+    out: dict[str, object] = dict(pairs)
+    labels = pairs.get("LABELS")
+    if labels is not None:
+        try:
+            parsed = json.loads(labels) if labels.strip().startswith("{") else dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
+        except ValueError as exc:
+            raise ValueError(f"LABELS {labels!r} is neither a JSON object nor k=v,k=v: {exc}") from exc
+        out["LABELS"] = {str(k): str(v) for k, v in parsed.items()}
+    return out
 
 
 def _each(resources: Sequence[any_pb2.Any], message_type: Any, make: Callable[[Any], Any], reasons: dict[str, str]) -> dict[str, Any]:  # noqa: ANN401 - generated protobuf classes are untyped
