@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from metaprotocol.cluster.hashing import hash_tag_of
 from metaprotocol.cluster.lb import LoadBalancer, build_lb
-from metaprotocol.config.model import ClusterConfig, Endpoint
+from metaprotocol.config.model import HASHING_POLICIES, ClusterConfig, Endpoint
 
 Subset = tuple[tuple[str, str], ...]
 
@@ -45,6 +45,7 @@ class ClusterState:
         self.ejections: list[int] = [0] * len(self.endpoints)
         self.ejected: list[bool] = [False] * len(self.endpoints)
         self._hash_tag = config.hash_tag.encode()
+        self.hashing = config.lb_policy in HASHING_POLICIES  # picks by a request's hash key (asked per request)
         self._sets: dict[Subset, HostSet] = {}
 
     def retry_allowed(self) -> bool:

@@ -35,17 +35,24 @@ if TYPE_CHECKING:
 
 
 class Stage:
-    """One per-request step. ``__call__`` returns True to go on to the next stage, False when it
-    has taken the request over (answered it, or deferred it and will ``resume`` the chain)."""
+    """One per-request step. ``run`` returns True to go on to the next stage, False when it has
+    taken the request over (answered it, or deferred it and will ``resume`` the chain)."""
 
     name = "stage"
     per_request = True
     """Whether the stage decides from each request (its metadata): forwarded pipelines, which
     carry a run of requests as one, are then off for the listener. True unless proven otherwise."""
 
-    def __call__(self, session: DownstreamSession, p: Pending, now: float) -> bool:
+    def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
         raise NotImplementedError
 
+    def step(self) -> Step:
+        """What the request path calls: ``run``, unless the stage has a cheaper equivalent."""
+        return self.run
+
+
+Step = Callable[["DownstreamSession", "Pending", float], bool]
+"""A stage's ``run``, as the request path calls it."""
 
 FinishHook = Callable[["Pending", "bytes | bytearray", float, str], None]
 """Called once per finished request with its reply, the time and its status (the access log)."""
@@ -59,6 +66,10 @@ class Chain:
     on_finish: tuple[FinishHook, ...]
     forwards_pipelines: bool
     router: RouterStage | None  # None in bound mode
+    steps: tuple[Step, ...] = ()  # the stages' ``run`` methods, bound once (what the request path calls)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(s.step() for s in self.stages))
 
     def names(self) -> list[str]:
         """The stages' names in order (for the admin API and tests)."""
@@ -74,7 +85,7 @@ class LocalRateLimitStage(Stage):
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter
 
-    def __call__(self, session: DownstreamSession, p: Pending, now: float) -> bool:
+    def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
         stats = session.ctx.stats
         msg = p.request
         if self.limiter.allow(msg.metadata, now):
@@ -95,11 +106,14 @@ class Admission(Stage):
     name = "admission"
     per_request = False
 
-    def __call__(self, session: DownstreamSession, p: Pending, now: float) -> bool:
-        if p.request.type is MessageType.ONEWAY:
-            session.ctx.stats.requests_oneway += 1
-            return True
-        return session.admit(p)
+    def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
+        return session.admit(p, now)
+
+    def step(self) -> Step:
+        """``DownstreamSession.admit`` itself: the one stage every request runs costs one call."""
+        from metaprotocol.proxy.session import DownstreamSession
+
+        return DownstreamSession.admit
 
 
 class GlobalRateLimitStage(Stage):
@@ -113,7 +127,7 @@ class GlobalRateLimitStage(Stage):
         self.match = match
         self.index = index  # this stage's place in the chain: where to resume
 
-    def __call__(self, session: DownstreamSession, p: Pending, now: float) -> bool:
+    def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
         md = p.request.metadata
         if not all(pred(md) for pred in self.match):
             return True
@@ -148,7 +162,7 @@ class Bind(Stage):
 
     name = "bind"
 
-    def __call__(self, session: DownstreamSession, p: Pending, now: float) -> bool:
+    def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
         session.bind(p.request)
         return False
 

@@ -59,15 +59,28 @@ class ProxyIO(Protocol):
         """Ask the listener's rate limit service; ``done(allowed)`` runs later on the loop."""
 
 
+class ProfileSource(Protocol):
+    """The part of a server codec the upstream side reads."""
+
+    def upstream_profile(self) -> Hashable:
+        """The upstream connection kind the client's requests need."""
+
+
 class Requester(Protocol):
     """Whoever waits for a request's outcome: a downstream session, or the sink of a mirrored
     copy (``mirror.MirrorSink``). What the upstream side needs of it, and nothing more."""
 
-    ctx: ListenerContext
-    closed: bool
+    @property
+    def ctx(self) -> ListenerContext:
+        """The listener the request came in on."""
 
-    def upstream_profile(self) -> Hashable:
-        """The upstream connection kind its requests need."""
+    @property
+    def closed(self) -> bool:
+        """The client is gone: nothing it sent is worth finishing."""
+
+    @property
+    def codec(self) -> ProfileSource:
+        """The client's codec: which upstream connection kind its requests need."""
 
     def complete(self, p: Pending, response: Message) -> None:
         """The upstream answered ``p``."""

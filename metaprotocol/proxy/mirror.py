@@ -6,33 +6,28 @@ owner to report to; this one never reaches the client, whatever happens to the c
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from metaprotocol.proxy.context import Pending
 
 if TYPE_CHECKING:
-    from metaprotocol.proxy.context import ListenerContext, Requester
+    from metaprotocol.proxy.context import ListenerContext, ProfileSource, Requester
     from metaprotocol.spi import ErrorKind, Message
 
 
 class MirrorSink:
     """Receives the replies and failures of copies made for one client's request."""
 
-    __slots__ = ("closed", "ctx", "profile")
+    __slots__ = ("closed", "codec", "ctx")
 
     def __init__(self, origin: Requester) -> None:
         self.ctx: ListenerContext = origin.ctx
-        self.profile = origin.upstream_profile()  # the copy needs the connection kind of its original
+        self.codec: ProfileSource = origin.codec  # the copy needs the connection kind of its original
         self.closed = False
 
     def pending(self, msg: Message, now: float) -> Pending:
         """A copy of ``msg`` in flight, reporting here."""
         return Pending(self, msg, now)
-
-    def upstream_profile(self) -> Hashable:
-        """The upstream connection kind of the original request."""
-        return self.profile
 
     def complete(self, p: Pending, response: Message) -> None:
         """A mirror's reply: read and discarded."""

@@ -88,7 +88,10 @@ class EndpointPool:
             else:
                 self.rr += 1
                 conn = conns[self.rr % len(conns)]
-        if not self._send_on(conn, p, msg, mutation, oneway):
+        try:
+            conn.send(p, msg, mutation, oneway)
+        except LocalProtocolError as exc:
+            self._refused(conn, p, exc)
             return False
         if oneway:  # nothing to wait for: it left as it was written
             self._vacate()
@@ -101,12 +104,16 @@ class EndpointPool:
         try:
             conn.send(p, msg, mutation, oneway)
         except LocalProtocolError as exc:
-            self._vacate()
-            if self.correlation is Correlation.EXCLUSIVE and not conn.closed and conn.outstanding == 0:
-                self.idle.append(conn)
-            p.session.fail(p, ErrorKind.BAD_REQUEST, str(exc))
+            self._refused(conn, p, exc)
             return False
         return True
+
+    def _refused(self, conn: UpstreamConnection, p: Pending, exc: LocalProtocolError) -> None:
+        """The codec cannot encode ``p``'s request: it leaves the books and fails alone."""
+        self._vacate()
+        if self.correlation is Correlation.EXCLUSIVE and not conn.closed and conn.outstanding == 0:
+            self.idle.append(conn)
+        p.session.fail(p, ErrorKind.BAD_REQUEST, str(exc))
 
     def _overflow(self, p: Pending, which: str) -> bool:
         self.stats.errors["overflow"] += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from metaprotocol.config.model import HASHING_POLICIES
 from metaprotocol.proxy import fanout
 from metaprotocol.proxy.chain import Stage
 from metaprotocol.proxy.context import Failure
@@ -50,9 +49,9 @@ class RouterStage(Stage):
         cs = self.upstreams.clusters.get(name) if name else None
         if cs is None:
             return False
-        return cs.config.lb_policy not in HASHING_POLICIES and cs.config.circuit_breakers is None
+        return not cs.hashing and cs.config.circuit_breakers is None
 
-    def __call__(self, session: DownstreamSession, p: Pending, now: float) -> bool:
+    def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
         msg = p.request
         oneway = msg.type is MessageType.ONEWAY
         parts = msg.parts
@@ -76,7 +75,7 @@ class RouterStage(Stage):
             return Failure(LocalError(ErrorKind.CLUSTER_NOT_FOUND, f"unknown cluster {cluster_name}"), cluster_name)
         action = route.rule.action
         key = None
-        if cs.config.lb_policy in HASHING_POLICIES:
+        if cs.hashing:
             md = msg.metadata
             names = action.hash_policy or ctx.factory.default_hash_policy
             values = [md[k] for k in names if k in md]

@@ -9,7 +9,6 @@ replies that are ready are written with one ``writelines`` at the end of the eve
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
 from typing import Final, Protocol
 
 from metaprotocol.proxy import fanout
@@ -184,7 +183,15 @@ class DownstreamSession:
             if msg is NEED_DATA:
                 return
             assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel for mypy
-            self.on_message(msg, chain, now)
+            mtype = msg.type
+            if mtype is MessageType.REQUEST or mtype is MessageType.ONEWAY:  # on_message's common case, inline
+                answer = codec.answer_locally(msg)
+                if answer is None:
+                    self.request(Pending(self, msg, now), chain, now)
+                else:
+                    self.answered_locally(msg, answer, now)
+            else:
+                self.on_message(msg, chain, now)
             if self.tunnel is not None:  # bound: the rest of the buffer goes through unparsed
                 rest = bytes(buffer.data[buffer.pos :])
                 buffer.clear()
@@ -226,22 +233,26 @@ class DownstreamSession:
         """The one request path: ``p`` (one request, or a forwarded pipeline of ``p.count``) runs
         the listener's compiled stages in order until one takes it over."""
         self.ctx.stats.requests += p.count
-        for stage in chain.stages:
-            if not stage(self, p, now):
+        for step in chain.steps:
+            if not step(self, p, now):
                 return
 
     def resume(self, chain: Chain, p: Pending, index: int) -> None:
         """Go on with ``p`` from stage ``index`` (a stage that deferred it, e.g. a rate limit
         service's answer)."""
         now = self.ctx.io.now()
-        for stage in chain.stages[index:]:
-            if not stage(self, p, now):
+        for step in chain.steps[index:]:
+            if not step(self, p, now):
                 return
 
-    def admit(self, p: Pending) -> bool:
-        """``p`` (two-way) is in flight: counted, given its reply slot in ordered mode, and reading
-        paused at the connection's limit. False when the process is overloaded: ``p`` has then
-        been answered with the codec's over-limit reply and must not be sent."""
+    def admit(self, p: Pending, now: float) -> bool:
+        """The admission stage (``chain.Admission``): a two-way ``p`` is in flight: counted, given
+        its reply slot in ordered mode, and reading paused at the connection's limit. False when
+        the process is overloaded: ``p`` has then been answered with the codec's over-limit reply
+        and must not be sent. A one-way request is only counted."""
+        if p.request.type is MessageType.ONEWAY:
+            self.ctx.stats.requests_oneway += 1
+            return True
         n = p.count
         self.inflight += n
         ctx = self.ctx
@@ -295,11 +306,6 @@ class DownstreamSession:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
-
-    def upstream_profile(self) -> Hashable:
-        """The upstream connection kind this client's requests need (the codec's, which may change
-        with the client's protocol negotiation)."""
-        return self.codec.upstream_profile()
 
     # -- completion ---------------------------------------------------------------------------
 

@@ -101,7 +101,7 @@ class Upstreams:
         p.cluster = name
         if not mirror:
             ctx.stats.route_requests[route.name] += 1
-        profile = p.session.upstream_profile()
+        profile = p.session.codec.upstream_profile()
         key = (ctx.name, name, index, profile)
         pool = self.pools.get(key)
         if pool is None:

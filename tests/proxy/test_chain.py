@@ -47,7 +47,7 @@ class DenyKeys(Stage):
         self.prefix = prefix
         self.seen = 0
 
-    def __call__(self, session: DownstreamSession, p: Pending, now: float) -> bool:
+    def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
         self.seen += p.count
         if p.request.metadata.get("key", "").startswith(self.prefix):
             session.local_error(p, ErrorKind.BAD_REQUEST, "denied")
@@ -64,7 +64,7 @@ class CountUnits(Stage):
     def __init__(self) -> None:
         self.units = 0
 
-    def __call__(self, session: DownstreamSession, p: Pending, now: float) -> bool:
+    def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
         self.units += 1
         return True
 
