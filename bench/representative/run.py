@@ -36,6 +36,7 @@ from bench.peers import cpu_seconds  # noqa: E402
 from bench.representative import check, corpus, profile  # noqa: E402
 from bench.representative.targets import Stack, Target, build_c, envoy_binary, start_all  # noqa: E402
 
+IDENTICAL = "metaprotocol_identical_frame"
 FRAMING = {"dubbo": "dubbo", "thrift": "thrift", "redis": "resp"}
 ENVOY_PREFIX = {"dubbo": "envoy_", "thrift": "envoy_", "redis": "envoy_"}
 
@@ -47,11 +48,14 @@ class Case:
     connections: int
     depth: int
     mode: str  # window: DEPTH in flight, one write per request; batch: DEPTH per write (redis-benchmark -P)
+    corpus: str = ""  # default: the protocol's mix
 
     @property
     def load(self) -> str:
         if self.protocol == "redis":
             return f"{self.connections} conn, -P {self.depth}"
+        if self.mode == "batch":
+            return f"{self.connections} conn, {self.depth} per write"
         return f"{self.connections} conn, {self.depth} in flight"
 
 
@@ -81,6 +85,10 @@ def machine() -> dict[str, Any]:
         raw = _version([envoy, "--version"])
         envoy_version = next((part for part in raw.split("/") if part.count(".") == 2 and part[0].isdigit()), raw)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "metaprotocol", "codecs"], capture_output=True, text=True, cwd=ROOT).stdout.splitlines()
+    if dirty:  # the working tree is what runs: say when it is not the commit
+        commit += f" + {len(dirty)} uncommitted files under metaprotocol/, codecs/"
+
     return {
         "cpu_model": model, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
         "envoy": envoy_version, "haproxy": _version(["haproxy", "-v"]), "nutcracker": _version(["nutcracker", "--version"]),
@@ -179,7 +187,7 @@ def summarize(runs: list[dict[str, Any]], cases: list[Case]) -> list[dict[str, A
         })  # fmt: skip
     for row in out:
         ref = next((r for r in out if r["protocol"] == row["protocol"] and r["connections"] == row["connections"] and r["depth"] == row["depth"] and r["target"] == "direct"), None)
-        row["mix"] = mix_check(row["classes"], ref["classes"] if ref else {})
+        row["mix"] = "one frame" if row["corpus"] else mix_check(row["classes"], ref["classes"] if ref else {})
     return out
 
 
@@ -200,6 +208,10 @@ def _find(summary: list[dict[str, Any]], protocol: str, connections: int, depth:
     return [r for r in summary if r["protocol"] == protocol and r["connections"] == connections and r["depth"] == depth and pred(r["target"])]
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    return f"{row['cpu_us_per_request']['median']:.1f}"
+
+
 def targets_table(summary: list[dict[str, Any]], connections: int) -> list[dict[str, Any]]:
     """Issue 15's targets against this run."""
     rows: list[dict[str, Any]] = []
@@ -215,7 +227,8 @@ def targets_table(summary: list[dict[str, Any]], connections: int) -> list[dict[
         if not got:
             rows.append({"target": label, "want": f">= {want:.2f}x", "got": "0 (our runs failed)", "met": False, "short_by": "no replies"})
             return
-        rows.append({"target": label, "want": f">= {want:.2f}x", "got": f"{got:.2f}x (vs {best['target']})", "ratio": round(got, 3), "met": got >= want,
+        cpu = f"; CPU {_cpu(ours[0])} vs {_cpu(best)} us/req" if ours[0]["cpu_us_per_request"] and best["cpu_us_per_request"] else ""
+        rows.append({"target": label, "want": f">= {want:.2f}x", "got": f"{got:.2f}x (vs {best['target']}{cpu})", "ratio": round(got, 3), "met": got >= want,
                      "short_by": None if got >= want else f"{100 * (1 - got / want):.0f}% short (needs {want / got:.2f}x more)"})  # fmt: skip
 
     for p in ("dubbo", "thrift"):
@@ -248,7 +261,7 @@ def _fmt_spread(s: dict[str, float] | None, digits: int = 0, scale: float = 1.0)
 
 def machine_line(info: dict[str, Any]) -> str:
     m, c0, c1 = info["machine"], info["calibration"]["start"], info["calibration"]["end"]
-    return (f"*Machine: {m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, Envoy {m['envoy']}; load average "
+    return (f"*Machine: {m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, Envoy {m['envoy']}, code at {m['commit']}; load average "
             f"{c0['loadavg']} at start, {c1['loadavg']} at end. Calibration (CPU ms, start -> end): pure-Python loop "
             f"{c0['python_loop_ms']} -> {c1['python_loop_ms']}, C loop {c0['c_loop_ms']} -> {c1['c_loop_ms']}.*")  # fmt: skip
 
@@ -279,10 +292,10 @@ def markdown(info: dict[str, Any]) -> str:
         lines += ["", f"## {TITLES[proto]}", "", "| target | load | req/s | p50 ms | p99 ms | added p50 us | proxy CPU us/req | ours / this | reply mix |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for r in rows:
-            case = Case(r["protocol"], r["target"], r["connections"], r["depth"], r["mode"])
+            case = Case(r["protocol"], r["target"], r["connections"], r["depth"], r["mode"], r["corpus"])
             ours = next((x for x in rows if x["target"] == "metaprotocol" and x["connections"] == r["connections"] and x["depth"] == r["depth"]), None)
             ratio = f"{ours['rps']['median'] / r['rps']['median']:.2f}x" if ours and r["rps"]["median"] and r["target"] != "metaprotocol" else ""
-            name = f"**{r['target']}**" if r["target"] == "metaprotocol" else r["target"]
+            name = f"**{r['target']}**" if r["target"] == "metaprotocol" else "metaprotocol, one identical frame (best case)" if r["target"] == IDENTICAL else r["target"]
             lines.append(f"| {name} | {case.load} | {_fmt_spread(r['rps'])} | {r['p50_ms']['median']:.3f} | {r['p99_ms']['median']:.3f} | "
                          f"{_fmt_spread(r['added_p50_us'])} | {_fmt_spread(r['cpu_us_per_request'], 1)} | {ratio} | {r['mix']} |")  # fmt: skip
         checked = info.get("reply_check", {}).get(proto, {})
@@ -396,11 +409,14 @@ def main(argv: list[str] | None = None) -> int:
             prefill_redis(st.targets["redis"][0].port, args.keys)
         info["reply_check"] = check_replies(st, files, protocols)
         cases = [Case(p, t.name, c, d, m) for p in protocols for (c, d, m) in loads(p, args.connections, depths) for t in st.targets[p]]
+        # The old best case beside the mix, through our proxy: one identical frame, 16 per write.
+        cases += [Case(p, IDENTICAL, args.connections, d, "batch", f"{p}_identical") for p in protocols if p != "redis" for d in (1, 16)]
         by_name = {(p, t.name): t for p in protocols for t in st.targets[p]}
+        by_name.update({(p, IDENTICAL): by_name[(p, "metaprotocol")] for p in protocols})
         time.sleep(1.0)
         for rep in range(args.reps):
             for i, case in enumerate(cases):
-                result = measure(exe["loadgen"], files[case.protocol], by_name[(case.protocol, case.target)], case, args.seconds, args.warmup)
+                result = measure(exe["loadgen"], files[case.corpus or case.protocol], by_name[(case.protocol, case.target)], case, args.seconds, args.warmup)
                 runs.append({"rep": rep, "case": asdict(case), "result": result})
                 restarted = st.restart_peers()
                 if restarted:

@@ -111,7 +111,8 @@ class Stack:
                 for _ in range(60):
                     dead = [n for n, p in self.procs if p.poll() is not None]
                     if dead:
-                        raise RuntimeError(f"exited at start: {dead} (logs in {self.tmp})")
+                        tails = {n: (self.tmp / f"{n}.log").read_text(errors="replace")[-400:] for n in dead}
+                        raise RuntimeError(f"exited at start: {tails} (logs in {self.tmp})")
                     try:
                         wait_port(t.port, 0.5)
                         break
