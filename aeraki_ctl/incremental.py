@@ -129,6 +129,8 @@ class IncrementalTranslator:
         self._facts: dict[str, _Facts] = {}
         self._deps: dict[tuple[str, str], set[str]] = {}
         self._dep_of: dict[str, set[tuple[str, str]]] = {}
+        self._reading: dict[str, tuple[Problem, ...]] = {}  # problems met reading each object (those with any)
+        self._host_problems: dict[str, list[Problem]] = {}  # per host with any: its facts' then its output's
 
     def take_changes(self) -> tuple[set[str], bool]:
         """Hosts whose output was redone or removed since the last call, and whether the served
@@ -144,15 +146,26 @@ class IncrementalTranslator:
 
     def __call__(self, resources: ResourceSet) -> Translation:
         new: dict[str, Resource] = {}
-        for r in resources.resources:  # the same ref twice (two sources): each is its own object
-            new[r.ref if r.ref not in new else f"{r.ref}\x00{len(new)}"] = r
         changed: list[tuple[str, Resource | None, Resource | None]] = []
-        for ref, r in new.items():
-            old = self._objects.get(ref)
+        previous, kept = self._objects, 0
+        for r in resources.resources:
+            ref = r.ref
+            if ref in new:  # the same ref twice (two sources): each is its own object
+                ref = f"{ref}\x00{len(new)}"
+            new[ref] = r
+            old = previous.get(ref)
+            if old is not None:
+                kept += 1
             if old is not r and (old is None or old != r):
                 changed.append((ref, old, r))
-        changed.extend((ref, old, None) for ref, old in self._objects.items() if ref not in new)
+        if kept != len(previous):
+            changed.extend((ref, old, None) for ref, old in previous.items() if ref not in new)
         self._objects = new
+        for ref, _, now in changed:
+            if now is not None and now.problems:
+                self._reading[ref] = now.problems
+            else:
+                self._reading.pop(ref, None)
         facts_dirty: set[str] = set()
         entries_dirty: set[str] = set()
         sidecar_namespaces: set[str] = set()
@@ -202,7 +215,7 @@ class IncrementalTranslator:
         self._touched |= outputs_dirty
         for ns in sidecar_namespaces:
             self._check_sidecars(ns)
-        return self._translation(resources)
+        return self._translation(resources, outputs_dirty | facts_dirty)
 
     # -- the layers -------------------------------------------------------------------------------
 
@@ -210,6 +223,7 @@ class IncrementalTranslator:
         """A global input changed: everything is redone (the codecs first)."""
         self.full_passes += 1
         self._touched |= set(self.outputs)
+        self._host_problems.clear()
         self._facts.clear()
         self._deps.clear()
         self._dep_of.clear()
@@ -299,16 +313,21 @@ class IncrementalTranslator:
 
     # -- the result ---------------------------------------------------------------------------------
 
-    def _translation(self, resources: ResourceSet) -> Translation:
+    def _translation(self, resources: ResourceSet, redone: set[str]) -> Translation:
         problems = list(resources.problems)
-        for r in resources.resources:
-            problems.extend(r.problems)
+        for found in self._reading.values():
+            problems.extend(found)
         problems.extend(self._ap_problems)
+        for key in redone:
+            facts, out = self._facts.get(key), self.outputs.get(key)
+            mine = (facts.problems if facts is not None else []) + (out.problems if out is not None else [])
+            if mine:
+                self._host_problems[key] = mine
+            else:
+                self._host_problems.pop(key, None)
+        for key in sorted(self._host_problems):
+            problems.extend(self._host_problems[key])
         outputs = dict(self.outputs)
-        for key in sorted(set(self._facts) | set(outputs)):
-            facts = self._facts.get(key)
-            problems.extend(facts.problems if facts is not None else ())
-            problems.extend(outputs[key].problems if key in outputs else ())
         for ns in sorted(self._sidecar_checks):
             problems.extend(self._sidecar_checks[ns][0])
         return _Lazy(functools.partial(assemble, outputs), list(dict.fromkeys(problems)), self.sidecars)

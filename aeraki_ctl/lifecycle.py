@@ -57,6 +57,7 @@ class Ledger:
         self.last_valid: dict[str, Resource] = {}
         self.versions: dict[str, int] = {}
         self.origin: dict[str, str] = {}  # where each object was last read from
+        self._status: dict[str, ObjectStatus] = {}  # the last sync's (an unchanged accepted object keeps its entry)
 
     def sync(self, loaded: ResourceSet, translate: Callable[[ResourceSet], Translation]) -> SyncResult:
         """Decide what to serve from ``loaded`` and remember the valid versions."""
@@ -90,12 +91,20 @@ class Ledger:
                     prior = status.get(ref)
                     source = current[ref].source if ref in current else last.source if last is not None else "-"
                     status[ref] = ObjectStatus(ref, source, REJECTED, (prior.problems if prior else []) + reasons)
+        by_object: dict[str, list[str]] = {}
+        for p in result.problems:
+            by_object.setdefault(p.obj, []).append(str(p))
         for ref, resource in current.items():
             if ref in status:
                 continue
-            status[ref] = ObjectStatus(ref, resource.source, ACCEPTED, [str(p) for p in result.problems if p.obj == ref])
+            problems = by_object.get(ref, [])
             last = self.last_valid.get(ref)
-            if last is None or last.spec != resource.spec:
+            before = self._status.get(ref)
+            if before is not None and last is resource and before.state == ACCEPTED and before.problems == problems:
+                status[ref] = before  # the same object, accepted again with the same problems
+                continue
+            status[ref] = ObjectStatus(ref, resource.source, ACCEPTED, problems)
+            if last is None or (last is not resource and last.spec != resource.spec):
                 self.versions[ref] = self.versions.get(ref, 0) + 1
             self.last_valid[ref] = resource
             self.origin[ref] = resource.source
@@ -108,6 +117,7 @@ class Ledger:
             self.origin.setdefault(ref, current[ref].source)
         for s in status.values():
             s.valid_versions = self.versions.get(s.ref, 0)
+        self._status = status
         return SyncResult(result, status, extra)
 
 

@@ -16,6 +16,7 @@ and the controller can keep serving its last valid version; it is never served i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +89,9 @@ class Resource:
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     """The line of each field path the YAML had (for problems found later)."""
 
-    @property
+    @functools.cached_property
     def ref(self) -> str:
-        """``Kind namespace/name`` for messages."""
+        """``Kind namespace/name`` for messages (kind, name and namespace never change)."""
         return f"{self.kind} {self.namespace}/{self.name}"
 
     @property

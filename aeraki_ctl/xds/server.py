@@ -155,6 +155,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.metrics = ServerMetrics()
         self._published_at = time.monotonic()
         self.views = ViewCache()
+        self.ack_hooks: list[Callable[[StreamInfo, str], None]] = []  # called on every ACK (bench, tests)
 
     async def set_snapshot(self, snapshot: Snapshot) -> None:
         """Publish a new snapshot; streams push what changed for them."""
@@ -322,6 +323,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.metrics.acks[type_url] += 1
         if current:
             watch.state = SYNCED
+        for hook in self.ack_hooks:
+            hook(info, type_url)
 
     def _record_nack(self, info: StreamInfo, watch: _Watch, type_url: str, nonce: str, message: str, current: bool = True) -> None:
         info.nacks.append(f"{type_url}: {message}")
