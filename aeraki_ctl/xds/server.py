@@ -162,6 +162,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.published = True
         old = self.snapshot
         if snapshot.versions == old.versions and snapshot.scopes == old.scopes and snapshot.hosts == old.hosts:
+            if snapshot.base == old.serial:  # the same content: follow it, so the next one's changes apply
+                self.views.update(old, snapshot, {}, ())
+                self.snapshot = snapshot
             return
         if snapshot.base == old.serial:
             changed: dict[str, Collection[str]] = dict(snapshot.changed)

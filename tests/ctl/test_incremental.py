@@ -3,15 +3,22 @@ redoes only the hosts an edit reaches."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aeraki_ctl.controller import Controller
 from aeraki_ctl.incremental import IncrementalTranslator
 from aeraki_ctl.lifecycle import Ledger
 from aeraki_ctl.resources import Resource, ResourceSet, add_object
 from aeraki_ctl.translate import Translation, translate
+from aeraki_ctl.xds.server import AdsServer
+from metaprotocol.xds import convert
 
 HOSTS = ["a.example", "b.example", "c.example", "d.example"]
 NAMESPACES = ["ns1", "ns2"]
@@ -178,3 +185,31 @@ def test_an_edit_redoes_only_the_hosts_it_reaches() -> None:
     assert any("unknown subset 'v2' of svc7.example" in p.reason for p in result.problems if p.obj == "MetaRouter ns1/caller")
     assert_same(result, translate(ResourceSet(list(resources.values()))))
     assert translator.full_passes == 1
+
+
+@pytest.mark.asyncio
+async def test_the_controller_rereads_and_retranslates_only_what_changed(tmp_path: Path) -> None:
+    for i in range(5):
+        host = f"svc{i}.example"
+        docs = [service_entry(f"se{i}", "ns1", host, [9000 + i]), destination_rule(f"dr{i}", "ns1", host, ["v1", "v2"]),
+                meta_router(f"mr{i}", "ns1", host, [(host, "v1"), (host, "v2")])]  # fmt: skip
+        (tmp_path / f"svc{i}.yaml").write_text(yaml.safe_dump_all(docs))
+    ads = AdsServer()
+    controller = Controller(tmp_path, ads)
+    await controller.sync()
+    first = {r.ref: r for r in controller.resources().resources}
+    assert controller.translator.retranslated == 5 and len(ads.snapshot.of(convert.ROUTE_TYPE)) == 5
+    edited = [service_entry("se3", "ns1", "svc3.example", [9003]), destination_rule("dr3", "ns1", "svc3.example", ["v1", "v2"]),
+              meta_router("mr3", "ns1", "svc3.example", [("svc3.example", "v1")])]  # fmt: skip
+    path = tmp_path / "svc3.yaml"
+    path.write_text(yaml.safe_dump_all(edited))
+    os.utime(path, ns=(path.stat().st_mtime_ns + 1_000_000, path.stat().st_mtime_ns + 1_000_000))
+    before = ads.snapshot
+    await controller.sync()
+    again = {r.ref: r for r in controller.resources().resources}
+    assert [ref for ref in first if again[ref] is not first[ref]] == ["ServiceEntry ns1/se3", "DestinationRule ns1/dr3", "MetaRouter ns1/mr3"]
+    assert controller.translator.retranslated == 6  # svc3 only
+    assert ads.snapshot.changed == {convert.LISTENER_TYPE: frozenset(), convert.ROUTE_TYPE: {"svc3.example_9003"},
+                                    convert.CLUSTER_TYPE: frozenset(), convert.ENDPOINT_TYPE: frozenset()}  # fmt: skip
+    unchanged = "outbound|9001|v1|svc1.example"
+    assert ads.snapshot.of(convert.CLUSTER_TYPE)[unchanged] is before.of(convert.CLUSTER_TYPE)[unchanged]  # the same packed resource

@@ -229,3 +229,36 @@ def test_scope_rules_follow_istio_precedence() -> None:
     assert web is not None and web.sees("shop", "a.example", 1) and not web.sees("blog", "a.example", 1)
     assert other is not None and other.ref == "Sidecar istio-system/default" and other.sees("blog", "a.example", 1)  # "." is the proxy's namespace
     assert ScopeRules().scope_of("shop", {}) is None
+
+
+def test_sidecars_are_checked_with_every_problem() -> None:
+    from aeraki_ctl.translate import translate
+
+    bad = ResourceSet()
+    add_object({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "bad", "namespace": "shop"},
+                "spec": {"workloadSelector": {"labels": {"app": "x"}}, "ingress": [{"port": {"number": 80}}],
+                         "egress": [{"hosts": ["no-slash", "Bad_NS/*", "./bad host"]}, {"port": {"number": 70000}, "hosts": []}, {"hosts": ["*/*"]}]}},
+               "sidecar.yaml", bad)  # fmt: skip
+    second = [sidecar("shop", ["./*"]), _read({**_sidecar_doc("shop", ["*/*"]), "metadata": {"name": "zz", "namespace": "shop"}})]
+    result = translate(ResourceSet(bad.resources + second))
+    found = {(p.obj, p.path, p.fatal) for p in result.problems}
+    assert {("Sidecar shop/bad", "spec.egress[0].hosts[0]", True), ("Sidecar shop/bad", "spec.egress[0].hosts[1]", True),
+            ("Sidecar shop/bad", "spec.egress[0].hosts[2]", True), ("Sidecar shop/bad", "spec.egress[1].hosts", True),
+            ("Sidecar shop/bad", "spec.egress[1].port.number", True), ("Sidecar shop/bad", "spec.egress[2].port", True),
+            ("Sidecar shop/bad", "spec.ingress", False), ("Sidecar shop/zz", "spec.workloadSelector", True)} <= found  # fmt: skip
+    assert [r.ref for r in result.sidecars] == ["Sidecar shop/default"]
+
+
+def _sidecar_doc(ns: str, hosts: list[str]) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1alpha3", "kind": "Sidecar", "metadata": {"name": "default", "namespace": ns}, "spec": {"egress": [{"hosts": hosts}]}}
+
+
+def test_proxy_command_line_sends_node_metadata() -> None:
+    from metaprotocol import cli
+    from metaprotocol.xds import client
+
+    args = cli._parser().parse_args(["proxy", "--xds", "127.0.0.1:15010", "--node-metadata", "NAMESPACE=shop", "--node-metadata", "LABELS=app=cart,version=v2"])
+    assert args.node_metadata == [("NAMESPACE", "shop"), ("LABELS", "app=cart,version=v2")]
+    assert client.node_metadata(dict(args.node_metadata)) == {"NAMESPACE": "shop", "LABELS": {"app": "cart", "version": "v2"}}
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["proxy", "--node-metadata", "no-equals-sign"])
