@@ -3,6 +3,8 @@
   metaprotocol proxy -c bootstrap.yaml      run the proxy on a static configuration
   metaprotocol proxy --xds HOST:PORT        run it on configuration from aeraki-ctl serve (ADS)
   metaprotocol proxy ... --concurrency N    N worker processes sharing each listener (SO_REUSEPORT)
+  metaprotocol proxy ... --restart-from [S]  hot restart: take over the listening sockets of the
+                                            proxy at hot-restart socket S; it drains and exits
   metaprotocol validate -c bootstrap.yaml   check a configuration as the proxy would, and exit
   metaprotocol codecs                       list the installed codec plugins
 
@@ -72,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--concurrency", type=_positive, default=1, metavar="N",
                        help="worker processes sharing each listener (SO_REUSEPORT, Linux); 1: this process serves")  # fmt: skip
     proxy.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    proxy.add_argument("--hot-restart-socket", metavar="PATH",
+                       help="Unix socket a new process takes this one's listeners over from ('@name': abstract namespace; "
+                            "default @metaprotocol-hot-restart-<admin port> when --admin is set; 'off': none)")  # fmt: skip
+    proxy.add_argument("--restart-from", nargs="?", const="", metavar="PATH",
+                       help="hot restart: take over the listening sockets of the proxy at this hot-restart socket "
+                            "(no PATH: this configuration's default), which then drains and exits")  # fmt: skip
     validate = sub.add_parser("validate", help="check a bootstrap file and exit")
     validate.add_argument("-c", "--config", required=True)
     sub.add_parser("codecs", help="list installed codec plugins")
@@ -121,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_factories(bootstrap, registry)  # invalid: exit 2 here, before any worker starts
             return _run_workers(args, bootstrap, registry)
 
+        restart_from, restart_socket = _hot_restart_paths(args, bootstrap)
         proxy = Proxy(bootstrap, registry)
     except ConfigError as exc:
         print(f"metaprotocol: invalid configuration: {exc}", file=sys.stderr)
@@ -128,7 +137,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ads = args.xds or bootstrap.ads
     xds = f"{ads[0]}:{ads[1]}" if ads else None
     node_id = bootstrap.node_id if bootstrap.node_id and args.node_id == "metaprotocol-proxy" else args.node_id
-    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=node_id, delta=args.xds_delta)
+    return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=node_id, delta=args.xds_delta,
+                restart_from=restart_from, restart_socket=restart_socket)  # fmt: skip
+
+
+def _hot_restart_paths(args: argparse.Namespace, bootstrap: Bootstrap) -> tuple[str | None, str | None]:
+    """(socket to take over from, socket to listen on for the next process), None for none."""
+    from metaprotocol.io.hot_restart import default_path
+
+    own = args.hot_restart_socket
+    if own is None:
+        own = default_path(bootstrap.admin.port if bootstrap.admin is not None else None)
+    elif own == "off":
+        own = None
+    restart_from = args.restart_from
+    if restart_from == "":
+        restart_from = default_path(bootstrap.admin.port if bootstrap.admin is not None else None) or args.hot_restart_socket
+        if not restart_from:
+            raise ConfigError("command line", "--restart-from", "no PATH given and no default (set --admin or --hot-restart-socket)")
+    return restart_from, own
 
 
 def _run_workers(args: argparse.Namespace, bootstrap: Bootstrap, registry: CodecRegistry) -> int:
@@ -136,8 +163,10 @@ def _run_workers(args: argparse.Namespace, bootstrap: Bootstrap, registry: Codec
 
     ads = args.xds or bootstrap.ads
     node_id = bootstrap.node_id if bootstrap.node_id and args.node_id == "metaprotocol-proxy" else args.node_id
+    restart_from, restart_socket = _hot_restart_paths(args, bootstrap)
     return run_supervisor(bootstrap, registry, args.concurrency, drain_timeout=args.drain_timeout, use_uvloop=not args.no_uvloop,
-                          log_level=args.log_level, xds=f"{ads[0]}:{ads[1]}" if ads else None, node_id=node_id, delta=args.xds_delta)  # fmt: skip
+                          log_level=args.log_level, xds=f"{ads[0]}:{ads[1]}" if ads else None, node_id=node_id, delta=args.xds_delta,
+                          restart_from=restart_from, restart_socket=restart_socket)  # fmt: skip
 
 
 def _with_admin(bootstrap: Bootstrap, host: str, port: int) -> Bootstrap:
@@ -192,7 +221,9 @@ def relax_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | None = None, node_id: str = "", delta: bool = False) -> int:
+def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | None = None, node_id: str = "", delta: bool = False,
+         restart_from: str | None = None, restart_socket: str | None = None) -> int:  # fmt: skip
+    from metaprotocol.io import hot_restart
     from metaprotocol.io.proxy import Proxy
 
     assert isinstance(proxy, Proxy)  # noqa: S101
@@ -202,10 +233,19 @@ def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        handover = None
+        if restart_from is not None:
+            try:
+                handover = await hot_restart.inherit(proxy, restart_from, dynamic=bool(xds))
+            except hot_restart.HotRestartError as exc:
+                log.error("cannot start: %s", exc)
+                return 1
         try:
             await proxy.start()
         except OSError as exc:
             log.error("cannot start: %s", exc)
+            if handover is not None:
+                handover.close()  # the running process serves on
             return 1
         for name in proxy.servers:
             log.info("serving %s on port %d", name, proxy.bound_port(name))
@@ -216,11 +256,25 @@ def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | No
 
             client_task = asyncio.ensure_future(AdsClient(proxy, xds, node_id, delta=delta).run())
             log.info("configuration from ADS at %s (node %s, %s)", xds, node_id, "delta" if delta else "state of the world")
+        if handover is not None:
+            await hot_restart.complete(proxy, handover, wait=drain_timeout if xds else 0.0)
+
+        def taken_over() -> None:
+            proxy.stop_accepting()
+            stop.set()
+
+        restarts = await hot_restart.serve_restarts(restart_socket, lambda: hot_restart.proxy_listening(proxy), taken_over, drain_timeout)
         await stop.wait()
+        timeout = drain_timeout
+        if restarts is not None:
+            restarts.close()
+            if restarts.draining:  # taken over: requests already sent on our connections are read first
+                await asyncio.sleep(grace := hot_restart.grace_period(drain_timeout))
+                timeout -= grace
         if client_task is not None:
             client_task.cancel()
-        log.info("draining (up to %.1fs)", drain_timeout)
-        await proxy.drain(drain_timeout)
+        log.info("draining (up to %.1fs)", timeout)
+        await proxy.drain(timeout)
         return 0
 
     if use_uvloop:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
@@ -18,18 +19,20 @@ _MAX_REQUEST_LINE: Final = 8192
 _READ_TIMEOUT: Final = 5.0
 
 
-async def start_admin(proxy: Proxy, host: str, port: int) -> asyncio.Server:
+async def start_admin(proxy: Proxy, host: str, port: int, sock: socket.socket | None = None) -> asyncio.Server:
     """Serve the admin endpoint for ``proxy``."""
 
     async def respond(path: str) -> tuple[str, str, bytes]:
         return _respond(proxy, path)
 
-    return await serve_admin(respond, host, port)
+    return await serve_admin(respond, host, port, sock=sock)
 
 
-async def serve_admin(respond: Callable[[str], Awaitable[tuple[str, str, bytes]]], host: str, port: int) -> asyncio.Server:
+async def serve_admin(respond: Callable[[str], Awaitable[tuple[str, str, bytes]]], host: str, port: int,
+                      sock: socket.socket | None = None) -> asyncio.Server:  # fmt: skip
     """Serve an admin endpoint whose answers come from ``respond(path)`` (status, type, body):
-    GET and HEAD only, one request per connection. aeraki-ctl's admin API is served by it too."""
+    GET and HEAD only, one request per connection. aeraki-ctl's admin API is served by it too.
+    ``sock``: a listening socket taken over from another process (hot restart) instead of binding."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -57,6 +60,8 @@ async def serve_admin(respond: Callable[[str], Awaitable[tuple[str, str, bytes]]
             pass
         writer.close()
 
+    if sock is not None:
+        return await asyncio.start_server(handle, sock=sock)
     return await asyncio.start_server(handle, host, port)
 
 

@@ -92,6 +92,10 @@ class Proxy:
         self.stopped = False
         self.xds: XdsStatus | None = None  # set by an ADS client: /config_dump and /stats show it
         self.reuse_port = False  # a worker of several (metaprotocol.io.workers) shares its listeners
+        # Listening sockets taken over from another process (metaprotocol.io.hot_restart) or handed
+        # by the parent of workers: a listener of that name serves on it instead of binding.
+        self.inherited: dict[str, socket.socket] = {}
+        self.inherited_admin: socket.socket | None = None
 
     async def start(self) -> None:
         """Bind every listener (and the admin endpoint); raise before serving if any bind fails."""
@@ -111,7 +115,8 @@ class Proxy:
                 from metaprotocol.io.admin import start_admin
 
                 a = self.bootstrap.admin
-                self.admin_server = await start_admin(self, a.address, a.port)
+                self.admin_server = await start_admin(self, a.address, a.port, sock=self.inherited_admin)
+                self.inherited_admin = None
         except OSError:
             await self.close()
             raise
@@ -124,14 +129,21 @@ class Proxy:
         table = RouteTable(lst.route_config) if lst.route_config is not None else None
         ctx = ListenerContext(lst, factory, table, self.upstreams, self.io, rng, self.overload)  # type: ignore[arg-type]
         assert self.loop is not None  # noqa: S101
-        server = await self.loop.create_server(
-            lambda: DownstreamSession(ctx),  # type: ignore[arg-type, return-value]
-            lst.address,
-            lst.port,
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-            backlog=1024,
-        )
+        inherited = self.inherited.pop(lst.name, None)
+        if inherited is not None and lst.port not in (0, inherited.getsockname()[1]):
+            inherited.close()  # the listener moved: bind the new port
+            inherited = None
+        if inherited is not None:  # already bound and listening: no rebind, nothing refused
+            server = await self.loop.create_server(lambda: DownstreamSession(ctx), sock=inherited, backlog=1024)  # type: ignore[arg-type, return-value]
+        else:
+            server = await self.loop.create_server(
+                lambda: DownstreamSession(ctx),  # type: ignore[arg-type, return-value]
+                lst.address,
+                lst.port,
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+            )
         for sock in server.sockets:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.contexts[lst.name] = ctx
@@ -269,6 +281,15 @@ class Proxy:
         await _drain_sessions([ctx], timeout)
 
     # -- shutdown -----------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets and the admin endpoint (another process serves them now,
+        metaprotocol.io.hot_restart); connections already accepted stay until :meth:`drain`."""
+        self.ready = False
+        for server in self.servers.values():
+            server.close()
+        if self.admin_server is not None:
+            self.admin_server.close()
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop accepting, finish in-flight requests (up to ``timeout``), then close everything."""

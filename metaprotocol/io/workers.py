@@ -1,21 +1,25 @@
 """Worker processes: ``metaprotocol proxy --concurrency N``.
 
-A parent process (the supervisor) holds the one configuration and the admin endpoint; N worker
-processes each run a :class:`~metaprotocol.io.proxy.Proxy` (one event loop) and bind every listener
-with ``SO_REUSEPORT``, so the kernel spreads new connections across them. The parent talks to each
-worker over its stdin/stdout pipes (length-prefixed pickles, parent and worker are the same code):
+A parent process (the supervisor) holds the one configuration, the admin endpoint and every
+listening socket: per listener N sockets bound with ``SO_REUSEPORT`` to one port (port 0 resolved by
+the first), listening from the start, worker i serving socket i, so the kernel spreads new
+connections across the workers and a socket's accept queue outlives a worker that exits. N worker
+processes each run a :class:`~metaprotocol.io.proxy.Proxy` (one event loop) on the sockets they are
+handed. The parent talks to each worker over its stdin/stdout pipes (length-prefixed pickles,
+parent and worker are the same code) and hands it sockets over a Unix socket pair (``SCM_RIGHTS``,
+:mod:`metaprotocol.io.hot_restart` frames), sent just before the pipe message that names them:
 
-- ``("start", bootstrap)`` -> ``("ok", {listener: port})`` or ``("error", reason)``
-- ``("apply", bootstrap)`` -> ``("ok", unbound)`` or ``("error", reason)`` (xDS: one stream in the
-  parent, each accepted configuration handed to every worker; a worker's failure NACKs it)
+- ``("start", bootstrap, names)`` -> ``("ok", {listener: port})`` or ``("error", reason)``
+- ``("apply", bootstrap, names)`` -> ``("ok", unbound)`` or ``("error", reason)`` (xDS: one stream
+  in the parent, each accepted configuration handed to every worker; a worker's failure NACKs it)
 - ``("stats",)`` -> ``("ok", prometheus_text)`` (the parent sums them per label set)
+- ``("stop_accepting",)`` -> ``("ok", None)`` (hot restart: the next generation serves the sockets)
 
-A listener asking for port 0 gets a port the parent picks: it binds a ``SO_REUSEPORT`` socket on port
-0 (never listening, so it takes no connections) and keeps it for its lifetime, so the port stays
-reserved and every worker binds the same one. A worker that exits is restarted with the current
-configuration (back-off 0.1 s doubling to 5 s, reset after 10 s of life). SIGTERM or SIGINT: every
-worker drains; the parent exits 0 once all of them exited 0. A worker whose parent is gone (its
-stdin closes) drains and exits.
+A worker that exits is restarted with the current configuration and the same sockets (back-off
+0.1 s doubling to 5 s, reset after 10 s of life). SIGTERM or SIGINT: every worker drains; the
+parent exits 0 once all of them exited 0. A worker whose parent is gone (its stdin closes) drains
+and exits. Hot restart (``--restart-from``): a new parent takes this parent's sockets over and
+hands them to its own workers; this parent then drains its workers.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import Bootstrap, ListenerConfig
+from metaprotocol.io import hot_restart
 from metaprotocol.io.admin import ready_answer, serve_admin
 from metaprotocol.io.proxy import Proxy, bootstrap_dump, build_factories
 from metaprotocol.registry import CodecRegistry
@@ -70,12 +75,51 @@ class _Held:
     config: ListenerConfig
 
 
+@dataclass
+class _Bound:
+    """The listening sockets of one listener, held by the parent: worker i serves ``socks[i % len]``."""
+
+    address: str
+    port: int
+    socks: list[socket.socket]
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def _listen(address: str, port: int, count: int) -> _Bound:
+    """``count`` listening ``SO_REUSEPORT`` sockets on one port of ``address`` (port 0: the first
+    one's)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((address, port))
+            port = int(sock.getsockname()[1])
+            sock.listen(1024)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return _Bound(address, port, socks)
+
+
+def _share(bound: Mapping[str, _Bound], w: Worker) -> dict[str, socket.socket]:
+    """The socket of each listener that worker ``w`` serves."""
+    return {name: held.socks[w.index % len(held.socks)] for name, held in bound.items()}
+
+
 class Worker:
     """One worker process as the parent sees it."""
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.proc: asyncio.subprocess.Process | None = None
+        self.channel: socket.socket | None = None  # the parent's end of the socket pair that carries listening sockets
         self.restarts = 0
         self.started_at = 0.0
         self.up = False
@@ -85,13 +129,22 @@ class Worker:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    async def call(self, message: tuple[object, ...], timeout: float = CALL_TIMEOUT) -> tuple[str, Any]:
-        """Send one command and read its answer."""
+    async def call(self, message: tuple[object, ...], timeout: float = CALL_TIMEOUT,
+                   sockets: Mapping[str, socket.socket] | None = None) -> tuple[str, Any]:  # fmt: skip
+        """Send one command (with ``sockets`` first over the socket pair, the message naming
+        them) and read its answer."""
         async with self.lock:
             proc = self.proc
             if proc is None or proc.stdin is None or proc.stdout is None or proc.returncode is not None:
                 raise WorkerGone(f"worker {self.index} is not running")
             try:
+                if sockets is not None:
+                    assert self.channel is not None  # noqa: S101
+                    names = list(sockets)
+                    message = (*message, names)
+                    for at in range(0, len(names), hot_restart.FDS_PER_FRAME):
+                        chunk = names[at : at + hot_restart.FDS_PER_FRAME]
+                        hot_restart.send_frame(self.channel, {"type": "sockets", "names": chunk}, [sockets[n].fileno() for n in chunk])
                 _write(proc.stdin, message)
                 await proc.stdin.drain()
                 answer: tuple[str, Any] = await asyncio.wait_for(_read(proc.stdout), timeout)
@@ -114,29 +167,95 @@ class Supervisor:
         self.ready = False
         self.stopping = False
         self.admin_server: asyncio.Server | None = None
-        self._reserved: dict[str, tuple[str, socket.socket]] = {}  # listener -> (address, socket holding its port)
+        self.handover: hot_restart.Handover | None = None  # sockets taken from the previous generation
+        self._bound: dict[str, _Bound] = {}  # listener -> its listening sockets
         self._config_lock = asyncio.Lock()
         self._keepers: list[asyncio.Task[None]] = []
-        self.bootstrap = self._resolve(replace(bootstrap, admin=None))
+        self.bootstrap = replace(bootstrap, admin=None)  # ports resolved once bound (start)
         self.contexts: dict[str, _Held] = {lst.name: _Held(lst) for lst in self.bootstrap.listeners}
 
-    # -- ports ----------------------------------------------------------------------------------
+    # -- listening sockets ----------------------------------------------------------------------
 
-    def _resolve(self, bootstrap: Bootstrap) -> Bootstrap:
-        """``bootstrap`` with every port 0 replaced by a port reserved here (the same one for the
-        same listener name and address)."""
-        listeners = []
-        for lst in bootstrap.listeners:
-            if lst.port == 0:
-                held = self._reserved.get(lst.name)
-                if held is None or held[0] != lst.address:
-                    if held is not None:
-                        held[1].close()
-                    held = (lst.address, _reserve_port(lst.address))
-                    self._reserved[lst.name] = held
-                lst = replace(lst, port=int(held[1].getsockname()[1]))  # noqa: PLW2901
-            listeners.append(lst)
-        return replace(bootstrap, listeners=tuple(listeners))
+    def _bind(self, bootstrap: Bootstrap, unbound: dict[str, str] | None = None) -> tuple[Bootstrap, dict[str, _Bound]]:
+        """``bootstrap`` with every port resolved, and the sockets of its listeners: those held
+        for the same name, address and port (or port 0) are kept, the others taken from the
+        previous generation (hot restart) or bound here. A listener that cannot bind raises
+        OSError, or is left out with its reason in ``unbound`` when given."""
+        listeners, bound, fresh = [], {}, []
+        try:
+            for lst in bootstrap.listeners:
+                held = self._bound.get(lst.name)
+                if held is None or held.address != lst.address or lst.port not in (0, held.port):
+                    held = self._inherited(lst)
+                    if held is None:
+                        try:
+                            held = _listen(lst.address, lst.port, len(self.workers))
+                        except OSError as exc:
+                            if unbound is None:
+                                raise OSError(f"listener {lst.name}: cannot listen on {lst.address}:{lst.port}: {exc}") from exc
+                            unbound[lst.name] = f"cannot listen on {lst.address}:{lst.port}: {exc}"
+                            continue
+                    fresh.append(held)
+                bound[lst.name] = held
+                listeners.append(replace(lst, port=held.port))
+        except OSError:
+            for held in fresh:
+                held.close()
+            raise
+        return replace(bootstrap, listeners=tuple(listeners)), bound
+
+    def _inherited(self, lst: ListenerConfig) -> _Bound | None:
+        if self.handover is None:
+            return None
+        socks = self.handover.claim([lst]).get(lst.name)
+        if not socks:
+            return None
+        if len(socks) > len(self.workers):
+            log.warning("hot restart: listener %s came with %d sockets for %d workers; closing %d (connections waiting in "
+                        "their accept queues are reset)", lst.name, len(socks), len(self.workers), len(socks) - len(self.workers))  # fmt: skip
+            for extra in socks[len(self.workers) :]:
+                extra.close()
+            socks = socks[: len(self.workers)]
+        return _Bound(lst.address, int(socks[0].getsockname()[1]), socks)
+
+    @property
+    def inherited(self) -> list[str]:
+        """Listeners whose sockets, taken over from the previous generation, wait for their
+        configuration (xDS; the ADS client does not probe their ports)."""
+        return self.handover.pending() if self.handover is not None else []
+
+    async def stop_workers_accepting(self) -> None:
+        """Every worker closes its copies of the listening sockets (the next generation serves
+        them) and keeps serving its connections until it drains."""
+        running = [w for w in self.workers if w.up]
+        await asyncio.gather(*(w.call(("stop_accepting",)) for w in running), return_exceptions=True)
+
+    def applying(self) -> bool:
+        """A configuration is being handed to the workers."""
+        return self._config_lock.locked()
+
+    def _commit(self, bound: dict[str, _Bound]) -> None:
+        """Hold ``bound``; close the sockets of listeners gone or replaced."""
+        for name, held in self._bound.items():
+            if bound.get(name) is not held:
+                held.close()
+        self._bound = bound
+
+
+    def listening(self) -> list[hot_restart.Listening]:
+        """Every listening socket held here (hot restart hands them to the next generation)."""
+        out = [hot_restart.Listening(name, "listener", held.address, held.port, sock.fileno())
+               for name, held in self._bound.items() for sock in held.socks]  # fmt: skip
+        if self.admin_server is not None and self.admin is not None:
+            out += [hot_restart.Listening("admin", "admin", self.admin.address, int(s.getsockname()[1]), s.fileno()) for s in self.admin_server.sockets]
+        return out
+
+    def stop_accepting(self) -> None:
+        """The admin endpoint stops (the next generation serves it); the workers stop accepting
+        when they drain."""
+        self.ready = False
+        if self.admin_server is not None:
+            self.admin_server.close()
 
     def bound_port(self, listener: str) -> int:
         """The port every worker serves ``listener`` on."""
@@ -156,10 +275,14 @@ class Supervisor:
             OSError: a worker cannot bind (the message says why), or the admin port is taken.
         """
         try:
+            self.bootstrap, bound = self._bind(self.bootstrap)
+            self._commit(bound)
+            self.contexts = {lst.name: _Held(lst) for lst in self.bootstrap.listeners}
             for w in self.workers:
                 await self._spawn(w)
             if self.admin is not None:
-                self.admin_server = await serve_admin(self._respond, self.admin.address, self.admin.port)
+                sock = self.handover.claim_admin(self.admin.address, self.admin.port) if self.handover is not None else None
+                self.admin_server = await serve_admin(self._respond, self.admin.address, self.admin.port, sock=sock)
         except (OSError, WorkerGone):
             await self.drain(1.0)
             raise
@@ -169,12 +292,18 @@ class Supervisor:
     async def _spawn(self, w: Worker) -> None:
         async with self._config_lock:
             w.up = False
-            w.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "metaprotocol.io.workers", "--index", str(w.index), *self.worker_args,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+            if w.channel is not None:
+                w.channel.close()
+            w.channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                w.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "metaprotocol.io.workers", "--index", str(w.index), "--channel", str(theirs.fileno()),
+                    *self.worker_args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),),
+                )  # fmt: skip
+            finally:
+                theirs.close()
             w.started_at = time.monotonic()
-            kind, detail = await w.call(("start", self.bootstrap), timeout=30.0)
+            kind, detail = await w.call(("start", self.bootstrap), timeout=30.0, sockets=_share(self._bound, w))
             if kind != "ok":
                 raise OSError(f"worker {w.index}: {detail}")
             w.up = True
@@ -217,6 +346,7 @@ class Supervisor:
         for proc in procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
+        self._commit({})  # the workers (or the next generation) hold their own copies
         codes: list[int] = []
         for proc in procs:
             try:
@@ -226,8 +356,9 @@ class Supervisor:
                 codes.append(await proc.wait())
         if self.admin_server is not None:
             self.admin_server.close()
-        for _, sock in self._reserved.values():
-            sock.close()
+        for w in self.workers:
+            if w.channel is not None:
+                w.channel.close()
         bad = [(w.index, c) for w, c in zip(self.workers, codes, strict=False) if c != 0]
         if bad:
             log.error("workers exited with errors: %s", bad)
@@ -240,27 +371,35 @@ class Supervisor:
         back on the workers that took it) if any worker rejects it."""
         build_factories(bootstrap, self.registry)  # reject what no worker could serve, here
         async with self._config_lock:
-            resolved = self._resolve(replace(bootstrap, admin=None))
-            answers = await self._broadcast(resolved)
-            errors = [f"worker {i}: {detail}" for i, (kind, detail) in answers.items() if kind != "ok"]
-            if errors:
-                await self._broadcast(self.bootstrap)
-                raise ConfigError(bootstrap.source, "workers", "; ".join(errors))
             missing: dict[str, str] = {}
+            try:
+                resolved, bound = self._bind(replace(bootstrap, admin=None), missing if unbound is not None else None)
+            except OSError as exc:
+                raise ConfigError(bootstrap.source, "listeners", str(exc)) from exc
+            previous = self._bound
+            answers = await self._broadcast(resolved, bound)
+            errors = [f"worker {i}: {detail}" for i, (kind, detail) in answers.items() if kind != "ok"]
             for _, detail in answers.values():
-                missing.update(detail)
-            if missing and unbound is None:
-                await self._broadcast(self.bootstrap)
-                raise ConfigError(bootstrap.source, "listeners", "; ".join(f"{k}: {v}" for k, v in missing.items()))
+                if isinstance(detail, dict):
+                    missing.update(detail)
+            if errors or (missing and unbound is None):
+                await self._broadcast(self.bootstrap, previous)
+                for name, held in bound.items():
+                    if previous.get(name) is not held:
+                        held.close()
+                reason = "; ".join(errors) or "; ".join(f"{k}: {v}" for k, v in missing.items())
+                raise ConfigError(bootstrap.source, "workers" if errors else "listeners", reason)
             if missing and unbound is not None:
                 unbound.update(missing)
                 resolved = replace(resolved, listeners=tuple(lst for lst in resolved.listeners if lst.name not in missing))
+                bound = {name: held for name, held in bound.items() if name not in missing}
+            self._commit(bound)
             self.bootstrap = resolved
             self.contexts = {lst.name: _Held(lst) for lst in resolved.listeners}
 
-    async def _broadcast(self, bootstrap: Bootstrap) -> dict[int, tuple[str, Any]]:
+    async def _broadcast(self, bootstrap: Bootstrap, bound: Mapping[str, _Bound]) -> dict[int, tuple[str, Any]]:
         running = [w for w in self.workers if w.up]
-        answers = await asyncio.gather(*(w.call(("apply", bootstrap)) for w in running), return_exceptions=True)
+        answers = await asyncio.gather(*(w.call(("apply", bootstrap), sockets=_share(bound, w)) for w in running), return_exceptions=True)
         out: dict[int, tuple[str, Any]] = {}
         for w, answer in zip(running, answers, strict=True):
             if isinstance(answer, WorkerGone):
@@ -315,16 +454,6 @@ class Supervisor:
         return "404 Not Found", "text/plain", b"not found\n"
 
 
-def _reserve_port(address: str) -> socket.socket:
-    """A socket bound (not listening) to a free port of ``address`` with SO_REUSEPORT: workers can
-    bind the same port, nobody else can take it."""
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((address, 0))
-    return sock
-
-
 def _requests(text: str) -> float:
     return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith("metaprotocol_requests_total{"))
 
@@ -368,6 +497,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     commands, drain on SIGTERM or when the parent is gone."""
     parser = argparse.ArgumentParser(prog="metaprotocol-worker")
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--channel", type=int, required=True, help="descriptor of the socket pair that carries listening sockets")
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--no-uvloop", action="store_true")
@@ -377,7 +507,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     control_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything printed goes to stderr, never into the control pipe
     registry = CodecRegistry.from_entry_points()
-    main = _serve_worker(registry, control_in, control_out, args.drain_timeout)
+    channel = socket.socket(fileno=args.channel)
+    channel.settimeout(CALL_TIMEOUT)
+    main = _serve_worker(registry, control_in, control_out, args.drain_timeout, channel)
     if not args.no_uvloop:
         try:
             import uvloop
@@ -388,7 +520,25 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(main)
 
 
-async def _serve_worker(registry: CodecRegistry, control_in: Any, control_out: Any, drain_timeout: float) -> int:  # noqa: ANN401 - file objects
+def _receive(channel: socket.socket, names: Sequence[str]) -> dict[str, socket.socket]:
+    """The listening sockets the parent sent for ``names`` (already in the channel: the parent
+    sends them before the message that names them)."""
+    socks: list[socket.socket] = []
+    while len(socks) < len(names):
+        _, fds = hot_restart.recv_frame(channel)
+        socks.extend(socket.socket(fileno=fd) for fd in fds)
+    return dict(zip(names, socks, strict=True))
+
+
+def _close_unused(proxy: Proxy) -> None:
+    """Copies of sockets for listeners the worker already serves."""
+    for sock in proxy.inherited.values():
+        sock.close()
+    proxy.inherited.clear()
+
+
+async def _serve_worker(registry: CodecRegistry, control_in: Any, control_out: Any, drain_timeout: float,  # noqa: ANN401 - file objects
+                        channel: socket.socket) -> int:  # fmt: skip
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -398,14 +548,16 @@ async def _serve_worker(registry: CodecRegistry, control_in: Any, control_out: A
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, control_out)
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
     try:
-        _, bootstrap = await _read(reader)
+        _, bootstrap, names = await _read(reader)
     except (asyncio.IncompleteReadError, ConnectionError):
         return 1
     try:
         proxy = Proxy(bootstrap, registry)
         proxy.reuse_port = True
+        proxy.inherited = _receive(channel, names)
         await proxy.start()
-    except (OSError, ConfigError) as exc:
+        _close_unused(proxy)
+    except (OSError, ConfigError, hot_restart.HotRestartError) as exc:
         _write(writer, ("error", str(exc)))
         await writer.drain()
         return 1
@@ -414,14 +566,15 @@ async def _serve_worker(registry: CodecRegistry, control_in: Any, control_out: A
     from metaprotocol.cli import relax_gc
 
     relax_gc()
-    commands = asyncio.ensure_future(_commands(proxy, reader, writer, stop))
+    commands = asyncio.ensure_future(_commands(proxy, reader, writer, stop, channel))
     await stop.wait()
     commands.cancel()
     await proxy.drain(drain_timeout)
     return 0
 
 
-async def _commands(proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop: asyncio.Event) -> None:
+async def _commands(proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stop: asyncio.Event,
+                    channel: socket.socket) -> None:  # fmt: skip
     while True:
         try:
             message = await _read(reader)
@@ -432,13 +585,19 @@ async def _commands(proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.
         answer: tuple[str, object]
         if message[0] == "stats":
             answer = ("ok", proxy.stats_text())
+        elif message[0] == "stop_accepting":
+            proxy.stop_accepting()
+            answer = ("ok", None)
         elif message[0] == "apply":
             unbound: dict[str, str] = {}
             try:
+                proxy.inherited = _receive(channel, message[2])
                 await proxy.apply(message[1], unbound)
                 answer = ("ok", unbound)
-            except (ConfigError, ValueError) as exc:
+            except (ConfigError, ValueError, OSError, hot_restart.HotRestartError) as exc:
                 answer = ("error", str(exc))
+            finally:
+                _close_unused(proxy)
         else:
             answer = ("error", f"unknown command {message[0]!r}")
         _write(writer, answer)
@@ -449,7 +608,8 @@ async def _commands(proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.
 
 
 def run_supervisor(bootstrap: Bootstrap, registry: CodecRegistry, concurrency: int, *, drain_timeout: float, use_uvloop: bool,
-                   log_level: str, xds: str | None = None, node_id: str = "", delta: bool = False) -> int:  # fmt: skip
+                   log_level: str, xds: str | None = None, node_id: str = "", delta: bool = False,
+                   restart_from: str | None = None, restart_socket: str | None = None) -> int:  # fmt: skip
     """``metaprotocol proxy --concurrency N`` (N > 1): the parent process, until SIGTERM."""
     worker_args = ["--drain-timeout", str(drain_timeout), "--log-level", log_level, *([] if use_uvloop else ["--no-uvloop"])]
 
@@ -459,10 +619,18 @@ def run_supervisor(bootstrap: Bootstrap, registry: CodecRegistry, concurrency: i
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         supervisor = Supervisor(bootstrap, registry, concurrency, drain_timeout=drain_timeout, worker_args=worker_args)
+        if restart_from is not None:
+            try:
+                supervisor.handover = await hot_restart.connect(restart_from)
+            except hot_restart.HotRestartError as exc:
+                log.error("cannot start: %s", exc)
+                return 1
         try:
             await supervisor.start()
         except (OSError, WorkerGone) as exc:
             log.error("cannot start: %s", exc)
+            if supervisor.handover is not None:
+                supervisor.handover.close()  # the running generation serves on
             return 1
         for name in supervisor.contexts:
             log.info("serving %s on port %d with %d workers", name, supervisor.bound_port(name), concurrency)
@@ -472,11 +640,29 @@ def run_supervisor(bootstrap: Bootstrap, registry: CodecRegistry, concurrency: i
 
             client_task = asyncio.ensure_future(AdsClient(supervisor, xds, node_id, delta=delta).run())
             log.info("configuration from ADS at %s (node %s) for %d workers", xds, node_id, concurrency)
+        handover = supervisor.handover
+        if handover is not None:
+            # Until every socket is claimed and the configuration that claimed it applied by the workers.
+            await hot_restart.finish(handover, lambda: bool(handover.pending()) or supervisor.applying(), drain_timeout if xds else 0.0)
+            supervisor.handover = None
+
+        def taken_over() -> None:
+            supervisor.stop_accepting()
+            stop.set()
+
+        restarts = await hot_restart.serve_restarts(restart_socket, supervisor.listening, taken_over, drain_timeout)
         await stop.wait()
+        timeout = drain_timeout
+        if restarts is not None:
+            restarts.close()
+            if restarts.draining:  # taken over: the workers stop accepting, read what was sent, then drain
+                await supervisor.stop_workers_accepting()
+                await asyncio.sleep(grace := hot_restart.grace_period(drain_timeout))
+                timeout -= grace
         if client_task is not None:
             client_task.cancel()
-        log.info("draining %d workers (up to %.1fs)", concurrency, drain_timeout)
-        return await supervisor.drain(drain_timeout)
+        log.info("draining %d workers (up to %.1fs)", concurrency, timeout)
+        return await supervisor.drain(timeout)
 
     if use_uvloop:
         try:

@@ -312,6 +312,8 @@ class AdsClient:
         ctx = self.proxy.contexts.get(lst.name)
         if lst.port == 0 or (ctx is not None and (ctx.config.address, ctx.config.port) == (lst.address, lst.port)):
             return None
+        if lst.name in getattr(self.proxy, "inherited", ()):  # its socket was taken over from the previous process (hot restart)
+            return None
         try:
             with socket.socket(socket.AF_INET6 if ":" in lst.address else socket.AF_INET) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
