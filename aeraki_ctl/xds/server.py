@@ -204,8 +204,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             return
         info.scope = scope
         for w in info.watches.values():
-            w.full = True
-            if w.wildcard:
+            if w.wildcard:  # named subscriptions do not depend on the scope
+                w.full = True
                 w.pending.clear()
 
     def _mark(self, info: StreamInfo, old: Snapshot, changed: Mapping[str, Collection[str]], moved: Mapping[str, set[str]]) -> None:

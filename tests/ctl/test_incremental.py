@@ -18,6 +18,7 @@ from aeraki_ctl.lifecycle import Ledger
 from aeraki_ctl.resources import Resource, ResourceSet, add_object
 from aeraki_ctl.translate import Translation, translate
 from aeraki_ctl.xds.server import AdsServer
+from aeraki_ctl.xds.snapshot import TYPES, SnapshotBuilder, snapshot_of
 from metaprotocol.xds import convert
 
 HOSTS = ["a.example", "b.example", "c.example", "d.example"]
@@ -126,7 +127,7 @@ def assert_same(incremental: Translation, full: Translation) -> None:
 @settings(max_examples=150, deadline=None)
 @given(edits)
 def test_incremental_equals_full_translation_after_any_edits(steps: list[tuple[str, Any]]) -> None:
-    translator = IncrementalTranslator()
+    translator, builder = IncrementalTranslator(), SnapshotBuilder()
     current = base()
     for op, arg in steps:
         if op == "put":
@@ -140,7 +141,12 @@ def test_incremental_equals_full_translation_after_any_edits(steps: list[tuple[s
                 old = current[ref]
                 current[ref] = Resource(old.kind, old.name, old.namespace, type(old.spec).FromString(old.spec.SerializeToString()), old.source, old.line, old.problems)
         resources = ResourceSet(list(current.values()))
-        assert_same(translator(resources), translate(resources))
+        full = translate(resources)
+        assert_same(translator(resources), full)
+        # The snapshot made from the previous one and the redone hosts is the whole snapshot.
+        made, whole = builder.build(translator.outputs, translator.take_changes()[0]), snapshot_of(full.bootstrap)
+        assert {t: {n: r.version for n, r in made.of(t).items()} for t in TYPES} == {t: {n: r.version for n, r in whole.of(t).items()} for t in TYPES}
+        assert made.versions == whole.versions
 
 
 @settings(max_examples=60, deadline=None)
