@@ -200,7 +200,7 @@ async def main() -> None:
     after = calibrate()
     print(f"calibration: fixed pure-Python loop {before:.3f} s before, {after:.3f} s after")
     print(f"{args.services} services x {args.routes} routes, {args.streams} streams, {'unscoped' if args.unscoped else f'{args.namespaces} namespaces + {SHARED}, Sidecar-scoped'}")
-    print(f"snapshot: {sizes}; objects not accepted: {len(rejected)}; per proxy (first stream): {received}")
+    print(f"snapshot: {sizes}; objects not accepted: {len(rejected)}; per proxy (first stream): {received}; scoped views: {len(ads.views.views)}")
     print(f"first sync: {t2 - t0:.2f} s, of which reading the {len(source.objects)} objects (typed parse) {source.read_seconds:.2f} s, "
           f"translating and packing {t2 - t0 - source.read_seconds:.2f} s")
     print(f"from start to all {args.streams} streams converged (received and ACKed all four types): {converged_at - t0:.2f} s "

@@ -189,22 +189,27 @@ async def test_proxies_of_different_scopes_receive_different_sets(plane: tuple[P
     p, stub = plane
     a, b = Proxy(stub, node("a", "team-a")), Proxy(stub, node("sidecar~10.1.2.3~pod-b.team-b~team-b.svc.cluster.local"))
     everyone = Proxy(stub, node("c", "team-c"))  # no Sidecar in team-c nor in istio-system: everything
-    for proxy in (a, b, everyone):
+    b_delta = Proxy(stub, node("b-delta", "team-b"), delta=True)
+    for proxy in (a, b, everyone, b_delta):
         await proxy.converge()
+    assert b_delta.held[LDS].keys() == b.held[LDS].keys() and b_delta.held[EDS].keys() == b.held[EDS].keys()
     assert sorted(a.held[LDS]) == sorted(f"svc{i}.{ns}.example_{9000 + i}" for ns in ("shared", "team-a") for i in range(3))
     assert sorted(b.held[LDS]) == [f"svc{i}.team-b.example_{9000 + i}" for i in range(3)]
     assert len(everyone.held[LDS]) == 9 and len(a.held[EDS]) == 18 and len(b.held[CDS]) == 9
-    assert {s["node_id"]: s["sidecar"] for s in p.ads.proxies()} == {"a": "Sidecar team-a/default", b.node.id: "Sidecar team-b/default", "c": ""}
+    assert {s["node_id"]: s["sidecar"] for s in p.ads.proxies()} == {"a": "Sidecar team-a/default", b.node.id: "Sidecar team-b/default", "c": "",
+                                                                       "b-delta": "Sidecar team-b/default"}  # fmt: skip
     # A shared MetaRouter edit reaches the proxies that import the shared namespace only.
     await p.put(service("shared", 0, weight=30)[2])
     assert await a.ack() == (RDS, ["svc0.shared.example_9000"])
     assert await everyone.ack() == (RDS, ["svc0.shared.example_9000"])
-    assert await b.silent()
+    assert await b.silent() and await b_delta.silent()
     assert len(p.ads.views.views) == 2  # one view per Sidecar scope (the unscoped proxy needs none)
     # team-b's Sidecar now imports the shared namespace too: b receives its listeners and clusters.
     await p.put(sidecar("team-b", ["./*", "shared/*"]))
     got = dict([await b.ack(), await b.ack()])
     assert sorted(got[LDS]) == sorted(f"svc{i}.{ns}.example_{9000 + i}" for ns in ("shared", "team-b") for i in range(3)) and len(got[CDS]) == 18
+    added = dict([await b_delta.ack(), await b_delta.ack()])  # delta: only what entered its scope
+    assert sorted(added[LDS]) == [f"svc{i}.shared.example_{9000 + i}" for i in range(3)] and len(added[CDS]) == 9
 
 
 def test_node_identity_as_istio_sidecars_send_it() -> None:
