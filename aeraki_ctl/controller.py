@@ -114,7 +114,7 @@ class Controller:
 
     async def _sync(self) -> None:
         result = self.ledger.sync(self.resources(), self.translator)
-        changed = {ref: s for ref, s in result.status.items() if _summary(s) != _summary(self.objects.get(ref))}
+        changed = {ref: s for ref, s in result.status.items() if s is not self.objects.get(ref) and _summary(s) != _summary(self.objects.get(ref))}
         for s in changed.values():
             if s.state != ACCEPTED:
                 log.error("%s %s: %s", s.ref, s.state, "; ".join(s.problems))

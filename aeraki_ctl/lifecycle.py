@@ -74,7 +74,7 @@ class Ledger:
         substituted: set[str] = set()
         extra = [p for p in loaded.problems if p.obj not in refs]  # file-level and unattributed
         for _ in range(2 * len(served) + 1):  # each object is substituted once, dropped once at most
-            result = translate(ResourceSet(resources=_ordered(served), problems=[]))
+            result = translate(ResourceSet(resources=list(served.values()), problems=[]))  # in the sources' order
             errors = _errors_by_object(result.problems)
             failing = [ref for ref in served if errors.get(ref)]
             if not failing:
@@ -94,35 +94,33 @@ class Ledger:
         by_object: dict[str, list[str]] = {}
         for p in result.problems:
             by_object.setdefault(p.obj, []).append(str(p))
+        kept: set[str] = set()  # statuses of the last sync that stand as they are
         for ref, resource in current.items():
             if ref in status:
+                self.origin.setdefault(ref, resource.source)
                 continue
             problems = by_object.get(ref, [])
             last = self.last_valid.get(ref)
             before = self._status.get(ref)
             if before is not None and last is resource and before.state == ACCEPTED and before.problems == problems:
                 status[ref] = before  # the same object, accepted again with the same problems
+                kept.add(ref)
                 continue
             status[ref] = ObjectStatus(ref, resource.source, ACCEPTED, problems)
             if last is None or (last is not resource and last.spec != resource.spec):
                 self.versions[ref] = self.versions.get(ref, 0) + 1
             self.last_valid[ref] = resource
             self.origin[ref] = resource.source
-        for ref in list(self.last_valid):  # deleted from a readable source: forgotten
-            if ref not in current and ref not in served:
+        for ref in self.last_valid.keys() - current.keys():  # deleted from a readable source: forgotten
+            if ref not in served:
                 del self.last_valid[ref]
                 self.versions.pop(ref, None)
                 self.origin.pop(ref, None)
-        for ref in current:
-            self.origin.setdefault(ref, current[ref].source)
-        for s in status.values():
-            s.valid_versions = self.versions.get(s.ref, 0)
+        for ref, s in status.items():
+            if ref not in kept:
+                s.valid_versions = self.versions.get(s.ref, 0)
         self._status = status
         return SyncResult(result, status, extra)
-
-
-def _ordered(served: dict[str, Resource]) -> list[Resource]:
-    return [served[k] for k in sorted(served)]
 
 
 def _broken_sources(loaded: ResourceSet, refs: set[str]) -> dict[str, str]:
