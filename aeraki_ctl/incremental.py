@@ -111,9 +111,6 @@ class IncrementalTranslator:
         self.retranslated = 0  # host outputs redone, over all calls
         self._touched: set[str] = set()
         self._sidecars_touched = False
-        self._forget()
-
-    def _forget(self) -> None:
         self.outputs: dict[str, HostOutput] = {}
         self.sidecars: tuple[Resource, ...] = ()
         self._objects: dict[str, Resource] = {}
@@ -145,6 +142,8 @@ class IncrementalTranslator:
         self._sidecars_touched |= sidecars
 
     def __call__(self, resources: ResourceSet) -> Translation:
+        """The translation of ``resources`` (equal to ``translate(resources)``), redoing only the
+        hosts reached by what changed since the previous call."""
         new: dict[str, Resource] = {}
         changed: list[tuple[str, Resource | None, Resource | None]] = []
         previous, kept = self._objects, 0

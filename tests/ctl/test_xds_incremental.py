@@ -16,11 +16,11 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import any_pb2
 
 from aeraki_ctl.incremental import IncrementalTranslator
 from aeraki_ctl.resources import Resource, ResourceSet, add_object
-from aeraki_ctl.sidecar import ScopeRules, node_identity
+from aeraki_ctl.sidecar import ScopeRules
 from aeraki_ctl.xds.server import AdsServer, start_server
 from aeraki_ctl.xds.snapshot import SnapshotBuilder
 from metaprotocol.xds import convert
@@ -210,52 +210,6 @@ async def test_proxies_of_different_scopes_receive_different_sets(plane: tuple[P
     assert sorted(got[LDS]) == sorted(f"svc{i}.{ns}.example_{9000 + i}" for ns in ("shared", "team-b") for i in range(3)) and len(got[CDS]) == 18
     added = dict([await b_delta.ack(), await b_delta.ack()])  # delta: only what entered its scope
     assert sorted(added[LDS]) == [f"svc{i}.shared.example_{9000 + i}" for i in range(3)] and len(added[CDS]) == 9
-
-
-def test_node_identity_as_istio_sidecars_send_it() -> None:
-    meta = struct_pb2.Struct()
-    meta.update(node_metadata({"NAMESPACE": "shop", "LABELS": '{"app": "cart", "version": "v2"}'}))
-    from google.protobuf import json_format
-
-    assert node_identity("x", json_format.MessageToDict(meta)) == ("shop", {"app": "cart", "version": "v2"})
-    assert node_identity("sidecar~10.0.0.1~cart-7d9.shop~shop.svc.cluster.local", {}) == ("shop", {})
-    assert node_identity("plain", {"LABELS": "app=cart,tier=web"}) == ("", {"app": "cart", "tier": "web"})
-    with pytest.raises(ValueError, match="LABELS"):
-        node_metadata({"LABELS": "{not json"})
-
-
-def test_scope_rules_follow_istio_precedence() -> None:
-    selected = _read({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "cart", "namespace": "shop"},
-                      "spec": {"workloadSelector": {"labels": {"app": "cart"}}, "egress": [{"port": {"number": 9001}, "hosts": ["*/svc1.shared.example"]}]}})  # fmt: skip
-    rules = ScopeRules([selected, sidecar("shop", ["./*"]), sidecar("istio-system", ["./*", "istio-system/*"])])
-    cart, web, other = rules.scope_of("shop", {"app": "cart"}), rules.scope_of("shop", {"app": "web"}), rules.scope_of("blog", {})
-    assert cart is not None and cart.ref == "Sidecar shop/cart"
-    assert cart.sees("shared", "svc1.shared.example", 9001) and not cart.sees("shared", "svc1.shared.example", 9000)
-    assert web is not None and web.sees("shop", "a.example", 1) and not web.sees("blog", "a.example", 1)
-    assert other is not None and other.ref == "Sidecar istio-system/default" and other.sees("blog", "a.example", 1)  # "." is the proxy's namespace
-    assert ScopeRules().scope_of("shop", {}) is None
-
-
-def test_sidecars_are_checked_with_every_problem() -> None:
-    from aeraki_ctl.translate import translate
-
-    bad = ResourceSet()
-    add_object({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar", "metadata": {"name": "bad", "namespace": "shop"},
-                "spec": {"workloadSelector": {"labels": {"app": "x"}}, "ingress": [{"port": {"number": 80}}],
-                         "egress": [{"hosts": ["no-slash", "Bad_NS/*", "./bad host"]}, {"port": {"number": 70000}, "hosts": []}, {"hosts": ["*/*"]}]}},
-               "sidecar.yaml", bad)  # fmt: skip
-    second = [sidecar("shop", ["./*"]), _read({**_sidecar_doc("shop", ["*/*"]), "metadata": {"name": "zz", "namespace": "shop"}})]
-    result = translate(ResourceSet(bad.resources + second))
-    found = {(p.obj, p.path, p.fatal) for p in result.problems}
-    assert {("Sidecar shop/bad", "spec.egress[0].hosts[0]", True), ("Sidecar shop/bad", "spec.egress[0].hosts[1]", True),
-            ("Sidecar shop/bad", "spec.egress[0].hosts[2]", True), ("Sidecar shop/bad", "spec.egress[1].hosts", True),
-            ("Sidecar shop/bad", "spec.egress[1].port.number", True), ("Sidecar shop/bad", "spec.egress[2].port", True),
-            ("Sidecar shop/bad", "spec.ingress", False), ("Sidecar shop/zz", "spec.workloadSelector", True)} <= found  # fmt: skip
-    assert [r.ref for r in result.sidecars] == ["Sidecar shop/default"]
-
-
-def _sidecar_doc(ns: str, hosts: list[str]) -> dict[str, Any]:
-    return {"apiVersion": "networking.istio.io/v1alpha3", "kind": "Sidecar", "metadata": {"name": "default", "namespace": ns}, "spec": {"egress": [{"hosts": hosts}]}}
 
 
 def test_proxy_command_line_sends_node_metadata() -> None:
