@@ -163,7 +163,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         old = self.snapshot
         if snapshot.versions == old.versions and snapshot.scopes == old.scopes and snapshot.hosts == old.hosts:
             if snapshot.base == old.serial:  # the same content: follow it, so the next one's changes apply
-                self.views.update(old, snapshot, {}, ())
+                self.views.update(old, snapshot, {}, (), (info.scope for info in self.streams.values()))
                 self.snapshot = snapshot
             return
         if snapshot.base == old.serial:
@@ -172,7 +172,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         else:  # not made from the one served: compare
             changed = {t: _differ(old.of(t), snapshot.of(t)) for t in TYPES}
             hosts = {h for h in {*(old.hosts or {}), *(snapshot.hosts or {})} if (old.hosts or {}).get(h) != (snapshot.hosts or {}).get(h)}
-        moved = self.views.update(old, snapshot, changed, hosts)
+        moved = self.views.update(old, snapshot, changed, hosts, (info.scope for info in self.streams.values()))
         self.snapshot = snapshot
         for info in self.streams.values():
             if snapshot.scopes != old.scopes or (snapshot.hosts is None) != (old.hosts is None):

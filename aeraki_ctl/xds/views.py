@@ -126,13 +126,18 @@ class ViewCache:
             self._indexed = snapshot
         return self._by_namespace
 
-    def update(self, old: Snapshot, new: Snapshot, changed: Mapping[str, Iterable[str]], hosts: Iterable[str]) -> dict[Scope, dict[str, set[str]]]:
+    def update(self, old: Snapshot, new: Snapshot, changed: Mapping[str, Iterable[str]], hosts: Iterable[str],
+               live: Iterable[Scope | None] = ()) -> dict[Scope, dict[str, set[str]]]:  # fmt: skip
         """Every view follows ``new``; the names that entered or left each, per type. Sidecars
-        that changed drop every view (proxies find their scope again)."""
+        that changed drop every view (proxies find their scope again); so does a scope no
+        connected proxy has (``live``) anymore."""
         if new.scopes != old.scopes or new.hosts is None:
             self.views.clear()
             self._by_namespace = None
             return {}
+        wanted = set(live)
+        for scope in [s for s in self.views if s not in wanted]:
+            del self.views[scope]
         hosts = list(hosts)
         if self._by_namespace is not None and self._indexed is old:
             for h in hosts:
