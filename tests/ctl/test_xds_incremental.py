@@ -4,7 +4,7 @@ resources it changed, and proxies of different scopes receive different sets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -144,6 +144,14 @@ def _name(packed: any_pb2.Any) -> str:
     raise AssertionError(packed.type_url)
 
 
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``condition`` (checked every few milliseconds) or fail after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
 def node(name: str, namespace: str = "") -> base_pb2.Node:
     out = base_pb2.Node(id=name)
     if namespace:
@@ -210,6 +218,11 @@ async def test_proxies_of_different_scopes_receive_different_sets(plane: tuple[P
     assert sorted(got[LDS]) == sorted(f"svc{i}.{ns}.example_{9000 + i}" for ns in ("shared", "team-b") for i in range(3)) and len(got[CDS]) == 18
     added = dict([await b_delta.ack(), await b_delta.ack()])  # delta: only what entered its scope
     assert sorted(added[LDS]) == [f"svc{i}.shared.example_{9000 + i}" for i in range(3)] and len(added[CDS]) == 9
+    # The last proxy of team-a leaves: its view goes at the next snapshot.
+    a.call.cancel()
+    await _until(lambda: len(p.ads.streams) == 3)
+    await p.put(service("team-b", 1, weight=70)[2])
+    assert [s.ref for s in p.ads.views.views] == ["Sidecar team-b/default"]
 
 
 def test_proxy_command_line_sends_node_metadata() -> None:
