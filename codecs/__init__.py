@@ -5,3 +5,5 @@ third-party plugin would; the proxy core never imports this package.
 """
 
 from __future__ import annotations
+
+import metaprotocol.spi  # noqa: F401 - importing metaprotocol first chooses compiled or pure-Python modules

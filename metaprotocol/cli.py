@@ -23,13 +23,19 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from metaprotocol import __version__
+from metaprotocol import __version__, _native
 from metaprotocol.config.bootstrap import load_bootstrap
 from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import AdminConfig, Bootstrap
 from metaprotocol.registry import CodecRegistry, RegistryError
 
 log = logging.getLogger("metaprotocol")
+
+
+def _native_mode() -> str:
+    """Compiled or pure Python, and why (``metaprotocol._native``)."""
+    mode, reason = _native.mode()
+    return f"{mode}, {reason}" if reason else mode
 
 EXIT_CONFIG = 2
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -58,7 +64,7 @@ def _positive(value: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaprotocol", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"metaprotocol {__version__}")
+    parser.add_argument("--version", action="version", version=f"metaprotocol {__version__} (hot path: {_native_mode()})")
     sub = parser.add_subparsers(dest="command", required=True)
     proxy = sub.add_parser("proxy", help="run the proxy")
     proxy.add_argument("-c", "--config", help="bootstrap YAML file (optional with --xds)")
@@ -249,6 +255,7 @@ def _run(proxy: object, drain_timeout: float, *, use_uvloop: bool, xds: str | No
             return 1
         for name in proxy.servers:
             log.info("serving %s on port %d", name, proxy.bound_port(name))
+        log.info("hot path: %s", _native_mode())
         relax_gc()
         client_task = None
         if xds:

@@ -494,6 +494,15 @@ def _response_body(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     return _response_full(raw)
 
 
+def _attachment_map(r: Hessian2Reader) -> dict[Any, Any]:
+    """The next value, which must be a map (checked before it is typed as one: compiled code
+    would raise TypeError on the assignment, not the protocol error)."""
+    value: Any = r.read()
+    if not isinstance(value, dict):
+        raise HessianDecodeError("attachments are not a map")
+    return value
+
+
 def _response_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     r = Hessian2Reader(raw, wire.HEADER_SIZE)
     start = r.pos
@@ -504,15 +513,11 @@ def _response_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     if flag in (wire.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS, wire.RESPONSE_VALUE_WITH_ATTACHMENTS):
         r.skip()
         at = r.pos
-        attachments = r.read()
-        if not isinstance(attachments, dict):
-            raise HessianDecodeError("attachments are not a map")
+        attachments = _attachment_map(r)
         _attachment_metadata(attachments, md)
     elif flag == wire.RESPONSE_NULL_VALUE_WITH_ATTACHMENTS:
         at = r.pos
-        attachments = r.read()
-        if not isinstance(attachments, dict):
-            raise HessianDecodeError("attachments are not a map")
+        attachments = _attachment_map(r)
         _attachment_metadata(attachments, md)
     elif flag in (wire.RESPONSE_WITH_EXCEPTION, wire.RESPONSE_VALUE, wire.RESPONSE_NULL_VALUE):
         if flag != wire.RESPONSE_NULL_VALUE:

@@ -206,7 +206,7 @@ class RedisServerCodec(ServerCodec):
                 break
             stop, bounds = framed
             _, name, spec = _name(bytes(data[bounds[0] : bounds[1]]))
-            if spec is not SINGLE_KEY:
+            if spec != SINGLE_KEY:
                 break
             if not count:
                 first, first_stop, first_bounds = name, stop, bounds
@@ -436,7 +436,7 @@ def _short_name_entry(field: bytes) -> tuple[bytes, str, object] | None:
     single-key (else None); remembered per field (bounded like _NAMES)."""
     name = short_command_name(field)
     entry = _name(name) if name is not None else None
-    if entry is not None and entry[2] is not SINGLE_KEY:
+    if entry is not None and entry[2] != SINGLE_KEY:
         entry = None
     if len(_SHORT_NAMES) < _MAX_NAMES:
         _SHORT_NAMES[field] = entry
@@ -457,7 +457,7 @@ def _command(raw: bytes | bytearray, data: bytes | bytearray, bounds: list[int])
     """Build the request message: command and key metadata, fan-out parts where they apply."""
     cmd, name, spec = _name(bytes(data[bounds[0] : bounds[1]]))
     argc = len(bounds) >> 1
-    if spec is SINGLE_KEY:
+    if spec == SINGLE_KEY:
         if argc > 1:
             return _single_key(raw, cmd, name, bytes(data[bounds[2] : bounds[3]]))
         return Message(MessageType.REQUEST, raw, {"command": name}, opaque=(cmd, None))

@@ -12,7 +12,8 @@ from typing import Final
 KeySpec = tuple[int, int, int]
 
 SINGLE_KEY: Final = (1, 1, 1)
-"""The spec of commands whose only key is their first argument (the hot path)."""
+"""The spec of commands whose only key is their first argument (the hot path). Compared with
+``==``, never ``is``: compiled code (mypyc) holds fixed-size tuples unboxed, without identity."""
 
 _SINGLE_KEY_COMMANDS: Final = """
 APPEND BITCOUNT BITFIELD BITFIELD_RO BITPOS DECR DECRBY DUMP EXPIRE EXPIREAT EXPIRETIME GEOADD

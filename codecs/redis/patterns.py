@@ -13,7 +13,7 @@ from typing import Final
 EXACT_MAX: Final = 128
 """Longest bulk string whose length the patterns spell out (one alternative per length)."""
 
-EXACT_BULK: Final = b"\\$(?:" + b"|".join(b"%d\r\n[\\s\\S]{%d}" % (n, n) for n in range(EXACT_MAX + 1)) + b")\r\n"
+EXACT_BULK: Final[bytes] = b"\\$(?:" + b"|".join(b"%d\r\n[\\s\\S]{%d}" % (n, n) for n in range(EXACT_MAX + 1)) + b")\r\n"
 """``$<n>\\r\\n`` followed by exactly n bytes and CRLF, for n up to EXACT_MAX."""
 
 _RUNS: dict[tuple[bytes, int], re.Pattern[bytes]] = {}

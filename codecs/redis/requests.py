@@ -214,7 +214,7 @@ def short_command_name(field: bytes) -> bytes | None:
 def _exact_pattern() -> bytes:
     by_length: dict[int, list[bytes]] = {}
     for name, spec in KEY_SPECS.items():
-        if spec is SINGLE_KEY:
+        if spec == SINGLE_KEY:
             by_length.setdefault(len(name), []).append(re.escape(name))
     names = b"|".join(b"\\$%d\r\n(?:%s)" % (n, b"|".join(sorted(group))) for n, group in sorted(by_length.items()))
     name = b"(?i:" + names + b")\r\n"

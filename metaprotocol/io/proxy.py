@@ -278,6 +278,7 @@ class Proxy:
         server = self.servers.pop(name)
         server.close()
         ctx = self.contexts.pop(name)
+        ctx.close()
         await _drain_sessions([ctx], timeout)
 
     # -- shutdown -----------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from metaprotocol.spi import Correlation, ErrorKind, LocalError, MessageType
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from metaprotocol.router.matchers import Predicate
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # listeners' own stages are plain Python classes
 class Stage:
     """One per-request step. ``run`` returns True to go on to the next stage, False when it has
     taken the request over (answered it, or deferred it and will ``resume`` the chain)."""
@@ -73,7 +76,7 @@ class Chain:
 
     def names(self) -> list[str]:
         """The stages' names in order (for the admin API and tests)."""
-        return [s.name for s in self.stages]
+        return [str(_declared(s, "name", "stage")) for s in self.stages]
 
 
 class LocalRateLimitStage(Stage):
@@ -213,9 +216,15 @@ def compile_chain(ctx: ListenerContext, extra: Sequence[StageBuilder] = ()) -> C
         factory.correlation is Correlation.ORDERED
         and not factory.bound_upstream
         and not hooks  # an access log writes one record per request
-        and not any(s.per_request for s in stages)
+        and not any(_declared(s, "per_request", True) for s in stages)
     )
     return Chain(tuple(stages), hooks, forwards, router)
+
+
+def _declared(stage: object, attribute: str, default: object) -> object:
+    """A stage's class-level declaration, read the way Python reads it (a plain-Python stage's
+    class attribute overrides the compiled base class's default)."""
+    return getattr(stage, attribute, default)
 
 
 def _access_log_hook(listener: str, log: Callable[[dict[str, object]], None]) -> FinishHook:

@@ -129,6 +129,10 @@ class ListenerContext:
         self.apply_global_limit(config.global_rate_limit)  # compiles the chain
         upstreams.listeners.add(self)
 
+    def close(self) -> None:
+        """The listener is gone: cluster updates no longer concern it."""
+        self.upstreams.listeners.discard(self)
+
     def recompile(self) -> None:
         """Compile the chain the configuration needs now."""
         self.chain = compile_chain(self, self.extra_stages)

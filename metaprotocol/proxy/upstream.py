@@ -5,7 +5,6 @@ in ``connection.py`` and ``pool.py``.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING
 
@@ -41,7 +40,7 @@ class Upstreams:
         self.generation = 0  # bumped by every cluster update (cached decisions depend on it)
         self.health: dict[str, HealthChecker] = {}
         self.retired: list[EndpointPool] = []  # replaced pools finishing their requests in flight
-        self.listeners: weakref.WeakSet[ListenerContext] = weakref.WeakSet()  # their chains depend on the clusters
+        self.listeners: set[ListenerContext] = set()  # their chains depend on the clusters (ListenerContext.close)
         self.update_clusters(clusters)
 
     def stop_health_checks(self) -> None:

@@ -6,6 +6,8 @@ import enum
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 
 class MessageType(enum.Enum):
     """What a frame is, as far as the core cares (Aeraki's MessageType, minus streams for now)."""
@@ -52,6 +54,7 @@ Metadata = Mapping[str, str]
 once decoded (a codec may share one mapping between messages): the type forbids writing to it."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # codec plugins may extend it
 class Message:
     """One decoded frame.
 
