@@ -91,6 +91,7 @@ COLLECTIONS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("/apis/metaprotocol.aeraki.io/v1alpha1", "applicationprotocols"): ("ApplicationProtocol", "metaprotocol.aeraki.io/v1alpha1", False),
     ("/apis/networking.istio.io/v1beta1", "serviceentries"): ("ServiceEntry", "networking.istio.io/v1beta1", False),
     ("/apis/networking.istio.io/v1beta1", "destinationrules"): ("DestinationRule", "networking.istio.io/v1beta1", False),
+    ("/apis/networking.istio.io/v1beta1", "sidecars"): ("Sidecar", "networking.istio.io/v1beta1", False),
     ("/apis/coordination.k8s.io/v1", "leases"): ("Lease", "coordination.k8s.io/v1", True),
 }
 STATUS_SUBRESOURCE = {("/apis/metaprotocol.aeraki.io/v1alpha1", "metarouters")}  # kinds with subresources.status

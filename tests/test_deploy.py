@@ -155,6 +155,7 @@ def test_rbac_is_least_privilege() -> None:
         ("metaprotocol.aeraki.io", "metarouters/status"): ["patch", "update"],
         ("networking.istio.io", "serviceentries"): watch,
         ("networking.istio.io", "destinationrules"): watch,
+        ("networking.istio.io", "sidecars"): watch,
         ("", "services"): watch,
         ("", "pods"): watch,
         ("discovery.k8s.io", "endpointslices"): watch,

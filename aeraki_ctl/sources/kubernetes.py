@@ -15,8 +15,8 @@ the controller's ``changed`` hook.
 
 What the cache becomes (``resources()``), each object with the source ``k8s://<ns>/<Kind>/<name>``:
 
-- MetaRouter, ApplicationProtocol (``metaprotocol.aeraki.io/v1alpha1``), ServiceEntry and
-  DestinationRule (``networking.istio.io``, at the version the API server prefers among ``v1``,
+- MetaRouter, ApplicationProtocol (``metaprotocol.aeraki.io/v1alpha1``), ServiceEntry,
+  DestinationRule and Sidecar (``networking.istio.io``, at the version the API server prefers among ``v1``,
   ``v1beta1`` and ``v1alpha3``, found in its discovery document ``/apis/networking.istio.io``:
   Istio serves one schema at all of them) read by the typed parser the directory source uses;
 - a Service with a port named in Aeraki's convention (``tcp-metaprotocol-<protocol>[-...]``)
@@ -70,6 +70,7 @@ KINDS = (
     Kind("ApplicationProtocol", "metaprotocol.aeraki.io", "v1alpha1", "applicationprotocols", True),
     Kind("ServiceEntry", "networking.istio.io", "", "serviceentries", True, ISTIO_VERSIONS),
     Kind("DestinationRule", "networking.istio.io", "", "destinationrules", True, ISTIO_VERSIONS),
+    Kind("Sidecar", "networking.istio.io", "", "sidecars", True, ISTIO_VERSIONS),
     Kind("Service", "", "v1", "services", False),
     Kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", False),
     Kind("Pod", "", "v1", "pods", False),

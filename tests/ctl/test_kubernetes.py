@@ -18,7 +18,7 @@ from aeraki_ctl import cli
 from aeraki_ctl.controller import Controller
 from aeraki_ctl.lifecycle import ACCEPTED, SERVING_LAST_VALID
 from aeraki_ctl.resources import ResourceSet
-from aeraki_ctl.sources.kubernetes import KubernetesSource
+from aeraki_ctl.sources.kubernetes import KINDS, KubernetesSource
 from aeraki_ctl.translate import translate
 from aeraki_ctl.xds.server import AdsServer
 from tests import k8s_contract as contract
@@ -108,7 +108,7 @@ async def started(server: ContractServer, **kw: Any) -> tuple[KubernetesSource, 
 
     await source.start(changed)
     assert await source.wait_synced(5)
-    await eventually(lambda: server.watch_count() == 7)  # every kind watched
+    await eventually(lambda: server.watch_count() == len(KINDS))  # every kind watched
     return source, changes
 
 
@@ -125,7 +125,7 @@ async def test_initial_list_then_add_modify_delete(api: ContractServer) -> None:
         assert [d.weight for d in mr.spec.routes[0].route] == [20, 80]
         # every watch starts at the version its list returned, with bookmarks allowed
         watches = [q for path, q in api.requests if parse_bool(q.get("watch", ""))]
-        assert len(watches) == 7 and all(q["resourceVersion"] == "2" and parse_bool(q["allowWatchBookmarks"]) for q in watches)
+        assert len(watches) == len(KINDS) and all(q["resourceVersion"] == "2" and parse_bool(q["allowWatchBookmarks"]) for q in watches)
 
         before = changes[0]
         api.apply(destination_rule())
@@ -135,7 +135,7 @@ async def test_initial_list_then_add_modify_delete(api: ContractServer) -> None:
         api.delete(ISTIO_API, "ServiceEntry", NS, "demo-se")
         await eventually(lambda: f"ServiceEntry {NS}/demo-se" not in by_ref(source))
         assert changes[0] >= before + 3
-        assert source.lists == 7 and source.relists == 0
+        assert source.lists == len(KINDS) and source.relists == 0
     finally:
         await source.close()
 
@@ -181,9 +181,9 @@ async def test_a_dropped_watch_resumes_from_its_resource_version(api: ContractSe
         api.drop_watches()
         api.apply(metarouter((60, 40)))  # made while no watch is open: the resumed watch replays it
         await eventually(lambda: [d.weight for d in by_ref(source)[f"MetaRouter {NS}/route"].spec.routes[0].route] == [60, 40])
-        await eventually(lambda: api.watch_count() == 7)
+        await eventually(lambda: api.watch_count() == len(KINDS))
         assert source.reconnects >= 1
-        assert source.lists == 7 and source.relists == 0  # resumed, not relisted
+        assert source.lists == len(KINDS) and source.relists == 0  # resumed, not relisted
         resumed = [q for path, q in api.requests if path.endswith("/metarouters") and parse_bool(q.get("watch", ""))]
         assert [q["resourceVersion"] for q in resumed][:2] == ["1", "1"]
     finally:
@@ -200,12 +200,12 @@ async def test_410_gone_means_a_relist(api: ContractServer) -> None:
         api.apply(metarouter((90, 10)))
         api.delete(ISTIO_API, "ServiceEntry", NS, "demo-se")
         api.compact()  # the history the watches would resume from is gone
-        await eventually(lambda: source.relists >= 7)
-        await eventually(lambda: api.watch_count() == 7)
+        await eventually(lambda: source.relists >= len(KINDS))
+        await eventually(lambda: api.watch_count() == len(KINDS))
         refs = by_ref(source)
         assert set(refs) == {f"MetaRouter {NS}/route"}  # the deletion seen through the relist
         assert [d.weight for d in refs[f"MetaRouter {NS}/route"].spec.routes[0].route] == [90, 10]
-        assert source.lists == 14
+        assert source.lists == 2 * len(KINDS)
         api.apply(metarouter((10, 90)))  # and the new watches follow
         await eventually(lambda: [d.weight for d in by_ref(source)[f"MetaRouter {NS}/route"].spec.routes[0].route] == [10, 90])
     finally:
@@ -223,7 +223,7 @@ async def test_bookmarks_move_the_resume_point_so_a_quiet_kind_needs_no_relist(a
         await eventually(lambda: all(v == "4" for v in source.versions.values()))  # the bookmark is read
         api.drop_watches()
         api.compact()  # up to revision 4: a resume from 1 would be 410, from the bookmark's 4 is not
-        await eventually(lambda: api.watch_count() == 7)
+        await eventually(lambda: api.watch_count() == len(KINDS))
         assert source.relists == 0
         resumed = [q["resourceVersion"] for path, q in api.requests if path.endswith("/metarouters") and parse_bool(q.get("watch", ""))]
         assert resumed[-1] == "4"
@@ -468,7 +468,7 @@ async def test_a_list_longer_than_a_page_is_read_in_pages_and_the_watch_loses_an
         # one change for the list (the other kinds are empty), one per write replayed by the watch:
         # an event lost or applied twice would be one fewer
         await eventually(lambda: changes[0] == 4)
-        assert source.lists == 7 and source.pages == 9 and source.list_restarts == 0 and source.relists == 0
+        assert source.lists == len(KINDS) and source.pages == len(KINDS) + 2 and source.list_restarts == 0 and source.relists == 0
         api.apply(metarouter((10, 90), name="route-03"))  # and it follows on
         await eventually(lambda: weights_of(source, "route-03") == [10, 90])
     finally:
@@ -643,3 +643,23 @@ async def test_istio_installed_later_then_upgraded_to_v1_only() -> None:
     finally:
         await source.close()
         await server.close()
+
+
+@pytest.mark.asyncio
+async def test_sidecars_are_watched_and_read_by_the_typed_parser(api: ContractServer) -> None:
+    """Istio Sidecars scope what each proxy receives: from Kubernetes as from a directory."""
+    doc = {"apiVersion": ISTIO_API, "kind": "Sidecar", "metadata": {"name": "default", "namespace": NS},
+           "spec": {"egress": [{"hosts": ["./*", "istio-system/*"]}]}}  # fmt: skip
+    api.apply(doc)
+    source, _ = await started(api)
+    try:
+        sidecar = by_ref(source)[f"Sidecar {NS}/default"]
+        assert not sidecar.problems and list(sidecar.spec.egress[0].hosts) == ["./*", "istio-system/*"]
+        bad = {**doc, "metadata": {"name": "bad", "namespace": NS}, "spec": {"egress": [{"hosts": 7}]}}
+        api.apply(bad)
+        await eventually(lambda: f"Sidecar {NS}/bad" in by_ref(source))
+        assert by_ref(source)[f"Sidecar {NS}/bad"].problems  # reported on the object, never served
+        api.delete(ISTIO_API, "Sidecar", NS, "default")
+        await eventually(lambda: f"Sidecar {NS}/default" not in by_ref(source))
+    finally:
+        await source.close()
