@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -457,10 +457,12 @@ def _peer(context: grpc.aio.ServicerContext) -> str:
         return ""
 
 
-async def start_server(server: AdsServer, address: str) -> tuple[grpc.aio.Server, int]:
-    """Serve ``server`` on ``address`` (``host:port``, port 0 for any); returns the bound port."""
+async def start_server(server: AdsServer, address: str, services: Sequence[grpc.GenericRpcHandler] = ()) -> tuple[grpc.aio.Server, int]:
+    """Serve ``server`` on ``address`` (``host:port``, port 0 for any); returns the bound port.
+    ``services``: more gRPC services on the same port (the CA, ``aeraki_ctl.ca``)."""
     grpc_server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
+    grpc_server.add_generic_rpc_handlers(tuple(services))
     port = grpc_server.add_insecure_port(address)
     await grpc_server.start()
     return grpc_server, port
