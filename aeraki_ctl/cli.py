@@ -32,6 +32,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -40,6 +41,9 @@ from aeraki_ctl.resources import load_directory
 from aeraki_ctl.translate import Options, report_lines, translate
 from metaprotocol import __version__
 from metaprotocol.config.dump import to_bootstrap_tree
+
+if TYPE_CHECKING:
+    from aeraki_ctl.ca import CertificateService
 
 EXIT_INVALID = 1
 EXIT_NOT_YET = 3
@@ -79,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--webhook-address", default="0.0.0.0", help="the webhook's listen address (with --webhook-port)")
     s.add_argument("--tls-cert", help="the webhook's PEM certificate chain (with --webhook-port)")
     s.add_argument("--tls-key", help="the webhook's PEM private key (with --webhook-port)")
+    _ca_flags(s)
     w = sub.add_parser("webhook", help="serve the validating admission webhook (AdmissionReview v1 at /validate, HTTPS)")
     w.add_argument("--port", type=int, default=9443)
     w.add_argument("--address", default="0.0.0.0")
@@ -101,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--kubeconfig, --namespace, --lease-namespace, --identity and --list-page-size go with --kubernetes")
     if args.command == "serve" and args.list_page_size is not None and args.list_page_size < 0:
         parser.error("--list-page-size must be 0 (no pages) or more")
+    if args.command == "serve" and (problem := _ca_problem(args)):
+        parser.error(problem)
     if args.command == "serve" and args.lease_duration < 1:
         parser.error("--lease-duration must be at least 1 (seconds)")
     if args.command == "ratelimit":
@@ -229,7 +236,8 @@ def _serve(args: argparse.Namespace) -> int:
             writer = StatusWriter(kubernetes.api_client, kubernetes.cache, lambda: elector.is_leader)
             elector.on_change(lambda leading: writer.wake() if leading else None)
         ads = AdsServer()
-        grpc_server, port = await start_server(ads, args.xds_address)
+        ca_service = _ca_service(args, kubernetes.api_client if args.kubernetes else None) if args.ca else None
+        grpc_server, port = await start_server(ads, args.xds_address, services=[ca_service.handler()] if ca_service else [])
         where = [w for w in (args.config_dir, "Kubernetes" if args.kubernetes else None, args.zookeeper) if w]
         logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, ", ".join(where))
         controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset), zookeeper=zookeeper, sources=sources)
@@ -291,6 +299,65 @@ def _serve(args: argparse.Namespace) -> int:
         return 1 if fatal else 0
 
     return asyncio.run(run())
+
+
+def _ca_flags(s: argparse.ArgumentParser) -> None:
+    """serve's CA flags (aeraki_ctl.ca; docs/security.md "Certificates from the control plane")."""
+    g = s.add_argument_group("workload CA", "sign proxies' certificates (istio.v1.auth.IstioCertificateService on the xDS port)")
+    g.add_argument("--ca", action="store_true", help="run the CA")
+    g.add_argument("--ca-cert", metavar="FILE", help="the CA's PEM certificate (then its chain, the root last)")
+    g.add_argument("--ca-key", metavar="FILE", help="the CA's PEM private key")
+    g.add_argument("--ca-dir", metavar="DIR", help="without --ca-cert/--ca-key: keep a generated root CA here (made the first time)")
+    g.add_argument("--trust-domain", default="cluster.local", help="the SPIFFE trust domain of the identities (default cluster.local)")
+    g.add_argument("--ca-tokens", metavar="FILE", help="YAML/JSON identity -> token: who may get which identity (the default authenticator)")
+    g.add_argument("--ca-authn", choices=["tokens", "kubernetes"],
+                   help="tokens: --ca-tokens; kubernetes: TokenReview of service-account tokens (default: tokens, or kubernetes with --kubernetes and no --ca-tokens)")  # fmt: skip
+    g.add_argument("--ca-workload-ttl", default="24h", metavar="DURATION", help="validity of a certificate when the request asks none (default 24h)")
+    g.add_argument("--ca-max-workload-ttl", default="90d", metavar="DURATION", help="the longest validity granted (default 90d)")
+
+
+def _ca_problem(args: argparse.Namespace) -> str | None:
+    from aeraki_ctl.ca import parse_duration
+
+    given = [f for f in ("ca_cert", "ca_key", "ca_dir", "ca_tokens", "ca_authn") if getattr(args, f)]
+    if not args.ca:
+        return f"--{given[0].replace('_', '-')} goes with --ca" if given else None
+    if bool(args.ca_cert) != bool(args.ca_key):
+        return "--ca-cert and --ca-key go together"
+    if not args.ca_cert and not args.ca_dir:
+        return "--ca needs --ca-cert and --ca-key, or --ca-dir (a generated root is kept there)"
+    authn = args.ca_authn or ("tokens" if args.ca_tokens or not args.kubernetes else "kubernetes")
+    if authn == "tokens" and not args.ca_tokens:
+        return "--ca needs --ca-tokens FILE (or --ca-authn kubernetes with --kubernetes)"
+    if authn == "kubernetes" and not args.kubernetes:
+        return "--ca-authn kubernetes needs --kubernetes"
+    args.ca_authn = authn
+    try:
+        args.ca_workload_ttl = parse_duration(str(args.ca_workload_ttl))
+        args.ca_max_workload_ttl = parse_duration(str(args.ca_max_workload_ttl))
+    except ValueError as exc:
+        return f"--ca-workload-ttl/--ca-max-workload-ttl: {exc}"
+    return None
+
+
+def _ca_service(args: argparse.Namespace, api_client: object) -> CertificateService:
+    """The CA service of ``serve --ca`` (its errors stop serve before anything listens)."""
+    import logging
+
+    from aeraki_ctl.authn import Authenticator, TokenReviewAuthenticator, load_tokens
+    from aeraki_ctl.ca import CAError, CertificateAuthority, CertificateService
+
+    options = {"trust_domain": args.trust_domain, "default_ttl": args.ca_workload_ttl, "max_ttl": args.ca_max_workload_ttl}
+    try:
+        if args.ca_cert:
+            ca = CertificateAuthority.from_files(args.ca_cert, args.ca_key, **options)
+        else:
+            ca = CertificateAuthority.in_directory(args.ca_dir, **options)
+        authn: Authenticator = load_tokens(args.ca_tokens) if args.ca_authn == "tokens" else TokenReviewAuthenticator(api_client, args.trust_domain)
+    except (CAError, ValueError) as exc:
+        raise SystemExit(f"aeraki-ctl serve: {exc}") from exc
+    logging.getLogger("aeraki_ctl").info("CA for trust domain %s (%s), authenticating by %s", args.trust_domain, args.ca_cert or args.ca_dir, args.ca_authn)
+    return CertificateService(ca, authn)
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -27,6 +27,7 @@ DEPENDENCY_MODULES = (
     "envoy.type.v3.token_bucket_pb2",
     "google.protobuf.any_pb2",
     "google.protobuf.duration_pb2",
+    "google.protobuf.struct_pb2",
     "google.protobuf.wrappers_pb2",
 )
 
