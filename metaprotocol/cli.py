@@ -3,6 +3,8 @@
   metaprotocol proxy -c bootstrap.yaml      run the proxy on a static configuration
   metaprotocol proxy --xds HOST:PORT        run it on configuration from aeraki-ctl serve (ADS)
   metaprotocol proxy ... --concurrency N    N worker processes sharing each listener (SO_REUSEPORT)
+  metaprotocol proxy --xds H:P --identity spiffe://TD/ns/NS/sa/SA --identity-dir DIR [--identity-token-file F]
+                                            also keep a certificate from aeraki-ctl serve --ca in DIR
   metaprotocol proxy ... --restart-from [S]  hot restart: take over the listening sockets of the
                                             proxy at hot-restart socket S; it drains and exits
   metaprotocol validate -c bootstrap.yaml   check a configuration as the proxy would, and exit
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--restart-from", nargs="?", const="", metavar="PATH",
                        help="hot restart: take over the listening sockets of the proxy at this hot-restart socket "
                             "(no PATH: this configuration's default), which then drains and exits")  # fmt: skip
+    _identity_flags(proxy)
     validate = sub.add_parser("validate", help="check a bootstrap file and exit")
     validate.add_argument("-c", "--config", required=True)
     sub.add_parser("codecs", help="list installed codec plugins")
@@ -129,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         if args.admin:
             bootstrap = _with_admin(bootstrap, *args.admin)
+        if args.identity:
+            _start_identity(args, args.xds or bootstrap.ads)
         from metaprotocol.io.proxy import Proxy, build_factories
 
         if args.concurrency > 1:
@@ -145,6 +150,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     node_id = bootstrap.node_id if bootstrap.node_id and args.node_id == "metaprotocol-proxy" else args.node_id
     return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=node_id, delta=args.xds_delta,
                 restart_from=restart_from, restart_socket=restart_socket)  # fmt: skip
+
+
+def _identity_flags(proxy: argparse.ArgumentParser) -> None:
+    """The workload certificate from aeraki-ctl's CA (metaprotocol.io.identity; docs/security.md)."""
+    g = proxy.add_argument_group("workload identity", "a certificate from aeraki-ctl serve --ca, renewed at half-life, written as files")
+    g.add_argument("--identity", metavar="SPIFFE_ID", help="ask the CA at the --xds address for this identity (spiffe://<td>/ns/<ns>/sa/<sa>)")
+    g.add_argument("--identity-token-file", metavar="FILE", help="the bearer token proving the identity (read at every request)")
+    g.add_argument("--identity-dir", metavar="DIR", help="where cert.pem, key.pem and ca.pem are written (required with --identity)")
+    g.add_argument("--identity-ttl", type=_positive, default=0, metavar="SECONDS", help="validity to ask for (default: the CA's, 24 h)")
+    g.add_argument("--identity-wait", type=float, default=10.0, metavar="SECONDS",
+                   help="wait this long for the first certificate before serving (default 10; 0: do not wait)")  # fmt: skip
+
+
+def _start_identity(args: argparse.Namespace, ads: tuple[str, int] | None) -> None:
+    """Start the identity agent and wait (up to --identity-wait) for the first certificate."""
+    from metaprotocol.io.identity import IdentityAgent
+
+    if not ads:
+        raise ConfigError("command line", "--identity", "needs --xds HOST:PORT (the CA is aeraki-ctl serve --ca)")
+    if not args.identity_dir:
+        raise ConfigError("command line", "--identity", "needs --identity-dir DIR (where cert.pem, key.pem and ca.pem are written)")
+    if not args.identity.startswith("spiffe://"):
+        raise ConfigError("command line", "--identity", f"expected spiffe://<trust-domain>/ns/<ns>/sa/<sa>, got {args.identity!r}")
+    agent = IdentityAgent(f"{ads[0]}:{ads[1]}", args.identity, args.identity_dir, token_file=args.identity_token_file, ttl=args.identity_ttl,
+                          metadata={"WorkloadName": args.node_id})  # fmt: skip
+    agent.start()
+    if args.identity_wait > 0 and not agent.ready.wait(args.identity_wait):
+        log.warning("no certificate for %s after %.0f s (%s): serving without one, still asking", args.identity, args.identity_wait,
+                    agent.last_error or "no answer yet")  # fmt: skip
 
 
 def _hot_restart_paths(args: argparse.Namespace, bootstrap: Bootstrap) -> tuple[str | None, str | None]:

@@ -1,0 +1,128 @@
+"""aeraki-ctl serve --ca -> metaprotocol proxy --identity, as processes: the certificate files
+appear, verify against the CA with the SPIFFE URI SAN, are renewed at half-life, and a proxy with
+a wrong token gets none and says why."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.verification import PolicyBuilder, Store
+
+from tests.servers import free_port, wait_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+BILLING = "spiffe://cluster.local/ns/billing/sa/billing"
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def load_chain(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def verify(directory: Path, root: x509.Certificate) -> x509.Certificate:
+    """The files are a matching key and certificate for BILLING that verifies against ``root``."""
+    leaf, *intermediates = load_chain(directory / "cert.pem")
+    assert load_chain(directory / "ca.pem") == [root]
+    PolicyBuilder().store(Store([root])).build_client_verifier().verify(leaf, intermediates)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [BILLING]
+    key = serialization.load_pem_private_key((directory / "key.pem").read_bytes(), None)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert key.public_key().public_bytes(serialization.Encoding.DER, spki) == leaf.public_key().public_bytes(serialization.Encoding.DER, spki)
+    assert (directory / "key.pem").stat().st_mode & 0o077 == 0
+    return leaf
+
+
+def renewed(directory: Path, root: x509.Certificate, first: x509.Certificate) -> bool:
+    try:  # the key is written just before the certificate: a reader may see one of them new
+        return verify(directory, root).serial_number != first.serial_number
+    except (AssertionError, ValueError):
+        return False
+
+
+@pytest.fixture
+def ctl(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    config, ca_dir = tmp_path / "config", tmp_path / "ca"
+    config.mkdir()
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({BILLING: "billing-token", "spiffe://cluster.local/ns/shop/sa/cart": "cart-token"}))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(config), "--xds-address", f"127.0.0.1:{port}",
+                             "--ca", "--ca-dir", str(ca_dir), "--ca-tokens", str(tokens), "--log-level", "WARNING"], env=ENV)  # fmt: skip
+    try:
+        wait_port(port, 20)
+        yield port, ca_dir
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def start_proxy(port: int, tmp_path: Path, name: str, token: str, *extra: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    directory, token_file, log = tmp_path / name, tmp_path / f"{name}.token", tmp_path / f"{name}.log"
+    token_file.write_text(token + "\n")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "metaprotocol.cli", "proxy", "--xds", f"127.0.0.1:{port}", "--node-id", name,
+                                 "--identity", BILLING, "--identity-token-file", str(token_file), "--identity-dir", str(directory), *extra],
+                                env=ENV, stderr=out)  # fmt: skip
+    return proc, directory, log
+
+
+def test_proxy_gets_its_certificate_and_renews_it_at_half_life(ctl: tuple[int, Path], tmp_path: Path) -> None:
+    port, ca_dir = ctl
+    proxy, directory, log = start_proxy(port, tmp_path, "billing", "billing-token", "--identity-ttl", "4")
+    try:
+        wait_until(lambda: (directory / "ca.pem").exists(), 20, "the certificate files")
+        root = load_chain(ca_dir / "ca-cert.pem")[0]
+        first = verify(directory, root)
+        assert first.not_valid_after_utc - first.not_valid_before_utc == datetime.timedelta(seconds=4)
+        # renewed at half-life (2 s): a new certificate and key, written whole
+        wait_until(lambda: load_chain(directory / "cert.pem")[0].serial_number != first.serial_number, 20, "the renewed certificate")
+        wait_until(lambda: renewed(directory, root, first), 5, "a matching key")
+        second = verify(directory, root)
+        assert second.not_valid_before_utc >= first.not_valid_before_utc
+        assert proxy.poll() is None
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+    assert b"no certificate" not in log.read_bytes()
+
+
+def test_a_wrong_token_gets_no_certificate_and_the_proxy_says_why(ctl: tuple[int, Path], tmp_path: Path) -> None:
+    port, _ = ctl
+    proxy, directory, log = start_proxy(port, tmp_path, "intruder", "cart-token", "--identity-wait", "0")
+    try:
+        wait_until(lambda: b"does not grant" in log.read_bytes(), 20, "the refusal in the log")
+        text = log.read_bytes().decode()
+        assert f"no certificate for {BILLING}" in text and "PERMISSION_DENIED" in text, text
+        assert not (directory / "cert.pem").exists() and not (directory / "key.pem").exists()
+        assert proxy.poll() is None  # it serves on, and keeps asking
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+    proxy, directory, log = start_proxy(port, tmp_path, "stranger", "guessed", "--identity-wait", "0")
+    try:
+        wait_until(lambda: b"UNAUTHENTICATED" in log.read_bytes(), 20, "the refusal in the log")
+        assert "the token is not valid" in log.read_bytes().decode()
+        assert not (directory / "cert.pem").exists()
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
