@@ -61,6 +61,19 @@ Built from the Kubernetes API conventions (api-concepts: "Efficient detection of
   ``PUT .../namespaces/NS/leases/NAME`` (404 when absent: a Lease is not created on update;
   ``409 Conflict`` on a stale ``metadata.resourceVersion``; ``spec`` replaced, ``generation``
   unchanged, as for built-in kinds without a generation).
+- ``authentication.k8s.io/v1`` TokenReview (API reference "TokenReview v1"): ``POST
+  /apis/authentication.k8s.io/v1/tokenreviews`` with ``spec.token`` and ``spec.audiences`` is
+  ``201`` with the review echoed and its ``status``, never stored (any other method: ``405``).
+  Tokens are minted with :meth:`ContractServer.issue_token` for a service account and a list of
+  audiences (default: the API server's, ``https://kubernetes.default.svc.cluster.local``).
+  ``spec.audiences`` empty means the API server's audience. A known token with an audience in
+  common: ``authenticated: true``, ``user`` (``username: system:serviceaccount:<ns>:<sa>``,
+  ``uid``, ``groups: [system:serviceaccounts, system:serviceaccounts:<ns>, system:authenticated]``)
+  and ``audiences``, the intersection of the spec's and the token's (in the spec's order). An
+  unknown or revoked token (:meth:`ContractServer.revoke_token`), or one with no audience in
+  common: ``authenticated: false`` with ``error`` and an empty ``user``; still ``201`` (a review
+  that did not authenticate is an answer, not an error). A body that is not a TokenReview:
+  ``400``.
 
 Tests write objects with :meth:`apply`/:meth:`delete`, drop every open watch with
 :meth:`drop_watches`, send bookmarks with :meth:`bookmark`, and read what was asked in
@@ -100,6 +113,8 @@ BY_KIND = {(api, kind): key for key, (kind, api, _) in COLLECTIONS.items()}
 # Groups whose custom resources are served at several versions with one schema (Istio's CRDs):
 # the versions a ContractServer serves by default.
 MULTI_VERSION: dict[str, tuple[str, ...]] = {"networking.istio.io": ("v1", "v1beta1", "v1alpha3")}
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the API server's own (--api-audiences)
+TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 EXPIRED_CONTINUE = (
     "The provided continue parameter is too old to display a consistent list result. You can start a new list "
     "without the continue parameter, or use the continue token in this response to retrieve the remainder of the "
@@ -154,6 +169,8 @@ class ContractServer:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self._uid = 0
+        self.tokens: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # token -> (namespace, service account, audiences)
+        self.reviews: list[dict[str, Any]] = []  # the spec of every TokenReview
 
     @property
     def url(self) -> str:
@@ -171,6 +188,37 @@ class ContractServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+    # -- service-account tokens (TokenReview) ----------------------------------------------------
+
+    def issue_token(self, namespace: str, service_account: str, audiences: Iterable[str] = (API_AUDIENCE,)) -> str:
+        """A new token of ``namespace/service_account`` for ``audiences`` (as a projected token)."""
+        self._uid += 1
+        token = base64.urlsafe_b64encode(f"{namespace}:{service_account}:{self._uid}".encode()).decode().rstrip("=") + f".{self._uid:08x}"
+        self.tokens[token] = (namespace, service_account, tuple(audiences))
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        """The token stops authenticating (its pod or service account was deleted)."""
+        self.tokens.pop(token, None)
+
+    def _token_review(self, body: dict[str, Any]) -> dict[str, Any]:
+        spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+        self.reviews.append(copy.deepcopy(spec))
+        wanted = [str(a) for a in spec.get("audiences") or []] or [API_AUDIENCE]
+        found = self.tokens.get(str(spec.get("token", "")))
+        review: dict[str, Any] = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": {"creationTimestamp": None}, "spec": spec}
+        if found is None:
+            review["status"] = {"user": {}, "error": "[invalid bearer token, service account token is not valid]"}
+            return review
+        ns, sa, audiences = found
+        common = [a for a in wanted if a in audiences]
+        if not common:
+            review["status"] = {"user": {}, "error": f"[invalid bearer token, token audiences {list(audiences)} is invalid for the target audiences {wanted}]"}
+            return review
+        user = {"username": f"system:serviceaccount:{ns}:{sa}", "uid": f"uid-{ns}-{sa}", "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"]}
+        review["status"] = {"authenticated": True, "user": user, "audiences": common}
+        return review
 
     # -- the store (what tests call) --------------------------------------------------------------
 
@@ -320,6 +368,9 @@ class ContractServer:
                 if sep:
                     headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0") or 0))
+            if url.path.rstrip("/") == TOKENREVIEWS:
+                await self._review(writer, method, body)
+                return
             item = self._item_route(url.path)
             if item is not None:
                 await self._object(writer, method, item, headers.get("content-type", "").split(";")[0].strip(), body)
@@ -450,6 +501,19 @@ class ContractServer:
         if key not in STATUS_SUBRESOURCE and key[0] == "/apis/coordination.k8s.io/v1":
             stored["metadata"].pop("generation", None)  # Leases carry no generation
         await self._send(writer, 201, self._item(key, stored, list_item=False))
+
+    async def _review(self, writer: asyncio.StreamWriter, method: str, raw: bytes) -> None:
+        if method != "POST":
+            await self._send(writer, 405, status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"))
+            return
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or body.get("kind", "TokenReview") != "TokenReview":
+            await self._send(writer, 400, status(400, "BadRequest", "the body is not a TokenReview"))
+            return
+        await self._send(writer, 201, self._token_review(body))
 
     async def _send(self, writer: asyncio.StreamWriter, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
