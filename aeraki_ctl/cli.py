@@ -44,6 +44,7 @@ from metaprotocol.config.dump import to_bootstrap_tree
 
 if TYPE_CHECKING:
     from aeraki_ctl.ca import CertificateService
+    from aeraki_ctl.xds.server import AdsServer
 
 EXIT_INVALID = 1
 EXIT_NOT_YET = 3
@@ -235,8 +236,8 @@ def _serve(args: argparse.Namespace) -> int:
             elector = LeaderElector(kubernetes.api_client, args.lease_namespace, identity=args.identity, lease_duration=args.lease_duration)
             writer = StatusWriter(kubernetes.api_client, kubernetes.cache, lambda: elector.is_leader)
             elector.on_change(lambda leading: writer.wake() if leading else None)
-        ads = AdsServer()
         ca_service = _ca_service(args, kubernetes.api_client if args.kubernetes else None) if args.ca else None
+        ads = AdsServer() if ca_service is None else _sds_server(ca_service)  # with the CA: Envoy's SDS over ADS too
         grpc_server, port = await start_server(ads, args.xds_address, services=[ca_service.handler()] if ca_service else [])
         where = [w for w in (args.config_dir, "Kubernetes" if args.kubernetes else None, args.zookeeper) if w]
         logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, ", ".join(where))
@@ -358,6 +359,12 @@ def _ca_service(args: argparse.Namespace, api_client: object) -> CertificateServ
         raise SystemExit(f"aeraki-ctl serve: {exc}") from exc
     logging.getLogger("aeraki_ctl").info("CA for trust domain %s (%s), authenticating by %s", args.trust_domain, args.ca_cert or args.ca_dir, args.ca_authn)
     return CertificateService(ca, authn)
+
+
+def _sds_server(service: CertificateService) -> AdsServer:
+    from aeraki_ctl.xds.sds import SdsAdsServer, SecretSource
+
+    return SdsAdsServer(SecretSource(service))
 
 
 def _host_port(text: str) -> tuple[str, int]:
