@@ -326,6 +326,8 @@ class TcpKeepalive:
 
     probes: int = 0
     time: float = 0.0
+    tls: DownstreamTls | None = None
+    """TLS termination (the filter chain's ``transport_socket``); None: plaintext."""
     interval: float = 0.0
 
 
@@ -419,3 +421,89 @@ class Bootstrap:
     def cluster_map(self) -> dict[str, ClusterConfig]:
         """Clusters by name."""
         return {c.name: c for c in self.clusters}
+    tls: UpstreamTls | None = None
+    """TLS origination to every endpoint (the cluster's ``transport_socket``); None: plaintext."""
+# -- TLS (Envoy's envoy.transport_sockets.tls) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DataSource:
+    """Envoy's ``DataSource``: a file (reloaded when it changes) or inline PEM text."""
+
+    filename: str = ""
+    inline: str = ""
+
+
+class SanType(enum.Enum):
+    """Which subject alternative names a matcher reads (Envoy's ``SubjectAltNameMatcher.SanType``;
+    ANY: the deprecated ``match_subject_alt_names``, any type)."""
+
+    ANY = "ANY"
+    DNS = "DNS"
+    URI = "URI"
+    EMAIL = "EMAIL"
+    IP_ADDRESS = "IP_ADDRESS"
+
+
+@dataclass(frozen=True, slots=True)
+class SanMatcher:
+    """One ``match_typed_subject_alt_names`` entry: a peer is accepted when any of its SANs of
+    ``san_type`` matches (``kind``: exact, prefix, suffix, contains or regex)."""
+
+    san_type: SanType
+    kind: MatchKind
+    value: str
+    ignore_case: bool = False
+
+
+TLS_VERSIONS: Final = ("TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3")
+ECDH_CURVES: Final = {"P-256": "prime256v1", "P-384": "secp384r1", "P-521": "secp521r1"}
+"""Envoy's (BoringSSL's) curve names that Python's ``ssl.SSLContext.set_ecdh_curve`` can set, and
+the OpenSSL name it takes (X25519 cannot be chosen alone through Python's ssl; it is a default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsParams:
+    """Envoy's ``tls_params``: protocol versions (``TLS_AUTO``: Envoy's default, 1.2 to 1.3), the
+    TLS 1.2 cipher suites (OpenSSL names) and the key exchange curve."""
+
+    min_version: str = "TLS_AUTO"
+    max_version: str = "TLS_AUTO"
+    cipher_suites: tuple[str, ...] = ()
+    ecdh_curves: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommonTls:
+    """Envoy's ``CommonTlsContext``: our certificate and key, what peers must present
+    (``trusted_ca``: verify the peer against it; ``match_sans``: and one of its SANs must match),
+    protocol parameters and ALPN."""
+
+    certificate_chain: DataSource | None = None
+    private_key: DataSource | None = None
+    trusted_ca: DataSource | None = None
+    match_sans: tuple[SanMatcher, ...] = ()
+    params: TlsParams = TlsParams()
+    alpn_protocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamTls:
+    """Envoy's ``DownstreamTlsContext`` on a listener: TLS termination, mTLS when
+    ``require_client_certificate`` (a client certificate is verified against ``trusted_ca``
+    whenever one is presented)."""
+
+    common: CommonTls
+    require_client_certificate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """Envoy's ``UpstreamTlsContext`` on a cluster: TLS origination sending ``sni``; the server's
+    certificate is verified only against ``trusted_ca`` and the SAN matchers (as in Envoy, the SNI
+    is not checked as a host name); a certificate of our own makes it mTLS."""
+
+    common: CommonTls
+    sni: str = ""
+
+

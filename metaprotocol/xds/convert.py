@@ -29,6 +29,8 @@ from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
 from envoy.extensions.resource_monitors.fixed_heap.v3 import fixed_heap_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2 as _raw_buffer  # noqa: F401 - known to the descriptor pool
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from udpa.type.v1 import typed_struct_pb2 as _udpa_typed_struct  # noqa: F401 - known to the descriptor pool (TypedStruct)
 from xds.type.v3 import typed_struct_pb2 as _xds_typed_struct  # noqa: F401
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
@@ -43,6 +45,17 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, message, struct_pb2, wrappers_pb2
 
 from metaprotocol.config.model import (
+from metaprotocol.config.model import (  # TLS
+    ECDH_CURVES,
+    TLS_VERSIONS,
+    CommonTls,
+    DataSource,
+    DownstreamTls,
+    SanMatcher,
+    SanType,
+    TlsParams,
+    UpstreamTls,
+)
     DEFAULT_ROUTE_TIMEOUT as _DEFAULT_ROUTE_TIMEOUT,
     HASH_FUNCTIONS,
     AdminConfig,
@@ -392,7 +405,7 @@ def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None, *, inline_
     return listener_pb2.Listener(
         name=lst.name,
         address=_address(lst.address, lst.port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=filters)],
+        filter_chains=[listener_components_pb2.FilterChain(filters=filters, transport_socket=downstream_tls_to_xds(lst.tls) if lst.tls is not None else None)],
     )
 
 
@@ -454,6 +467,8 @@ def cluster_to_xds(c: ClusterConfig, *, static: bool = False) -> cluster_pb2.Clu
         ext = struct_pb2.Struct()
         ext.update(extensions)
         out.metadata.filter_metadata[EXT_METADATA].CopyFrom(ext)
+    if c.tls is not None:
+        out.transport_socket.CopyFrom(upstream_tls_to_xds(c.tls))
     return out
 
 
@@ -767,7 +782,8 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         raise ConversionError(where, "exactly one filter chain is supported", "filter_chains")
     host, port = _socket_address(lst.address, where, "address")
     chain = lst.filter_chains[0]
-    _only(chain, where, "filter_chains[0]", {"filters"}, {"name", "filter_chain_match"})
+    _only(chain, where, "filter_chains[0]", {"filters", "transport_socket"}, {"name", "filter_chain_match"})
+    tls = downstream_tls_from_xds(chain.transport_socket, where, "filter_chains[0].transport_socket") if chain.HasField("transport_socket") else None
     found: tuple[mpp.MetaProtocolProxy, str] | None = None
     max_connections: int | None = None
     for i, f in enumerate(chain.filters):
@@ -859,6 +875,7 @@ def _codec(cfg: mpp.MetaProtocolProxy, where: str, path: str) -> CodecRef:
         raise ConversionError(where, "required", f"{cp}.name")
     settings: dict[str, object] = {}
     if codec.HasField("config"):
+        tls=tls,
         struct = struct_pb2.Struct()
         if not codec.config.Unpack(struct):
             raise ConversionError(where, f"expected {STRUCT_TYPE} (the codec's settings)", f"{cp}.config.@type")
@@ -1048,7 +1065,7 @@ def cluster_from_xds(c: cluster_pb2.Cluster, cla: endpoint_pb2.ClusterLoadAssign
     _only(
         c, where, "",
         {"name", "type", "eds_cluster_config", "connect_timeout", "lb_policy", "load_assignment", "ring_hash_lb_config", "circuit_breakers",
-         "outlier_detection", "upstream_connection_options", "health_checks", "metadata"},
+         "outlier_detection", "upstream_connection_options", "health_checks", "metadata", "transport_socket"},
         {"dns_lookup_family", "typed_extension_protocol_options", "common_lb_config", "per_connection_buffer_limit_bytes", "lb_subset_config", "maglev_lb_config"},
     )  # fmt: skip
     if not c.name:
@@ -1127,6 +1144,7 @@ def _struct_int(s: object, key: str, default: int, where: str) -> int:
 
 def overload_from_xds(om: overload_pb2.OverloadManager, path: str = "overload_manager") -> OverloadConfig:
     """Envoy's ``overload_manager``: the resource monitors set the process bounds (a monitor not
+        tls=upstream_tls_from_xds(c.transport_socket, where, "transport_socket") if c.HasField("transport_socket") else None,
     listed keeps its default; 0 disables), and stop_accepting_requests/connections actions
     triggered on the fixed heap monitor scale the heap bound by their (smallest) threshold."""
     where = "bootstrap"
@@ -1140,6 +1158,206 @@ def overload_from_xds(om: overload_pb2.OverloadManager, path: str = "overload_ma
         mp = f"{path}.resource_monitors[{i}]"
         _only(m, where, mp, {"name", "typed_config"})
         if m.name not in OVERLOAD_MONITORS:
+# -- TLS (envoy.transport_sockets.tls) ------------------------------------------------------------
+
+TLS_SOCKET: Final = "envoy.transport_sockets.tls"
+RAW_SOCKET: Final = "envoy.transport_sockets.raw_buffer"
+DOWNSTREAM_TLS_TYPE: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+UPSTREAM_TLS_TYPE: Final = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RAW_BUFFER_TYPE: Final = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+_TLS_VERSION = {name: common_pb2.TlsParameters.TlsProtocol.Value(name) for name in TLS_VERSIONS}
+_TLS_VERSION_BACK = {v: k for k, v in _TLS_VERSION.items()}
+_SAN_TYPE = {
+    SanType.DNS: common_pb2.SubjectAltNameMatcher.DNS,
+    SanType.URI: common_pb2.SubjectAltNameMatcher.URI,
+    SanType.EMAIL: common_pb2.SubjectAltNameMatcher.EMAIL,
+    SanType.IP_ADDRESS: common_pb2.SubjectAltNameMatcher.IP_ADDRESS,
+}
+_SAN_TYPE_BACK = {v: k for k, v in _SAN_TYPE.items()}
+
+
+def _data_source_to_xds(d: DataSource) -> base_pb2.DataSource:
+    return base_pb2.DataSource(filename=d.filename) if d.filename else base_pb2.DataSource(inline_string=d.inline)
+
+
+def _string_matcher_to_xds(m: SanMatcher) -> string_pb2.StringMatcher:
+    if m.kind is MatchKind.REGEX:
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=m.value), ignore_case=m.ignore_case)
+    return string_pb2.StringMatcher(ignore_case=m.ignore_case, **{m.kind.value: m.value})
+
+
+def _common_tls_to_xds(c: CommonTls) -> tls_pb2.CommonTlsContext:
+    out = tls_pb2.CommonTlsContext(alpn_protocols=list(c.alpn_protocols))
+    p = c.params
+    if p != TlsParams():
+        out.tls_params.CopyFrom(
+            common_pb2.TlsParameters(
+                tls_minimum_protocol_version=_TLS_VERSION[p.min_version],
+                tls_maximum_protocol_version=_TLS_VERSION[p.max_version],
+                cipher_suites=list(p.cipher_suites),
+                ecdh_curves=list(p.ecdh_curves),
+            )
+        )
+    if c.certificate_chain is not None or c.private_key is not None:
+        cert = out.tls_certificates.add()
+        if c.certificate_chain is not None:
+            cert.certificate_chain.CopyFrom(_data_source_to_xds(c.certificate_chain))
+        if c.private_key is not None:
+            cert.private_key.CopyFrom(_data_source_to_xds(c.private_key))
+    if c.trusted_ca is not None or c.match_sans:
+        v = out.validation_context
+        v.SetInParent()
+        if c.trusted_ca is not None:
+            v.trusted_ca.CopyFrom(_data_source_to_xds(c.trusted_ca))
+        for m in c.match_sans:
+            if m.san_type is SanType.ANY:
+                v.match_subject_alt_names.append(_string_matcher_to_xds(m))
+            else:
+                v.match_typed_subject_alt_names.add(san_type=_SAN_TYPE[m.san_type], matcher=_string_matcher_to_xds(m))
+    return out
+
+
+def _transport_socket_to_xds(ctx: message.Message) -> base_pb2.TransportSocket:
+    out = base_pb2.TransportSocket(name=TLS_SOCKET)
+    out.typed_config.Pack(ctx)
+    return out
+
+
+def downstream_tls_to_xds(t: DownstreamTls) -> base_pb2.TransportSocket:
+    """A listener filter chain's ``transport_socket`` (DownstreamTlsContext)."""
+    ctx = tls_pb2.DownstreamTlsContext(common_tls_context=_common_tls_to_xds(t.common))
+    if t.require_client_certificate:
+        ctx.require_client_certificate.value = True
+    return _transport_socket_to_xds(ctx)
+
+
+def upstream_tls_to_xds(t: UpstreamTls) -> base_pb2.TransportSocket:
+    """A cluster's ``transport_socket`` (UpstreamTlsContext)."""
+    return _transport_socket_to_xds(tls_pb2.UpstreamTlsContext(common_tls_context=_common_tls_to_xds(t.common), sni=t.sni))
+
+
+def _data_source(d: base_pb2.DataSource, where: str, path: str) -> DataSource:
+    _only(d, where, path, {"filename", "inline_string", "inline_bytes"})
+    which = d.WhichOneof("specifier")
+    if which == "filename" and d.filename:
+        return DataSource(filename=d.filename)
+    if which == "inline_string" and d.inline_string:
+        return DataSource(inline=d.inline_string)
+    if which == "inline_bytes" and d.inline_bytes:
+        try:
+            return DataSource(inline=d.inline_bytes.decode("ascii"))
+        except UnicodeDecodeError:
+            raise ConversionError(where, "expected PEM text", _join(path, "inline_bytes")) from None
+    raise ConversionError(where, "one of filename, inline_string, inline_bytes is required", path)
+
+
+def _san_matcher(san_type: SanType, sm: string_pb2.StringMatcher, where: str, path: str) -> SanMatcher:
+    _only(sm, where, path, {"exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"})
+    kind = sm.WhichOneof("match_pattern")
+    kinds = {"exact": MatchKind.EXACT, "prefix": MatchKind.PREFIX, "suffix": MatchKind.SUFFIX, "contains": MatchKind.CONTAINS}
+    if kind in kinds:
+        return SanMatcher(san_type, kinds[kind], getattr(sm, kind), sm.ignore_case)
+    if kind == "safe_regex":
+        return SanMatcher(san_type, MatchKind.REGEX, _regex(sm.safe_regex, where, _join(path, kind)), sm.ignore_case)
+    raise ConversionError(where, "exactly one of exact, prefix, suffix, contains, safe_regex", path)
+
+
+def _tls_params(p: common_pb2.TlsParameters, where: str, path: str) -> TlsParams:
+    import ssl
+
+    _only(p, where, path, {"tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites", "ecdh_curves"})
+    lo, hi = p.tls_minimum_protocol_version, p.tls_maximum_protocol_version
+    if lo in _TLS_VERSION_BACK and hi in _TLS_VERSION_BACK and lo and hi and lo > hi:
+        raise ConversionError(where, "the minimum version is above the maximum", _join(path, "tls_minimum_protocol_version"))
+    for i, name in enumerate(p.cipher_suites):
+        try:
+            if name.startswith("[") or ":" in name:
+                raise ssl.SSLError("equal-preference groups and lists are BoringSSL forms")
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(name)
+        except ssl.SSLError as exc:
+            raise ConversionError(where, f"cipher suite {name!r} is unknown to this proxy's OpenSSL ({exc})", f"{path}.cipher_suites[{i}]") from None
+    if len(p.ecdh_curves) > 1:
+        raise ConversionError(where, "Python's ssl sets one curve only", f"{path}.ecdh_curves[1]")
+    for i, name in enumerate(p.ecdh_curves):
+        if name not in ECDH_CURVES:
+            raise ConversionError(where, f"curve {name!r} cannot be set through Python's ssl (one of {', '.join(ECDH_CURVES)})", f"{path}.ecdh_curves[{i}]")
+    return TlsParams(_TLS_VERSION_BACK[lo], _TLS_VERSION_BACK[hi], tuple(p.cipher_suites), tuple(p.ecdh_curves))
+
+
+def _common_tls(c: tls_pb2.CommonTlsContext, where: str, path: str) -> CommonTls:
+    _only(c, where, path, {"tls_params", "tls_certificates", "validation_context", "alpn_protocols"})
+    chain = key = ca = None
+    if len(c.tls_certificates) > 1:
+        raise ConversionError(where, "one certificate is supported", f"{path}.tls_certificates[1]")
+    for cert in c.tls_certificates:
+        cp = f"{path}.tls_certificates[0]"
+        _only(cert, where, cp, {"certificate_chain", "private_key"})
+        if not cert.HasField("certificate_chain"):
+            raise ConversionError(where, "required", f"{cp}.certificate_chain")
+        if not cert.HasField("private_key"):
+            raise ConversionError(where, "required", f"{cp}.private_key")
+        chain = _data_source(cert.certificate_chain, where, f"{cp}.certificate_chain")
+        key = _data_source(cert.private_key, where, f"{cp}.private_key")
+    sans: list[SanMatcher] = []
+    if c.HasField("validation_context"):
+        v, vp = c.validation_context, f"{path}.validation_context"
+        _only(v, where, vp, {"trusted_ca", "match_typed_subject_alt_names", "match_subject_alt_names"})
+        if v.HasField("trusted_ca"):
+            ca = _data_source(v.trusted_ca, where, f"{vp}.trusted_ca")
+        for i, tm in enumerate(v.match_typed_subject_alt_names):
+            mp = f"{vp}.match_typed_subject_alt_names[{i}]"
+            _only(tm, where, mp, {"san_type", "matcher"})
+            if tm.san_type not in _SAN_TYPE_BACK:
+                raise ConversionError(where, "one of DNS, URI, EMAIL, IP_ADDRESS", f"{mp}.san_type")
+            sans.append(_san_matcher(_SAN_TYPE_BACK[tm.san_type], tm.matcher, where, f"{mp}.matcher"))
+        sans.extend(_san_matcher(SanType.ANY, sm, where, f"{vp}.match_subject_alt_names[{i}]") for i, sm in enumerate(v.match_subject_alt_names))
+        if sans and ca is None:  # Envoy refuses it too
+            raise ConversionError(where, "SAN-based verification of peer certificates without trusted CA is insecure and not allowed", f"{vp}.trusted_ca")
+    params = _tls_params(c.tls_params, where, f"{path}.tls_params") if c.HasField("tls_params") else TlsParams()
+    return CommonTls(chain, key, ca, tuple(sans), params, tuple(c.alpn_protocols))
+
+
+def _transport_socket(ts: base_pb2.TransportSocket, cls: type[message.Message], where: str, path: str) -> message.Message | None:
+    """The TLS context of a ``transport_socket`` (None for ``raw_buffer``: plaintext)."""
+    _only(ts, where, path, {"name", "typed_config"})
+    if ts.name == RAW_SOCKET or ts.typed_config.type_url == RAW_BUFFER_TYPE:
+        return None
+    if ts.name not in (TLS_SOCKET, "tls", "") :
+        raise ConversionError(where, f"unsupported transport socket {ts.name!r} (only {TLS_SOCKET})", _join(path, "name"))
+    ctx = cls()
+    if not ts.typed_config.Unpack(ctx):
+        raise ConversionError(where, f"expected {type_url(cls)}", _join(path, "typed_config.@type"))
+    return ctx
+
+
+def downstream_tls_from_xds(ts: base_pb2.TransportSocket, where: str, path: str) -> DownstreamTls | None:
+    """A filter chain's ``transport_socket``: its DownstreamTlsContext (None: plaintext)."""
+    ctx = _transport_socket(ts, tls_pb2.DownstreamTlsContext, where, path)
+    if ctx is None:
+        return None
+    assert isinstance(ctx, tls_pb2.DownstreamTlsContext)  # noqa: S101
+    tp = f"{path}.typed_config"
+    _only(ctx, where, tp, {"common_tls_context", "require_client_certificate"}, {"session_timeout", "disable_stateless_session_resumption", "disable_stateful_session_resumption"})
+    common = _common_tls(ctx.common_tls_context, where, f"{tp}.common_tls_context")
+    if common.certificate_chain is None:
+        raise ConversionError(where, "a listener needs a certificate", f"{tp}.common_tls_context.tls_certificates")
+    require = ctx.require_client_certificate.value
+    if require and common.trusted_ca is None:
+        raise ConversionError(where, "require_client_certificate needs validation_context.trusted_ca", f"{tp}.common_tls_context.validation_context")
+    return DownstreamTls(common, require)
+
+
+def upstream_tls_from_xds(ts: base_pb2.TransportSocket, where: str, path: str) -> UpstreamTls | None:
+    """A cluster's ``transport_socket``: its UpstreamTlsContext (None: plaintext)."""
+    ctx = _transport_socket(ts, tls_pb2.UpstreamTlsContext, where, path)
+    if ctx is None:
+        return None
+    assert isinstance(ctx, tls_pb2.UpstreamTlsContext)  # noqa: S101
+    tp = f"{path}.typed_config"
+    _only(ctx, where, tp, {"common_tls_context", "sni"}, {"max_session_keys"})
+    return UpstreamTls(_common_tls(ctx.common_tls_context, where, f"{tp}.common_tls_context"), ctx.sni)
+
+
             raise ConversionError(where, f"unsupported resource monitor {m.name!r} (one of {', '.join(sorted(OVERLOAD_MONITORS))})", f"{mp}.name")
         if m.name in limits:
             raise ConversionError(where, f"resource monitor {m.name!r} is listed twice", f"{mp}.name")

@@ -270,3 +270,22 @@ def test_proto_names_and_field_numbers_are_istios() -> None:
     method = service.methods_by_name["CreateCertificate"]
     assert (method.input_type.name, method.output_type.name) == ("IstioCertificateRequest", "IstioCertificateResponse")
     assert f"/{service.full_name}/{method.name}" == METHOD
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ca-dir", "d"], "--ca-dir goes with --ca"),
+        (["--ca"], "--ca needs --ca-cert and --ca-key, or --ca-dir"),
+        (["--ca", "--ca-cert", "c.pem", "--ca-tokens", "t"], "--ca-cert and --ca-key go together"),
+        (["--ca", "--ca-dir", "d"], "--ca needs --ca-tokens FILE"),
+        (["--ca", "--ca-dir", "d", "--ca-authn", "kubernetes"], "--ca-authn kubernetes needs --kubernetes"),
+        (["--ca", "--ca-dir", "d", "--ca-tokens", "t", "--ca-workload-ttl", "soon"], "expected a duration"),
+    ],
+)
+def test_serve_ca_flags_are_checked(flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from aeraki_ctl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--config-dir", ".", *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
