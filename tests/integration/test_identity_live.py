@@ -126,3 +126,53 @@ def test_a_wrong_token_gets_no_certificate_and_the_proxy_says_why(ctl: tuple[int
     finally:
         proxy.terminate()
         proxy.wait(10)
+
+
+class ThreadedContract:
+    """The Kubernetes contract server on a loop in a thread (aeraki-ctl runs as a process)."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        from tests.k8s_contract import ContractServer
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = ContractServer()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def test_in_kubernetes_a_service_account_token_gets_its_identity(tmp_path: Path) -> None:
+    """serve --kubernetes --ca: TokenReview by default; the proxy's projected token (audience istio-ca)."""
+    api = ThreadedContract()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\n"
+        f"clusters: [{{name: t, cluster: {{server: '{api.server.url}'}}}}]\n"
+        "contexts: [{name: t, context: {cluster: t, user: u}}]\nusers: [{name: u, user: {token: abc}}]\n"
+    )
+    port = free_port()
+    ctl = subprocess.Popen([sys.executable, "-m", "aeraki_ctl.cli", "serve", "--kubernetes", "--kubeconfig", str(kubeconfig), "--namespace", "billing",
+                            "--xds-address", f"127.0.0.1:{port}", "--ca", "--ca-dir", str(tmp_path / "ca"), "--log-level", "CRITICAL"], env=ENV)  # fmt: skip
+    token = api.server.issue_token("billing", "billing", audiences=("istio-ca",))  # read by the server's loop only after this
+    proxy, directory, _ = start_proxy(port, tmp_path, "k8s", token, "--identity-wait", "0")
+    try:
+        wait_port(port, 20)
+        wait_until(lambda: (directory / "ca.pem").exists(), 20, "the certificate files")
+        verify(directory, load_chain(tmp_path / "ca" / "ca-cert.pem")[0])
+        assert api.server.reviews and api.server.reviews[0]["audiences"] == ["istio-ca"]
+    finally:
+        for p in (proxy, ctl):
+            p.terminate()
+            p.wait(10)
+        api.stop()
