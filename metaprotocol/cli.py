@@ -173,8 +173,12 @@ def _start_identity(args: argparse.Namespace, ads: tuple[str, int] | None) -> No
         raise ConfigError("command line", "--identity", "needs --identity-dir DIR (where cert.pem, key.pem and ca.pem are written)")
     if not args.identity.startswith("spiffe://"):
         raise ConfigError("command line", "--identity", f"expected spiffe://<trust-domain>/ns/<ns>/sa/<sa>, got {args.identity!r}")
+    from metaprotocol.xds import client as xds_client
+
+    tls = getattr(xds_client, "XDS_TLS", None)  # xDS over TLS (--xds-ca ...): the CA is on the same port, asked the same way
     agent = IdentityAgent(f"{ads[0]}:{ads[1]}", args.identity, args.identity_dir, token_file=args.identity_token_file, ttl=args.identity_ttl,
-                          metadata={"WorkloadName": args.node_id})  # fmt: skip
+                          metadata={"WorkloadName": args.node_id}, credentials=tls.credentials if tls is not None else None,
+                          channel_options=[("grpc.ssl_target_name_override", tls.server_name)] if tls is not None and tls.server_name else [])  # fmt: skip
     agent.start()
     if args.identity_wait > 0 and not agent.ready.wait(args.identity_wait):
         log.warning("no certificate for %s after %.0f s (%s): serving without one, still asking", args.identity, args.identity_wait,

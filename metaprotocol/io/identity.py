@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -60,14 +60,16 @@ class IdentityAgent:
     """Keeps ``directory``'s ``cert.pem``, ``key.pem`` and ``ca.pem`` current for ``identity``."""
 
     def __init__(self, address: str, identity: str, directory: str | os.PathLike[str], *, token_file: str | None = None, ttl: int = 0,
-                 credentials: grpc.ChannelCredentials | None = None, metadata: Mapping[str, str] | None = None, timeout: float = 10.0,
+                 credentials: Callable[[], grpc.ChannelCredentials] | None = None, channel_options: Sequence[tuple[str, str]] = (),
+                 metadata: Mapping[str, str] | None = None, timeout: float = 10.0,
                  min_backoff: float = MIN_BACKOFF, max_backoff: float = MAX_BACKOFF, clock: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.address = address
         self.identity = identity
         self.directory = Path(directory)
         self.token_file = token_file
         self.ttl = ttl  # seconds asked for; 0: the CA's default
-        self.credentials = credentials  # xDS over TLS: the same credentials as the ADS channel
+        self.credentials = credentials  # xDS over TLS: makes the ADS channel's credentials (files read at every call)
+        self.channel_options = list(channel_options)  # e.g. grpc.ssl_target_name_override
         self.metadata = dict(metadata or {})  # IstioCertificateRequest.metadata (WorkloadName, ...)
         self.timeout = timeout
         self.min_backoff, self.max_backoff = min_backoff, max_backoff
@@ -79,7 +81,6 @@ class IdentityAgent:
         self.ready = threading.Event()  # set once a certificate was written
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._channel: grpc.Channel | None = None
 
     # -- one request ------------------------------------------------------------------------------
 
@@ -91,13 +92,11 @@ class IdentityAgent:
         except OSError as exc:
             raise IdentityError(f"cannot read the token file {self.token_file}: {exc.strerror or exc}") from exc
 
-    def _call(self) -> Callable[..., ca_pb2.IstioCertificateResponse]:
-        if self._channel is None:
-            self._channel = grpc.secure_channel(self.address, self.credentials) if self.credentials is not None else grpc.insecure_channel(self.address)
-        call: Callable[..., ca_pb2.IstioCertificateResponse] = self._channel.unary_unary(
-            METHOD, request_serializer=ca_pb2.IstioCertificateRequest.SerializeToString, response_deserializer=ca_pb2.IstioCertificateResponse.FromString
-        )
-        return call
+    def _channel(self) -> grpc.Channel:
+        """A channel for one request (one every half-life: the TLS files are read anew each time)."""
+        if self.credentials is not None:
+            return grpc.secure_channel(self.address, self.credentials(), options=self.channel_options)
+        return grpc.insecure_channel(self.address, options=self.channel_options)
 
     def request(self) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
         """A new key and the chain the CA signed for it (leaf first); raises IdentityError."""
@@ -114,7 +113,12 @@ class IdentityAgent:
         token = self._token()
         call_metadata = (("authorization", f"Bearer {token}"),) if token else ()
         try:
-            reply = self._call()(req, metadata=call_metadata, timeout=self.timeout)
+            with self._channel() as channel:
+                call = channel.unary_unary(METHOD, request_serializer=ca_pb2.IstioCertificateRequest.SerializeToString,
+                                           response_deserializer=ca_pb2.IstioCertificateResponse.FromString)  # fmt: skip
+                reply: ca_pb2.IstioCertificateResponse = call(req, metadata=call_metadata, timeout=self.timeout)
+        except OSError as exc:  # the TLS files cannot be read
+            raise IdentityError(f"cannot read the xDS TLS files: {exc}") from exc
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
@@ -192,9 +196,6 @@ class IdentityAgent:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
 
     def stats(self) -> dict[str, object]:
         """Counters and state (for logs, tests and an admin page)."""
