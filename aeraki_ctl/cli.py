@@ -44,7 +44,7 @@ from metaprotocol.config.dump import to_bootstrap_tree
 
 if TYPE_CHECKING:
     from aeraki_ctl.ca import CertificateService
-    from aeraki_ctl.xds.server import AdsServer
+    from aeraki_ctl.xds.server import AdsServer, ServerTls
 
 EXIT_INVALID = 1
 EXIT_NOT_YET = 3
@@ -82,8 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     s.add_argument("--webhook-port", type=int, help="also serve the validating admission webhook (HTTPS, /validate) on this port")
     s.add_argument("--webhook-address", default="0.0.0.0", help="the webhook's listen address (with --webhook-port)")
-    s.add_argument("--tls-cert", help="the webhook's PEM certificate chain (with --webhook-port)")
-    s.add_argument("--tls-key", help="the webhook's PEM private key (with --webhook-port)")
+    s.add_argument("--tls-cert", help="PEM certificate chain: serve xDS over TLS (and the webhook, with --webhook-port)")
+    s.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    s.add_argument("--client-ca", metavar="FILE", help="xDS over mTLS: require proxies' client certificates signed by this PEM CA")
+    s.add_argument("--xds-plaintext", action="store_true", help="keep xDS plaintext even with --tls-cert (the certificate is then the webhook's only)")
     _ca_flags(s)
     w = sub.add_parser("webhook", help="serve the validating admission webhook (AdmissionReview v1 at /validate, HTTPS)")
     w.add_argument("--port", type=int, default=9443)
@@ -122,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         if args.webhook_port is not None and not (args.tls_cert and args.tls_key):
             parser.error("--webhook-port needs --tls-cert and --tls-key")
+        if bool(args.tls_cert) != bool(args.tls_key):
+            parser.error("--tls-cert and --tls-key go together")
+        if args.client_ca and not args.tls_cert:
+            parser.error("--client-ca needs --tls-cert and --tls-key (xDS over TLS)")
         try:
             return _serve(args)
         except MissingExtra as exc:
@@ -205,6 +211,15 @@ def _webhook(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _xds_tls(args: argparse.Namespace) -> ServerTls | None:
+    """TLS on the xDS port from --tls-cert/--tls-key/--client-ca (None: plaintext)."""
+    from aeraki_ctl.xds.server import ServerTls
+
+    if args.xds_plaintext or not args.tls_cert:
+        return None
+    return ServerTls(args.tls_cert, args.tls_key, args.client_ca)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
@@ -238,7 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
             elector.on_change(lambda leading: writer.wake() if leading else None)
         ca_service = _ca_service(args, kubernetes.api_client if args.kubernetes else None) if args.ca else None
         ads = AdsServer() if ca_service is None else _sds_server(ca_service)  # with the CA: Envoy's SDS over ADS too
-        grpc_server, port = await start_server(ads, args.xds_address, services=[ca_service.handler()] if ca_service else [])
+        grpc_server, port = await start_server(ads, args.xds_address, services=[ca_service.handler()] if ca_service else [], tls=_xds_tls(args))
         where = [w for w in (args.config_dir, "Kubernetes" if args.kubernetes else None, args.zookeeper) if w]
         logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, ", ".join(where))
         controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset), zookeeper=zookeeper, sources=sources)

@@ -20,16 +20,21 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from metaprotocol import __version__, _native
 from metaprotocol.config.bootstrap import load_bootstrap
 from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import AdminConfig, Bootstrap
 from metaprotocol.registry import CodecRegistry, RegistryError
+
+if TYPE_CHECKING:
+    from metaprotocol.xds.client import XdsTls
 
 log = logging.getLogger("metaprotocol")
 
@@ -73,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--xds", type=_host_port, help="ADS server HOST:PORT (aeraki-ctl serve)")
     proxy.add_argument("--node-id", default="metaprotocol-proxy", help="node id sent to the ADS server")
     proxy.add_argument("--xds-delta", action="store_true", help="incremental xDS (DeltaAggregatedResources) instead of state of the world")
+    proxy.add_argument("--xds-ca", metavar="FILE", help="xDS over TLS: the PEM CA that signed aeraki-ctl's certificate (serve --tls-cert)")
+    proxy.add_argument("--xds-cert", metavar="FILE", help="xDS over TLS: this proxy's PEM certificate chain, for a server that asks (serve --client-ca)")
+    proxy.add_argument("--xds-key", metavar="FILE", help="xDS over TLS: the private key of --xds-cert")
+    proxy.add_argument("--xds-server-name", metavar="NAME", help="xDS over TLS: the name to check the server's certificate for (default: the --xds host)")
     proxy.add_argument("--node-metadata", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="node metadata sent to the ADS server, repeatable; as Istio's sidecars: NAMESPACE=ns, "
                             "LABELS=app=a,version=v1 (or LABELS as a JSON object); they choose the Sidecar scope")  # fmt: skip
@@ -118,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     xds_client.NODE_METADATA.update(args.node_metadata)
     try:
+        xds_client.XDS_TLS = _xds_tls(args)
+    except ConfigError as exc:
+        print(f"metaprotocol: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
         xds_client.node_metadata(xds_client.NODE_METADATA)
     except ValueError as exc:
         print(f"metaprotocol: --node-metadata: {exc}", file=sys.stderr)
@@ -150,6 +164,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     node_id = bootstrap.node_id if bootstrap.node_id and args.node_id == "metaprotocol-proxy" else args.node_id
     return _run(proxy, args.drain_timeout, use_uvloop=not args.no_uvloop, xds=xds, node_id=node_id, delta=args.xds_delta,
                 restart_from=restart_from, restart_socket=restart_socket)  # fmt: skip
+
+
+def _xds_tls(args: argparse.Namespace) -> XdsTls | None:
+    """The xDS TLS settings of the command line (None: plaintext)."""
+    from metaprotocol.xds.client import XdsTls
+
+    if args.xds_ca is None:
+        for flag in ("xds_cert", "xds_key", "xds_server_name"):
+            if getattr(args, flag):
+                raise ConfigError("command line", f"--{flag.replace('_', '-')}", "needs --xds-ca FILE (the CA of aeraki-ctl's certificate)")
+        return None
+    if (args.xds_cert is None) != (args.xds_key is None):
+        raise ConfigError("command line", "--xds-cert", "--xds-cert and --xds-key go together")
+    for flag in ("xds_ca", "xds_cert", "xds_key"):
+        path = getattr(args, flag)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError("command line", f"--{flag.replace('_', '-')}", f"cannot read {path}")
+    return XdsTls(args.xds_ca, args.xds_cert, args.xds_key, args.xds_server_name)
 
 
 def _identity_flags(proxy: argparse.ArgumentParser) -> None:

@@ -457,12 +457,57 @@ def _peer(context: grpc.aio.ServicerContext) -> str:
         return ""
 
 
-async def start_server(server: AdsServer, address: str, services: Sequence[grpc.GenericRpcHandler] = ()) -> tuple[grpc.aio.Server, int]:
+@dataclass(frozen=True)
+class ServerTls:
+    """TLS on the xDS port (``aeraki-ctl serve --tls-cert F --tls-key F [--client-ca F]``): the
+    server's certificate chain and key, and with ``client_ca`` client certificates signed by it are
+    required (mTLS)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """gRPC server credentials from the files."""
+        with open(self.cert, "rb") as f:
+            chain = f.read()
+        with open(self.key, "rb") as f:
+            key = f.read()
+        root = None
+        if self.client_ca is not None:
+            with open(self.client_ca, "rb") as f:
+                root = f.read()
+        return grpc.ssl_server_credentials([(key, chain)], root_certificates=root, require_client_auth=root is not None)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` binds only the loopback interface."""
+    import ipaddress
+
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, or empty (every interface)
+
+
+async def start_server(
+    server: AdsServer, address: str, services: Sequence[grpc.GenericRpcHandler] = (), tls: ServerTls | None = None
+) -> tuple[grpc.aio.Server, int]:
     """Serve ``server`` on ``address`` (``host:port``, port 0 for any); returns the bound port.
-    ``services``: more gRPC services on the same port (the CA, ``aeraki_ctl.ca``)."""
+    ``services``: more gRPC services on the same port (the CA, ``aeraki_ctl.ca``). With ``tls`` the
+    port speaks only TLS; without, plaintext, with a warning when it is not a loopback address."""
     grpc_server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(server, grpc_server)
     grpc_server.add_generic_rpc_handlers(tuple(services))
-    port = grpc_server.add_insecure_port(address)
+    if tls is not None:
+        port = grpc_server.add_secure_port(address, tls.credentials())
+    else:
+        if not is_loopback(address):
+            log.warning("xDS on %s is plaintext and not on a loopback address: configuration (and certificates) travel unencrypted and "
+                        "unauthenticated; use --tls-cert/--tls-key (and --client-ca)", address)  # fmt: skip
+        port = grpc_server.add_insecure_port(address)
     await grpc_server.start()
     return grpc_server, port

@@ -8,8 +8,9 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final
 
-from metaprotocol.config.model import TcpKeepalive
+from metaprotocol.config.model import ClusterConfig, TcpKeepalive
 from metaprotocol.io.log_limit import RateLimitedLog
+from metaprotocol.io.tls import TlsConfigError, TlsManager
 from metaprotocol.proxy.context import Flushable, ListenerContext
 from metaprotocol.proxy.upstream import UpstreamConnection, Upstreams
 
@@ -20,6 +21,16 @@ def _keepalive_of(conn: object) -> TcpKeepalive | None:
     """The cluster's keepalive settings for a traffic connection (probes have none)."""
     pool = getattr(conn, "pool", None)
     return pool.cluster.config.tcp_keepalive if pool is not None else None
+
+
+def _cluster_of(conn: object) -> ClusterConfig | None:
+    """The cluster a connection (a pool's, or a health-check probe's) is made for."""
+    pool = getattr(conn, "pool", None)
+    if pool is not None:
+        return pool.cluster.config  # type: ignore[no-any-return]
+    checker = getattr(conn, "checker", None)
+    cluster = getattr(checker, "cluster", None)
+    return getattr(cluster, "config", None)
 
 
 def set_keepalive(sock: socket.socket | None, keepalive: TcpKeepalive) -> None:
@@ -51,6 +62,7 @@ class LoopIO:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rls: dict[str, object] = {}
         self.events = RateLimitedLog(log, loop.time, loop.call_later)
+        self.tls = TlsManager(loop, self.report)
 
     def now(self) -> float:
         """Monotonic seconds."""
@@ -78,6 +90,10 @@ class LoopIO:
     async def _connect(
         self, conn: UpstreamConnection, address: str, port: int, timeout: float
     ) -> None:
+        cluster = _cluster_of(conn)
+        if cluster is not None and cluster.tls is not None:
+            await self._connect_tls(conn, cluster, address, port, timeout)
+            return
         try:
             async with asyncio.timeout(timeout if timeout > 0 else None):
                 transport, _ = await self.loop.create_connection(lambda: conn, address, port)  # type: ignore[type-var] # duck-typed protocol
@@ -90,10 +106,32 @@ class LoopIO:
             conn.connect_failed(ConnectionAbortedError("connect cancelled"))
             raise
 
+    async def _connect_tls(self, conn: UpstreamConnection, cluster: ClusterConfig, address: str, port: int, timeout: float) -> None:
+        """Connect, then the cluster's TLS handshake (SNI, CA, SAN match): ``conn`` is handed the
+        TLS transport only once all of it succeeded; a failure is counted per cluster and reason."""
+        assert cluster.tls is not None  # noqa: S101
+        try:
+            try:
+                holder = self.tls.holder(cluster.tls)
+            except TlsConfigError as exc:
+                raise ConnectionError(f"cluster {cluster.name}: TLS context: {exc}") from exc
+            tls, buffer = await self.tls.connect(address, port, holder, cluster.name, timeout)
+            keepalive = cluster.tcp_keepalive if getattr(conn, "pool", None) is not None else None
+            if keepalive is not None:
+                set_keepalive(tls.get_extra_info("socket"), keepalive)
+        except (OSError, TimeoutError) as exc:
+            conn.connect_failed(exc)
+            return
+        except asyncio.CancelledError:
+            conn.connect_failed(ConnectionAbortedError("connect cancelled"))
+            raise
+        buffer.hand_over(tls, conn)
+
     async def close(self) -> None:
         """Cancel connects and rate-limit calls still under way, and wait for them: a connect
         left pending (a peer dropping SYNs) would otherwise outlive the proxy and hold its event
         loop open for the kernel's whole SYN retry time."""
+        self.tls.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

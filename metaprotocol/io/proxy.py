@@ -6,7 +6,7 @@ import asyncio
 import logging
 import mmap
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass, replace
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -25,6 +25,7 @@ from metaprotocol.spi import CodecConfigError, CodecFactory
 
 if TYPE_CHECKING:
     from metaprotocol.io.access_log import AccessLogWriter
+    from metaprotocol.io.tls import TlsAcceptor
     from metaprotocol.xds.status import XdsStatus
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Proxy:
         # by the parent of workers: a listener of that name serves on it instead of binding.
         self.inherited: dict[str, socket.socket] = {}
         self.inherited_admin: socket.socket | None = None
+        self.handshaking: dict[str, set[TlsAcceptor]] = {}  # per listener: TLS handshakes under way
 
     async def start(self) -> None:
         """Bind every listener (and the admin endpoint); raise before serving if any bind fails."""
@@ -106,6 +108,7 @@ class Proxy:
         self.io = LoopIO(loop)
         self.upstreams = Upstreams(self.io, self.bootstrap.cluster_map())
         self.io.upstreams = self.upstreams
+        self._check_tls(self.bootstrap)
         self._watch_heap()
         try:
             for lst in self.bootstrap.listeners:
@@ -133,11 +136,12 @@ class Proxy:
         if inherited is not None and lst.port not in (0, inherited.getsockname()[1]):
             inherited.close()  # the listener moved: bind the new port
             inherited = None
+        make_session = self._session_factory(ctx)
         if inherited is not None:  # already bound and listening: no rebind, nothing refused
-            server = await self.loop.create_server(lambda: DownstreamSession(ctx), sock=inherited, backlog=1024)  # type: ignore[arg-type, return-value]
+            server = await self.loop.create_server(make_session, sock=inherited, backlog=1024)
         else:
             server = await self.loop.create_server(
-                lambda: DownstreamSession(ctx),  # type: ignore[arg-type, return-value]
+                make_session,
                 lst.address,
                 lst.port,
                 reuse_address=True,
@@ -151,6 +155,48 @@ class Proxy:
         self._attach_policies(ctx)
         self._watch_health(ctx)
         log.info("listener %s on %s:%d (codec %s)", lst.name, lst.address, lst.port, factory.name)
+
+    def _session_factory(self, ctx: ListenerContext) -> Callable[[], asyncio.BaseProtocol]:
+        """The protocol of an accepted connection: a session, or on a TLS listener a
+        ``TlsAcceptor`` that hands the connection to a session once its handshake succeeded (the
+        listener's TLS config is read per connection, so a live update applies to new ones)."""
+        from metaprotocol.io.tls import TlsAcceptor
+
+        assert self.io is not None  # noqa: S101
+        tls_manager = self.io.tls
+        pending = self.handshaking.setdefault(ctx.name, set())
+
+        def session() -> asyncio.BaseProtocol:
+            return DownstreamSession(ctx)  # type: ignore[return-value]
+
+        def accept() -> asyncio.BaseProtocol:
+            tls = ctx.config.tls
+            if tls is None:
+                return DownstreamSession(ctx)  # type: ignore[return-value]
+            return TlsAcceptor(tls_manager, ctx.name, tls_manager.holder(tls), session, pending)
+
+        return accept
+
+    def _check_tls(self, bootstrap: Bootstrap) -> None:
+        """Build (or find) the TLS context of every listener and cluster before serving them.
+
+        Raises:
+            ConfigError: a context cannot be built (a missing file, a key not matching its
+                certificate), naming the listener or cluster.
+        """
+        from metaprotocol.io.tls import TlsConfigError
+
+        assert self.io is not None  # noqa: S101
+        used: list[object] = []
+        for kind, items in (("listener", bootstrap.listeners), ("cluster", bootstrap.clusters)):
+            for item in items:
+                if item.tls is not None:
+                    try:
+                        self.io.tls.holder(item.tls)
+                    except TlsConfigError as exc:
+                        raise ConfigError(bootstrap.source, f"{kind} {item.name}", f"transport_socket: {exc}") from exc
+                    used.append(item.tls)
+        self.io.tls.retain(used)  # type: ignore[arg-type]
 
     def _attach_policies(self, ctx: ListenerContext) -> None:
         """Access log writers and the idle-timeout check for a listener (IO lives here)."""
@@ -224,6 +270,7 @@ class Proxy:
         """
         factories = build_factories(bootstrap, self.registry)
         assert self.upstreams is not None  # noqa: S101
+        self._check_tls(bootstrap)
         self.upstreams.update_clusters(bootstrap.cluster_map())
         heap_watch_was_off = self.bootstrap.overload.max_heap_size_bytes <= 0
         self.overload.reconfigure(bootstrap.overload)
@@ -277,6 +324,8 @@ class Proxy:
     async def _stop_listener(self, name: str, timeout: float = 5.0) -> None:
         server = self.servers.pop(name)
         server.close()
+        for acceptor in list(self.handshaking.pop(name, ())):
+            acceptor.abort()
         ctx = self.contexts.pop(name)
         ctx.close()
         await _drain_sessions([ctx], timeout)
@@ -310,6 +359,9 @@ class Proxy:
             for session in list(ctx.sessions):
                 if session.transport is not None:
                     session.transport.close()
+        for pending in self.handshaking.values():
+            for acceptor in list(pending):
+                acceptor.abort()
         if self.admin_server is not None:
             self.admin_server.close()
         for writers in self.log_writers.values():
@@ -328,6 +380,8 @@ class Proxy:
         """Prometheus exposition of every counter."""
         clusters = self.upstreams.cluster_stats.values() if self.upstreams else []
         text = render_prometheus((c.stats for c in self.contexts.values()), clusters, self.overload)
+        if self.io is not None:
+            text += self.io.tls.stats.prometheus()
         return text + self.xds.prometheus() if self.xds is not None else text
 
     def config_dump(self) -> dict[str, object]:

@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -66,12 +66,50 @@ class ConfigTarget(Protocol):
     async def apply(self, bootstrap: Bootstrap, unbound: dict[str, str] | None = None) -> None: ...
 
 
+@dataclass(frozen=True)
+class XdsTls:
+    """TLS to the xDS server (``metaprotocol proxy --xds-ca F [--xds-cert F --xds-key F]``): the
+    CA that signed the server's certificate, and a client certificate when the server asks for one
+    (``aeraki-ctl serve --client-ca``). The files are read at every connect, so a renewed
+    certificate is used from the next reconnect."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None  # the name checked against the server's certificate (default: the host)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials from the files as they are now."""
+
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return grpc.ssl_channel_credentials(root_certificates=read(self.ca), private_key=read(self.key), certificate_chain=read(self.cert))
+
+
+XDS_TLS: XdsTls | None = None
+"""The process's TLS settings for xDS (and the CA on the same port); None: plaintext. Set by the CLI."""
+
+
+def open_channel(address: str, tls: XdsTls | None = None) -> grpc.aio.Channel:
+    """A gRPC channel to the xDS server: over TLS with ``tls`` (default: :data:`XDS_TLS`), else plaintext."""
+    tls = tls if tls is not None else XDS_TLS
+    if tls is None:
+        return grpc.aio.insecure_channel(address)
+    options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.aio.secure_channel(address, tls.credentials(), options=options)
+
+
 class AdsClient:
     """Keeps a Proxy (or a Supervisor of workers) in step with an ADS server."""
 
     def __init__(self, proxy: ConfigTarget, address: str, node_id: str, cluster: str = "metaprotocol", delta: bool = False,
-                 metadata: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 metadata: Mapping[str, str] | None = None, tls: XdsTls | None = None) -> None:  # fmt: skip
         self.proxy = proxy
+        self.tls = tls
         self.address = address
         self.node = base_pb2.Node(id=node_id, cluster=cluster)
         self.node.metadata.update(node_metadata(NODE_METADATA if metadata is None else metadata))
@@ -113,7 +151,7 @@ class AdsClient:
             while True:
                 yield await queue.get()
 
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with open_channel(self.address, self.tls) as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources(requests())
             self._subscribed = {}
@@ -134,7 +172,7 @@ class AdsClient:
             while True:
                 yield await queue.get()
 
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with open_channel(self.address, self.tls) as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.DeltaAggregatedResources(requests())
             self._subscribed = {}
