@@ -15,6 +15,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metaprotocol.config.model import (  # noqa: E402
     AccessLog,
+    AttributeMatcher,
+    MatchKind,
+    RbacAction,
+    RbacFilter,
+    RbacOp,
+    RbacPolicy,
+    RbacRule,
     FaultPolicy,
     LocalRateLimit,
     MirrorPolicy,
@@ -43,6 +50,7 @@ def _harness(rule: RouteRule, listener_extra: dict[str, object] | None = None) -
             h.ctx.limiter = RateLimiter(h.ctx.config.local_rate_limit, 0.0)
         if h.ctx.config.access_log:
             h.ctx.access_log = lambda record: None
+        h.ctx.recompile()  # the chain of the new configuration (an RBAC filter, ...)
     return h
 
 
@@ -71,6 +79,21 @@ def _cycle(h: object) -> None:
     return run  # type: ignore[return-value]
 
 
+def _rbac_50() -> RbacFilter:
+    """50 ALLOW policies of the DubboAuthorizationPolicy kind (an interface and a method, from one
+    principal); the request matches only the last: every policy is evaluated."""
+    policies = []
+    for i in range(50):
+        iface = IFACE if i == 49 else f"org.example.Service{i}"
+        method = "sayHello" if i == 49 else f"method{i}"
+        permission = RbacRule(RbacOp.AND, (
+            RbacRule(RbacOp.REQUEST, matcher=AttributeMatcher("interface", MatchKind.EXACT, iface)),
+            RbacRule(RbacOp.REQUEST, matcher=AttributeMatcher("method", MatchKind.EXACT, method)),
+        ))  # fmt: skip
+        policies.append(RbacPolicy(f"p{i}", (permission,), (RbacRule(RbacOp.ANY),)))
+    return RbacFilter("authz", RbacAction.ALLOW, tuple(policies))
+
+
 CASES = {
     "no_policy": (RouteRule("r", (), RouteAction(cluster="c")), None),
     "local_rate_limit": (RouteRule("r", (), RouteAction(cluster="c")), {"local_rate_limit": LocalRateLimit((), TokenBucket(10**9, 10**9, 1.0))}),
@@ -78,6 +101,7 @@ CASES = {
     "retry_policy": (RouteRule("r", (), RouteAction(cluster="c"), retry=RetryPolicy(2)), None),
     "fault_0pct": (RouteRule("r", (), RouteAction(cluster="c"), fault=FaultPolicy(0.0, 0.0, "internal", 0.0)), None),
     "access_log": (RouteRule("r", (), RouteAction(cluster="c")), {"access_log": (AccessLog("/dev/null", (("m", "%REQ(method)%"),)),)}),
+    "rbac_50_policies": (RouteRule("r", (), RouteAction(cluster="c")), {"rbac": (_rbac_50(),)}),
 }
 
 

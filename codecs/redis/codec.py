@@ -21,6 +21,7 @@ from metaprotocol.spi import (
     CodecFactory,
     Correlation,
     DecodeResult,
+    ErrorKind,
     LocalAnswer,
     LocalError,
     LocalProtocolError,
@@ -164,9 +165,11 @@ class RedisServerCodec(ServerCodec):
         return response.raw
 
     def on_error(self, request: Message | None, error: LocalError) -> bytes:
-        """``-ERR <reason>`` (the same form in RESP2 and RESP3)."""
+        """``-ERR <reason>`` (the same form in RESP2 and RESP3); ``-NOPERM <reason>`` for a request
+        an authorization policy refused, as Redis answers a command its ACL forbids."""
         text = error.message.replace("\r", " ").replace("\n", " ")
-        return f"-ERR {text}\r\n".encode()
+        prefix = "NOPERM" if error.kind is ErrorKind.FORBIDDEN else "ERR"
+        return f"-{prefix} {text}\r\n".encode()
 
     def decode_run(self, buffer: ReadBuffer) -> tuple[Message, int] | None:
         """Consecutive single-key commands (never answered locally nor split) framed in one pass.

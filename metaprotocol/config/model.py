@@ -61,6 +61,60 @@ class AttributeMatcher:
     ignore_case: bool = False
 
 
+class RbacAction(enum.Enum):
+    """What an RBAC filter does with a request its policies match (Envoy's RBAC.Action)."""
+
+    ALLOW = "ALLOW"  # only matching requests pass
+    DENY = "DENY"  # matching requests are refused
+    LOG = "LOG"  # nothing is refused; matches are counted
+
+
+class RbacOp(enum.Enum):
+    """The node kinds of an RBAC permission or principal (Envoy's Permission / Principal oneofs
+    that apply to a layer-7 request of any protocol)."""
+
+    ANY = "any"
+    AND = "and"
+    OR = "or"
+    NOT = "not"
+    REQUEST = "request"  # a request metadata attribute (Envoy: header)
+    PEER = "peer"  # a connection attribute: source.principal, source.namespace (Envoy: authenticated)
+    SOURCE_IP = "source_ip"  # the client's address in a CIDR range (Envoy: direct_remote_ip, remote_ip, source_ip)
+    DESTINATION_PORT = "destination_port"  # the listener's port, or a range of ports
+
+
+@dataclass(frozen=True, slots=True)
+class RbacRule:
+    """One node of a permission or principal tree."""
+
+    op: RbacOp
+    children: tuple[RbacRule, ...] = ()
+    matcher: AttributeMatcher | None = None  # REQUEST and PEER
+    cidr: tuple[str, int] = ("", 0)  # SOURCE_IP: address prefix and length
+    ports: tuple[int, int] = (0, 0)  # DESTINATION_PORT: first and last (inclusive)
+
+
+@dataclass(frozen=True, slots=True)
+class RbacPolicy:
+    """A named policy: it matches a request when any permission and any principal match."""
+
+    name: str
+    permissions: tuple[RbacRule, ...]
+    principals: tuple[RbacRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RbacFilter:
+    """Envoy's RBAC rules for every request of a listener (the MetaProtocol rbac filter): its
+    ``action`` applies to requests any policy matches; ``shadow`` rules are evaluated and counted,
+    never enforced."""
+
+    stat_prefix: str
+    action: RbacAction = RbacAction.ALLOW
+    policies: tuple[RbacPolicy, ...] = ()
+    enforced: bool = True  # False: shadow rules
+
+
 @dataclass(frozen=True, slots=True)
 class WeightedCluster:
     """One destination of a traffic split."""
@@ -272,6 +326,10 @@ class ListenerConfig:
     protocol: str = ""
     """The application protocol's name (``dubbo``: MetaProtocolProxy ``protocol.name``); empty: the
     codec's name stands for it."""
+    tls: DownstreamTls | None = None
+    """TLS termination (the filter chain's ``transport_socket``); None: plaintext."""
+    rbac: tuple[RbacFilter, ...] = ()
+    """Authorization filters in their order in the filter chain (each a stage of the chain)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,8 +384,6 @@ class TcpKeepalive:
 
     probes: int = 0
     time: float = 0.0
-    tls: DownstreamTls | None = None
-    """TLS termination (the filter chain's ``transport_socket``); None: plaintext."""
     interval: float = 0.0
 
 
@@ -375,6 +431,8 @@ class ClusterConfig:
     reply in between is closed and replaced (0: never). ORDERED and EXCLUSIVE connections are
     closed on their first timeout, since a lost reply would misalign them."""
     health_check: HealthCheck | None = None
+    tls: UpstreamTls | None = None
+    """TLS origination to every endpoint (the cluster's ``transport_socket``); None: plaintext."""
 
 
 DEFAULT_MAX_PENDING_REQUESTS: Final = 50_000
@@ -406,23 +464,6 @@ class AdminConfig:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class Bootstrap:
-    """A whole proxy configuration."""
-
-    listeners: tuple[ListenerConfig, ...]
-    clusters: tuple[ClusterConfig, ...]
-    admin: AdminConfig | None = None
-    source: str = "<memory>"
-    ads: tuple[str, int] | None = None
-    node_id: str = ""
-    overload: OverloadConfig = OverloadConfig()
-
-    def cluster_map(self) -> dict[str, ClusterConfig]:
-        """Clusters by name."""
-        return {c.name: c for c in self.clusters}
-    tls: UpstreamTls | None = None
-    """TLS origination to every endpoint (the cluster's ``transport_socket``); None: plaintext."""
 # -- TLS (Envoy's envoy.transport_sockets.tls) -----------------------------------------------------
 
 
@@ -507,3 +548,18 @@ class UpstreamTls:
     sni: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """A whole proxy configuration."""
+
+    listeners: tuple[ListenerConfig, ...]
+    clusters: tuple[ClusterConfig, ...]
+    admin: AdminConfig | None = None
+    source: str = "<memory>"
+    ads: tuple[str, int] | None = None
+    node_id: str = ""
+    overload: OverloadConfig = OverloadConfig()
+
+    def cluster_map(self) -> dict[str, ClusterConfig]:
+        """Clusters by name."""
+        return {c.name: c for c in self.clusters}

@@ -11,8 +11,9 @@ allowed exactly when no stage decides per request. A new stage is therefore neve
 forwarded pipelines: it takes part in that decision by being in the chain, not by being
 remembered in a list of exceptions.
 
-Order: local rate limit, admission (in-flight accounting, reply slot, overload), global rate
-limit, the listener's extra stages (authorization goes here), then the terminal stage: the
+Order: local rate limit, admission (in-flight accounting, reply slot, overload), the RBAC
+filters in their configured order (``rbac.py``), global rate limit, the listener's extra
+stages, then the terminal stage: the
 router (routing, faults, mirroring, fan-out, sending) or, in bound mode, the tunnel. Retries
 re-enter the router only. ``on_finish`` hooks (the access log) run when a request completes.
 """
@@ -170,9 +171,9 @@ class Bind(Stage):
         return False
 
 
-StageBuilder = Callable[["ListenerContext", int], "Stage | None"]
-"""Makes a listener's stage from its configuration (None: the listener does not need it); the
-int is the position the stage will have in the chain."""
+StageBuilder = Callable[["ListenerContext", int], "Stage | list[Stage] | None"]
+"""Makes a listener's stage(s) from its configuration (None or []: the listener does not need
+any); the int is the position the first will have in the chain."""
 
 
 def _local_rate_limit(ctx: ListenerContext, index: int) -> Stage | None:
@@ -183,13 +184,21 @@ def _admission(ctx: ListenerContext, index: int) -> Stage | None:
     return None if ctx.factory.bound_upstream else Admission()
 
 
+def _rbac(ctx: ListenerContext, index: int) -> list[Stage]:
+    from metaprotocol.proxy.rbac import RbacStage  # rbac builds on this module
+
+    if ctx.factory.bound_upstream:
+        return []  # bound mode passes bytes through after the first request: nothing to authorize per request
+    return [RbacStage(f, ctx.config.port) for f in ctx.config.rbac]
+
+
 def _global_rate_limit(ctx: ListenerContext, index: int) -> Stage | None:
     if ctx.global_limit is None or ctx.factory.bound_upstream:
         return None
     return GlobalRateLimitStage(ctx.global_limit, ctx.global_match, index)
 
 
-DEFAULT_BUILDERS: tuple[StageBuilder, ...] = (_local_rate_limit, _admission, _global_rate_limit)
+DEFAULT_BUILDERS: tuple[StageBuilder, ...] = (_local_rate_limit, _admission, _rbac, _global_rate_limit)
 
 
 def compile_chain(ctx: ListenerContext, extra: Sequence[StageBuilder] = ()) -> Chain:
@@ -198,9 +207,11 @@ def compile_chain(ctx: ListenerContext, extra: Sequence[StageBuilder] = ()) -> C
 
     stages: list[Stage] = []
     for build in (*DEFAULT_BUILDERS, *extra):
-        stage = build(ctx, len(stages))
-        if stage is not None:
-            stages.append(stage)
+        built = build(ctx, len(stages))
+        if isinstance(built, Stage):
+            stages.append(built)
+        elif built:
+            stages.extend(built)
     router: RouterStage | None = None
     if ctx.factory.bound_upstream:
         stages.append(Bind())

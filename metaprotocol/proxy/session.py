@@ -9,11 +9,13 @@ replies that are ready are written with one ``writelines`` at the end of the eve
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Final, Protocol
 
 from metaprotocol.proxy import fanout
 from metaprotocol.proxy.chain import Chain
 from metaprotocol.proxy.context import Failure, ListenerContext, Pending
+from metaprotocol.proxy.peer import peer_attributes
 from metaprotocol.proxy.pipeline import forward_pipelines
 from metaprotocol.proxy.retry import retry, retry_over
 from metaprotocol.proxy.routing import RouterStage
@@ -75,12 +77,14 @@ class DownstreamSession:
         self.max_pending = ctx.config.max_pending_per_connection
         self.last_active = ctx.io.now()
         self.tunnel: Tunnel | None = None
+        self.peer: Mapping[str, str] = {}  # the client's attributes (peer.py), set on connection
 
     # -- asyncio protocol callbacks -----------------------------------------------------------
 
     def connection_made(self, transport: Transport) -> None:
         """Register with the listener, or close at once when a connection bound is reached."""
         self.transport = transport
+        self.peer = peer_attributes(transport)
         ctx = self.ctx
         stats = ctx.stats
         stats.cx_total += 1

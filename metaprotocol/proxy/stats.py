@@ -60,6 +60,10 @@ class ListenerStats:
         self.late_responses = 0
         self.rate_limit_ok = 0
         self.rate_limited = 0
+        self.rbac_allowed = 0
+        self.rbac_denied = 0
+        self.rbac_shadow_allowed = 0
+        self.rbac_shadow_denied = 0
         self.retries = 0
         self.retries_not_idempotent = 0
         self.faults_injected = 0
@@ -157,6 +161,10 @@ def render_prometheus(
         ("late_responses", "late_responses_total", "Responses that arrived after a timeout."),
         ("rate_limit_ok", "local_rate_limit_ok_total", "Requests the local rate limit let through."),
         ("rate_limited", "local_rate_limit_rate_limited_total", "Requests refused by the local rate limit."),
+        ("rbac_allowed", "rbac_allowed_total", "Requests an RBAC filter let through."),
+        ("rbac_denied", "rbac_denied_total", "Requests an RBAC filter refused."),
+        ("rbac_shadow_allowed", "rbac_shadow_allowed_total", "Requests shadow RBAC rules would let through."),
+        ("rbac_shadow_denied", "rbac_shadow_denied_total", "Requests shadow RBAC rules would refuse."),
         ("retries", "retries_total", "Retried tries."),
         ("retries_not_idempotent", "retries_not_idempotent_total", "Retries refused: the request may have reached a server and is not idempotent."),
         ("faults_injected", "faults_injected_total", "Requests delayed or aborted by fault injection."),

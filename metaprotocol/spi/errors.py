@@ -24,6 +24,8 @@ class ErrorKind(enum.Enum):
     BAD_REQUEST = "bad_request"
     BAD_RESPONSE = "bad_response"
     OVER_LIMIT = "over_limit"
+    FORBIDDEN = "forbidden"
+    """Refused by an authorization policy (RBAC)."""
     UNSUPPORTED = "unsupported"
     INTERNAL = "internal"
 

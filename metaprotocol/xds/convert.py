@@ -40,11 +40,11 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, message, struct_pb2, wrappers_pb2
 
-from metaprotocol.config.model import (
 from metaprotocol.config.model import (  # TLS
     ECDH_CURVES,
     TLS_VERSIONS,
@@ -56,6 +56,7 @@ from metaprotocol.config.model import (  # TLS
     TlsParams,
     UpstreamTls,
 )
+from metaprotocol.config.model import (
     DEFAULT_ROUTE_TIMEOUT as _DEFAULT_ROUTE_TIMEOUT,
     HASH_FUNCTIONS,
     AdminConfig,
@@ -69,6 +70,7 @@ from metaprotocol.config.model import (  # TLS
     CircuitBreakers,
     FaultPolicy,
     GlobalRateLimit,
+    RbacFilter,
     HealthCheck,
     HealthCheckKind,
     OutlierDetection,
@@ -368,6 +370,13 @@ def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None, *, inline_
         packed = any_pb2.Any()
         packed.Pack(limit)
         cfg.meta_protocol_filters.add(name=LOCAL_RATELIMIT_FILTER, config=packed)
+    if lst.rbac:
+        from metaprotocol.xds import rbac as _rbac  # it builds on this module's matchers
+
+        for msg_rbac in _rbac.rbac_filters_to_xds(lst.rbac):
+            packed = any_pb2.Any()
+            packed.Pack(msg_rbac)
+            cfg.meta_protocol_filters.add(name=_rbac.RBAC_FILTER, config=packed)
     if lst.global_rate_limit is not None:
         g = lst.global_rate_limit
         grl = ratelimit_pb2.RateLimit(
@@ -458,6 +467,8 @@ def cluster_to_xds(c: ClusterConfig, *, static: bool = False) -> cluster_pb2.Clu
         else:
             check.custom_health_check.name = CODEC_HEALTH_CHECKER
             check.custom_health_check.typed_config.Pack(struct_pb2.Struct())
+    if c.tls is not None:
+        out.transport_socket.CopyFrom(upstream_tls_to_xds(c.tls))
     extensions: dict[str, object] = {}
     if c.hash_function != "md5" or c.hash_tag:
         extensions.update({"hash_function": c.hash_function, "hash_tag": c.hash_tag})
@@ -467,8 +478,6 @@ def cluster_to_xds(c: ClusterConfig, *, static: bool = False) -> cluster_pb2.Clu
         ext = struct_pb2.Struct()
         ext.update(extensions)
         out.metadata.filter_metadata[EXT_METADATA].CopyFrom(ext)
-    if c.tls is not None:
-        out.transport_socket.CopyFrom(upstream_tls_to_xds(c.tls))
     return out
 
 
@@ -824,8 +833,11 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         rds_name = cfg.rds.route_config_name
     else:
         raise ConversionError(where, "one of route_config and rds is required", path)
+    from metaprotocol.xds import rbac as _rbac  # it builds on this module's matchers
+
     limit = None
     global_limit = None
+    rbac: list[RbacFilter] = []
     for i, mf in enumerate(cfg.meta_protocol_filters):
         mp = f"{path}.meta_protocol_filters[{i}]"
         if mf.name == GLOBAL_RATELIMIT_FILTER:
@@ -838,6 +850,11 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
             if not mf.config.Unpack(msg):
                 raise ConversionError(where, f"expected {LOCAL_RATELIMIT_TYPE}", f"{mp}.config.@type")
             limit = _local_rate_limit(msg, where, f"{mp}.config")
+        elif mf.name == _rbac.RBAC_FILTER:
+            msg_rbac = network_rbac_pb2.RBAC()
+            if not mf.config.Unpack(msg_rbac):
+                raise ConversionError(where, f"expected {_rbac.RBAC_TYPE}", f"{mp}.config.@type")
+            rbac.extend(_rbac.rbac_filters_from_xds(msg_rbac, where, f"{mp}.config"))
         elif mf.name not in (ROUTER_FILTER, ""):
             raise ConversionError(where, f"unsupported filter {mf.name!r}", f"{mp}.name")
     logs = tuple(_access_log(a, where, f"{path}.access_log[{i}]") for i, a in enumerate(cfg.access_log))
@@ -858,6 +875,8 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         access_log=logs,
         global_rate_limit=global_limit,
         max_connections=max_connections or 0,
+        tls=tls,
+        rbac=tuple(rbac),
     )
 
 
@@ -875,7 +894,6 @@ def _codec(cfg: mpp.MetaProtocolProxy, where: str, path: str) -> CodecRef:
         raise ConversionError(where, "required", f"{cp}.name")
     settings: dict[str, object] = {}
     if codec.HasField("config"):
-        tls=tls,
         struct = struct_pb2.Struct()
         if not codec.config.Unpack(struct):
             raise ConversionError(where, f"expected {STRUCT_TYPE} (the codec's settings)", f"{cp}.config.@type")
@@ -1126,6 +1144,7 @@ def cluster_from_xds(c: cluster_pb2.Cluster, cla: endpoint_pb2.ClusterLoadAssign
         tcp_keepalive=_tcp_keepalive(c, where),
         max_consecutive_timeouts=_struct_int(ext, "max_consecutive_timeouts", DEFAULT_MAX_CONSECUTIVE_TIMEOUTS, where),
         health_check=_health_check(c, where),
+        tls=upstream_tls_from_xds(c.transport_socket, where, "transport_socket") if c.HasField("transport_socket") else None,
     )
 
 
@@ -1139,25 +1158,6 @@ def _struct_int(s: object, key: str, default: int, where: str) -> int:
     return int(value)
 
 
-# -- the bootstrap --------------------------------------------------------------------------------
-
-
-def overload_from_xds(om: overload_pb2.OverloadManager, path: str = "overload_manager") -> OverloadConfig:
-    """Envoy's ``overload_manager``: the resource monitors set the process bounds (a monitor not
-        tls=upstream_tls_from_xds(c.transport_socket, where, "transport_socket") if c.HasField("transport_socket") else None,
-    listed keeps its default; 0 disables), and stop_accepting_requests/connections actions
-    triggered on the fixed heap monitor scale the heap bound by their (smallest) threshold."""
-    where = "bootstrap"
-    _only(om, where, path, {"refresh_interval", "resource_monitors", "actions"})
-    defaults = OverloadConfig()
-    refresh = _seconds(om.refresh_interval) if om.HasField("refresh_interval") else defaults.refresh_interval
-    if refresh <= 0:
-        raise ConversionError(where, "must be above 0", f"{path}.refresh_interval")
-    limits: dict[str, int] = {}
-    for i, m in enumerate(om.resource_monitors):
-        mp = f"{path}.resource_monitors[{i}]"
-        _only(m, where, mp, {"name", "typed_config"})
-        if m.name not in OVERLOAD_MONITORS:
 # -- TLS (envoy.transport_sockets.tls) ------------------------------------------------------------
 
 TLS_SOCKET: Final = "envoy.transport_sockets.tls"
@@ -1358,6 +1358,24 @@ def upstream_tls_from_xds(ts: base_pb2.TransportSocket, where: str, path: str) -
     return UpstreamTls(_common_tls(ctx.common_tls_context, where, f"{tp}.common_tls_context"), ctx.sni)
 
 
+# -- the bootstrap --------------------------------------------------------------------------------
+
+
+def overload_from_xds(om: overload_pb2.OverloadManager, path: str = "overload_manager") -> OverloadConfig:
+    """Envoy's ``overload_manager``: the resource monitors set the process bounds (a monitor not
+    listed keeps its default; 0 disables), and stop_accepting_requests/connections actions
+    triggered on the fixed heap monitor scale the heap bound by their (smallest) threshold."""
+    where = "bootstrap"
+    _only(om, where, path, {"refresh_interval", "resource_monitors", "actions"})
+    defaults = OverloadConfig()
+    refresh = _seconds(om.refresh_interval) if om.HasField("refresh_interval") else defaults.refresh_interval
+    if refresh <= 0:
+        raise ConversionError(where, "must be above 0", f"{path}.refresh_interval")
+    limits: dict[str, int] = {}
+    for i, m in enumerate(om.resource_monitors):
+        mp = f"{path}.resource_monitors[{i}]"
+        _only(m, where, mp, {"name", "typed_config"})
+        if m.name not in OVERLOAD_MONITORS:
             raise ConversionError(where, f"unsupported resource monitor {m.name!r} (one of {', '.join(sorted(OVERLOAD_MONITORS))})", f"{mp}.name")
         if m.name in limits:
             raise ConversionError(where, f"resource monitor {m.name!r} is listed twice", f"{mp}.name")
