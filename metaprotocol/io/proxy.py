@@ -388,12 +388,12 @@ class Proxy:
         """The effective configuration as plain JSON-able data."""
         return {
             "source": self.bootstrap.source,
-            "listeners": [_plain(c.config) for c in self.contexts.values()],
+            "listeners": [redact_keys(_plain(c.config)) for c in self.contexts.values()],
             "route_tables": {
                 name: _plain(c.table.config) if c.table is not None else None
                 for name, c in self.contexts.items()
             },
-            "clusters": [_plain(c) for c in self.bootstrap.clusters],
+            "clusters": [redact_keys(_plain(c)) for c in self.bootstrap.clusters],
             "codecs": {name: f.name for name, f in self.factories.items()},
             **({"xds": self.xds.dump()} if self.xds is not None else {}),
         }
@@ -403,9 +403,9 @@ def bootstrap_dump(bootstrap: Bootstrap, registry: CodecRegistry) -> dict[str, o
     """A configuration as ``/config_dump`` shows it (what a parent of worker processes holds)."""
     return {
         "source": bootstrap.source,
-        "listeners": [_plain(lst) for lst in bootstrap.listeners],
+        "listeners": [redact_keys(_plain(lst)) for lst in bootstrap.listeners],
         "route_tables": {lst.name: _plain(lst.route_config) if lst.route_config is not None else None for lst in bootstrap.listeners},
-        "clusters": [_plain(c) for c in bootstrap.clusters],
+        "clusters": [redact_keys(_plain(c)) for c in bootstrap.clusters],
         "codecs": {name: f.name for name, f in build_factories(bootstrap, registry).items()},
     }
 
@@ -456,6 +456,23 @@ def resident_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+REDACTED = "[redacted]"
+
+
+def redact_keys(tree: object) -> object:
+    """A config tree with inline private keys replaced by ``[redacted]`` (as Envoy's config dump
+    does): ``/config_dump`` shows where a key comes from, never the key."""
+    if isinstance(tree, dict):
+        out = {k: redact_keys(v) for k, v in tree.items()}
+        key = out.get("private_key")
+        if isinstance(key, dict) and key.get("inline"):
+            out["private_key"] = {**key, "inline": REDACTED}
+        return out
+    if isinstance(tree, list):
+        return [redact_keys(v) for v in tree]
+    return tree
 
 
 def _plain(value: object) -> object:

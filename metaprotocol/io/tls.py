@@ -152,6 +152,7 @@ class ContextHolder:
         self.stamp = _stamp(self.files)
         self.current = build_context(config)
         self.failed_stamp: tuple[tuple[int, int, int], ...] | None = None
+        self.tried_stamp: tuple[tuple[int, int, int], ...] | None = None
 
     def check(self) -> bool | None:
         """Rebuild the context if a file changed: True when rebuilt, False when the new files do
@@ -164,9 +165,14 @@ class ContextHolder:
         try:
             ctx = build_context(self.config)
         except TlsConfigError:
-            self.failed_stamp = stamp  # a half-written pair: tried again when a file changes again
+            # A key renamed in before its certificate fails for an instant: tried again at the
+            # next check, and reported only if the same files still do not make a context.
+            if stamp != self.tried_stamp:
+                self.tried_stamp = stamp
+                return None
+            self.failed_stamp = stamp  # tried again when a file changes again
             return False
-        self.current, self.stamp, self.failed_stamp = ctx, stamp, None
+        self.current, self.stamp, self.failed_stamp, self.tried_stamp = ctx, stamp, None, None
         return True
 
 
