@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2metaprotocol_api/istio/type/v1beta1/selector.proto\x12\x12istio.type.v1beta1\"\x93\x01\n\x10WorkloadSelector\x12K\n\x0cmatch_labels\x18\x01 \x03(\x0b\x32\x35.istio.type.v1beta1.WorkloadSelector.MatchLabelsEntry\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2metaprotocol_api/istio/type/v1beta1/selector.proto\x12\x12istio.type.v1beta1\"\x93\x01\n\x10WorkloadSelector\x12K\n\x0cmatch_labels\x18\x01 \x03(\x0b\x32\x35.istio.type.v1beta1.WorkloadSelector.MatchLabelsEntry\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x15PolicyTargetReference\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,4 +37,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKLOADSELECTOR']._serialized_end=222
   _globals['_WORKLOADSELECTOR_MATCHLABELSENTRY']._serialized_start=172
   _globals['_WORKLOADSELECTOR_MATCHLABELSENTRY']._serialized_end=222
+  _globals['_POLICYTARGETREFERENCE']._serialized_start=224
+  _globals['_POLICYTARGETREFERENCE']._serialized_end=309
 # @@protoc_insertion_point(module_scope)

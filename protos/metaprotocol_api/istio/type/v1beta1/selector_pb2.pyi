@@ -18,3 +18,15 @@ class WorkloadSelector(_message.Message):
     MATCH_LABELS_FIELD_NUMBER: _ClassVar[int]
     match_labels: _containers.ScalarMap[str, str]
     def __init__(self, match_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PolicyTargetReference(_message.Message):
+    __slots__ = ("group", "kind", "name", "namespace")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    kind: str
+    name: str
+    namespace: str
+    def __init__(self, group: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
