@@ -17,7 +17,9 @@ its field path, never ignored:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -26,6 +28,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import range_pb2
 from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 
 from metaprotocol.config.model import AttributeMatcher, MatchKind, RbacAction, RbacFilter, RbacOp, RbacPolicy, RbacRule
 from metaprotocol.xds.convert import ConversionError, _only, attribute_matcher, header_matcher
@@ -71,19 +74,32 @@ def _policy(name: str, p: rbac_pb2.Policy, where: str, path: str) -> RbacPolicy:
     return RbacPolicy(name, permissions, principals)
 
 
-def _permission(p: rbac_pb2.Permission, where: str, path: str) -> RbacRule:
-    which = p.WhichOneof("rule")
-    at = f"{path}.{which}"
+# The boolean structure both trees share: oneof name -> (node kind, list field of the group).
+_PERMISSION_TREE = {"and_rules": (RbacOp.AND, "rules"), "or_rules": (RbacOp.OR, "rules"), "not_rule": (RbacOp.NOT, "")}
+_PRINCIPAL_TREE = {"and_ids": (RbacOp.AND, "ids"), "or_ids": (RbacOp.OR, "ids"), "not_id": (RbacOp.NOT, "")}
+
+
+def _tree(msg: Message, which: str, shape: dict[str, tuple[RbacOp, str]], leaf: Callable[[Any, str, str], RbacRule], where: str, at: str) -> RbacRule | None:
+    """``any``, and the and/or/not nodes of a permission or principal; None for a leaf."""
     if which == "any":
         return RbacRule(RbacOp.ANY)
-    if which in ("and_rules", "or_rules"):
-        group = getattr(p, which)
-        children = tuple(_permission(x, where, f"{at}.rules[{i}]") for i, x in enumerate(group.rules))
-        if not children:
-            raise ConversionError(where, "at least one rule", at)
-        return RbacRule(RbacOp.AND if which == "and_rules" else RbacOp.OR, children)
-    if which == "not_rule":
-        return RbacRule(RbacOp.NOT, (_permission(p.not_rule, where, at),))
+    if which not in shape:
+        return None
+    op, items = shape[which]
+    if op is RbacOp.NOT:
+        return RbacRule(RbacOp.NOT, (leaf(getattr(msg, which), where, at),))
+    children = tuple(leaf(x, where, f"{at}.{items}[{i}]") for i, x in enumerate(getattr(getattr(msg, which), items)))
+    if not children:
+        raise ConversionError(where, f"at least one of {items}", at)
+    return RbacRule(op, children)
+
+
+def _permission(p: rbac_pb2.Permission, where: str, path: str) -> RbacRule:
+    which = p.WhichOneof("rule") or ""
+    at = f"{path}.{which}"
+    node = _tree(p, which, _PERMISSION_TREE, _permission, where, at)
+    if node is not None:
+        return node
     if which == "header":
         return RbacRule(RbacOp.REQUEST, matcher=_lower(attribute_matcher(p.header, where, at)))
     if which == "destination_port":
@@ -97,18 +113,11 @@ def _permission(p: rbac_pb2.Permission, where: str, path: str) -> RbacRule:
 
 
 def _principal(p: rbac_pb2.Principal, where: str, path: str) -> RbacRule:
-    which = p.WhichOneof("identifier")
+    which = p.WhichOneof("identifier") or ""
     at = f"{path}.{which}"
-    if which == "any":
-        return RbacRule(RbacOp.ANY)
-    if which in ("and_ids", "or_ids"):
-        group = getattr(p, which)
-        children = tuple(_principal(x, where, f"{at}.ids[{i}]") for i, x in enumerate(group.ids))
-        if not children:
-            raise ConversionError(where, "at least one id", at)
-        return RbacRule(RbacOp.AND if which == "and_ids" else RbacOp.OR, children)
-    if which == "not_id":
-        return RbacRule(RbacOp.NOT, (_principal(p.not_id, where, at),))
+    node = _tree(p, which, _PRINCIPAL_TREE, _principal, where, at)
+    if node is not None:
+        return node
     if which == "authenticated":
         _only(p.authenticated, where, at, {"principal_name"})
         if not p.authenticated.HasField("principal_name"):  # any authenticated client
@@ -116,16 +125,20 @@ def _principal(p: rbac_pb2.Principal, where: str, path: str) -> RbacRule:
         h = route_components_pb2.HeaderMatcher(name=PRINCIPAL, string_match=p.authenticated.principal_name)
         return RbacRule(RbacOp.PEER, matcher=attribute_matcher(h, where, f"{at}.principal_name"))
     if which in ("source_ip", "direct_remote_ip", "remote_ip"):
-        cidr = getattr(p, which)
-        _only(cidr, where, at, {"address_prefix", "prefix_len"})
-        try:
-            net = ipaddress.ip_network(f"{cidr.address_prefix}/{cidr.prefix_len.value if cidr.HasField('prefix_len') else (128 if ':' in cidr.address_prefix else 32)}", strict=False)
-        except ValueError as exc:
-            raise ConversionError(where, f"bad CIDR range: {exc}", at) from None
-        return RbacRule(RbacOp.SOURCE_IP, cidr=(str(net.network_address), net.prefixlen))
+        return RbacRule(RbacOp.SOURCE_IP, cidr=_cidr(getattr(p, which), where, at))
     if which == "header":
         return RbacRule(RbacOp.REQUEST, matcher=_lower(attribute_matcher(p.header, where, at)))
     raise ConversionError(where, f"principal {which} does not apply to a MetaProtocol request", at if which else path)
+
+
+def _cidr(cidr: address_pb2.CidrRange, where: str, at: str) -> tuple[str, int]:
+    _only(cidr, where, at, {"address_prefix", "prefix_len"})
+    full = 128 if ":" in cidr.address_prefix else 32
+    try:
+        net = ipaddress.ip_network(f"{cidr.address_prefix}/{cidr.prefix_len.value if cidr.HasField('prefix_len') else full}", strict=False)
+    except ValueError as exc:
+        raise ConversionError(where, f"bad CIDR range: {exc}", at) from None
+    return str(net.network_address), net.prefixlen
 
 
 def _lower(m: AttributeMatcher) -> AttributeMatcher:
