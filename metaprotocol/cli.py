@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.admin:
             bootstrap = _with_admin(bootstrap, *args.admin)
         if args.identity:
-            _start_identity(args, args.xds or bootstrap.ads)
+            _start_identity(args, args.identity_ca or args.xds or bootstrap.ads)
         from metaprotocol.io.proxy import Proxy, build_factories
 
         if args.concurrency > 1:
@@ -188,6 +188,7 @@ def _identity_flags(proxy: argparse.ArgumentParser) -> None:
     """The workload certificate from aeraki-ctl's CA (metaprotocol.io.identity; docs/security.md)."""
     g = proxy.add_argument_group("workload identity", "a certificate from aeraki-ctl serve --ca, renewed at half-life, written as files")
     g.add_argument("--identity", metavar="SPIFFE_ID", help="ask the CA at the --xds address for this identity (spiffe://<td>/ns/<ns>/sa/<sa>)")
+    g.add_argument("--identity-ca", type=_host_port, metavar="HOST:PORT", help="the CA's address when it is not the --xds one (as Istio's CA_ADDR)")
     g.add_argument("--identity-token-file", metavar="FILE", help="the bearer token proving the identity (read at every request)")
     g.add_argument("--identity-dir", metavar="DIR", help="where cert.pem, key.pem and ca.pem are written (required with --identity)")
     g.add_argument("--identity-ttl", type=_positive, default=0, metavar="SECONDS", help="validity to ask for (default: the CA's, 24 h)")
@@ -200,7 +201,7 @@ def _start_identity(args: argparse.Namespace, ads: tuple[str, int] | None) -> No
     from metaprotocol.io.identity import IdentityAgent
 
     if not ads:
-        raise ConfigError("command line", "--identity", "needs --xds HOST:PORT (the CA is aeraki-ctl serve --ca)")
+        raise ConfigError("command line", "--identity", "needs --xds HOST:PORT or --identity-ca HOST:PORT (the CA is aeraki-ctl serve --ca)")
     if not args.identity_dir:
         raise ConfigError("command line", "--identity", "needs --identity-dir DIR (where cert.pem, key.pem and ca.pem are written)")
     if not args.identity.startswith("spiffe://"):
