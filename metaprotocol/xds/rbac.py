@@ -178,15 +178,22 @@ def _rules_to_xds(f: RbacFilter) -> rbac_pb2.RBAC:
     return rules
 
 
-def _permission_to_xds(r: RbacRule) -> rbac_pb2.Permission:
+def _tree_to_xds(r: RbacRule, cls: Any, shape: dict[str, tuple[RbacOp, str]], leaf: Callable[[RbacRule], Message]) -> Any:
+    """``any`` and the and/or/not nodes, as ``cls`` (Permission or Principal); None for a leaf."""
     if r.op is RbacOp.ANY:
-        return rbac_pb2.Permission(any=True)
-    if r.op is RbacOp.AND:
-        return rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=[_permission_to_xds(c) for c in r.children]))
-    if r.op is RbacOp.OR:
-        return rbac_pb2.Permission(or_rules=rbac_pb2.Permission.Set(rules=[_permission_to_xds(c) for c in r.children]))
-    if r.op is RbacOp.NOT:
-        return rbac_pb2.Permission(not_rule=_permission_to_xds(r.children[0]))
+        return cls(any=True)
+    for which, (op, items) in shape.items():
+        if r.op is op:
+            if op is RbacOp.NOT:
+                return cls(**{which: leaf(r.children[0])})
+            return cls(**{which: cls.Set(**{items: [leaf(c) for c in r.children]})})
+    return None
+
+
+def _permission_to_xds(r: RbacRule) -> rbac_pb2.Permission:
+    node = _tree_to_xds(r, rbac_pb2.Permission, _PERMISSION_TREE, _permission_to_xds)
+    if node is not None:
+        return node
     if r.op is RbacOp.REQUEST:
         assert r.matcher is not None  # noqa: S101
         return rbac_pb2.Permission(header=header_matcher(r.matcher))
@@ -197,14 +204,9 @@ def _permission_to_xds(r: RbacRule) -> rbac_pb2.Permission:
 
 
 def _principal_to_xds(r: RbacRule) -> rbac_pb2.Principal:
-    if r.op is RbacOp.ANY:
-        return rbac_pb2.Principal(any=True)
-    if r.op is RbacOp.AND:
-        return rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=[_principal_to_xds(c) for c in r.children]))
-    if r.op is RbacOp.OR:
-        return rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=[_principal_to_xds(c) for c in r.children]))
-    if r.op is RbacOp.NOT:
-        return rbac_pb2.Principal(not_id=_principal_to_xds(r.children[0]))
+    node = _tree_to_xds(r, rbac_pb2.Principal, _PRINCIPAL_TREE, _principal_to_xds)
+    if node is not None:
+        return node
     if r.op is RbacOp.PEER:
         assert r.matcher is not None  # noqa: S101
         if r.matcher.kind is MatchKind.PRESENT:
