@@ -270,3 +270,37 @@ def test_ca_certificates_serve_an_mtls_listener_and_rotate_with_traffic_flowing(
             p.terminate()
             p.wait(10)
         upstream.stop()
+
+
+def test_over_xds_tls_and_with_worker_processes(tmp_path: Path) -> None:
+    """serve --tls-cert/--tls-key --ca: the agent asks the CA with the ADS channel's TLS settings
+    (--xds-ca, --xds-server-name); with --concurrency 2 one agent (in the parent) writes the files;
+    without --xds-ca the plaintext request to a TLS port fails and the proxy says so."""
+    from tests.tls_certs import CertAuthority
+
+    server_ca = CertAuthority("xds server CA")
+    server_cert = server_ca.write(tmp_path, "xds", "aeraki-ctl", dns=("aeraki-ctl.aeraki.svc",))
+    server_ca_file = server_ca.write_ca(tmp_path, "xds-ca")
+    config = tmp_path / "config"
+    config.mkdir()
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({BILLING: "billing-token"}))
+    port = free_port()
+    ctl = subprocess.Popen([sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(config), "--xds-address", f"127.0.0.1:{port}",
+                            "--tls-cert", server_cert[0], "--tls-key", server_cert[1], "--ca", "--ca-dir", str(tmp_path / "ca"), "--ca-tokens", str(tokens),
+                            "--log-level", "WARNING"], env=ENV)  # fmt: skip
+    procs = [ctl]
+    try:
+        wait_port(port, 20)
+        tls, directory, _ = start_proxy(port, tmp_path, "tls", "billing-token", "--xds-ca", server_ca_file, "--xds-server-name", "aeraki-ctl.aeraki.svc",
+                                        "--concurrency", "2", "--identity-wait", "0")  # fmt: skip
+        plain, plain_dir, plain_log = start_proxy(port, tmp_path, "plain", "billing-token", "--identity-wait", "0")
+        procs += [tls, plain]
+        wait_until(lambda: (directory / "ca.pem").exists(), 20, "the certificate files over TLS")
+        verify(directory, load_chain(tmp_path / "ca" / "ca-cert.pem")[0])
+        wait_until(lambda: b"no certificate for" in plain_log.read_bytes(), 20, "the plaintext proxy's failure")
+        assert b"UNAVAILABLE" in plain_log.read_bytes() and not plain_dir.exists()
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(15)
