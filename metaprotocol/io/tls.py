@@ -210,8 +210,8 @@ def san_matches(matchers: Iterable[SanMatcher], peercert: Mapping[str, Any] | No
 
 def failure_reason(exc: BaseException) -> str:
     """A short, bounded name for why a handshake failed (a metrics label)."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
+    if isinstance(exc, TimeoutError) or (isinstance(exc, ConnectionAbortedError) and "taking longer" in str(exc)):
+        return "timeout"  # ours, or the loop's handshake timeout
     if isinstance(exc, SanMismatch):
         return "san_mismatch"
     if isinstance(exc, ssl.SSLError):
@@ -346,21 +346,27 @@ class TlsManager:
         assert isinstance(config, UpstreamTls)  # noqa: S101
         loop = self.loop
         peer = f"{address}:{port}"
-        wrapped = Wrapped(loop, holder.current, server_side=False, server_hostname=config.sni or None, timeout=timeout if timeout > 0 else HANDSHAKE_TIMEOUT)
-        async with asyncio.timeout(timeout if timeout > 0 else None):
-            raw, _ = await loop.create_connection(lambda: wrapped.protocol, address, port)
-            try:
+        # The loop's own handshake timeout is a backstop: ours below fires first and is named.
+        wrapped = Wrapped(loop, holder.current, server_side=False, server_hostname=config.sni or None, timeout=(timeout if timeout > 0 else HANDSHAKE_TIMEOUT) + 1)
+        raw = None
+        try:
+            async with asyncio.timeout(timeout if timeout > 0 else HANDSHAKE_TIMEOUT):
+                raw, _ = await loop.create_connection(lambda: wrapped.protocol, address, port)
                 tls = await wrapped.done()
-                if config.common.match_sans and not san_matches(config.common.match_sans, tls.get_extra_info("peercert")):
-                    raise SanMismatch("no subject alternative name of the server's certificate matches")
-            except (OSError, TimeoutError, asyncio.CancelledError) as exc:
+            if config.common.match_sans and not san_matches(config.common.match_sans, tls.get_extra_info("peercert")):
+                raise SanMismatch("no subject alternative name of the server's certificate matches")
+        except (OSError, TimeoutError) as exc:
+            if raw is None:
+                raise  # no TCP connection: a connect failure, not a TLS one
+            raw.abort()
+            self.upstream_failed(cluster, exc, peer)
+            if isinstance(exc, ssl.SSLError):
+                raise
+            raise ssl.SSLError(f"TLS handshake failed ({failure_reason(exc)}): {exc}") from exc
+        except asyncio.CancelledError:
+            if raw is not None:
                 raw.abort()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                self.upstream_failed(cluster, exc, peer)
-                if isinstance(exc, ssl.SSLError):
-                    raise
-                raise ssl.SSLError(f"TLS handshake failed ({failure_reason(exc)}): {exc}") from exc
+            raise
         self.stats.upstream_ok[cluster] += 1
         return tls, wrapped.buffer
 

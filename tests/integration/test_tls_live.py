@@ -466,7 +466,7 @@ def _xds_example(folder: Path, provider_port: int) -> None:
     (folder / "metarouter.yaml").write_text((ROOT / "examples/aeraki/dubbo-demo/metarouter.yaml").read_text())
 
 
-def _wait_line(path: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
+def _wait_line(path: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = path.read_text(errors="replace") if path.exists() else ""
@@ -517,11 +517,11 @@ def test_xds_over_mtls_serves_proxies_with_the_right_ca_and_certificate_only(pki
             log = tmp_path / f"{name}.log"
             proc = start(["metaprotocol.cli", "proxy", "--xds", f"127.0.0.1:{xds_port}", "--node-id", name, "--admin", f"127.0.0.1:{admin}", *flags], log)
             proxies[name] = (proc, admin, log)
-        wait_port(listen_port, 30)  # the good proxy got its listener over TLS
+        wait_port(listen_port, 90)  # the good proxy got its listener over TLS (slow to start on a loaded host)
 
         async def call() -> str:
             async with DubboConsumer("127.0.0.1", listen_port) as c:
-                deadline = time.monotonic() + 20
+                deadline = time.monotonic() + 60
                 while True:  # the listener comes before its routes (RDS)
                     try:
                         return str(await c.call("org.apache.dubbo.samples.basic.api.DemoService", "sayHello", ["tls"], attachments={"foo": "bar"}, timeout=5))
@@ -557,3 +557,33 @@ def test_plaintext_xds_off_loopback_is_warned_about(caplog: pytest.LogCaptureFix
         assert not [r for r in caplog.records if "plaintext" in r.getMessage()]
         asyncio.run(scenario("0.0.0.0:0"))
     assert [r for r in caplog.records if "plaintext and not on a loopback address" in r.getMessage()]
+
+
+def test_handshakes_that_never_finish_time_out_and_are_counted(run_proxy: object, pki: Pki, plain_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import metaprotocol.io.tls
+
+    monkeypatch.setattr(metaprotocol.io.tls, "HANDSHAKE_TIMEOUT", 0.3)
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel completes TCP connects; nobody ever answers
+    try:
+        routes = [
+            {"name": "silent", "match": {"metadata": [{"name": "key", "prefix_match": "silent:"}]}, "route": {"cluster": "silent", "timeout": "3s"}},
+            {"name": "rest", "route": {"cluster": "r", "timeout": "3s"}},
+        ]
+        lst = listener("redis", 0, "redis", routes)
+        lst["filter_chains"][0]["transport_socket"] = downstream(pki.server)  # type: ignore[index]
+        silent_cluster = cluster("silent", [silent.getsockname()[1]], transport_socket=upstream(None, pki.ca_file))
+        silent_cluster["connect_timeout"] = "0.3s"
+        rp = run_proxy(bootstrap_dict([lst], [cluster("r", [plain_redis.port]), silent_cluster]))  # type: ignore[operator]
+        port = rp.port("redis")
+        with socket.create_connection(("127.0.0.1", port)) as idle:  # connects, never says hello
+            wait_for(lambda: counter(rp, "metaprotocol_downstream_tls_handshake_errors_total", listener="redis", reason="timeout") == 1, what="downstream timeout")
+            assert idle.recv(10) == b""  # and was closed
+        ctx = client_context(pki, None)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname="proxy.local") as s:
+            s.sendall(b"*2\r\n$3\r\nGET\r\n$8\r\nsilent:k\r\n")
+            assert s.recv(200).startswith(b"-")  # the protocol's error reply
+            s.sendall(PING)
+            assert s.recv(100) == b"+PONG\r\n"
+        assert counter(rp, "metaprotocol_upstream_tls_handshake_errors_total", cluster="silent", reason="timeout") >= 1
+    finally:
+        silent.close()
