@@ -23,11 +23,12 @@ that the result equals ``translate`` of the same resources.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
-from aeraki_ctl import sidecar
+from aeraki_ctl import authz, sidecar
 from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet
 from aeraki_ctl.translate import (
     Options,
@@ -40,6 +41,7 @@ from aeraki_ctl.translate import (
     _Rule,
     _Service,
     _services,
+    check_policies,
     check_rejected,
     default_registry,
     service_port,
@@ -51,6 +53,7 @@ from metaprotocol_api.istio.networking.v1alpha3.service_entry_pb2 import Service
 from metaprotocol_api.metaprotocol_aeraki_io.v1alpha1.metaprotocol_pb2 import MetaRouter
 
 _KEYED = ("ServiceEntry", "DestinationRule", "MetaRouter")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,9 @@ class IncrementalTranslator:
         self._dep_of: dict[str, set[tuple[str, str]]] = {}
         self._reading: dict[str, tuple[Problem, ...]] = {}  # problems met reading each object (those with any)
         self._host_problems: dict[str, list[Problem]] = {}  # per host with any: its facts' then its output's
+        self._policy_objects: dict[str, dict[str, Resource]] = {}  # namespace -> ref -> policy
+        self._policies: dict[str, list[authz.Authz]] = {}  # namespace -> its valid policies, translated
+        self._policy_problems: dict[str, list[Problem]] = {}
 
     def take_changes(self) -> tuple[set[str], bool]:
         """Hosts whose output was redone or removed since the last call, and whether the served
@@ -168,6 +174,7 @@ class IncrementalTranslator:
         facts_dirty: set[str] = set()
         entries_dirty: set[str] = set()
         sidecar_namespaces: set[str] = set()
+        policy_namespaces: set[str] = set()
         reset = False
         for ref, old, now in changed:
             for obj, add in ((old, False), (now, True)):
@@ -179,6 +186,9 @@ class IncrementalTranslator:
                 elif obj.kind == "Sidecar":
                     sidecar_namespaces.add(obj.namespace)
                     _put(self._sidecar_objects.setdefault(obj.namespace, {}), ref, obj, add)
+                elif obj.kind in authz.KINDS:
+                    policy_namespaces.add(obj.namespace)
+                    _put(self._policy_objects.setdefault(obj.namespace, {}), ref, obj, add)
                 elif obj.kind in _KEYED:
                     key = _key(obj)
                     facts_dirty.add(key)
@@ -209,6 +219,9 @@ class IncrementalTranslator:
                 outputs_dirty |= self._deps.get(("host", key), set())
         for h in entries_dirty:
             outputs_dirty |= self._deps.get(("entry", h), set())
+        for ns in policy_namespaces:
+            if self._check_policies(ns):
+                outputs_dirty |= self._deps.get(("policies", ns), set())
         for key in outputs_dirty:
             self._compute_output(key)
         self._touched |= outputs_dirty
@@ -297,6 +310,17 @@ class IncrementalTranslator:
         for dep in deps:
             self._deps.setdefault(dep, set()).add(key)
 
+    def _check_policies(self, namespace: str) -> bool:
+        """The authorization policies of one namespace checked again; whether what they translate
+        to changed (the listeners that read them are then redone)."""
+        objects = ResourceSet(list(self._policy_objects.get(namespace, {}).values()))
+        problems: list[Problem] = []
+        made = check_policies(objects, self.options, problems, namespace).get(namespace, [])
+        before = self._policies.get(namespace, [])
+        _put_list(self._policy_problems, namespace, problems)
+        _put_list(self._policies, namespace, made)
+        return made != before
+
     def _check_sidecars(self, namespace: str) -> None:
         objects = list(self._sidecar_objects.get(namespace, {}).values())
         before = self._sidecar_checks.get(namespace, ([], []))[1]
@@ -329,6 +353,8 @@ class IncrementalTranslator:
         outputs = dict(self.outputs)
         for ns in sorted(self._sidecar_checks):
             problems.extend(self._sidecar_checks[ns][0])
+        for ns in sorted(self._policy_problems):
+            problems.extend(self._policy_problems[ns])
         return _Lazy(functools.partial(assemble, outputs), list(dict.fromkeys(problems)), self.sidecars)
 
 
@@ -354,6 +380,10 @@ class _World:
 
     def failed(self) -> _Failed:
         return self._failed
+
+    def policies(self, namespace: str) -> Sequence[authz.Authz]:
+        self.deps.add(("policies", namespace))
+        return self.owner._policies.get(namespace, [])
 
     def service_entry(self, host: str) -> Resource | None:
         self.deps.add(("entry", host))
@@ -430,6 +460,13 @@ def _put(group: dict[str, Resource], ref: str, r: Resource, add: bool) -> None:
         group[ref] = r
     else:
         group.pop(ref, None)
+
+
+def _put_list(by: dict[str, list[T]], key: str, items: list[T]) -> None:
+    if items:
+        by[key] = items
+    else:
+        by.pop(key, None)
 
 
 def _put_ref(refs: set[str], ref: str, add: bool) -> None:

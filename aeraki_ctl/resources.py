@@ -1,7 +1,9 @@
 """Aeraki- and Istio-shaped resources read from YAML files (the embedded default source).
 
 Kinds: ``MetaRouter`` and ``ApplicationProtocol`` (``metaprotocol.aeraki.io/v1alpha1``),
-``ServiceEntry``, ``DestinationRule`` and ``Sidecar`` (``networking.istio.io``). Each spec is read into its
+``ServiceEntry``, ``DestinationRule`` and ``Sidecar`` (``networking.istio.io``),
+``AuthorizationPolicy`` (``security.istio.io``) and ``DubboAuthorizationPolicy``
+(``dubbo.aeraki.io``). Each spec is read into its
 protobuf message (``metaprotocol_api``: Aeraki's and Istio's own packages, names and field
 numbers) with ``google.protobuf.json_format``, after a check against the message's descriptor that
 reports *every* unknown field and wrongly typed value with its path
@@ -29,18 +31,23 @@ from metaprotocol.xds import typed
 from metaprotocol.xds.typed import Errors, child, index
 from metaprotocol.xds.typed import parse_duration as parse_duration  # re-exported
 from metaprotocol.xds.typed import seconds as seconds  # re-exported
+from metaprotocol_api.dubbo_aeraki_io.v1alpha1.dubbo_authorization_policy_pb2 import DubboAuthorizationPolicy
 from metaprotocol_api.istio.networking.v1alpha3.destination_rule_pb2 import DestinationRule
 from metaprotocol_api.istio.networking.v1alpha3.service_entry_pb2 import ServiceEntry
 from metaprotocol_api.istio.networking.v1alpha3.sidecar_pb2 import Sidecar
+from metaprotocol_api.istio.security.v1beta1.authorization_policy_pb2 import AuthorizationPolicy
 from metaprotocol_api.metaprotocol_aeraki_io.v1alpha1.metaprotocol_pb2 import ApplicationProtocol, MetaRouter
 
 # libyaml's loader when PyYAML has it (about ten times faster on large directories).
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 METAPROTOCOL_GROUP = "metaprotocol.aeraki.io"
 ISTIO_GROUP = "networking.istio.io"
-KINDS = {"MetaRouter": METAPROTOCOL_GROUP, "ApplicationProtocol": METAPROTOCOL_GROUP, "ServiceEntry": ISTIO_GROUP, "DestinationRule": ISTIO_GROUP, "Sidecar": ISTIO_GROUP}
+SECURITY_GROUP = "security.istio.io"
+DUBBO_GROUP = "dubbo.aeraki.io"
+KINDS = {"MetaRouter": METAPROTOCOL_GROUP, "ApplicationProtocol": METAPROTOCOL_GROUP, "ServiceEntry": ISTIO_GROUP, "DestinationRule": ISTIO_GROUP, "Sidecar": ISTIO_GROUP,
+         "AuthorizationPolicy": SECURITY_GROUP, "DubboAuthorizationPolicy": DUBBO_GROUP}  # fmt: skip
 MESSAGES: dict[str, type[Message]] = {"MetaRouter": MetaRouter, "ApplicationProtocol": ApplicationProtocol, "ServiceEntry": ServiceEntry, "DestinationRule": DestinationRule,
-                                      "Sidecar": Sidecar}  # fmt: skip
+                                      "Sidecar": Sidecar, "AuthorizationPolicy": AuthorizationPolicy, "DubboAuthorizationPolicy": DubboAuthorizationPolicy}  # fmt: skip
 BUILTIN_PROTOCOLS = {"dubbo": "aeraki.meta_protocol.codec.dubbo", "thrift": "aeraki.meta_protocol.codec.thrift"}
 _TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
 

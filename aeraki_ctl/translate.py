@@ -19,11 +19,11 @@ from __future__ import annotations
 import functools
 import re
 from functools import partial
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from aeraki_ctl import sidecar
+from aeraki_ctl import authz, sidecar
 from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet, seconds
 from metaprotocol.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -41,6 +41,7 @@ from metaprotocol.config.model import (
     MirrorPolicy,
     OutlierDetection,
     RateLimitCondition,
+    RbacFilter,
     RouteAction,
     RouteConfig,
     RouteRule,
@@ -81,10 +82,12 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Options:
     """Where the generated listeners bind: ``listen_address`` and ``port_offset`` added to the
-    service port (so one proxy on a host can listen beside the real services)."""
+    service port (so one proxy on a host can listen beside the real services); the root namespace,
+    whose authorization policies apply to every namespace."""
 
     listen_address: str = "127.0.0.1"
     port_offset: int = 0
+    root_namespace: str = authz.ROOT_NAMESPACE
 
 
 @dataclass
@@ -188,6 +191,9 @@ class _World(Protocol):
     def service_entry(self, host: str) -> Resource | None:
         """The first ServiceEntry read without error (by namespace, name) listing ``host``."""
 
+    def policies(self, namespace: str) -> Sequence[authz.Authz]:
+        """The valid authorization policies of ``namespace``."""
+
 
 @dataclass
 class _GlobalWorld:
@@ -197,7 +203,11 @@ class _GlobalWorld:
     rules: Mapping[str, _Rule]
     failures: _Failed
     valid: ResourceSet
+    by_namespace: Mapping[str, list[authz.Authz]] = field(default_factory=dict)
     _entries: dict[str, Resource] | None = None
+
+    def policies(self, namespace: str) -> Sequence[authz.Authz]:
+        return self.by_namespace.get(namespace, [])
 
     def ports(self, host: str) -> list[int]:
         return self.by_host.get(host, [])
@@ -301,7 +311,7 @@ def translate(resources: ResourceSet, options: Options | None = None, registry: 
     by_host: dict[str, list[int]] = {}
     for s in services:
         by_host.setdefault(s.host, []).append(s.port)
-    world = _GlobalWorld(by_host, rules, failed, valid)
+    world = _GlobalWorld(by_host, rules, failed, valid, check_policies(resources, opts, problems))
     _check_rejected(resources, codecs, services, world, reg, problems)
     clusters: dict[str, ClusterConfig] = {}
     listeners: list[ListenerConfig] = []
@@ -313,6 +323,31 @@ def translate(resources: ResourceSet, options: Options | None = None, registry: 
     sidecars = check_sidecars(resources.of("Sidecar"), problems)
     unique = list(dict.fromkeys(problems))  # an object's problem met once per service port is told once
     return Translation(Bootstrap(tuple(listeners), tuple(clusters[k] for k in sorted(clusters)), None, "aeraki-ctl"), unique, sidecars)
+
+
+def check_policies(resources: ResourceSet, opts: Options, problems: list[Problem], namespace: str | None = None) -> dict[str, list[authz.Authz]]:
+    """Every problem of the authorization policies (of one namespace, or all); the valid ones
+    translated, by namespace, in (kind, name) order."""
+    out: dict[str, list[authz.Authz]] = {}
+    for kind in authz.KINDS:
+        for r in resources.of(kind):
+            if namespace is not None and r.namespace != namespace:
+                continue
+            made = _guard(r, problems, partial(authz.check, r, problems, opts.port_offset), None)
+            if made is not None:
+                out.setdefault(r.namespace, []).append(made)
+    return out
+
+
+def _rbac(svc: _Service, world: _World, opts: Options) -> tuple[RbacFilter, ...]:
+    """The RBAC filters of a service port's listener: the policies of its namespace and of the
+    root namespace that select it."""
+    ns, root = svc.resource.namespace, opts.root_namespace
+    found = [*world.policies(ns), *(world.policies(root) if ns != root else ())]
+    if not found:
+        return ()
+    labels = [e.labels for e in svc.endpoints]
+    return authz.filters([a for a in found if a.applies(ns, root, svc.resource.name, svc.codec, labels)])
 
 
 def check_sidecars(sidecars: Iterable[Resource], problems: list[Problem]) -> tuple[Resource, ...]:
@@ -368,6 +403,7 @@ def service_port(
         local_rate_limit=limit,
         global_rate_limit=global_limit,
         protocol=svc.protocol,
+        rbac=_rbac(svc, world, opts),
     )
 
 

@@ -79,6 +79,33 @@ def application_protocol(name: str, protocol: str) -> dict[str, Any]:
             "spec": {"protocol": protocol, "codec": "aeraki.meta_protocol.codec.thrift"}}  # fmt: skip
 
 
+_RULES: list[list[dict[str, Any]]] = [
+    [],  # ALLOW: nothing; DENY: no effect
+    [{}],  # everything
+    [{"when": [{"key": "request.metadata[method]", "values": ["sayHello", "say*"], "notValues": ["*Bye"]}]}],
+    [{"from": [{"source": {"principals": ["cluster.local/ns/ns1/sa/x"], "namespaces": ["ns2"]}}, {"source": {"ipBlocks": ["10.0.0.0/8"]}}]}],
+    [{"to": [{"operation": {"ports": ["9000"]}}]}, {"when": [{"key": "source.namespace", "values": ["ns*"]}, {"key": "destination.port", "notValues": ["9001"]}]}],
+]
+
+
+def authorization_policy(name: str, ns: str, action: str, selector: dict[str, str] | None, rules: int, target: bool = False, bad: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {"action": action, "rules": _RULES[rules]}
+    if selector:
+        spec["selector"] = {"matchLabels": selector}
+    if target:
+        spec["targetRefs"] = [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": name}]
+    if bad:
+        spec["rules"] = [*spec["rules"], {"to": [{"operation": {"methods": ["GET"]}}]}]  # HTTP only: an error
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": _meta(name, ns), "spec": spec}
+
+
+def dubbo_authorization_policy(name: str, ns: str, action: str, bad: bool = False) -> dict[str, Any]:
+    rule: dict[str, Any] = {"to": [{"operation": {"interfaces": ["org.*"], "notMethods": ["sayGoodbye"]}}], "from": [{"source": {"namespaces": ["ns1"]}}]}
+    if bad:
+        rule["to"][0]["operation"]["paths"] = ["/x"]  # unknown field: a read error
+    return {"apiVersion": "dubbo.aeraki.io/v1alpha1", "kind": "DubboAuthorizationPolicy", "metadata": _meta(name, ns), "spec": {"action": action, "rules": [rule]}}
+
+
 hosts = st.sampled_from(HOSTS)
 names = st.sampled_from(["x", "y", "z"])
 namespaces = st.sampled_from(NAMESPACES)
@@ -93,6 +120,10 @@ objects = st.one_of(
     st.builds(sidecar, names, namespaces, st.lists(st.sampled_from(["./*", "*/a.example", "ns2/*", "~/*", "bad"]), min_size=1, max_size=2),
               st.sampled_from([None, {"app": "x"}])),
     st.builds(application_protocol, names, st.sampled_from(["custom", "other"])),
+    st.builds(authorization_policy, names, st.sampled_from([*NAMESPACES, "base1", "istio-system"]), st.sampled_from(["ALLOW", "DENY", "AUDIT"]),
+              st.sampled_from([None, {"version": "v1"}, {"version": "v3"}]), st.integers(0, len(_RULES) - 1), st.sampled_from([False, False, True]),
+              st.sampled_from([False, False, True])),
+    st.builds(dubbo_authorization_policy, names, st.sampled_from([*NAMESPACES, "istio-system"]), st.sampled_from(["ALLOW", "DENY"]), st.sampled_from([False, False, True])),
 )
 # An edit: put an object (add or replace by ref), delete the object at an index, or re-read one
 # (same content, a new Python object).
