@@ -237,6 +237,38 @@ def _ctl_seeds() -> list[bytes]:
     return texts + corpus_files("ctl_translate")
 
 
+def _xds_listener(data: bytes) -> None:
+    """Any bytes either are not a Listener, or convert, or are refused as a ConversionError with
+    its path: the MetaProtocol filter with its RBAC rules, TLS contexts, rate limits, routes."""
+    convert = importlib.import_module("metaprotocol.xds.convert")
+    listener_pb2 = importlib.import_module("envoy.config.listener.v3.listener_pb2")
+    message = importlib.import_module("google.protobuf.message")
+    lst = listener_pb2.Listener()
+    try:
+        lst.ParseFromString(data)
+    except message.DecodeError:
+        return
+    try:
+        convert.listener_from_xds(lst)
+    except convert.ConversionError as exc:
+        str(exc)
+
+
+def _xds_listener_seeds() -> list[bytes]:
+    """Listeners of the bootstraps the tests use, written back to protobuf bytes."""
+    convert = importlib.import_module("metaprotocol.xds.convert")
+    model = importlib.import_module("metaprotocol.config.model")
+    rule = model.RbacRule(model.RbacOp.REQUEST, matcher=model.AttributeMatcher("method", model.MatchKind.PREFIX, "say"))
+    peer = model.RbacRule(model.RbacOp.PEER, matcher=model.AttributeMatcher("source.principal", model.MatchKind.EXACT, "spiffe://td/ns/a/sa/b"))
+    rbac = (
+        model.RbacFilter("authz", model.RbacAction.DENY, (model.RbacPolicy("p", (rule, model.RbacRule(model.RbacOp.DESTINATION_PORT, ports=(1, 9))), (peer,)),)),
+        model.RbacFilter("shadow", model.RbacAction.ALLOW, (model.RbacPolicy("q", (model.RbacRule(model.RbacOp.ANY),), (model.RbacRule(model.RbacOp.SOURCE_IP, cidr=("10.0.0.0", 8)),)),), False),
+    )
+    routes = model.RouteConfig("r", (model.RouteRule("all", (), model.RouteAction(cluster="c")),))
+    lst = model.ListenerConfig("l", "127.0.0.1", 9000, model.CodecRef("dubbo"), "l", route_config=routes, rbac=rbac)
+    return [convert.listener_to_xds(lst, inline_routes=True).SerializeToString(), *corpus_files("xds_listener")]
+
+
 # -- the registry -------------------------------------------------------------------------------
 
 _REDIS = "metaprotocol_codecs.redis.codec:RedisCodecFactory"
@@ -271,6 +303,10 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "ctl_translate": lambda: Target(
         "ctl_translate", _ctl, _ctl_seeds, documented=(),
         instrument=("aeraki_ctl",), imports=("aeraki_ctl.resources", "aeraki_ctl.translate"),
+    ),  # fmt: skip
+    "xds_listener": lambda: Target(
+        "xds_listener", _xds_listener, _xds_listener_seeds, documented=(),
+        instrument=("metaprotocol.xds", "metaprotocol.router"), imports=("metaprotocol.xds.convert", "metaprotocol.xds.rbac"),
     ),  # fmt: skip
 }
 CODEC_TARGETS = tuple(n for n in TARGETS if n.endswith(("_server", "_client")))

@@ -28,6 +28,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from metaprotocol.config.errors import ConfigError
@@ -411,7 +412,12 @@ def _each(resources: Sequence[any_pb2.Any], message_type: Any, make: Callable[[A
     out: dict[str, Any] = {}
     for i, packed in enumerate(resources):
         message = message_type()
-        if not packed.Unpack(message):
+        try:
+            unpacked = packed.Unpack(message)
+        except DecodeError as exc:  # corrupt bytes: this resource is rejected alone
+            reasons[f"resources[{i}]"] = f"cannot be decoded: {exc}"
+            continue
+        if not unpacked:
             reasons[f"resources[{i}]"] = f"{packed.type_url} is not a {message_type.DESCRIPTOR.full_name}"
             continue
         name = message.cluster_name if message_type is endpoint_pb2.ClusterLoadAssignment else message.name

@@ -182,6 +182,15 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _unpack(packed: any_pb2.Any, msg: message.Message, where: str, path: str) -> bool:
+    """``packed.Unpack(msg)`` (False: another type), with bytes that do not decode a
+    ConversionError at ``path``, never a protobuf DecodeError."""
+    try:
+        return bool(packed.Unpack(msg))
+    except message.DecodeError as exc:
+        raise ConversionError(where, f"cannot be decoded ({exc})", path) from None
+
+
 def _only(msg: message.Message, where: str, path: str, read: Iterable[str], ignored: Iterable[str] = ()) -> None:
     """Refuse every field set in ``msg`` that is neither read nor accepted-and-ignored."""
     allowed = {*read, *ignored}
@@ -800,7 +809,7 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         _only(f, where, fp, {"name", "typed_config"})
         if _is_proxy(f):
             cfg = mpp.MetaProtocolProxy()
-            if not f.typed_config.Unpack(cfg):
+            if not _unpack(f.typed_config, cfg, where, f"{fp}.typed_config"):
                 raise ConversionError(where, f"expected {PROXY_TYPE}", f"{fp}.typed_config.@type")
             found = (cfg, f"{fp}.typed_config")
         elif _is_connection_limit(f):
@@ -842,17 +851,17 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         mp = f"{path}.meta_protocol_filters[{i}]"
         if mf.name == GLOBAL_RATELIMIT_FILTER:
             grl = ratelimit_pb2.RateLimit()
-            if not mf.config.Unpack(grl):
+            if not _unpack(mf.config, grl, where, f"{mp}.config"):
                 raise ConversionError(where, f"expected {GLOBAL_RATELIMIT_TYPE}", f"{mp}.config.@type")
             global_limit = _global_rate_limit(grl, where, f"{mp}.config")
         elif mf.name == LOCAL_RATELIMIT_FILTER:
             msg = local_ratelimit_pb2.LocalRateLimit()
-            if not mf.config.Unpack(msg):
+            if not _unpack(mf.config, msg, where, f"{mp}.config"):
                 raise ConversionError(where, f"expected {LOCAL_RATELIMIT_TYPE}", f"{mp}.config.@type")
             limit = _local_rate_limit(msg, where, f"{mp}.config")
         elif mf.name == _rbac.RBAC_FILTER:
             msg_rbac = network_rbac_pb2.RBAC()
-            if not mf.config.Unpack(msg_rbac):
+            if not _unpack(mf.config, msg_rbac, where, f"{mp}.config"):
                 raise ConversionError(where, f"expected {_rbac.RBAC_TYPE}", f"{mp}.config.@type")
             rbac.extend(_rbac.rbac_filters_from_xds(msg_rbac, where, f"{mp}.config"))
         elif mf.name not in (ROUTER_FILTER, ""):
@@ -895,7 +904,7 @@ def _codec(cfg: mpp.MetaProtocolProxy, where: str, path: str) -> CodecRef:
     settings: dict[str, object] = {}
     if codec.HasField("config"):
         struct = struct_pb2.Struct()
-        if not codec.config.Unpack(struct):
+        if not _unpack(codec.config, struct, where, f"{cp}.config"):
             raise ConversionError(where, f"expected {STRUCT_TYPE} (the codec's settings)", f"{cp}.config.@type")
         settings = {str(k): _plain(v) for k, v in struct.items()}
     return CodecRef(codec.name, settings)
@@ -961,12 +970,12 @@ def _access_log(a: accesslog_pb2.AccessLog, where: str, path: str) -> AccessLog:
     _only(a, where, path, {"name", "typed_config"}, {"filter"})
     tp = f"{path}.typed_config"
     file_log, stdout_log = file_pb2.FileAccessLog(), stream_pb2.StdoutAccessLog()
-    if a.typed_config.Unpack(file_log):
+    if _unpack(a.typed_config, file_log, where, tp):
         _only(file_log, where, tp, {"path", "log_format"})
         if not file_log.path:
             raise ConversionError(where, "required", f"{tp}.path")
         target, fmt = file_log.path, file_log.log_format
-    elif a.typed_config.Unpack(stdout_log):
+    elif _unpack(a.typed_config, stdout_log, where, tp):
         _only(stdout_log, where, tp, {"log_format"})
         target, fmt = "/dev/stdout", stdout_log.log_format
     else:
@@ -979,7 +988,7 @@ def _connection_limit(f: listener_components_pb2.Filter, where: str, path: str) 
     """Envoy's ``envoy.filters.network.connection_limit``: the listener's open connection bound.
     A connection past it is closed at once, so a ``delay`` is refused."""
     limit = connection_limit_pb2.ConnectionLimit()
-    if not f.typed_config.Unpack(limit):
+    if not _unpack(f.typed_config, limit, where, path):
         raise ConversionError(where, f"expected {CONNECTION_LIMIT_TYPE}", f"{path}.@type")
     _only(limit, where, path, {"stat_prefix", "max_connections", "delay"})
     if not limit.HasField("max_connections"):
@@ -1042,7 +1051,7 @@ def _health_check(c: cluster_pb2.Cluster, where: str) -> HealthCheck | None:
         if custom.name != CODEC_HEALTH_CHECKER:
             raise ConversionError(where, f"unsupported health checker {custom.name!r} (only {CODEC_HEALTH_CHECKER})", f"{cp}.name")
         config = struct_pb2.Struct()
-        if custom.HasField("typed_config") and (not custom.typed_config.Unpack(config) or config.fields):
+        if custom.HasField("typed_config") and (not _unpack(custom.typed_config, config, where, f"{cp}.typed_config") or config.fields):
             raise ConversionError(where, "expected an empty google.protobuf.Struct", f"{cp}.typed_config")
         kind = HealthCheckKind.CODEC
     else:
@@ -1325,7 +1334,7 @@ def _transport_socket(ts: base_pb2.TransportSocket, cls: type[message.Message], 
     if ts.name not in (TLS_SOCKET, "tls", "") :
         raise ConversionError(where, f"unsupported transport socket {ts.name!r} (only {TLS_SOCKET})", _join(path, "name"))
     ctx = cls()
-    if not ts.typed_config.Unpack(ctx):
+    if not _unpack(ts.typed_config, ctx, where, _join(path, "typed_config")):
         raise ConversionError(where, f"expected {type_url(cls)}", _join(path, "typed_config.@type"))
     return ctx
 
@@ -1381,7 +1390,7 @@ def overload_from_xds(om: overload_pb2.OverloadManager, path: str = "overload_ma
             raise ConversionError(where, f"resource monitor {m.name!r} is listed twice", f"{mp}.name")
         cls, key = OVERLOAD_MONITORS[m.name]
         config = cls()
-        if not m.typed_config.Unpack(config):
+        if not _unpack(m.typed_config, config, where, f"{mp}.typed_config"):
             raise ConversionError(where, f"expected {type_url(cls)}", f"{mp}.typed_config.@type")
         limit = getattr(config, key)
         if limit < 0:
