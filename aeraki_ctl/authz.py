@@ -319,6 +319,8 @@ def _peer(kind: MatchKind, value: str) -> RbacRule:
 
 def _principal(v: str, path: str, report: _Report) -> RbacRule | None:
     kind, value = _pattern(v)
+    if kind is MatchKind.PRESENT:  # any authenticated client (Envoy: authenticated without a name)
+        return _peer(kind, "")
     if kind in (MatchKind.EXACT, MatchKind.PREFIX) and not value.startswith(SPIFFE):
         value = SPIFFE + value
     return _peer(kind, value)
