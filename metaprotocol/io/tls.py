@@ -432,8 +432,9 @@ class HandshakeBuffer(asyncio.Protocol):
         self.lost = exc
 
     def hand_over(self, transport: asyncio.BaseTransport, protocol: Any) -> None:  # noqa: ANN401 - a duck-typed asyncio protocol (compiled core classes)
-        """Make ``protocol`` the transport's protocol and replay what came meanwhile."""
-        transport.set_protocol(protocol)
+        """Make ``protocol`` the transport's protocol (through :class:`DecryptedReads`) and replay
+        what came meanwhile."""
+        transport.set_protocol(DecryptedReads(protocol))
         protocol.connection_made(transport)
         for chunk in self.data:
             protocol.data_received(chunk)
@@ -444,6 +445,51 @@ class HandshakeBuffer(asyncio.Protocol):
             eof = getattr(protocol, "eof_received", None)
             if eof is None or not eof():
                 transport.close()
+
+
+_READ_BUFFER = bytearray(64 * 1024)
+
+
+class DecryptedReads(asyncio.BufferedProtocol):
+    """Hands a TLS connection's decrypted bytes to a plain protocol (a session, an upstream
+    connection) through one buffer shared by the process.
+
+    Given a plain protocol, asyncio's and uvloop's TLS layers read every record with
+    ``SSLObject.read(256 KiB)``: a fresh 256 KiB allocation per read, which measured 30 µs more
+    than a read into a buffer (about 6 µs) for a pipelined Redis read. As a buffered protocol the
+    TLS layer decrypts into ``get_buffer``; the bytes are copied out before the protocol runs, so
+    one buffer serves every connection of the event loop.
+    """
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:  # noqa: ANN401 - a duck-typed asyncio protocol
+        self.app = app
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        global _READ_BUFFER  # noqa: PLW0603 - grown once for a larger record run, then kept
+        if sizehint > len(_READ_BUFFER):
+            _READ_BUFFER = bytearray(sizehint)
+        return memoryview(_READ_BUFFER)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.app.data_received(bytes(memoryview(_READ_BUFFER)[:nbytes]))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.app.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.app.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        eof = getattr(self.app, "eof_received", None)
+        return eof() if eof is not None else None  # type: ignore[no-any-return]
+
+    def pause_writing(self) -> None:
+        self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.app.resume_writing()
 
 
 class TlsAcceptor(asyncio.Protocol):
