@@ -587,3 +587,74 @@ def test_handshakes_that_never_finish_time_out_and_are_counted(run_proxy: object
         assert counter(rp, "metaprotocol_upstream_tls_handshake_errors_total", cluster="silent", reason="timeout") >= 1
     finally:
         silent.close()
+
+
+def test_tls_listener_and_cluster_in_worker_processes(pki: Pki, plain_redis: RedisServer, tmp_path: Path) -> None:
+    """--concurrency 2: each worker builds its own contexts from the configuration it is handed;
+    /stats sums their TLS counters; a health check probes the TLS upstream."""
+    import os
+    import sys
+    import urllib.request
+
+    server = TlsRedisServer(pki, auth_clients=True)
+    port, admin = free_port(), free_port()
+    while admin == port:
+        admin = free_port()
+    lst = tls_listener("redis", "redis", "tls_redis", downstream(pki.server, pki.ca_file, require=True, sans=[{"san_type": "URI", "matcher": {"exact": GOOD_ID}}]))
+    lst["address"]["socket_address"]["port_value"] = port  # type: ignore[index]
+    upstream_cluster = cluster("tls_redis", [server.port], transport_socket=upstream(pki.client, pki.ca_file, sni="proxy.local"))
+    upstream_cluster["health_checks"] = [{"timeout": "1s", "interval": "0.2s", "unhealthy_threshold": 2, "healthy_threshold": 1,
+                                          "custom_health_check": {"name": "metaprotocol.health_checkers.codec", "typed_config": {"@type": "type.googleapis.com/google.protobuf.Struct"}}}]  # fmt: skip
+    (tmp_path / "boot.yaml").write_text(yaml.safe_dump(bootstrap_dict([lst], [upstream_cluster])))
+    proc = subprocess.Popen([sys.executable, "-m", "metaprotocol.cli", "proxy", "-c", str(tmp_path / "boot.yaml"), "--concurrency", "2", "--admin", f"127.0.0.1:{admin}",
+                             "--log-level", "WARNING"], env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_port(port, 60)
+        wait_port(admin, 60)
+        ctx = client_context(pki, pki.client)
+        for i in range(20):  # new connections: both workers take some
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname="proxy.local") as s:
+                s.sendall(f"*3\r\n$3\r\nSET\r\n$4\r\nw:{i:02d}\r\n$1\r\nx\r\n".encode())
+                assert s.recv(100) == b"+OK\r\n"
+        assert refused(port, client_context(pki, pki.wrong_san))
+
+        def stats() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as r:  # noqa: S310 - loopback
+                return str(r.read().decode())
+
+        def series(name: str, labels: str) -> int:
+            m = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\d+)$", stats(), re.M)
+            return int(m.group(1)) if m else 0
+
+        wait_for(lambda: series("metaprotocol_downstream_tls_handshake_errors_total", 'listener="redis",reason="san_mismatch"') == 1, what="san_mismatch summed")
+        assert series("metaprotocol_downstream_tls_handshakes_total", 'listener="redis"') == 20
+        wait_for(lambda: series("metaprotocol_upstream_health_check_success_total", 'cluster="tls_redis"') >= 2, what="TLS health checks")
+        assert series("metaprotocol_upstream_tls_handshakes_total", 'cluster="tls_redis"') >= 2
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        server.stop()
+
+
+def test_a_live_update_turns_tls_on_for_new_connections_only(run_proxy: object, pki: Pki, plain_redis: RedisServer) -> None:
+    from metaprotocol.config.bootstrap import parse_bootstrap
+
+    plain = bootstrap_dict([listener("redis", 0, "redis", [{"name": "all", "route": {"cluster": "r"}}])], [cluster("r", [plain_redis.port])])
+    rp = run_proxy(plain)  # type: ignore[operator]
+    port = rp.port("redis")
+    old = redis.Redis(port=port)
+    assert old.set("live:k", "1")
+    secured = bootstrap_dict([tls_listener("redis", "redis", "r", downstream(pki.server, pki.ca_file, require=True))], [cluster("r", [plain_redis.port])])
+    secured["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port  # type: ignore[index]
+    rp.call(rp.proxy.apply(parse_bootstrap(secured, "update")))  # type: ignore[attr-defined]
+    assert old.get("live:k") == b"1"  # the established plaintext connection stays
+    assert ping(port, client_context(pki, pki.client)) == b"+PONG\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # a new plaintext client is not spoken to
+        s.sendall(PING)
+        assert s.recv(100) == b""
+    wait_for(lambda: counter(rp, "metaprotocol_downstream_tls_handshake_errors_total", listener="redis", reason="not_tls") == 1, what="not_tls")
+    # A configuration naming a certificate file that does not exist is refused as a whole.
+    broken = bootstrap_dict([tls_listener("redis", "redis", "r", downstream(("/nonexistent.crt", "/nonexistent.key")))], [cluster("r", [plain_redis.port])])
+    with pytest.raises(Exception, match="listener redis.*transport_socket"):
+        rp.call(rp.proxy.apply(parse_bootstrap(broken, "update")))  # type: ignore[attr-defined]
+    assert ping(port, client_context(pki, pki.client)) == b"+PONG\r\n"
