@@ -1346,7 +1346,7 @@ def downstream_tls_from_xds(ts: base_pb2.TransportSocket, where: str, path: str)
         return None
     assert isinstance(ctx, tls_pb2.DownstreamTlsContext)  # noqa: S101
     tp = f"{path}.typed_config"
-    _only(ctx, where, tp, {"common_tls_context", "require_client_certificate"}, {"session_timeout", "disable_stateless_session_resumption", "disable_stateful_session_resumption"})
+    _only(ctx, where, tp, {"common_tls_context", "require_client_certificate"}, {"session_timeout"})
     common = _common_tls(ctx.common_tls_context, where, f"{tp}.common_tls_context")
     if common.certificate_chain is None:
         raise ConversionError(where, "a listener needs a certificate", f"{tp}.common_tls_context.tls_certificates")
