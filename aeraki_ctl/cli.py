@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("directory")
     t.add_argument("--listen-address", default="127.0.0.1")
     t.add_argument("--port-offset", type=int, default=0)
+    t.add_argument("--workload-identity-dir", default=Options.identity_dir, metavar="DIR",
+                   help="where proxies keep their workload certificate (DestinationRule ISTIO_MUTUAL); default %(default)s")  # fmt: skip
+    t.add_argument("--trust-domain", default=Options.trust_domain, help="SPIFFE trust domain ISTIO_MUTUAL servers must belong to")
     t.add_argument("--format", choices=["yaml", "json"], default="yaml")
     v = sub.add_parser("validate", help="report every problem in a directory of resources")
     v.add_argument("directory")
@@ -77,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--xds-address", default="127.0.0.1:15010")
     s.add_argument("--listen-address", default="127.0.0.1")
     s.add_argument("--port-offset", type=int, default=0)
+    s.add_argument("--workload-identity-dir", default=Options.identity_dir, metavar="DIR",
+                   help="where proxies keep their workload certificate (DestinationRule ISTIO_MUTUAL); default %(default)s")  # fmt: skip
     s.add_argument("--zookeeper", help="ZooKeeper HOST:PORT of a Dubbo registry (/dubbo/<interface>/providers)")
     s.add_argument("--admin", type=_host_port, metavar="HOST:PORT", help="serve the admin API (/healthz, /readyz, /proxies, /status, /metrics) here")
     s.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
@@ -150,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_INVALID
         print(f"ok: {len(resources.resources)} resource(s), {len(result.bootstrap.listeners)} listener(s), {len(result.bootstrap.clusters)} cluster(s)")
         return 0
-    result = translate(resources, Options(args.listen_address, args.port_offset))
+    result = translate(resources, _options(args))
     for line in report_lines(result.problems):
         print(line, file=sys.stderr)
     tree = to_bootstrap_tree(result.bootstrap)
@@ -256,7 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
         grpc_server, port = await start_server(ads, args.xds_address, services=[ca_service.handler()] if ca_service else [], tls=_xds_tls(args))
         where = [w for w in (args.config_dir, "Kubernetes" if args.kubernetes else None, args.zookeeper) if w]
         logging.getLogger("aeraki_ctl").info("xDS (ADS) on port %d, resources from %s", port, ", ".join(where))
-        controller = Controller(args.config_dir, ads, Options(args.listen_address, args.port_offset), zookeeper=zookeeper, sources=sources)
+        controller = Controller(args.config_dir, ads, _options(args), zookeeper=zookeeper, sources=sources)
         stop = asyncio.Event()
         fatal: list[BaseException] = []
 
@@ -315,6 +320,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 1 if fatal else 0
 
     return asyncio.run(run())
+
+
+def _options(args: argparse.Namespace) -> Options:
+    """Translation options from translate's or serve's flags."""
+    return Options(args.listen_address, args.port_offset, identity_dir=args.workload_identity_dir, trust_domain=args.trust_domain)
 
 
 def _ca_flags(s: argparse.ArgumentParser) -> None:

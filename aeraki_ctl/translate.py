@@ -32,6 +32,8 @@ from metaprotocol.config.model import (
     CircuitBreakers,
     ClusterConfig,
     CodecRef,
+    CommonTls,
+    DataSource,
     Endpoint,
     GlobalRateLimit,
     LbPolicy,
@@ -45,13 +47,17 @@ from metaprotocol.config.model import (
     RouteAction,
     RouteConfig,
     RouteRule,
+    SanMatcher,
+    SanType,
     TcpKeepalive,
     TokenBucket,
+    UpstreamTls,
     WeightedCluster,
 )
 from metaprotocol.registry import CodecRegistry, RegistryError
 from metaprotocol.spi.codec import CodecFactory
 from metaprotocol_api.istio.networking.v1alpha3.destination_rule_pb2 import (
+    ClientTLSSettings,
     ConnectionPoolSettings,
     DestinationRule,
     LoadBalancerSettings,
@@ -88,6 +94,12 @@ class Options:
     listen_address: str = "127.0.0.1"
     port_offset: int = 0
     root_namespace: str = authz.ROOT_NAMESPACE
+    identity_dir: str = "/etc/metaprotocol/identity"
+    """Where every proxy keeps its workload certificate (``proxy --identity-dir``): ``cert.pem``,
+    ``key.pem``, ``ca.pem``. DestinationRule ``ISTIO_MUTUAL`` clusters present and verify with them."""
+    trust_domain: str = "cluster.local"
+    """An ``ISTIO_MUTUAL`` server must have a SPIFFE id of this trust domain (unless the rule names
+    ``subjectAltNames``)."""
 
 
 @dataclass
@@ -143,6 +155,20 @@ class _Policy:
     keepalive: TcpKeepalive | None = None
     connect_timeout: float = 0.0
     idle_timeout: float = 0.0
+    tls: _ClientTls | None = None
+
+
+@dataclass(frozen=True)
+class _ClientTls:
+    """A DestinationRule's ``tls`` (ClientTLSSettings), files resolved when the cluster is made."""
+
+    mode: str  # SIMPLE, MUTUAL or ISTIO_MUTUAL (DISABLE: no _ClientTls)
+    certificate: str = ""
+    private_key: str = ""
+    ca: str = ""
+    sans: tuple[str, ...] = ()
+    sni: str = ""
+    verify: bool = True
 
 
 @dataclass
@@ -373,9 +399,9 @@ def service_port(
 ) -> ListenerConfig:
     """One service port: its clusters (into ``clusters``), the clusters its MetaRouter adds (a
     rate limit service's, into ``extra``) and its listener with its route table."""
-    made_clusters = _guard(rule.resource, problems, partial(_clusters, svc, rule, problems), None) if rule else None
+    made_clusters = _guard(rule.resource, problems, partial(_clusters, svc, rule, problems, opts), None) if rule else None
     if made_clusters is None:
-        made_clusters = _clusters(svc, None, problems)
+        made_clusters = _clusters(svc, None, problems, opts)
         rule = None
     clusters.update(made_clusters)
     top = rule.policy if rule else _Policy()
@@ -566,10 +592,57 @@ def _policy(tp: TrafficPolicy, path: str, inherited: _Policy, report: _Reporter,
         p = _connection_pool(tp.connection_pool, f"{path}.connectionPool", p, report, subset)
     if tp.HasField("outlier_detection"):
         p = _replace(p, outlier=_outlier(tp.outlier_detection, f"{path}.outlierDetection", report))
-    for fname, json in (("tls", "tls"), ("port_level_settings", "portLevelSettings"), ("tunnel", "tunnel"), ("proxy_protocol", "proxyProtocol")):
+    if tp.HasField("tls"):
+        p = _replace(p, tls=_client_tls(tp.tls, f"{path}.tls", report))
+    for fname, json in (("port_level_settings", "portLevelSettings"), ("tunnel", "tunnel"), ("proxy_protocol", "proxyProtocol")):
         if _is_set(tp, fname):
             report.warn(f"{json} is not supported by aeraki-ctl; ignored", f"{path}.{json}")
     return p
+
+
+def _client_tls(t: ClientTLSSettings, path: str, report: _Reporter) -> _ClientTls | None:
+    """Istio's client TLS settings: DISABLE (plaintext, overriding an inherited mode), SIMPLE
+    (verify the server), MUTUAL (and present the given certificate), ISTIO_MUTUAL (the proxy's own
+    workload certificate, the server's SPIFFE id verified). What would weaken or silently change
+    the check is refused with its path."""
+    mode = ClientTLSSettings.TLSmode.Name(t.mode)
+    if t.mode == ClientTLSSettings.DISABLE:
+        return None
+    if t.credential_name:
+        report("credentialName (a Kubernetes secret) is not read: give clientCertificate, privateKey and caCertificates files", f"{path}.credentialName")
+    if t.ca_crl:
+        report("caCrl is not supported (no revocation lists): a CRL that is not enforced would let revoked servers in", f"{path}.caCrl")
+    skip = t.HasField("insecure_skip_verify") and t.insecure_skip_verify.value
+    if t.mode == ClientTLSSettings.ISTIO_MUTUAL:
+        for fname, json in (("client_certificate", "clientCertificate"), ("private_key", "privateKey"), ("ca_certificates", "caCertificates")):
+            if getattr(t, fname):
+                report(f"{json} is not used with ISTIO_MUTUAL (the proxy's workload certificate is)", f"{path}.{json}")
+        return _ClientTls(mode, sans=tuple(t.subject_alt_names), sni=t.sni, verify=not skip)
+    if t.mode == ClientTLSSettings.MUTUAL and not (t.client_certificate and t.private_key):
+        report("MUTUAL needs clientCertificate and privateKey", path)
+    if not t.ca_certificates and not skip:
+        report("caCertificates is required (the system's roots are not used); or insecureSkipVerify: true", f"{path}.caCertificates")
+    return _ClientTls(mode, t.client_certificate, t.private_key, t.ca_certificates, tuple(t.subject_alt_names), t.sni, not skip)
+
+
+def _upstream_tls(t: _ClientTls | None, host: str, opts: Options) -> UpstreamTls | None:
+    """The cluster's UpstreamTlsContext for a rule's TLS settings."""
+    if t is None:
+        return None
+    if t.mode == "ISTIO_MUTUAL":
+        base = opts.identity_dir.rstrip("/")
+        cert, key, ca = f"{base}/cert.pem", f"{base}/key.pem", f"{base}/ca.pem"
+        sans = tuple(SanMatcher(SanType.URI, MatchKind.EXACT, s) for s in t.sans) or (SanMatcher(SanType.URI, MatchKind.PREFIX, f"spiffe://{opts.trust_domain}/"),)
+    else:
+        cert, key, ca = t.certificate, t.private_key, t.ca
+        sans = tuple(SanMatcher(SanType.ANY, MatchKind.EXACT, s) for s in t.sans)
+    common = CommonTls(
+        certificate_chain=DataSource(filename=cert) if cert else None,
+        private_key=DataSource(filename=key) if key else None,
+        trusted_ca=DataSource(filename=ca) if ca and t.verify else None,
+        match_sans=sans if t.verify else (),
+    )
+    return UpstreamTls(common, sni=t.sni or host)
 
 
 def _replace(p: _Policy, **changes: object) -> _Policy:
@@ -656,11 +729,11 @@ def _outlier(od: IstioOutlierDetection, path: str, report: _Reporter) -> Outlier
     return OutlierDetection(count, base, od.max_ejection_percent or 10)
 
 
-def _clusters(svc: _Service, rule: _Rule | None, problems: list[Problem]) -> dict[str, ClusterConfig]:
+def _clusters(svc: _Service, rule: _Rule | None, problems: list[Problem], opts: Options) -> dict[str, ClusterConfig]:
     def cluster(name: str, endpoints: tuple[Endpoint, ...], p: _Policy) -> ClusterConfig:
         return ClusterConfig(
             name, endpoints, p.lb, connect_timeout=p.connect_timeout or DEFAULT_CONNECT_TIMEOUT, ring_min_size=p.ring_min_size or 1024,
-            circuit_breakers=p.breakers, outlier_detection=p.outlier, tcp_keepalive=p.keepalive,
+            circuit_breakers=p.breakers, outlier_detection=p.outlier, tcp_keepalive=p.keepalive, tls=_upstream_tls(p.tls, svc.host, opts),
         )  # fmt: skip
 
     top = rule.policy if rule else _Policy()
