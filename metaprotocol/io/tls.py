@@ -483,7 +483,7 @@ class DecryptedReads(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool | None:
         eof = getattr(self.app, "eof_received", None)
-        return eof() if eof is not None else None  # type: ignore[no-any-return]
+        return eof() if eof is not None else None
 
     def pause_writing(self) -> None:
         self.app.pause_writing()
