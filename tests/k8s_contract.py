@@ -105,6 +105,8 @@ COLLECTIONS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("/apis/networking.istio.io/v1beta1", "serviceentries"): ("ServiceEntry", "networking.istio.io/v1beta1", False),
     ("/apis/networking.istio.io/v1beta1", "destinationrules"): ("DestinationRule", "networking.istio.io/v1beta1", False),
     ("/apis/networking.istio.io/v1beta1", "sidecars"): ("Sidecar", "networking.istio.io/v1beta1", False),
+    ("/apis/security.istio.io/v1beta1", "authorizationpolicies"): ("AuthorizationPolicy", "security.istio.io/v1beta1", False),
+    ("/apis/dubbo.aeraki.io/v1alpha1", "dubboauthorizationpolicies"): ("DubboAuthorizationPolicy", "dubbo.aeraki.io/v1alpha1", False),
     ("/apis/coordination.k8s.io/v1", "leases"): ("Lease", "coordination.k8s.io/v1", True),
 }
 STATUS_SUBRESOURCE = {("/apis/metaprotocol.aeraki.io/v1alpha1", "metarouters")}  # kinds with subresources.status
@@ -112,7 +114,7 @@ GROUPS = {("/apis/metaprotocol.aeraki.io/v1alpha1", "metarouters"): "metarouters
 BY_KIND = {(api, kind): key for key, (kind, api, _) in COLLECTIONS.items()}
 # Groups whose custom resources are served at several versions with one schema (Istio's CRDs):
 # the versions a ContractServer serves by default.
-MULTI_VERSION: dict[str, tuple[str, ...]] = {"networking.istio.io": ("v1", "v1beta1", "v1alpha3")}
+MULTI_VERSION: dict[str, tuple[str, ...]] = {"networking.istio.io": ("v1", "v1beta1", "v1alpha3"), "security.istio.io": ("v1", "v1beta1")}
 API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the API server's own (--api-audiences)
 TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 EXPIRED_CONTINUE = (

@@ -156,6 +156,8 @@ def test_rbac_is_least_privilege() -> None:
         ("networking.istio.io", "serviceentries"): watch,
         ("networking.istio.io", "destinationrules"): watch,
         ("networking.istio.io", "sidecars"): watch,
+        ("security.istio.io", "authorizationpolicies"): watch,
+        ("dubbo.aeraki.io", "dubboauthorizationpolicies"): watch,
         ("", "services"): watch,
         ("", "pods"): watch,
         ("discovery.k8s.io", "endpointslices"): watch,

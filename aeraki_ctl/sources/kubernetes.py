@@ -48,6 +48,7 @@ CLUSTER_DOMAIN = "svc.cluster.local"
 
 
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # networking.istio.io versions read (one schema), most preferred first
+SECURITY_VERSIONS = ("v1", "v1beta1")  # security.istio.io versions read (one schema), most preferred first
 DEFAULT_PAGE_SIZE = 500  # items per LIST page (client-go's reflector uses 500 too)
 
 
@@ -71,6 +72,8 @@ KINDS = (
     Kind("ServiceEntry", "networking.istio.io", "", "serviceentries", True, ISTIO_VERSIONS),
     Kind("DestinationRule", "networking.istio.io", "", "destinationrules", True, ISTIO_VERSIONS),
     Kind("Sidecar", "networking.istio.io", "", "sidecars", True, ISTIO_VERSIONS),
+    Kind("AuthorizationPolicy", "security.istio.io", "", "authorizationpolicies", True, SECURITY_VERSIONS),
+    Kind("DubboAuthorizationPolicy", "dubbo.aeraki.io", "v1alpha1", "dubboauthorizationpolicies", True),
     Kind("Service", "", "v1", "services", False),
     Kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", False),
     Kind("Pod", "", "v1", "pods", False),
