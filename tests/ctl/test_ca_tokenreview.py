@@ -50,6 +50,7 @@ async def raw(api: ContractServer, method: str, body: dict[str, Any] | None) -> 
     writer.write(f"{method} {TOKENREVIEWS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
     response = await reader.read()
     writer.close()
+    await writer.wait_closed()
     head, _, payload = response.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(payload)
 
