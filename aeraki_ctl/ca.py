@@ -312,7 +312,13 @@ class CertificateService:
             raise  # abort raises; this line is never reached
 
     def metrics(self) -> dict[str, object]:
-        return {"issued": dict(self.issued), "refused": dict(self.refused)}
+        """What aeraki-ctl's ``/status`` shows under ``ca``."""
+        return {
+            "trust_domain": self.ca.trust_domain,
+            "root_not_after": self.ca.chain[-1].not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "issued": dict(sorted(self.issued.items())),
+            "refused": dict(sorted(self.refused.items())),
+        }
 
 
 def _ttl_text(seconds: int) -> str:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import yaml
@@ -280,6 +280,8 @@ def _serve(args: argparse.Namespace) -> int:
             def status_provider() -> dict[str, object]:
                 return {**controller.status(), "leader_election": election.status()}
 
+        if ca_service is not None:
+            status_provider = _with_ca_status(status_provider, ca_service)
         task = asyncio.ensure_future(supervise(controller.run, on_fatal))
         admin = None
         if args.admin:
@@ -384,6 +386,15 @@ def _ca_service(args: argparse.Namespace, api_client: object) -> CertificateServ
         raise SystemExit(f"aeraki-ctl serve: {exc}") from exc
     logging.getLogger("aeraki_ctl").info("CA for trust domain %s (%s), authenticating by %s", args.trust_domain, args.ca_cert or args.ca_dir, args.ca_authn)
     return CertificateService(ca, authn)
+
+
+def _with_ca_status(provider: Callable[[], dict[str, object]], service: CertificateService) -> Callable[[], dict[str, object]]:
+    """/status with the CA's counters under "ca"."""
+
+    def status() -> dict[str, object]:
+        return {**provider(), "ca": service.metrics()}
+
+    return status
 
 
 def _sds_server(service: CertificateService) -> AdsServer:

@@ -59,18 +59,28 @@ def renewed(directory: Path, root: x509.Certificate, first: x509.Certificate) ->
         return False
 
 
+def ca_status(admin: int) -> dict[str, object]:
+    """The "ca" part of aeraki-ctl's /status."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=5) as r:  # noqa: S310 - loopback
+        return json.loads(r.read())["ca"]  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-def ctl(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def ctl(tmp_path: Path) -> Iterator[tuple[int, Path, int]]:
+    """aeraki-ctl serve --ca: (xDS port, CA directory, admin port)."""
     config, ca_dir = tmp_path / "config", tmp_path / "ca"
     config.mkdir()
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({BILLING: "billing-token", "spiffe://cluster.local/ns/shop/sa/cart": "cart-token"}))
-    port = free_port()
+    port, admin = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(config), "--xds-address", f"127.0.0.1:{port}",
-                             "--ca", "--ca-dir", str(ca_dir), "--ca-tokens", str(tokens), "--log-level", "WARNING"], env=ENV)  # fmt: skip
+                             "--admin", f"127.0.0.1:{admin}", "--ca", "--ca-dir", str(ca_dir), "--ca-tokens", str(tokens), "--log-level", "WARNING"], env=ENV)  # fmt: skip
     try:
         wait_port(port, 20)
-        yield port, ca_dir
+        wait_port(admin, 20)
+        yield port, ca_dir, admin
     finally:
         proc.terminate()
         proc.wait(10)
@@ -86,8 +96,8 @@ def start_proxy(port: int, tmp_path: Path, name: str, token: str, *extra: str) -
     return proc, directory, log
 
 
-def test_proxy_gets_its_certificate_and_renews_it_at_half_life(ctl: tuple[int, Path], tmp_path: Path) -> None:
-    port, ca_dir = ctl
+def test_proxy_gets_its_certificate_and_renews_it_at_half_life(ctl: tuple[int, Path, int], tmp_path: Path) -> None:
+    port, ca_dir, admin = ctl
     proxy, directory, log = start_proxy(port, tmp_path, "billing", "billing-token", "--identity-ttl", "4")
     try:
         wait_until(lambda: (directory / "ca.pem").exists(), 20, "the certificate files")
@@ -100,14 +110,16 @@ def test_proxy_gets_its_certificate_and_renews_it_at_half_life(ctl: tuple[int, P
         second = verify(directory, root)
         assert second.not_valid_before_utc >= first.not_valid_before_utc
         assert proxy.poll() is None
+        status = ca_status(admin)
+        assert status["trust_domain"] == "cluster.local" and status["issued"][BILLING] >= 2 and status["refused"] == {}  # type: ignore[index]
     finally:
         proxy.terminate()
         proxy.wait(10)
     assert b"no certificate" not in log.read_bytes()
 
 
-def test_a_wrong_token_gets_no_certificate_and_the_proxy_says_why(ctl: tuple[int, Path], tmp_path: Path) -> None:
-    port, _ = ctl
+def test_a_wrong_token_gets_no_certificate_and_the_proxy_says_why(ctl: tuple[int, Path, int], tmp_path: Path) -> None:
+    port, _, admin = ctl
     proxy, directory, log = start_proxy(port, tmp_path, "intruder", "cart-token", "--identity-wait", "0")
     try:
         wait_until(lambda: b"does not grant" in log.read_bytes(), 20, "the refusal in the log")
@@ -123,6 +135,8 @@ def test_a_wrong_token_gets_no_certificate_and_the_proxy_says_why(ctl: tuple[int
         wait_until(lambda: b"UNAUTHENTICATED" in log.read_bytes(), 20, "the refusal in the log")
         assert "the token is not valid" in log.read_bytes().decode()
         assert not (directory / "cert.pem").exists()
+        refused = ca_status(admin)["refused"]
+        assert refused["denied"] >= 1 and refused["unauthenticated"] >= 1, refused  # type: ignore[index]
     finally:
         proxy.terminate()
         proxy.wait(10)
