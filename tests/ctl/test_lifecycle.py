@@ -31,6 +31,12 @@ def _service(i: int, port: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _policy(i: int) -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": f"ap{i}", "namespace": "ns"},
+            "spec": {"action": "DENY", "targetRefs": [{"kind": "ServiceEntry", "group": "networking.istio.io", "name": f"se{i}"}],
+                     "rules": [{"when": [{"key": "request.metadata[method]", "values": [f"reboot{i}"]}]}]}}  # fmt: skip
+
+
 def _load(files: dict[str, str]) -> ResourceSet:
     out = ResourceSet()
     for name in sorted(files):
@@ -109,18 +115,21 @@ _CORRUPTIONS = (
     ("labels", lambda o: o["spec"]["endpoints"][0].__setitem__("labels", ["v1"]) if o["kind"] == "ServiceEntry" else None),
     ("typo", lambda o: o["spec"]["routes"][0]["route"][0].__setitem__("wieght", 5) if o["kind"] == "MetaRouter" else None),
     ("lb", lambda o: o["spec"].__setitem__("trafficPolicy", {"loadBalancer": {"simple": "NO_SUCH_POLICY"}}) if o["kind"] == "DestinationRule" else None),
+    ("authz-http-only", lambda o: o["spec"]["rules"][0].__setitem__("to", [{"operation": {"methods": ["GET"]}}]) if o["kind"] == "AuthorizationPolicy" else None),
+    ("authz-custom", lambda o: o["spec"].__setitem__("action", "CUSTOM") if o["kind"] == "AuthorizationPolicy" else None),
 )
 
 
 @given(
     services=st.integers(min_value=1, max_value=4),
-    victim=st.integers(min_value=0, max_value=11),
+    victim=st.integers(min_value=0, max_value=15),
     corruption=st.sampled_from([name for name, _ in _CORRUPTIONS]),
 )
 def test_corrupting_one_object_changes_nothing_that_is_served(services: int, victim: int, corruption: str) -> None:
-    objects = [o for i in range(services) for o in _service(i, 20000 + 10 * i)]
+    objects = [o for i in range(services) for o in [*_service(i, 20000 + 10 * i), _policy(i)]]
     ledger = Ledger()
     before, _ = _sync(ledger, _files(objects))
+    assert all(lst.rbac for lst in before.listeners)
     bad = copy.deepcopy(objects)
     target = bad[victim % len(bad)]
     dict(_CORRUPTIONS)[corruption](target)
