@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from metaprotocol.config.errors import ConfigError
-from metaprotocol.config.model import Bootstrap, ListenerConfig, RouteConfig
+from metaprotocol.config.model import Bootstrap, DownstreamTls, ListenerConfig, RouteConfig, UpstreamTls
 from metaprotocol.io.proxy import listener_factory
 from metaprotocol.xds import convert
 from metaprotocol.xds.status import Nack, XdsStatus
@@ -321,10 +321,19 @@ class AdsClient:
             for name, lst in list(listeners.items()):
                 if lst == self.listeners.get(name):
                     continue
-                error = self._codec_problem(lst, self.routes.get(lst.rds_name or "")) or self._bind_problem(lst)
+                error = self._codec_problem(lst, self.routes.get(lst.rds_name or "")) or self._bind_problem(lst) or _tls_problem(lst.tls)
                 if error is not None:
                     reasons[name] = error
                     _put_back(listeners, self.listeners, name)
+        elif t == convert.CLUSTER_TYPE:
+            clusters: dict[str, cluster_pb2.Cluster] = staged["clusters"]  # type: ignore[assignment]
+            for name, c in list(clusters.items()):
+                if c == self.clusters.get(name) or not c.HasField("transport_socket"):
+                    continue
+                error = _tls_problem(convert.cluster_from_xds(c, None).tls)
+                if error is not None:
+                    reasons[name] = error
+                    _put_back(clusters, self.clusters, name)
         elif t == convert.ROUTE_TYPE:
             routes: dict[str, RouteConfig] = staged["routes"]  # type: ignore[assignment]
             for name, rc in list(routes.items()):
@@ -442,6 +451,20 @@ def _put_back(staged: dict[str, Any], previous: Mapping[str, Any], name: str) ->
         staged[name] = previous[name]
     else:
         staged.pop(name, None)
+
+
+def _tls_problem(config: DownstreamTls | UpstreamTls | None) -> str | None:
+    """Why a listener's or cluster's TLS context cannot be made here (a certificate file missing,
+    a key not matching): the resource is rejected alone, as Envoy rejects it."""
+    if config is None:
+        return None
+    from metaprotocol.io.tls import TlsConfigError, build_context
+
+    try:
+        build_context(config)
+    except TlsConfigError as exc:
+        return f"transport_socket: {exc}"
+    return None
 
 
 def _valid_cluster(c: cluster_pb2.Cluster) -> cluster_pb2.Cluster:
