@@ -658,3 +658,29 @@ def test_a_live_update_turns_tls_on_for_new_connections_only(run_proxy: object, 
     with pytest.raises(Exception, match="listener redis.*transport_socket"):
         rp.call(rp.proxy.apply(parse_bootstrap(broken, "update")))  # type: ignore[attr-defined]
     assert ping(port, client_context(pki, pki.client)) == b"+PONG\r\n"
+
+
+def test_tls_on_asyncio_s_own_loop_too(pki: Pki, plain_redis: RedisServer) -> None:
+    """--no-uvloop: the handshakes run on asyncio's SSLProtocol instead of uvloop's."""
+    from metaprotocol.config.bootstrap import parse_bootstrap
+    from metaprotocol.io.proxy import Proxy
+    from metaprotocol.registry import CodecRegistry
+
+    tree = bootstrap_dict([tls_listener("redis", "redis", "r", downstream(pki.server, pki.ca_file, require=True))], [cluster("r", [plain_redis.port])])
+
+    async def scenario() -> None:
+        proxy = Proxy(parse_bootstrap(tree, "test"), CodecRegistry.from_entry_points())
+        await proxy.start()
+        try:
+            assert type(asyncio.get_running_loop()).__module__.startswith("asyncio")
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.bound_port("redis"), ssl=client_context(pki, pki.client), server_hostname="proxy.local")
+            writer.write(PING * 3 + b"*3\r\n$3\r\nSET\r\n$5\r\naio:k\r\n$1\r\nv\r\n")
+            assert await reader.readexactly(len(b"+PONG\r\n" * 3 + b"+OK\r\n")) == b"+PONG\r\n" * 3 + b"+OK\r\n"
+            peer = [s.transport.get_extra_info("peercert") for s in proxy.contexts["redis"].sessions]
+            assert [p["subjectAltName"] for p in peer] == [(("URI", GOOD_ID),)]
+            writer.transport.abort()
+            assert await asyncio.to_thread(refused, proxy.bound_port("redis"), client_context(pki, None))
+        finally:
+            await proxy.close()
+
+    asyncio.run(scenario())
