@@ -95,3 +95,18 @@ def test_config_dump_never_shows_an_inline_private_key() -> None:
         "tls": {"common": {"certificate_chain": {"filename": "", "inline": "CERT"}, "private_key": {"filename": "", "inline": "[redacted]"}}},
         "other": [{"private_key": {"filename": "/k", "inline": ""}}],
     }
+
+
+def test_the_deployed_control_plane_speaks_xds_as_its_sidecars_do() -> None:
+    """--tls-cert also secures xDS: the manifests must not serve TLS to sidecars that speak plaintext."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    (server,) = [c for d in yaml.safe_load_all((root / "deploy/deployment.yaml").read_text()) if d and d.get("kind") == "Deployment"
+                 for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "aeraki-ctl"]  # fmt: skip
+    sidecars = [c for d in yaml.safe_load_all((root / "deploy/example/consumer.yaml").read_text()) if d and d.get("kind") == "Deployment"
+                for c in d["spec"]["template"]["spec"]["containers"] if any(str(a).startswith("--xds=") for a in c.get("args", []))]  # fmt: skip
+    assert sidecars
+    serves_tls = any(str(a).startswith("--tls-cert") for a in server["args"]) and "--xds-plaintext" not in server["args"]
+    for sidecar in sidecars:
+        assert serves_tls == any(str(a).startswith("--xds-ca") for a in sidecar["args"]), sidecar["name"]
