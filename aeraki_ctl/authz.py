@@ -33,6 +33,8 @@ nothing refused), then all DENY policies in one filter, then all ALLOW policies 
 request that no ALLOW policy matches is refused when at least one ALLOW policy applies). A policy
 without rules matches nothing: an ALLOW one still makes an ALLOW filter (so it denies everything
 no other ALLOW policy allows), a DENY or AUDIT one adds nothing. ``rules: [{}]`` matches everything.
+A policy annotated ``istio.io/dry-run: "true"`` goes into its action's filter as shadow rules
+(evaluated and counted, never enforced), as Istio does.
 
 **Checked like every kind**: every problem with its field path. What a MetaProtocol request
 cannot have (HTTP methods, paths and hosts, request headers, JWT principals, X-Forwarded-For
@@ -45,7 +47,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aeraki_ctl.resources import Problem, Resource
 from metaprotocol.config.model import AttributeMatcher, MatchKind, RbacAction, RbacFilter, RbacOp, RbacPolicy, RbacRule
@@ -57,6 +59,7 @@ KINDS = ("AuthorizationPolicy", "DubboAuthorizationPolicy")
 DUBBO_CODEC = "aeraki.meta_protocol.codec.dubbo"
 PRINCIPAL = "source.principal"
 SPIFFE = "spiffe://"
+DRY_RUN = "istio.io/dry-run"
 STAT_PREFIXES = {RbacAction.LOG: "authz_audit", RbacAction.DENY: "authz_deny", RbacAction.ALLOW: "authz_allow"}
 _METADATA_KEY = re.compile(r"^request\.metadata\[([^\[\]]+)\]$")
 _ANY = RbacRule(RbacOp.ANY)
@@ -78,6 +81,7 @@ class Authz:
     targets: tuple[str, ...] | None = None  # names of the ServiceEntry resources targeted; None: by selector
     dubbo_only: bool = False
     policies: tuple[RbacPolicy, ...] = ()
+    dry_run: bool = False  # istio.io/dry-run: shadow rules (evaluated and counted, never enforced)
 
     def applies(self, namespace: str, root_namespace: str, service: str, codec: str, endpoint_labels: Iterable[Iterable[tuple[str, str]]]) -> bool:
         """Whether the policy guards a listener of a service declared in ``namespace`` by the
@@ -97,13 +101,16 @@ class Authz:
 
 def filters(applicable: Sequence[Authz]) -> tuple[RbacFilter, ...]:
     """A listener's RBAC filters from the policies that apply to it: AUDIT (LOG), then DENY, then
-    ALLOW, each one filter of all the policies of that action."""
+    ALLOW, each one filter of all the policies of that action; the dry-run policies of an action
+    are that filter's shadow rules (as Istio makes them)."""
     out = []
     for action in (RbacAction.LOG, RbacAction.DENY, RbacAction.ALLOW):
-        mine = [a for a in applicable if a.action is action]
-        policies = tuple(sorted((p for a in mine for p in a.policies), key=lambda p: p.name))
-        if mine and (policies or action is RbacAction.ALLOW):
-            out.append(RbacFilter(STAT_PREFIXES[action], action, policies))
+        for dry_run in (False, True):
+            mine = [a for a in applicable if a.action is action and a.dry_run is dry_run]
+            policies = tuple(sorted((p for a in mine for p in a.policies), key=lambda p: p.name))
+            if mine and (policies or action is RbacAction.ALLOW):
+                prefix = STAT_PREFIXES[action]
+                out.append(RbacFilter(prefix.replace("authz_", "authz_dry_run_") if dry_run else prefix, action, policies, enforced=not dry_run))
     return tuple(out)
 
 
@@ -126,7 +133,12 @@ def check(r: Resource, problems: list[Problem], port_offset: int = 0) -> Authz |
         made = _dubbo(r, r.message(DubboAuthorizationPolicy), report)
     else:
         made = _istio(r, r.message(AuthorizationPolicy), report, port_offset)
-    return None if report.errors or r.rejected else made
+    dry_run = r.annotations.get(DRY_RUN, "false").strip().lower()
+    if dry_run not in ("true", "false"):
+        report(f"{DRY_RUN} must be \"true\" or \"false\", not {r.annotations[DRY_RUN]!r}", f"metadata.annotations.{DRY_RUN}")
+    if report.errors or r.rejected:
+        return None
+    return replace(made, dry_run=True) if dry_run == "true" else made
 
 
 def _name(r: Resource, i: int) -> str:

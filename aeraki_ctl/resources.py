@@ -50,6 +50,7 @@ MESSAGES: dict[str, type[Message]] = {"MetaRouter": MetaRouter, "ApplicationProt
                                       "Sidecar": Sidecar, "AuthorizationPolicy": AuthorizationPolicy, "DubboAuthorizationPolicy": DubboAuthorizationPolicy}  # fmt: skip
 BUILTIN_PROTOCOLS = {"dubbo": "aeraki.meta_protocol.codec.dubbo", "thrift": "aeraki.meta_protocol.codec.thrift"}
 _TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
+READ_ANNOTATIONS = frozenset({"istio.io/dry-run"})  # an AuthorizationPolicy evaluated and counted, not enforced
 
 M = TypeVar("M", bound=Message)
 
@@ -95,6 +96,9 @@ class Resource:
     problems: tuple[Problem, ...] = ()
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     """The line of each field path the YAML had (for problems found later)."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """The annotations aeraki-ctl reads (:data:`READ_ANNOTATIONS`; the others are not kept, so
+    that an unrelated annotation's change is no change)."""
 
     @functools.cached_property
     def ref(self) -> str:
@@ -273,7 +277,7 @@ def _add(doc: object, source: str, where: str, line: int, lines: Mapping[str, in
         spec = {}
     message, errs = parse_spec(kind, spec)
     problems.extend(Problem(source, ref, reason, line=_line_of(lines, p, line), path=p) for p, reason in errs)
-    resource = Resource(kind, name, namespace, message, source, line, tuple(problems), dict(lines))
+    resource = Resource(kind, name, namespace, message, source, line, tuple(problems), dict(lines), read_annotations(meta))
     seen[ref] = resource
     out.resources.append(resource)
 
@@ -284,8 +288,18 @@ def add_object(doc: object, source: str, out: ResourceSet) -> None:
     _add(doc, source, "object", 0, {}, out, {r.ref: r for r in out.resources})
 
 
-def resource_from_spec(kind: str, name: str, namespace: str, spec: Mapping[str, Any], source: str) -> Resource:
-    """An object made by a program (the ZooKeeper source) read like one from a file."""
+def resource_from_spec(kind: str, name: str, namespace: str, spec: Mapping[str, Any], source: str, metadata: Mapping[str, Any] | None = None) -> Resource:
+    """An object made by a program (the ZooKeeper source, a Kubernetes object's spec and
+    ``metadata``) read like one from a file."""
     ref = f"{kind} {namespace}/{name}"
     message, errs = parse_spec(kind, spec)
-    return Resource(kind, name, namespace, message, source, None, tuple(Problem(source, ref, reason, path=p) for p, reason in errs))
+    problems = tuple(Problem(source, ref, reason, path=p) for p, reason in errs)
+    return Resource(kind, name, namespace, message, source, None, problems, annotations=read_annotations(metadata or {}))
+
+
+def read_annotations(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The annotations of :data:`READ_ANNOTATIONS` an object's metadata has (values as strings)."""
+    annotations = metadata.get("annotations")
+    if not isinstance(annotations, Mapping):
+        return {}
+    return {k: str(v) for k, v in annotations.items() if k in READ_ANNOTATIONS}

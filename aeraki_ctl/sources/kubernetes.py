@@ -456,7 +456,8 @@ def crd_resource(kind: str, ns: str, name: str, obj: Mapping[str, Any]) -> Resou
     """A custom resource read by the same typed parser as a file's."""
     source = source_of(ns, kind, name)
     spec = obj.get("spec")
-    r = resource_from_spec(kind, name, ns, spec if isinstance(spec, Mapping) else {}, source)
+    meta = obj.get("metadata")
+    r = resource_from_spec(kind, name, ns, spec if isinstance(spec, Mapping) else {}, source, meta if isinstance(meta, Mapping) else None)
     if not isinstance(spec, Mapping):
         r = replace(r, problems=(*r.problems, Problem(source, r.ref, "spec is required (an object)", path="spec")))
     return r

@@ -17,6 +17,7 @@ from aeraki_ctl.validation import validate_object
 from metaprotocol.config.model import ListenerConfig, RbacAction
 from metaprotocol.proxy.rbac import RbacStage
 from metaprotocol.xds.convert import listener_from_xds, listener_to_xds
+from metaprotocol.xds.rbac import rbac_filters_to_xds
 from metaprotocol_api.dubbo_aeraki_io.v1alpha1 import dubbo_authorization_policy_pb2 as dap_pb2
 from metaprotocol_api.istio.security.v1beta1 import authorization_policy_pb2 as ap_pb2
 
@@ -39,8 +40,9 @@ def service(name: str = "demo", ns: str = "shop", host: str = "demo.shop", port:
                      "endpoints": [{"address": "10.0.0.1", "labels": labels or {"app": "demo", "version": "v1"}}, {"address": "10.0.0.2", "labels": {"app": "demo", "version": "v2"}}]}}  # fmt: skip
 
 
-def policy(spec: dict[str, Any], name: str = "p", ns: str = "shop", version: str = "v1") -> dict[str, Any]:
-    return {"apiVersion": f"security.istio.io/{version}", "kind": "AuthorizationPolicy", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+def policy(spec: dict[str, Any], name: str = "p", ns: str = "shop", version: str = "v1", annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": ns, **({"annotations": annotations} if annotations else {})}
+    return {"apiVersion": f"security.istio.io/{version}", "kind": "AuthorizationPolicy", "metadata": meta, "spec": spec}
 
 
 def dubbo_policy(spec: dict[str, Any], name: str = "d", ns: str = "shop") -> dict[str, Any]:
@@ -208,6 +210,30 @@ def test_deny_first_then_allow_then_audit_is_logged_only() -> None:
 def test_v1beta1_is_the_same_schema() -> None:
     spec = {"action": "DENY", "rules": [{"when": [{"key": "request.metadata[method]", "values": ["sayGoodbye"]}]}]}
     assert listener(run(service(), policy(spec, version="v1beta1"))).rbac == listener(run(service(), policy(spec))).rbac
+
+
+def test_dry_run_policies_are_shadow_rules_of_their_action() -> None:
+    deny_goodbye = {"action": "DENY", "rules": [{"when": [{"key": "request.metadata[method]", "values": ["sayGoodbye"]}]}]}
+    deny_reboot = {"action": "DENY", "rules": [{"when": [{"key": "request.metadata[method]", "values": ["reboot"]}]}]}
+    dry = {"istio.io/dry-run": "true"}
+    lst = listener(run(service(), policy(deny_goodbye, annotations=dry), policy(deny_reboot, name="q", annotations={"istio.io/dry-run": "false"})))
+    assert [(f.stat_prefix, f.action, f.enforced) for f in lst.rbac] == [("authz_deny", RbacAction.DENY, True), ("authz_dry_run_deny", RbacAction.DENY, False)]
+    (msg,) = rbac_filters_to_xds(lst.rbac)  # one RBAC filter: the dry run is its shadow_rules, as Istio makes it
+    assert msg.HasField("rules") and msg.HasField("shadow_rules") and msg.shadow_rules_stat_prefix == "authz_dry_run_deny"
+    assert allowed(lst, call("sayGoodbye"), PLAIN) and not allowed(lst, call("reboot"), PLAIN)  # the dry run is not enforced
+    shadow = RbacStage(lst.rbac[1], lst.port)
+    assert not shadow.allows(call("sayGoodbye"), PLAIN) and shadow.allows(call("sayHello"), PLAIN)  # it would deny (counted)
+    only_dry = listener(run(service(), policy({}, annotations=dry)))  # a dry-run allow-nothing
+    assert [(f.action, f.enforced, f.policies) for f in only_dry.rbac] == [(RbacAction.ALLOW, False, ())] and allowed(only_dry, call("x"), PLAIN)
+    bad = run(service(), policy(deny_goodbye, annotations={"istio.io/dry-run": "yes"}))
+    assert problems(bad, "AuthorizationPolicy shop/p") == [("metadata.annotations.istio.io/dry-run", 'istio.io/dry-run must be "true" or "false", not \'yes\'', True)]
+    # Only the annotation changes: a change (the incremental translator redoes the listener).
+    translator = IncrementalTranslator()
+    objects = [_read(service()), _read(policy(deny_goodbye))]
+    translator(ResourceSet(objects))
+    translator.take_changes()
+    result = translator(ResourceSet([objects[0], _read(policy(deny_goodbye, annotations=dry))]))
+    assert translator.take_changes()[0] == {"demo.shop"} and not result.bootstrap.listeners[0].rbac[0].enforced
 
 
 # -- where a policy applies -----------------------------------------------------------------------

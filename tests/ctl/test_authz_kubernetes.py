@@ -34,7 +34,7 @@ def denied_methods(resources: ResourceSet, methods: list[str]) -> set[str]:
     t = translate(resources)
     assert not t.errors, [str(p) for p in t.errors]
     (lst,) = t.bootstrap.listeners
-    stages = [RbacStage(f, lst.port) for f in lst.rbac]
+    stages = [RbacStage(f, lst.port) for f in lst.rbac if f.enforced]
     return {m for m in methods if not all(s.allows({"interface": "org.apache.Demo", "method": m}, {}) for s in stages)}
 
 
@@ -60,9 +60,18 @@ async def test_policies_are_watched_at_the_served_version_and_select_by_pod_labe
         before = changes[0]
         server.apply(authorization_policy(served[0], ["sayHello"], {"app": "demo"}))
         await eventually(lambda: changes[0] > before and denied_methods(ResourceSet(list(source.resources()[0])), ["sayHello", "sayGoodbye"]) == {"sayHello"})
+        # Annotated istio.io/dry-run: evaluated and counted (shadow rules), not enforced.
+        dry = authorization_policy(served[0], ["sayHello"], {"app": "demo"})
+        dry["metadata"]["annotations"] = {"istio.io/dry-run": "true", "unrelated": "x"}
+        server.apply(dry)
+        await eventually(lambda: denied_methods(ResourceSet(list(source.resources()[0])), ["sayHello", "sayGoodbye"]) == set())
+        (lst,) = translate(ResourceSet(list(source.resources()[0]))).bootstrap.listeners
+        assert [(f.action, f.enforced) for f in lst.rbac] == [(RbacAction.DENY, False), (RbacAction.ALLOW, True)]
+        assert by_ref(source)[f"AuthorizationPolicy {NS}/deny"].annotations == {"istio.io/dry-run": "true"}  # only what is read is kept
         # A selector the Pods do not match: the policy guards nothing.
         server.apply(authorization_policy(served[0], ["sayHello"], {"app": "other"}))
-        await eventually(lambda: denied_methods(ResourceSet(list(source.resources()[0])), ["sayHello", "sayGoodbye"]) == set())
+        await eventually(lambda: translate(ResourceSet(list(source.resources()[0]))).bootstrap.listeners[0].rbac[0].action is RbacAction.ALLOW)
+        assert denied_methods(ResourceSet(list(source.resources()[0])), ["sayHello", "sayGoodbye"]) == set()
     finally:
         await source.close()
         await server.close()
