@@ -504,39 +504,43 @@ class TlsAcceptor(asyncio.Protocol):
         self.make_session = make_session
         self.pending = pending
         self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.wrapped: Wrapped | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment] # uvloop's transports are not asyncio.Transport subclasses
-        wrapped = Wrapped(self.manager.loop, self.holder.current, server_side=True, server_hostname=None, timeout=HANDSHAKE_TIMEOUT)
+        wrapped = self.wrapped = Wrapped(self.manager.loop, self.holder.current, server_side=True, server_hostname=None, timeout=HANDSHAKE_TIMEOUT)
         transport.set_protocol(wrapped.protocol)
         wrapped.protocol.connection_made(transport)
         self.pending.add(self)
-        self.task = self.manager.loop.create_task(self._handshake(transport, wrapped))  # type: ignore[arg-type]
+        wrapped.waiter.add_done_callback(self._handshake_done)  # a callback, not a task per connection
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass  # not called: the TLS protocol took the connection over
 
     def abort(self) -> None:
         """Drop the connection (the proxy is closing)."""
-        if self.task is not None:
-            self.task.cancel()
         if self.transport is not None:
             self.transport.abort()
 
-    async def _handshake(self, transport: asyncio.Transport, wrapped: Wrapped) -> None:
-        manager, config = self.manager, self.holder.config
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        self.pending.discard(self)
+        manager, config, transport, wrapped = self.manager, self.holder.config, self.transport, self.wrapped
+        assert transport is not None and wrapped is not None  # noqa: S101
+        tls = wrapped.buffer.transport
         peer = transport.get_extra_info("peername")
         try:
-            try:
-                tls = await wrapped.done()
-                if config.common.match_sans and not san_matches(config.common.match_sans, tls.get_extra_info("peercert")):
-                    raise SanMismatch("no subject alternative name of the client's certificate matches")
-            except (OSError, TimeoutError) as exc:
-                transport.abort()
-                manager.downstream_failed(self.listener, exc, peer)
-                return
-        finally:
-            self.pending.discard(self)
+            if waiter.cancelled():
+                raise ConnectionAbortedError("handshake cancelled")
+            exc = waiter.exception()
+            if exc is not None:
+                raise exc
+            if tls is None:
+                raise ConnectionResetError("connection closed during the TLS handshake")
+            if config.common.match_sans and not san_matches(config.common.match_sans, tls.get_extra_info("peercert")):
+                raise SanMismatch("no subject alternative name of the client's certificate matches")
+        except Exception as exc:  # noqa: BLE001 - whatever ended the handshake ends this connection only
+            transport.abort()
+            manager.downstream_failed(self.listener, exc, peer)
+            return
         manager.stats.downstream_ok[self.listener] += 1
         wrapped.buffer.hand_over(tls, self.make_session())
