@@ -173,13 +173,11 @@ def test_envoy_retry_on_over_rds_is_understood_and_http_only_conditions_refused(
 
 def test_a_filter_config_whose_bytes_do_not_decode_is_a_conversion_error_with_its_path() -> None:
     """Found by fuzz/xds_listener.py: a corrupt packed config raised protobuf's DecodeError."""
-    from envoy.config.listener.v3 import listener_pb2
-
     from metaprotocol.config.model import CodecRef, ListenerConfig, RouteAction, RouteConfig, RouteRule
     from metaprotocol.xds.convert import ConversionError, listener_from_xds, listener_to_xds
 
     routes = RouteConfig("r", (RouteRule("all", (), RouteAction(cluster="c")),))
-    lst: listener_pb2.Listener = listener_to_xds(ListenerConfig("l", "127.0.0.1", 9000, CodecRef("dubbo"), "l", route_config=routes), inline_routes=True)
+    lst = listener_to_xds(ListenerConfig("l", "127.0.0.1", 9000, CodecRef("dubbo"), "l", route_config=routes), inline_routes=True)
     lst.filter_chains[0].filters[0].typed_config.value = b"\x0a\xff\xff\xff\xff\x0f"
     with pytest.raises(ConversionError) as err:
         listener_from_xds(lst)
