@@ -65,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--workload-identity-dir", default=Options.identity_dir, metavar="DIR",
                    help="where proxies keep their workload certificate (DestinationRule ISTIO_MUTUAL); default %(default)s")  # fmt: skip
     t.add_argument("--trust-domain", default=Options.trust_domain, help="SPIFFE trust domain ISTIO_MUTUAL servers must belong to")
+    t.add_argument("--root-namespace", default=Options.root_namespace, help="authorization policies here apply to every namespace (default %(default)s)")
     t.add_argument("--format", choices=["yaml", "json"], default="yaml")
     v = sub.add_parser("validate", help="report every problem in a directory of resources")
     v.add_argument("directory")
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--port-offset", type=int, default=0)
     s.add_argument("--workload-identity-dir", default=Options.identity_dir, metavar="DIR",
                    help="where proxies keep their workload certificate (DestinationRule ISTIO_MUTUAL); default %(default)s")  # fmt: skip
+    s.add_argument("--root-namespace", default=Options.root_namespace, help="authorization policies here apply to every namespace (default %(default)s)")
     s.add_argument("--zookeeper", help="ZooKeeper HOST:PORT of a Dubbo registry (/dubbo/<interface>/providers)")
     s.add_argument("--admin", type=_host_port, metavar="HOST:PORT", help="serve the admin API (/healthz, /readyz, /proxies, /status, /metrics) here")
     s.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
@@ -326,7 +328,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace) -> Options:
     """Translation options from translate's or serve's flags."""
-    return Options(args.listen_address, args.port_offset, identity_dir=args.workload_identity_dir, trust_domain=args.trust_domain)
+    return Options(args.listen_address, args.port_offset, root_namespace=args.root_namespace, identity_dir=args.workload_identity_dir, trust_domain=args.trust_domain)
 
 
 def _ca_flags(s: argparse.ArgumentParser) -> None:
