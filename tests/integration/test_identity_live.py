@@ -78,8 +78,8 @@ def ctl(tmp_path: Path) -> Iterator[tuple[int, Path, int]]:
     proc = subprocess.Popen([sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(config), "--xds-address", f"127.0.0.1:{port}",
                              "--admin", f"127.0.0.1:{admin}", "--ca", "--ca-dir", str(ca_dir), "--ca-tokens", str(tokens), "--log-level", "WARNING"], env=ENV)  # fmt: skip
     try:
-        wait_port(port, 20)
-        wait_port(admin, 20)
+        wait_port(port, 60)
+        wait_port(admin, 60)
         yield port, ca_dir, admin
     finally:
         proc.terminate()
@@ -100,12 +100,12 @@ def test_proxy_gets_its_certificate_and_renews_it_at_half_life(ctl: tuple[int, P
     port, ca_dir, admin = ctl
     proxy, directory, log = start_proxy(port, tmp_path, "billing", "billing-token", "--identity-ttl", "4")
     try:
-        wait_until(lambda: (directory / "ca.pem").exists(), 20, "the certificate files")
+        wait_until(lambda: (directory / "ca.pem").exists(), 60, "the certificate files")
         root = load_chain(ca_dir / "ca-cert.pem")[0]
         first = verify(directory, root)
         assert first.not_valid_after_utc - first.not_valid_before_utc == datetime.timedelta(seconds=4)
         # renewed at half-life (2 s): a new certificate and key, written whole
-        wait_until(lambda: load_chain(directory / "cert.pem")[0].serial_number != first.serial_number, 20, "the renewed certificate")
+        wait_until(lambda: load_chain(directory / "cert.pem")[0].serial_number != first.serial_number, 60, "the renewed certificate")
         wait_until(lambda: renewed(directory, root, first), 5, "a matching key")
         second = verify(directory, root)
         assert second.not_valid_before_utc >= first.not_valid_before_utc
@@ -122,7 +122,7 @@ def test_a_wrong_token_gets_no_certificate_and_the_proxy_says_why(ctl: tuple[int
     port, _, admin = ctl
     proxy, directory, log = start_proxy(port, tmp_path, "intruder", "cart-token", "--identity-wait", "0")
     try:
-        wait_until(lambda: b"does not grant" in log.read_bytes(), 20, "the refusal in the log")
+        wait_until(lambda: b"does not grant" in log.read_bytes(), 60, "the refusal in the log")
         text = log.read_bytes().decode()
         assert f"no certificate for {BILLING}" in text and "PERMISSION_DENIED" in text, text
         assert not (directory / "cert.pem").exists() and not (directory / "key.pem").exists()
@@ -132,7 +132,7 @@ def test_a_wrong_token_gets_no_certificate_and_the_proxy_says_why(ctl: tuple[int
         proxy.wait(10)
     proxy, directory, log = start_proxy(port, tmp_path, "stranger", "guessed", "--identity-wait", "0")
     try:
-        wait_until(lambda: b"UNAUTHENTICATED" in log.read_bytes(), 20, "the refusal in the log")
+        wait_until(lambda: b"UNAUTHENTICATED" in log.read_bytes(), 60, "the refusal in the log")
         assert "the token is not valid" in log.read_bytes().decode()
         assert not (directory / "cert.pem").exists()
         refused = ca_status(admin)["refused"]
@@ -181,8 +181,8 @@ def test_in_kubernetes_a_service_account_token_gets_its_identity(tmp_path: Path)
     token = api.server.issue_token("billing", "billing", audiences=("istio-ca",))  # read by the server's loop only after this
     proxy, directory, _ = start_proxy(port, tmp_path, "k8s", token, "--identity-wait", "0")
     try:
-        wait_port(port, 20)
-        wait_until(lambda: (directory / "ca.pem").exists(), 20, "the certificate files")
+        wait_port(port, 60)
+        wait_until(lambda: (directory / "ca.pem").exists(), 60, "the certificate files")
         verify(directory, load_chain(tmp_path / "ca" / "ca-cert.pem")[0])
         assert api.server.reviews and api.server.reviews[0]["audiences"] == ["istio-ca"]
     finally:
@@ -234,12 +234,12 @@ def test_ca_certificates_serve_an_mtls_listener_and_rotate_with_traffic_flowing(
                             "--ca", "--ca-dir", str(ca_dir), "--ca-tokens", str(tokens), "--log-level", "WARNING"], env=ENV)  # fmt: skip
     procs = [ctl]
     try:
-        wait_port(xds_port, 20)
+        wait_port(xds_port, 60)
         with (tmp_path / "proxy.log").open("wb") as out:  # the listener is served once the first certificate is written
             procs.append(subprocess.Popen([sys.executable, "-m", "metaprotocol.cli", "proxy", "-c", str(tmp_path / "bootstrap.yaml"),
                                            "--identity", BILLING, "--identity-ca", f"127.0.0.1:{xds_port}", "--identity-token-file", str(tmp_path / "billing.token"),
                                            "--identity-dir", str(ids), "--identity-ttl", "4", "--drain-timeout", "1", "--log-level", "WARNING"], env=ENV, stderr=out))  # fmt: skip
-        wait_port(port, 20)
+        wait_port(port, 60)
         ctx = ssl.create_default_context(cafile=str(tmp_path / "root.pem"))
         ctx.check_hostname = False  # the identity is a URI SAN, checked here
         ctx.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
@@ -272,7 +272,7 @@ def test_ca_certificates_serve_an_mtls_listener_and_rotate_with_traffic_flowing(
 
         worker = threading.Thread(target=traffic, daemon=True)
         worker.start()
-        wait_until(lambda: presented().serial_number != first.serial_number, 20, "the renewed certificate on new handshakes")
+        wait_until(lambda: presented().serial_number != first.serial_number, 60, "the renewed certificate on new handshakes")
         before = count[0]
         wait_until(lambda: count[0] > before + 10 or failures, 10, "traffic after the rotation")
         done.set()
@@ -305,14 +305,14 @@ def test_over_xds_tls_and_with_worker_processes(tmp_path: Path) -> None:
                             "--log-level", "WARNING"], env=ENV)  # fmt: skip
     procs = [ctl]
     try:
-        wait_port(port, 20)
+        wait_port(port, 60)
         tls, directory, _ = start_proxy(port, tmp_path, "tls", "billing-token", "--xds-ca", server_ca_file, "--xds-server-name", "aeraki-ctl.aeraki.svc",
                                         "--concurrency", "2", "--identity-wait", "0")  # fmt: skip
         plain, plain_dir, plain_log = start_proxy(port, tmp_path, "plain", "billing-token", "--identity-wait", "0")
         procs += [tls, plain]
-        wait_until(lambda: (directory / "ca.pem").exists(), 20, "the certificate files over TLS")
+        wait_until(lambda: (directory / "ca.pem").exists(), 60, "the certificate files over TLS")
         verify(directory, load_chain(tmp_path / "ca" / "ca-cert.pem")[0])
-        wait_until(lambda: b"no certificate for" in plain_log.read_bytes(), 20, "the plaintext proxy's failure")
+        wait_until(lambda: b"no certificate for" in plain_log.read_bytes(), 60, "the plaintext proxy's failure")
         assert b"UNAVAILABLE" in plain_log.read_bytes() and not plain_dir.exists()
     finally:
         for p in reversed(procs):
