@@ -9,6 +9,12 @@ ignore list of this campaign and restarts on the remaining budget: one run finds
 crash it can, not only the first. Crashes of still-open defects (fuzz/known_open.txt) are skipped
 from the start. Executions come from libFuzzer's final stats; a JSON summary is written to
 ``.fuzz-work/summary.json`` (and a timestamped copy).
+
+On the compiled build (``metaprotocol --version``; ``METAPROTOCOL_PURE_PYTHON=1`` runs the
+sources) atheris cannot instrument the compiled codecs: libFuzzer sees little or no coverage and
+would reduce the corpus to one input, so campaigns there pass ``-keep_seed=1`` and fuzz by
+mutating the seeds (coverage-guided only where pure-Python code is reached). The differential
+campaign, compiled against pure Python, is ``fuzz/differential.py`` (``scripts/fuzz differential``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fuzz import _harness, _targets  # noqa: E402
+from metaprotocol import _native  # noqa: E402
 
 ROOT = _harness.ROOT
 WORK = ROOT / ".fuzz-work"
@@ -105,6 +112,8 @@ def run_target(name: str, runs: int, seconds: float, max_len: int, restarts: int
             f"-runs={left_runs}", f"-max_total_time={left_time}", f"-max_len={max_len}",
             f"-artifact_prefix={artifacts}/", "-print_final_stats=1", "-timeout=10", "-rss_limit_mb=2048",
         ]  # fmt: skip
+        if _native.mode()[0] == "compiled":
+            cmd.append("-keep_seed=1")  # no coverage from compiled code: keep every seed to mutate
         start = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
         result.seconds += time.monotonic() - start
@@ -151,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in _targets.TARGETS]
     if unknown:
         parser.error(f"unknown target(s): {', '.join(unknown)}")
+    mode, why = _native.mode()
+    print(f"hot path: {mode} ({why})", flush=True)
     results = []
     for name in names:
         print(f"fuzzing {name} (up to {args.runs} runs, {args.seconds:.0f} s)", flush=True)
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':20}{c.signature}: {c.stack_top}")
     summary = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "mode": mode,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False).stdout.strip(),
         "targets": [{**asdict(r), "exec_per_s": round(r.exec_per_s)} for r in results],
     }

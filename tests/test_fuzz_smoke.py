@@ -4,7 +4,10 @@ committed crash reproducer under fuzz/regressions/ (those of still-open defects,
 fuzz/known_open.txt, are expected to fail until fixed: xfail, not strict).
 
 Only documented exceptions (MetaProtocolError; HessianDecodeError for the Hessian targets) may
-escape a codec; see fuzz/_harness.py. Long campaigns: scripts/fuzz."""
+escape a codec; see fuzz/_harness.py. Long campaigns: scripts/fuzz.
+
+A small differential run (fuzz/differential.py) feeds the same inputs to the compiled codecs and
+to their pure-Python sources, in two processes, and requires identical outcomes."""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def _harness_module(name: str) -> ModuleType:
 
 
 def test_every_target_has_a_harness_file() -> None:
-    files = {p.stem for p in (ROOT / "fuzz").glob("*.py") if not p.stem.startswith("_") and p.stem != "campaign"}
+    files = {p.stem for p in (ROOT / "fuzz").glob("*.py") if not p.stem.startswith("_") and p.stem not in ("campaign", "differential")}
     assert files == set(_targets.TARGETS)
 
 
@@ -77,3 +80,17 @@ def test_regression_reproducer(name: str, path: Path) -> None:
 def test_known_open_entries_have_reproducers() -> None:
     for key in _KNOWN:
         assert (_harness.REGRESSIONS / key).is_file(), f"fuzz/known_open.txt lists {key}, which is not under fuzz/regressions"
+
+
+DIFFERENTIAL_INPUTS = 300
+"""Inputs per target of the differential smoke run (two worker processes, a few seconds)."""
+
+
+def test_compiled_and_pure_codecs_agree_on_fuzz_inputs() -> None:
+    """Every decode, SPI call and error of the compiled codecs is the pure-Python one's."""
+    from fuzz import differential
+
+    mode, problems = differential.smoke(DIFFERENTIAL_INPUTS)
+    if not mode.startswith("compiled"):
+        pytest.skip(f"the compiled build is not in use ({mode}); tests/test_native.py says why")
+    assert not problems, "\n".join(problems)
