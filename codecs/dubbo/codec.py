@@ -48,6 +48,7 @@ _STATUS_FOR: Final = {
     ErrorKind.BAD_REQUEST: wire.BAD_REQUEST,
     ErrorKind.BAD_RESPONSE: wire.BAD_RESPONSE,
     ErrorKind.OVER_LIMIT: wire.SERVER_THREADPOOL_EXHAUSTED_ERROR,
+    ErrorKind.FORBIDDEN: wire.SERVICE_ERROR,  # with "RBAC: access denied": what a Dubbo client shows as its RpcException
     ErrorKind.UNSUPPORTED: wire.BAD_REQUEST,
     ErrorKind.INTERNAL: wire.SERVER_ERROR,
 }
