@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from aeraki_ctl.authn import Authenticator, Identity, Refused
+from metaprotocol.io.files import write_atomic
 from metaprotocol_api.istio.security.v1alpha1 import ca_pb2
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class CertificateAuthority:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         _write_private(key_path, key_bytes)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         log.info("made a new root CA for %s in %s", trust_domain, d)
         return cls(key, [cert], **kwargs)  # type: ignore[arg-type]
 
@@ -237,20 +238,8 @@ def _extension(obj: x509.Certificate | x509.CertificateSigningRequest, kind: typ
         return None
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def _write_private(path: Path, data: bytes) -> None:
-    _write_atomic(path, data, 0o600)
+    write_atomic(path, data, 0o600)
 
 
 # -- the gRPC service -------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import struct_pb2
 
+from metaprotocol.io.files import write_atomic
 from metaprotocol_api.istio.security.v1alpha1 import ca_pb2
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,9 @@ class IdentityAgent:
         self.directory.mkdir(parents=True, exist_ok=True)
         pem = serialization.Encoding.PEM
         leaf_and_intermediates = chain[:-1] if len(chain) > 1 else chain
-        _write(self.directory / KEY_FILE, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)
-        _write(self.directory / CERT_FILE, b"".join(c.public_bytes(pem) for c in leaf_and_intermediates), 0o644)
-        _write(self.directory / CA_FILE, chain[-1].public_bytes(pem), 0o644)
+        write_atomic(self.directory / KEY_FILE, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)
+        write_atomic(self.directory / CERT_FILE, b"".join(c.public_bytes(pem) for c in leaf_and_intermediates), 0o644)
+        write_atomic(self.directory / CA_FILE, chain[-1].public_bytes(pem), 0o644)
         leaf = chain[0]
         self.not_before, self.not_after = leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
         self.issued += 1
@@ -219,16 +220,3 @@ def _struct(values: Mapping[str, str]) -> struct_pb2.Struct:
 
 def _iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, renamed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
