@@ -284,7 +284,9 @@ def start_all(tmp: Path, exe: dict[str, Path], files: dict[str, Path], protocols
                 conf = {"alpha": {"listen": f"127.0.0.1:{port}", "hash": "fnv1a_64", "distribution": "ketama", "redis": True, "preconnect": True,
                                   "auto_eject_hosts": False, "server_connections": 1, "servers": [f"127.0.0.1:{redis_port}:1"]}}  # fmt: skip
                 (tmp / "nutcracker.yml").write_text(yaml.safe_dump(conf))
-                n = st.start("twemproxy", [nutcracker, "-c", str(tmp / "nutcracker.yml"), "-o", str(tmp / "nutcracker.out")])
+                # its stats port too (default 22222): two runs at once must not collide
+                stats = ["-a", "127.0.0.1", "-s", str(free_port())]
+                n = st.start("twemproxy", [nutcracker, "-c", str(tmp / "nutcracker.yml"), "-o", str(tmp / "nutcracker.out"), *stats])
                 targets.append(Target("twemproxy", port, n.pid))
             if haproxy:
                 l4["redis"] = (free_port(), [redis_port])
