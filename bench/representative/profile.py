@@ -40,8 +40,25 @@ AREAS = (("codecs/", "codecs (metaprotocol_codecs)"), ("metaprotocol/proxy/", "p
          ("uvloop", "event loop (uvloop)"), ("asyncio/", "event loop (uvloop)"))  # fmt: skip
 
 
+_MYPYC_CODEC = ("fastscan", "dubbo___", "thrift___", "redis___", "requests___", "resp___", "hessian2")
+
+
 def area(key: str) -> str:
+    if key.startswith("CPyDef_"):  # a function compiled by mypyc: CPyDef_<module>___<name>
+        return "codecs (metaprotocol_codecs)" if key[7:].startswith(_MYPYC_CODEC) else "proxy core (compiled)"
+    if key.startswith(("CPy", "Py_", "_Py")) or "mypyc" in key:
+        return "mypyc runtime and CPython helpers"
+    if key.startswith(("sre_", "_sre_")):
+        return "regular expressions (re)"
     return next((name for marker, name in AREAS if marker in key), "other (interpreter, stdlib)")
+
+
+def _name(func: str, file: str) -> str:
+    if func.startswith("CPyDef_") and "mypyc" in file:
+        return func[7:].replace("___", ".") + " [mypyc]"
+    if "mypyc" in file:
+        return f"{func} (mypyc runtime)"
+    return f"{func} ({_short(file)})"
 
 
 def areas(raw: Path) -> dict[str, float]:
@@ -49,7 +66,8 @@ def areas(raw: Path) -> dict[str, float]:
     total, rows = top_self(raw, 10_000)
     out: Counter[str] = Counter()
     for row in rows:
-        out[area(str(row["function"]))] += int(row["samples"])  # type: ignore[call-overload]
+        key = str(row["function"])
+        out[area("CPyDef_" + key if key.endswith(" [mypyc]") else key)] += int(str(row["samples"]))
     return {k: round(100 * v / total, 1) for k, v in out.most_common()} if total else {}
 
 
@@ -64,7 +82,7 @@ def top_self(raw: Path, n: int = 15) -> tuple[int, list[dict[str, object]]]:
             continue
         leaf = stack.split(";")[-1]
         m = _FRAME.match(leaf)
-        key = f"{m['func']} ({_short(m['file'])})" if m else leaf
+        key = _name(m["func"], m["file"]) if m else leaf
         self_counts[key] += int(count)
         total += int(count)
     rows = [{"function": k, "samples": c, "self_pct": round(100 * c / total, 1)} for k, c in self_counts.most_common(n)] if total else []
