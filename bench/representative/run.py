@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         args.reps, args.seconds, args.warmup, args.frames, args.profile_seconds = 2, 0.5, 0.2, 1024, 2.0
     scale = 1.0
     if args.smoke:
-        args.reps, args.seconds, args.warmup, args.frames, args.keys, args.profile_seconds = 1, 0.1, 0.05, 128, 1000, 0.0
+        args.reps, args.seconds, args.warmup, args.frames, args.keys, args.profile_seconds = 1, 0.4, 0.1, 128, 1000, 0.0  # long enough that a loaded CI host still completes requests
         args.no_peers, args.depths, args.connections, scale = True, "1", 4, 0.02
     protocols = [p for p in args.protocols.split(",") if p]
     depths = [int(d) for d in args.depths.split(",")]
