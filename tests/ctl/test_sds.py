@@ -76,12 +76,22 @@ async def test_rootca_and_default_over_ads_renewed_at_half_life(tmp_path: Path) 
             assert pkey.public_key().public_numbers() == leaf.public_key().public_numbers()  # type: ignore[union-attr]
             await s.send(SECRET_TYPE, ["ROOTCA", "default", "unknown"], first.nonce, first.version_info)  # ACK
             # other types on the same stream: the ADS server as before
+            early: list[discovery_pb2.DiscoveryResponse] = []  # a renewal may come before the clusters on a slow host
+
+            async def read_type(type_url: str) -> discovery_pb2.DiscoveryResponse:
+                for i, r in enumerate(early):
+                    if r.type_url == type_url:
+                        return early.pop(i)
+                while (r := await s.read()).type_url != type_url:
+                    early.append(r)
+                return r
+
             await s.send(convert.CLUSTER_TYPE, [])
-            clusters = await s.read()
+            clusters = await read_type(convert.CLUSTER_TYPE)
             assert clusters.type_url == convert.CLUSTER_TYPE and len(clusters.resources) == 1
             await s.send(convert.CLUSTER_TYPE, [], clusters.nonce, clusters.version_info)
             # half-life of a 2 s certificate: a new one is pushed
-            renewed = await s.read()
+            renewed = await read_type(SECRET_TYPE)
             assert renewed.type_url == SECRET_TYPE and renewed.version_info != first.version_info
             leaf2 = x509.load_pem_x509_certificate(secrets_of(renewed)["default"].tls_certificate.certificate_chain.inline_bytes)
             assert leaf2.serial_number != leaf.serial_number
