@@ -166,8 +166,11 @@ class Bind(Stage):
 
     name = "bind"
 
+    def __init__(self, router: RouterStage) -> None:
+        self.router = router  # resolves the first request's endpoint; compiled with the chain
+
     def run(self, session: DownstreamSession, p: Pending, now: float) -> bool:
-        session.bind(p.request)
+        session.bind(p.request, self.router)
         return False
 
 
@@ -214,7 +217,7 @@ def compile_chain(ctx: ListenerContext, extra: Sequence[StageBuilder] = ()) -> C
             stages.extend(built)
     router: RouterStage | None = None
     if ctx.factory.bound_upstream:
-        stages.append(Bind())
+        stages.append(Bind(RouterStage(ctx)))
     else:
         router = RouterStage(ctx)
         stages.append(router)

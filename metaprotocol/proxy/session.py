@@ -167,7 +167,7 @@ class DownstreamSession:
             self._refuse(None, ErrorKind.INTERNAL, "internal error", self.last_active, close=True)
 
     def _process(self) -> None:
-        """Decode every whole frame read and hand each message to ``_on_message``; when the
+        """Decode every whole frame read and hand each message to ``on_message``; when the
         listener's chain forwards pipelines, runs of plain requests go as units instead."""
         buffer = self.buffer
         ctx = self.ctx
@@ -187,15 +187,7 @@ class DownstreamSession:
             if msg is NEED_DATA:
                 return
             assert isinstance(msg, Message)  # noqa: S101 - narrows the sentinel for mypy
-            mtype = msg.type
-            if mtype is MessageType.REQUEST or mtype is MessageType.ONEWAY:  # on_message's common case, inline
-                answer = codec.answer_locally(msg)
-                if answer is None:
-                    self.request(Pending(self, msg, now), chain, now)
-                else:
-                    self.answered_locally(msg, answer, now)
-            else:
-                self.on_message(msg, chain, now)
+            self.on_message(msg, chain, now)
             if self.tunnel is not None:  # bound: the rest of the buffer goes through unparsed
                 rest = bytes(buffer.data[buffer.pos :])
                 buffer.clear()
@@ -274,10 +266,10 @@ class DownstreamSession:
             return False
         return True
 
-    def bind(self, msg: Message) -> None:
-        """Bound mode: open this client's own upstream connection and pass bytes through."""
+    def bind(self, msg: Message, router: RouterStage) -> None:
+        """Bound mode: open this client's own upstream connection (to where ``router`` sends
+        ``msg``) and pass bytes through."""
         ctx = self.ctx
-        router = RouterStage(ctx)
         target = router.resolve(msg)
         if isinstance(target, Failure):
             self.reply_locally(Pending(self, msg, ctx.io.now()), self.error_reply(msg, target.error))
