@@ -60,10 +60,16 @@ def ctl(*args: str) -> subprocess.CompletedProcess[str]:
 def test_a_nacked_listener_shows_in_proxy_status_and_the_rest_is_applied(tmp_path: Path, providers: Providers, delta: bool) -> None:  # noqa: F811 - fixture
     write_config(tmp_path, providers.ports, (0, 100))
     (tmp_path / "other.yaml").write_text(OTHER.replace("PORT", str(providers.ports["v1"])))
-    xds_port, admin_port, proxy_admin, listen_port = free_port(), free_port(), free_port(), free_port()
-    offset = listen_port - 20880
-    taken = socket.socket()  # the second listener's port is busy on the proxy's host
-    taken.bind(("127.0.0.1", 20990 + offset))
+    xds_port, admin_port, proxy_admin = free_port(), free_port(), free_port()
+    for _ in range(100):  # a port offset whose second listener's port we can hold (it is not free_port's)
+        listen_port = free_port()
+        offset = listen_port - 20880
+        taken = socket.socket()  # the second listener's port is busy on the proxy's host
+        try:
+            taken.bind(("127.0.0.1", 20990 + offset))
+            break
+        except OSError:
+            taken.close()
     taken.listen()
     serve = subprocess.Popen([sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(tmp_path), "--xds-address", f"127.0.0.1:{xds_port}",
                               "--admin", f"127.0.0.1:{admin_port}", "--port-offset", str(offset), "--log-level", "WARNING"], env=ENV)  # fmt: skip
