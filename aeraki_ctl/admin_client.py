@@ -31,7 +31,8 @@ def fetch(admin: str, path: str, timeout: float = 5.0) -> object:
 
 
 def proxy_status(admin: str, out: TextIO) -> int:
-    """One line per connected proxy: NAME, then CDS/LDS/EDS/RDS state; NACK reasons below."""
+    """One line per connected proxy: NAME, DATA-PLANE (metaprotocol or envoy), then CDS/LDS/EDS/RDS
+    state; NACK reasons below."""
     data = fetch(admin, "/proxies")
     proxies = data.get("proxies", []) if isinstance(data, dict) else []
     print(render_proxies(proxies if isinstance(proxies, list) else []), end="", file=out)
@@ -40,7 +41,7 @@ def proxy_status(admin: str, out: TextIO) -> int:
 
 def render_proxies(proxies: list[object]) -> str:
     """The proxy-status table."""
-    rows: list[tuple[str, ...]] = [("NAME", *TYPES, "PEER", "CONNECTED SINCE")]
+    rows: list[tuple[str, ...]] = [("NAME", "DATA-PLANE", *TYPES, "PEER", "CONNECTED SINCE")]
     notes: dict[int, list[str]] = {}
     for p in proxies:
         if not isinstance(p, dict):
@@ -53,7 +54,7 @@ def render_proxies(proxies: list[object]) -> str:
             nack = t.get("nack") if isinstance(t, dict) else None
             if isinstance(t, dict) and t.get("state") == "NACKED" and isinstance(nack, dict):
                 notes.setdefault(len(rows), []).append(f"{short} NACKED version {nack.get('version') or '-'}: {nack.get('message', '')}")
-        rows.append((str(p.get("node_id") or "-"), *states, str(p.get("peer", "")), str(p.get("connected_since", ""))))
+        rows.append((str(p.get("node_id") or "-"), str(p.get("data_plane") or "-"), *states, str(p.get("peer", "")), str(p.get("connected_since", ""))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, row in enumerate(rows):
@@ -100,6 +101,12 @@ def render_status(data: dict[str, object]) -> tuple[str, int]:
     if isinstance(extra, list) and extra:
         lines.append("file problems:")
         lines.extend(f"    {p}" for p in extra)
+    envoy = data.get("envoy") if objects is not data else None
+    if isinstance(envoy, dict) and envoy:
+        lines.append("for Envoy nodes:")
+        for ref, found in sorted(envoy.items()):
+            lines.append(f"  {ref}")
+            lines.extend(f"    {p}" for p in (found if isinstance(found, list) else [found]))
     return "\n".join(lines) + "\n", bad
 
 

@@ -1,7 +1,7 @@
 """aeraki-ctl: the control plane's command line.
 
     aeraki-ctl translate DIR [--listen-address 127.0.0.1] [--port-offset 0] [--format yaml|json]
-    aeraki-ctl validate DIR
+    aeraki-ctl validate DIR [--data-plane metaprotocol|envoy|all]
     aeraki-ctl serve --config-dir DIR [--xds-address 127.0.0.1:15010] [--admin 127.0.0.1:15014]
     aeraki-ctl serve --kubernetes [--kubeconfig FILE] [--namespace NS ...] [--config-dir DIR] ...
                      [--lease-namespace NS] [--lease-duration 15] [--identity ID] [--list-page-size 500]
@@ -13,8 +13,10 @@
 
 translate prints the proxy configuration made from the resources in DIR as a bootstrap that
 "metaprotocol proxy -c" runs; problems go to stderr. validate lists every problem and exits 1
-when any object was skipped. serve serves the configuration over xDS (ADS on gRPC, state of the
-world and delta) to "metaprotocol proxy --xds" and Envoy, follows changes to DIR (and, with
+when any object was skipped; with --data-plane envoy (or all) it also reports what stock Envoy's
+filters cannot express (exit 1 when a listener would be rejected for Envoy nodes). serve serves the configuration over xDS (ADS on gRPC, state of the
+world and delta) to "metaprotocol proxy --xds" and to stock Envoy (node metadata DATA_PLANE:
+envoy, or Envoy's user agent: Envoy's own dubbo/thrift/redis filters), follows changes to DIR (and, with
 --kubernetes, watches the API server: in-cluster configuration, or --kubeconfig; the replica that
 holds the Lease aeraki-ctl in --lease-namespace writes each MetaRouter's status), and with
 --admin serves an HTTP admin API (/healthz, /readyz, /proxies, /status, /metrics).
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from aeraki_ctl.extras import MissingExtra
-from aeraki_ctl.resources import load_directory
+from aeraki_ctl.resources import ResourceSet, load_directory
 from aeraki_ctl.translate import Options, report_lines, translate
 from metaprotocol import __version__
 from metaprotocol.config.dump import to_bootstrap_tree
@@ -69,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--format", choices=["yaml", "json"], default="yaml")
     v = sub.add_parser("validate", help="report every problem in a directory of resources")
     v.add_argument("directory")
+    v.add_argument("--data-plane", choices=["metaprotocol", "envoy", "all"], default="metaprotocol",
+                   help="also check what stock Envoy's filters can express (envoy, all); default %(default)s")  # fmt: skip
     s = sub.add_parser("serve", help="serve the configuration over xDS (ADS, gRPC) and follow changes")
     s.add_argument("--config-dir", help="a directory of YAML resources (optional with --kubernetes)")
     s.add_argument("--kubernetes", action="store_true", help="watch MetaRouters, ApplicationProtocols, ServiceEntries, DestinationRules, Services and EndpointSlices in Kubernetes")
@@ -150,13 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_UNREACHABLE
     resources = load_directory(args.directory)
     if args.command == "validate":
-        result = translate(resources)
-        for line in report_lines(result.problems):
-            print(line)
-        if result.errors:
-            return EXIT_INVALID
-        print(f"ok: {len(resources.resources)} resource(s), {len(result.bootstrap.listeners)} listener(s), {len(result.bootstrap.clusters)} cluster(s)")
-        return 0
+        return _validate(resources, args.data_plane)
     result = translate(resources, _options(args))
     for line in report_lines(result.problems):
         print(line, file=sys.stderr)
@@ -166,6 +164,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(yaml.safe_dump(tree, sort_keys=False), end="")
     return EXIT_INVALID if result.errors else 0  # something was skipped
+
+
+def _validate(resources: ResourceSet, data_plane: str) -> int:
+    """Every problem of the resources, and with ``data_plane`` envoy/all every gap of stock
+    Envoy's rendering; exit 1 when an object (or, for Envoy, a listener) would be rejected."""
+    from aeraki_ctl.envoy.snapshot import EnvoySnapshotBuilder
+    from aeraki_ctl.incremental import IncrementalTranslator
+
+    translator = IncrementalTranslator()
+    result = translator(resources)
+    problems = list(result.problems)
+    envoy_rejects = False
+    if data_plane in ("envoy", "all"):
+        builder = EnvoySnapshotBuilder()
+        builder.build(translator.outputs, list(translator.outputs))
+        gaps = builder.problems(translator.owner_of)
+        envoy_rejects = any(p.fatal for p in gaps)
+        problems.extend(gaps)
+    for line in report_lines(problems):
+        print(line)
+    if result.errors or envoy_rejects:
+        return EXIT_INVALID
+    what = {"metaprotocol": "", "envoy": " (checked for Envoy too)", "all": " (checked for Envoy too)"}[data_plane]
+    print(f"ok: {len(resources.resources)} resource(s), {len(result.bootstrap.listeners)} listener(s), {len(result.bootstrap.clusters)} cluster(s){what}")
+    return 0
 
 
 def _ratelimit(args: argparse.Namespace) -> int:
@@ -294,7 +317,6 @@ def _serve(args: argparse.Namespace) -> int:
             logging.getLogger("aeraki_ctl").info("admin API on %s:%d", args.admin[0], admin_port)
         webhook = None
         if args.webhook_port is not None:
-            from aeraki_ctl.resources import ResourceSet
             from aeraki_ctl.webhook import WebhookServer, tls_context
 
             async def seen() -> ResourceSet:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from aeraki_ctl.envoy.snapshot import EnvoySnapshotBuilder
 from aeraki_ctl.incremental import IncrementalTranslator
 from aeraki_ctl.lifecycle import ACCEPTED, Ledger, ObjectStatus
 from aeraki_ctl.resources import Problem, Resource, ResourceSet, load_directory, load_text
@@ -27,7 +28,7 @@ from aeraki_ctl.sources import Source
 from aeraki_ctl.sources.zookeeper import ZooKeeperSource, resources_from_registry
 from aeraki_ctl.sidecar import ScopeRules
 from aeraki_ctl.translate import Options
-from aeraki_ctl.xds.server import AdsServer
+from aeraki_ctl.xds.server import ENVOY, AdsServer
 from aeraki_ctl.xds.snapshot import SnapshotBuilder
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class Controller:
         self.ledger = Ledger()
         self.translator = IncrementalTranslator(self.options)
         self.builder = SnapshotBuilder()
+        self.envoy_builder: EnvoySnapshotBuilder | None = None  # made when the first Envoy node connects
+        self._envoy_pending: set[str] = set()  # hosts whose Envoy rendering failed, redone next sync
+        ads.on_data_plane.append(self._data_plane_connected)
         self._files = _FileCache()
         self.objects: dict[str, ObjectStatus] = {}
         self.on_sync: list[Callable[[dict[str, ObjectStatus]], None]] = []  # called after each sync, before it yields (k8s_status)
@@ -140,9 +144,41 @@ class Controller:
             self.translator.give_back(touched, sidecars_changed)  # the next sync packs them
             raise
         await self.ads.set_snapshot(snapshot)
+        if self.envoy_builder is not None:
+            await self._render_envoy(touched)
         self.applied += 1
         self.last_sync = time.time()
         self.ready = True
+
+    def _data_plane_connected(self, data_plane: str) -> None:
+        """The first Envoy node: from now on every sync also renders the Envoy snapshot (made
+        here from every host, before that node's first response)."""
+        if data_plane != ENVOY or self.envoy_builder is not None:
+            return
+        builder = EnvoySnapshotBuilder()
+        try:
+            self.ads.install(builder.build(self.translator.outputs, list(self.translator.outputs)), ENVOY)
+        except Exception:  # noqa: BLE001 - an Envoy node must not stop serving our proxies
+            self._envoy_pending = set(self.translator.outputs)
+            log.exception("cannot render the configuration for Envoy; Envoy nodes get nothing until the next sync")
+        self.envoy_builder = builder
+
+    async def _render_envoy(self, touched: set[str]) -> None:
+        """The Envoy snapshot of this sync; a failure is logged and leaves Envoy nodes on the last
+        one (the hosts are redone next time), never our proxies without theirs."""
+        assert self.envoy_builder is not None  # noqa: S101 - called only once an Envoy node connected
+        hosts, self._envoy_pending = self._envoy_pending | touched, set()
+        try:
+            snapshot = self.envoy_builder.build(self.translator.outputs, hosts)
+        except Exception:  # noqa: BLE001 - Envoy's rendering must not fail our proxies' sync
+            self._envoy_pending = hosts
+            log.exception("cannot render the configuration for Envoy; Envoy nodes keep the last one")
+            return
+        await self.ads.set_snapshot(snapshot, ENVOY)
+
+    def envoy_problems(self) -> list[Problem]:
+        """What Envoy nodes cannot be given, per object (empty until an Envoy node connected)."""
+        return self.envoy_builder.problems(self.translator.owner_of) if self.envoy_builder is not None else []
 
     async def _guarded_sync(self) -> None:
         """``sync``, with an unexpected failure logged and survived: the last good snapshot
@@ -155,9 +191,14 @@ class Controller:
             log.exception("sync failed; the last published configuration keeps serving")
 
     def status(self) -> dict[str, object]:
-        """Per-object status for the admin API (``/status``)."""
+        """Per-object status for the admin API (``/status``); ``envoy``: per object, what Envoy
+        nodes cannot be given or get approximated."""
+        envoy: dict[str, list[str]] = {}
+        for p in self.envoy_problems():
+            envoy.setdefault(p.obj, []).append(f"{'error' if p.fatal else 'warning'}: {p.path + ': ' if p.path else ''}{p.reason}")
         return {
             "objects": {ref: s.as_dict() for ref, s in sorted(self.objects.items())},
+            "envoy": envoy,
             "file_problems": list(self.file_problems),
             "syncs": self.applied,
             "sync_failures": self.failures,

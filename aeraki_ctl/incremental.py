@@ -135,6 +135,16 @@ class IncrementalTranslator:
         self._policies: dict[str, list[authz.Authz]] = {}  # namespace -> its valid policies, translated
         self._policy_problems: dict[str, list[Problem]] = {}
 
+    def owner_of(self, host: str) -> Resource | None:
+        """The object a host's listeners answer to: its MetaRouter, else its first ServiceEntry
+        (where a problem met rendering its output belongs)."""
+        facts = self._facts.get(host)
+        if facts is None:
+            return None
+        if facts.router is not None:
+            return facts.router
+        return facts.services[0].resource if facts.services else None
+
     def take_changes(self) -> tuple[set[str], bool]:
         """Hosts whose output was redone or removed since the last call, and whether the served
         Sidecars changed; both are reset."""

@@ -13,6 +13,13 @@ them; the full set on a new subscription and after a NACK); listeners and cluste
 whole (scoped) set, as the protocol requires. Delta responses carry changes and removals only.
 A proxy's scope is the Istio Sidecar that applies to it (``aeraki_ctl.sidecar``), from the
 namespace and labels in its node metadata; proxies of one scope share one view.
+
+One server speaks to two data planes, each from its own snapshot of the same resources: our
+proxy (MetaProtocol listeners) and stock Envoy (its own dubbo/thrift/redis filters,
+``aeraki_ctl.envoy``). A stream's data plane is decided by its node once (``data_plane_of``):
+node metadata ``DATA_PLANE: envoy`` (or ``metaprotocol``) says it; without it a node whose user
+agent is Envoy's is Envoy. The first stream of a data plane calls the ``on_data_plane`` hooks (the
+controller then starts making that data plane's snapshots).
 """
 
 from __future__ import annotations
@@ -43,10 +50,14 @@ Req = TypeVar("Req", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscover
 Resp = TypeVar("Resp", discovery_pb2.DiscoveryResponse, discovery_pb2.DeltaDiscoveryResponse)
 
 
+METAPROTOCOL: Final = "metaprotocol"  # our proxy
+ENVOY: Final = "envoy"  # stock Envoy
+DATA_PLANES: Final = (METAPROTOCOL, ENVOY)
 SYNCED: Final = "SYNCED"  # the client ACKed the last response sent
 STALE: Final = "STALE"  # a response was sent and not yet ACKed or NACKed
 NACKED: Final = "NACKED"  # the client NACKed the last response sent
 NOT_SENT: Final = "NOT SENT"  # subscribed (or not), nothing sent yet
+_WORSE: Final = {SYNCED: 0, NOT_SENT: 1, STALE: 2, NACKED: 3}
 PUSH_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -86,6 +97,7 @@ class StreamInfo:
     labels: dict[str, str] = field(default_factory=dict)
     scope: Scope | None = None  # the Sidecar that applies; None: it sees everything
     scoped: bool = False  # the scope was resolved (from the first request with a node)
+    data_plane: str = METAPROTOCOL
 
     def as_dict(self) -> dict[str, object]:
         """The stream's state per resource type, for ``/proxies``."""
@@ -94,7 +106,10 @@ class StreamInfo:
             nack = None
             if w.nack_message:
                 nack = {"version": w.nacked_version, "nonce": w.nack_nonce, "message": w.nack_message, "time": _iso(w.nack_time)}
-            types[short_name(type_url)] = {
+            short = short_name(type_url)
+            if short in types and _WORSE.get(str(types[short]["state"]), 0) >= _WORSE.get(w.state, 0):  # type: ignore[index]
+                continue  # two route types under one name (an Envoy node with Dubbo and Thrift): the worse state shows
+            types[short] = {
                 "type_url": type_url,
                 "state": w.state,
                 "sent_version": w.sent_version,
@@ -104,6 +119,7 @@ class StreamInfo:
             }
         return {
             "node_id": self.node_id,
+            "data_plane": self.data_plane,
             "namespace": self.namespace,
             "sidecar": self.scope.ref if self.scope is not None else "",
             "peer": self.peer,
@@ -113,6 +129,18 @@ class StreamInfo:
             "nacks": len(self.nacks),
             "types": types,
         }
+
+
+def data_plane_of(node: object) -> str:
+    """The data plane a node is: its metadata ``DATA_PLANE`` (``envoy`` or ``metaprotocol``, any
+    case) when present, else Envoy when its user agent is Envoy's, else our proxy."""
+    metadata = getattr(node, "metadata", None)
+    if metadata is not None and "DATA_PLANE" in metadata.fields:
+        said = str(json_format.MessageToDict(metadata).get("DATA_PLANE", "")).strip().lower()
+        if said in DATA_PLANES:
+            return said
+        log.warning("node %s: DATA_PLANE %r is neither %s nor %s; deciding by its user agent", getattr(node, "id", ""), said, ENVOY, METAPROTOCOL)
+    return ENVOY if getattr(node, "user_agent_name", "") == "envoy" else METAPROTOCOL
 
 
 def _iso(t: float) -> str:
@@ -145,7 +173,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """Serves the current snapshot to every stream, pushing changes as they are set."""
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
-        self.snapshot = snapshot or Snapshot()
+        self.snapshots: dict[str, Snapshot] = {METAPROTOCOL: snapshot or Snapshot(), ENVOY: Snapshot()}
+        self.data_planes_seen: set[str] = set()
+        self.on_data_plane: list[Callable[[str], None]] = []  # called when a data plane's first stream says what it is
         self._changed = asyncio.Condition()
         self._generation = 0
         self._nonces = itertools.count(1)
@@ -157,24 +187,41 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.views = ViewCache()
         self.ack_hooks: list[Callable[[StreamInfo, str], None]] = []  # called on every ACK (bench, tests)
 
-    async def set_snapshot(self, snapshot: Snapshot) -> None:
-        """Publish a new snapshot; streams push what changed for them."""
-        self.published = True
-        old = self.snapshot
+    @property
+    def snapshot(self) -> Snapshot:
+        """What our proxies are served."""
+        return self.snapshots[METAPROTOCOL]
+
+    def install(self, snapshot: Snapshot, data_plane: str) -> None:
+        """Set a data plane's first snapshot at once, from an ``on_data_plane`` hook: its first
+        stream (the one being read) holds nothing yet, so nothing is to be compared or marked."""
+        self.snapshots[data_plane] = snapshot
+
+    def _snap(self, info: StreamInfo) -> Snapshot:
+        return self.snapshots[info.data_plane]
+
+    async def set_snapshot(self, snapshot: Snapshot, data_plane: str = METAPROTOCOL) -> None:
+        """Publish a new snapshot for one data plane; its streams push what changed for them."""
+        if data_plane == METAPROTOCOL:
+            self.published = True
+        old = self.snapshots[data_plane]
+        streams = [info for info in self.streams.values() if info.data_plane == data_plane]
+        scoped = data_plane == METAPROTOCOL  # Sidecar views: our proxies' snapshot only
         if snapshot.versions == old.versions and snapshot.scopes == old.scopes and snapshot.hosts == old.hosts:
             if snapshot.base == old.serial:  # the same content: follow it, so the next one's changes apply
-                self.views.update(old, snapshot, {}, (), (info.scope for info in self.streams.values()))
-                self.snapshot = snapshot
+                if scoped:
+                    self.views.update(old, snapshot, {}, (), (info.scope for info in streams))
+                self.snapshots[data_plane] = snapshot
             return
         if snapshot.base == old.serial:
             changed: dict[str, Collection[str]] = dict(snapshot.changed)
             hosts: Iterable[str] = snapshot.changed_hosts
         else:  # not made from the one served: compare
-            changed = {t: _differ(old.of(t), snapshot.of(t)) for t in TYPES}
+            changed = {t: _differ(old.of(t), snapshot.of(t)) for t in {*TYPES, *old.resources, *snapshot.resources}}
             hosts = {h for h in {*(old.hosts or {}), *(snapshot.hosts or {})} if (old.hosts or {}).get(h) != (snapshot.hosts or {}).get(h)}
-        moved = self.views.update(old, snapshot, changed, hosts, (info.scope for info in self.streams.values()))
-        self.snapshot = snapshot
-        for info in self.streams.values():
+        moved = self.views.update(old, snapshot, changed, hosts, (info.scope for info in streams)) if scoped else {}
+        self.snapshots[data_plane] = snapshot
+        for info in streams:
             if snapshot.scopes != old.scopes or (snapshot.hosts is None) != (old.hosts is None):
                 self._rescope(info)
             else:
@@ -186,7 +233,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._changed.notify_all()
 
     def _view(self, info: StreamInfo) -> View | None:
-        if info.scope is None or self.snapshot.hosts is None:
+        if info.scope is None or info.data_plane != METAPROTOCOL or self.snapshot.hosts is None:
             return None
         return self.views.get(info.scope, self.snapshot)
 
@@ -194,12 +241,18 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         """The proxy's namespace, labels and Sidecar scope, from the first request with a node."""
         metadata = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}  # type: ignore[attr-defined]
         info.namespace, info.labels = node_identity(info.node_id, metadata)
+        info.data_plane = data_plane_of(node)
         info.scoped = True
+        if info.data_plane not in self.data_planes_seen:
+            self.data_planes_seen.add(info.data_plane)
+            for hook in self.on_data_plane:
+                hook(info.data_plane)
         self._rescope(info)
 
     def _rescope(self, info: StreamInfo) -> None:
         """Find the stream's scope again (Sidecars changed): its next responses are whole."""
-        scope = self.snapshot.scopes.scope_of(info.namespace, info.labels) if info.scoped and self.snapshot.hosts is not None else None
+        snap = self._snap(info)
+        scope = snap.scopes.scope_of(info.namespace, info.labels) if info.scoped and snap.hosts is not None and info.data_plane == METAPROTOCOL else None
         if scope == info.scope:
             return
         info.scope = scope
@@ -221,7 +274,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     w.pending.update(n for n in names if n in members or n in w.sent)
                     w.pending.update(moved.get(t, ()))
                 continue
-            before, after = old.of(t), self.snapshot.of(t)
+            before, after = old.of(t), self._snap(info).of(t)
             mine = [n for n in names if n in w.names] if len(w.names) > len(names) else [n for n in w.names if n in names]
             for n in mine:
                 w.digest += _token(after, n) - _token(before, n)
@@ -317,7 +370,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             watch.pending.update(names - watch.names)  # added names go to a stream that holds the others
             watch.names = names
             watch.wildcard = wildcard
-            resources = self.snapshot.of(req.type_url)
+            resources = self._snap(info).of(req.type_url)
             watch.digest = sum(_token(resources, n) for n in names)
             watch.sent_version = ""  # a new subscription gets a response
 
@@ -348,10 +401,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             return None
         if version == watch.nacked_version:
             return None
-        resources = self.snapshot.of(type_url)
+        snap = self._snap(info)
+        resources = snap.of(type_url)
         if watch.wildcard:
             view = self._view(info)
-            chosen = view.listing(type_url, self.snapshot) if view is not None else [r.packed for r in resources.values()]
+            chosen = view.listing(type_url, snap) if view is not None else [r.packed for r in resources.values()]
         else:
             names = watch.names if watch.full else watch.pending & watch.names
             chosen = [resources[n].packed for n in sorted(names) if n in resources]
@@ -366,7 +420,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if not watch.wildcard:
             return version_of(watch.digest)
         view = self._view(info)
-        return view.version(type_url) if view is not None else self.snapshot.versions.get(type_url, "")
+        return view.version(type_url) if view is not None else self._snap(info).versions.get(type_url, "")
 
     # -- delta ----------------------------------------------------------------------------------
 
@@ -408,7 +462,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             watch.sent.pop(name, None)
 
     def _delta_response(self, info: StreamInfo, type_url: str, watch: _Watch) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        resources = self.snapshot.of(type_url)
+        resources = self._snap(info).of(type_url)
         view = self._view(info) if watch.wildcard else None
         wanted: Collection[str] = (view.members[type_url] if view is not None else resources) if watch.wildcard else watch.names
         candidates: Iterable[str] = {*wanted, *watch.sent} if watch.full else watch.pending
@@ -428,7 +482,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         for n in removed:
             watch.sent.pop(n, None)
         watch.nonce = self._nonce()
-        watch.sent_version = self._version(info, type_url, watch) if watch.wildcard else self.snapshot.versions.get(type_url, "")
+        watch.sent_version = self._version(info, type_url, watch) if watch.wildcard else self._snap(info).versions.get(type_url, "")
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=watch.sent_version,
             resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.packed) for r in changed],

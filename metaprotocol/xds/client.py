@@ -31,6 +31,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from metaprotocol import __version__
 from metaprotocol.config.errors import ConfigError
 from metaprotocol.config.model import Bootstrap, DownstreamTls, ListenerConfig, RouteConfig, UpstreamTls
 from metaprotocol.io.proxy import listener_factory
@@ -112,7 +113,8 @@ class AdsClient:
         self.proxy = proxy
         self.tls = tls
         self.address = address
-        self.node = base_pb2.Node(id=node_id, cluster=cluster)
+        # The user agent tells a control plane serving Envoy too which data plane this is.
+        self.node = base_pb2.Node(id=node_id, cluster=cluster, user_agent_name="metaprotocol", user_agent_version=__version__)
         self.node.metadata.update(node_metadata(NODE_METADATA if metadata is None else metadata))
         self.listeners: dict[str, ListenerConfig] = {}
         self.routes: dict[str, RouteConfig] = {}

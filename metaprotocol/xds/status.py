@@ -14,11 +14,24 @@ CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 # Short names, as Envoy's and istioctl's columns: the ``type`` label of the counters.
-SHORT_NAMES = {CLUSTER_TYPE: "CDS", LISTENER_TYPE: "LDS", ENDPOINT_TYPE: "EDS", ROUTE_TYPE: "RDS"}
+SHORT_NAMES = {
+    CLUSTER_TYPE: "CDS",
+    LISTENER_TYPE: "LDS",
+    ENDPOINT_TYPE: "EDS",
+    ROUTE_TYPE: "RDS",
+}
+# The route tables of stock Envoy's Dubbo and Thrift filters (aeraki-ctl serves Envoy too): RDS in
+# proxy-status, not types of their own in our counters.
+ENVOY_ROUTE_TYPES = frozenset({
+    "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.MultipleRouteConfiguration",
+    "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration",
+})  # fmt: skip
 
 
 def short_name(type_url: str) -> str:
     """``LDS`` for the Listener type URL, and so on; the message name for any other type."""
+    if type_url in ENVOY_ROUTE_TYPES:
+        return "RDS"
     return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
 
 

@@ -160,8 +160,8 @@ async def test_proxies_show_synced_stale_and_nacked_with_the_reason(plane: Plane
         with redirect_stdout(out):
             code = await asyncio.to_thread(main, ["proxy-status", "--admin", f"127.0.0.1:{plane.port}"])
         lines = out.getvalue().splitlines()
-        assert code == 0 and lines[0].split()[:5] == ["NAME", "CDS", "LDS", "EDS", "RDS"], lines
-        assert lines[1].split()[:5] == ["proxy-a", "SYNCED", "SYNCED", "SYNCED", "NACKED"], lines
+        assert code == 0 and lines[0].split()[:6] == ["NAME", "DATA-PLANE", "CDS", "LDS", "EDS", "RDS"], lines
+        assert lines[1].split()[:6] == ["proxy-a", "metaprotocol", "SYNCED", "SYNCED", "SYNCED", "NACKED"], lines
         assert lines[2].startswith("    RDS NACKED version ") and "redis-routes: " in lines[2] and "cannot carry" in lines[2]
         # A valid version is SYNCED again.
         await plane.ads.set_snapshot(snapshot_of(config()))

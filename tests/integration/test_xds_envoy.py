@@ -1,8 +1,11 @@
-"""Real Envoy as an xDS client of aeraki-ctl: it receives and ACKs the clusters, endpoints and routes.
+"""Real Envoy parses what aeraki-ctl serves our proxies: it receives and ACKs the clusters,
+endpoints and routes of the MetaProtocol data plane.
 
-Stock Envoy has no MetaProtocol network filter, so it subscribes to clusters (CDS+EDS over ADS) and,
-through a probe HTTP listener, to the route table (RDS over ADS): exactly the resource types Aeraki
-serves to Envoy sidecars. No update may be rejected.
+The node says ``DATA_PLANE: metaprotocol``, so aeraki-ctl serves it our proxies' rendering (an
+Envoy node would get Envoy's own filters, tests/envoy). Stock Envoy has no MetaProtocol network
+filter, so it subscribes to clusters (CDS+EDS over ADS) and, through a probe HTTP listener, to the
+route table (RDS over ADS): this pins that those resources are valid Envoy messages. No update may
+be rejected.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ ROUTE = "org.apache.dubbo.samples.basic.api.demoservice_20880"
 def envoy_bootstrap(xds_port: int, admin: int, probe: int) -> dict[str, object]:
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
-        "node": {"id": "envoy-test", "cluster": "test"},
+        "node": {"id": "envoy-test", "cluster": "test", "metadata": {"DATA_PLANE": "metaprotocol"}},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "dynamic_resources": {
             "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]},

@@ -96,11 +96,11 @@ def test_a_nacked_listener_shows_in_proxy_status_and_the_rest_is_applied(tmp_pat
         while True:
             out = ctl("proxy-status", "--admin", f"127.0.0.1:{admin_port}")
             lines = out.stdout.splitlines()
-            if len(lines) > 1 and lines[1].split()[:5] == ["proxy-1", "SYNCED", "NACKED", "SYNCED", "SYNCED"]:
+            if len(lines) > 1 and lines[1].split()[:6] == ["proxy-1", "metaprotocol", "SYNCED", "NACKED", "SYNCED", "SYNCED"]:
                 break
             assert time.monotonic() < deadline, out.stdout + out.stderr
             time.sleep(0.2)
-        assert out.returncode == 0 and lines[0].split()[:5] == ["NAME", "CDS", "LDS", "EDS", "RDS"]
+        assert out.returncode == 0 and lines[0].split()[:6] == ["NAME", "DATA-PLANE", "CDS", "LDS", "EDS", "RDS"]
         assert lines[2].startswith("    LDS NACKED version ") and f"cannot listen on 127.0.0.1:{20990 + offset}" in lines[2], lines
         assert "org.apache.dubbo.samples.other_20990: " in lines[2]
         proxies = json.loads(http(admin_port, "/proxies")[1])["proxies"]

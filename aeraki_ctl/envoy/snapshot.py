@@ -1,0 +1,117 @@
+"""The snapshot served to Envoy nodes, made from the same host outputs as our proxies' snapshot.
+
+Only the hosts a sync redid are translated and packed again. A listener that Envoy's filter cannot
+express (a fatal ``Gap``) is rejected for Envoy alone: Envoy nodes keep its last translatable
+version, or do not get it at all if it never had one (never a default route in its place); our
+proxies get the new version from their own snapshot. Envoy nodes see every host (no Sidecar
+scoping yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from aeraki_ctl.envoy.common import EnvoyListener, Gap
+from aeraki_ctl.envoy.translate import translate_host
+from aeraki_ctl.incremental import HostOutput
+from aeraki_ctl.resources import Problem, Resource as Object
+from aeraki_ctl.xds.snapshot import Resource, Snapshot, resource, snapshot_from
+from metaprotocol.xds import convert
+
+SERVING: str = "serving"  # the current version is served to Envoy
+SERVING_LAST: str = "serving-last-translatable"  # rejected for Envoy; its last translatable version serves
+NOT_SERVED: str = "not-served"  # rejected for Envoy and never translatable: Envoy nodes do not get it
+
+
+@dataclass
+class ListenerVerdict:
+    """What Envoy nodes get for one listener, and why."""
+
+    state: str
+    gaps: list[Gap] = field(default_factory=list)
+
+
+class EnvoySnapshotBuilder:
+    """Envoy's snapshots, host by host (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._served: dict[str, dict[str, EnvoyListener]] = {}  # host -> listener -> the version Envoy gets
+        self._packed: dict[str, dict[str, dict[str, Resource]]] = {}  # host -> type URL -> name -> resource
+        self.verdicts: dict[str, dict[str, ListenerVerdict]] = {}  # host -> listener -> verdict (with gaps)
+        self.cluster_gaps: dict[str, dict[str, list[Gap]]] = {}  # host -> cluster -> approximations
+        self.snapshot = Snapshot()
+
+    def build(self, outputs: Mapping[str, HostOutput], touched: Iterable[str]) -> Snapshot:
+        """The next snapshot: ``outputs`` are every host's, ``touched`` those redone since the
+        last build (every host of ``outputs`` on the first build)."""
+        for h in touched:
+            out = outputs.get(h)
+            if out is None:
+                for table in (self._served, self._packed, self.verdicts, self.cluster_gaps):
+                    table.pop(h, None)
+                continue
+            self._host(out)
+        merged: dict[str, dict[str, Resource]] = {}
+        for packed in self._packed.values():
+            for type_url, named in packed.items():
+                merged.setdefault(type_url, {}).update(named)
+        self.snapshot = snapshot_from(merged)
+        return self.snapshot
+
+    def _host(self, out: HostOutput) -> None:
+        translated = translate_host(out)
+        before = self._served.get(out.host, {})
+        served: dict[str, EnvoyListener] = {}
+        verdicts: dict[str, ListenerVerdict] = {}
+        for name, lst in translated.listeners.items():
+            if not lst.rejected:
+                served[name] = lst
+                verdicts[name] = ListenerVerdict(SERVING, lst.gaps)
+            elif name in before:
+                served[name] = before[name]
+                verdicts[name] = ListenerVerdict(SERVING_LAST, lst.gaps)
+            else:
+                verdicts[name] = ListenerVerdict(NOT_SERVED, lst.gaps)
+        packed: dict[str, dict[str, Resource]] = {}
+        for name, lst in served.items():
+            assert lst.listener is not None  # noqa: S101 - a served listener has one (``rejected`` otherwise)
+            packed.setdefault(convert.LISTENER_TYPE, {})[name] = resource(name, lst.listener)
+            for type_url, route_name, msg in lst.routes:
+                packed.setdefault(type_url, {})[route_name] = resource(route_name, msg)
+        for name, msg in translated.clusters.items():
+            packed.setdefault(convert.CLUSTER_TYPE, {})[name] = resource(name, msg)
+        for name, msg in translated.endpoints.items():
+            packed.setdefault(convert.ENDPOINT_TYPE, {})[name] = resource(name, msg)
+        self._served[out.host] = served
+        self._packed[out.host] = packed
+        self.verdicts[out.host] = verdicts
+        self.cluster_gaps[out.host] = translated.cluster_gaps
+
+    def problems(self, owner_of: Callable[[str], Object | None]) -> list[Problem]:
+        """Every gap of the last translations as a problem of the object it comes from (the
+        host's MetaRouter, else its ServiceEntry), saying what Envoy nodes get instead."""
+        out: list[Problem] = []
+        for host in sorted(self.verdicts):
+            owner = owner_of(host)
+            for name, verdict in sorted(self.verdicts[host].items()):
+                fate = _FATE[verdict.state]
+                for gap in verdict.gaps:
+                    reason = f"Envoy (listener {name}): {gap.reason}" + (f" ({fate})" if gap.fatal else " (approximated on Envoy)")
+                    out.append(_problem(owner, host, reason, gap.path, gap.fatal))
+            for cluster, gaps in sorted(self.cluster_gaps.get(host, {}).items()):
+                out.extend(_problem(owner, host, f"Envoy (cluster {cluster}): {g.reason}", g.path, g.fatal) for g in gaps)
+        return out
+
+
+_FATE = {
+    SERVING: "served",
+    SERVING_LAST: "rejected for Envoy nodes: they keep its last translatable version",
+    NOT_SERVED: "rejected for Envoy nodes: they do not get this listener",
+}
+
+
+def _problem(owner: Object | None, host: str, reason: str, path: str, fatal: bool) -> Problem:
+    if owner is None:
+        return Problem("-", f"host {host}", reason, fatal, None, path)
+    return owner.problem(reason, path, fatal)

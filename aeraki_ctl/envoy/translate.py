@@ -1,0 +1,77 @@
+"""The config model of one host -> stock Envoy's resources.
+
+aeraki-ctl translates Aeraki/Istio resources once, into the config model (``translate.py``); our
+proxy is served that model through ``metaprotocol.xds.convert``, Envoy through this module, which
+picks Envoy's own filter per codec (``dubbo_proxy``, ``thrift_proxy``, ``redis_proxy``) and maps
+clusters and endpoints. One source of truth, two renderings: a MetaRouter means the same thing on
+both data planes, or the difference is reported as a ``Gap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from aeraki_ctl.envoy import clusters, dubbo, redis, thrift
+from aeraki_ctl.envoy.common import EnvoyListener, Gap
+from aeraki_ctl.incremental import HostOutput
+from metaprotocol.config.model import ClusterConfig, ListenerConfig
+from aeraki_ctl.translate import default_registry
+from metaprotocol.registry import RegistryError
+from metaprotocol.xds import convert
+
+ListenerTranslator = Callable[[ListenerConfig, Mapping[str, ClusterConfig]], EnvoyListener]
+
+# codec name -> the Envoy filter that speaks it
+FILTERS: dict[str, tuple[str, ListenerTranslator]] = {
+    "dubbo": ("envoy.filters.network.dubbo_proxy", dubbo.listener),
+    "thrift": ("envoy.filters.network.thrift_proxy", thrift.listener),
+    "redis": ("envoy.filters.network.redis_proxy", redis.listener),
+}
+
+
+@dataclass
+class EnvoyHost:
+    """One host's share of the Envoy snapshot: listeners (with their route tables), clusters and
+    endpoints; ``gaps`` per listener name."""
+
+    host: str
+    listeners: dict[str, EnvoyListener] = field(default_factory=dict)
+    clusters: dict[str, Message] = field(default_factory=dict)
+    endpoints: dict[str, Message] = field(default_factory=dict)
+    cluster_gaps: dict[str, list[Gap]] = field(default_factory=dict)
+
+
+def codec_name(name: str) -> str:
+    """The codec's canonical name (``aeraki.meta_protocol.codec.dubbo`` and aliases -> ``dubbo``)."""
+    try:
+        return default_registry().get(name).name
+    except RegistryError:
+        return name.removeprefix("aeraki.meta_protocol.codec.")
+
+
+def translate_listener(lst: ListenerConfig, known: Mapping[str, ClusterConfig]) -> EnvoyListener:
+    """One listener for Envoy, by its codec's filter; a codec Envoy has no filter for is a gap."""
+    name = codec_name(lst.codec.name)
+    found = FILTERS.get(name)
+    if found is None:
+        supported = ", ".join(sorted(FILTERS))
+        return EnvoyListener(None, gaps=[Gap("", f"stock Envoy has no filter for the {name} protocol (it has {supported})")])
+    return found[1](lst, known)
+
+
+def translate_host(out: HostOutput) -> EnvoyHost:
+    """Every listener, cluster and endpoint set of one host, for Envoy."""
+    known = {**out.extra, **out.clusters}
+    host = EnvoyHost(out.host)
+    for lst in out.listeners:
+        host.listeners[lst.name] = translate_listener(lst, known)
+    for name, c in known.items():
+        cluster, gaps = clusters.cluster(c)
+        host.clusters[name] = cluster
+        host.endpoints[name] = convert.endpoints_to_xds(c)
+        if gaps:
+            host.cluster_gaps[name] = gaps
+    return host
