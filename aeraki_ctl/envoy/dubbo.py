@@ -1,13 +1,305 @@
-"""dubbo listeners for stock Envoy (being written: see issue 17)."""
+"""Dubbo listeners for stock Envoy: ``envoy.filters.network.dubbo_proxy`` (Dubbo, Hessian2) with
+its route table over RDS.
+
+The routes travel as their own resource (``MultipleRouteConfiguration``, ``DUBBO_ROUTE_TYPE``,
+named like the listener) through ``drds`` on the ADS stream, so a MetaRouter edit changes the
+route table only: Envoy keeps the listener, and the new split applies to the connections already
+open (a listener change would drain them).
+
+How a route table maps. Envoy's dubbo router tries its ``RouteConfiguration``s in order and, in
+each whose ``interface`` (and ``version``) the request has, its routes in order; the first route
+that matches wins. Our routes are first-match too, so consecutive routes that ask the same of the
+interface and version share one ``RouteConfiguration`` and the order is kept:
+
+* ``interface``: no matcher or ``present`` -> ``*`` (every request has one); ``exact`` -> the
+  name; ``prefix`` p -> two configurations, ``p`` and ``p*`` (Envoy's ``p*`` wants more than p);
+  ``suffix`` s -> ``s`` and ``*s``. Anything else (regex, contains, invert, ignore-case, a
+  required absence, a value with a ``*`` at either end) is fatal.
+* ``version`` (the body's service version): ``exact`` -> ``RouteConfiguration.version``; anything
+  else is fatal (Envoy compares it for equality only).
+* ``method`` -> ``MethodMatch.name``, a StringMatcher (exact/prefix/suffix/contains/regex,
+  ignore-case; none or ``present`` -> regex ``.*``); invert or a required absence is fatal.
+* ``dubbo`` (the protocol version of the body) has no Envoy counterpart: fatal.
+* every other attribute is an attachment, which Envoy exposes as a lower-cased header:
+  ``headers`` with ``convert.header_matcher`` (exact/prefix/suffix/contains/regex/present, invert,
+  ignore-case: Envoy's semantics are ours). Approximated without a report (it cannot be seen in
+  the config): Envoy sees string-valued attachments only, our codec also numbers and booleans.
+* a regex Envoy's RE2 would refuse (look-around, back-references, possessive quantifiers) is fatal,
+  not sent: Envoy would reject the whole listener's route table.
+* ``cluster`` / ``weighted_clusters`` and ``subset`` (``metadata_match`` under ``envoy.lb``)
+  carry over.
+
+Per feature, fatal (the route would mean something else: the listener is not served to Envoy,
+which keeps its last translatable version) or approximated (served, reported):
+
+* ``requestMutation`` / ``responseMutation``: fatal. The provider (or the consumer) would not get
+  the attachments the route sets; dubbo_proxy has no mutation.
+* ``fault``: fatal. The delays and aborts are what the route is for; without them a chaos test
+  would pass silently.
+* ``spec.localRateLimit`` / ``spec.globalRateLimit``: fatal. dubbo_proxy has no per-request rate
+  limit (Envoy's network rate limit filters count connections), and an unenforced limit fails open.
+* authorization (RBAC filters): served with Envoy's network RBAC filter before dubbo_proxy when
+  every policy is connection-level (principals by peer identity or address, permissions ``any`` or
+  the destination port): approximated, since a refused client sees its connection closed instead
+  of one error reply per call. A policy on request attributes (interface, method, attachments) is
+  fatal: it cannot be enforced per call, and enforcing it per connection would mean something else.
+* ``mirror``: approximated (no shadow traffic; the caller's replies are the same).
+* ``retry``: approximated (dubbo_proxy never retries; failures reach the caller sooner).
+* a route ``timeout`` other than the default: approximated; the dubbo router has no timeout, a
+  call waits for its reply or for its connection to close (also true of the default 15 s, not
+  reported per route).
+* consistent hash (``hash_policy``, from a DestinationRule's ``consistentHash.httpHeaderName``):
+  approximated; the dubbo router gives the load balancer no hash key, so a RING_HASH/MAGLEV
+  cluster picks endpoints at random. The split between clusters is unchanged.
+* the listener's ``idle_timeout``, ``access_log``, codec settings, ``max_pending_per_connection``
+  and ``upstream_connections_per_endpoint``: approximated (dubbo_proxy has no such setting).
+* ``max_connections``: Envoy's connection_limit filter before dubbo_proxy (exact); ``tls``: the
+  filter chain's transport socket (exact).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
+from typing import Final
 
-from aeraki_ctl.envoy.common import EnvoyListener, Gap
-from metaprotocol.config.model import ClusterConfig, ListenerConfig
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
+from envoy.extensions.filters.network.dubbo_proxy.router.v3 import router_pb2
+from envoy.extensions.filters.network.dubbo_proxy.v3 import dubbo_proxy_pb2, route_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
+
+from aeraki_ctl.envoy.common import DUBBO_ROUTE_TYPE, EnvoyListener, Gap, ads, route_path, typed
+from metaprotocol.config.model import (
+    DEFAULT_ROUTE_TIMEOUT,
+    AttributeMatcher,
+    ClusterConfig,
+    ListenerConfig,
+    MatchKind,
+    RbacFilter,
+    RbacOp,
+    RbacRule,
+    RouteRule,
+)
+from metaprotocol.xds import convert, rbac
+
+FILTER: Final = "envoy.filters.network.dubbo_proxy"
+ROUTER: Final = "envoy.filters.dubbo.router"
+RBAC_FILTER: Final = "envoy.filters.network.rbac"
+ANY_METHOD: Final = ".*"
+_HEAD: Final = frozenset({"interface", "method", "version", "dubbo"})  # read from the body's head, not the attachments
+_DEFAULT_PENDING: Final = ListenerConfig.__dataclass_fields__["max_pending_per_connection"].default
+_DEFAULT_UPSTREAM: Final = ListenerConfig.__dataclass_fields__["upstream_connections_per_endpoint"].default
+# What Python's re accepts and RE2 refuses: look-around, back-references, possessive quantifiers, atomic groups.
+_NOT_RE2: Final = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=|[*+?}]\+|\(\?>")
+_CONNECTION_LEVEL: Final = frozenset({RbacOp.ANY, RbacOp.AND, RbacOp.OR, RbacOp.NOT})
 
 
 def listener(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig]) -> EnvoyListener:
-    """Not translated yet: rejected for Envoy with that reason."""
-    return EnvoyListener(None, gaps=[Gap("", "the dubbo translation for Envoy is not written yet")])
+    """``lst`` as an Envoy listener running dubbo_proxy, its route table (over RDS), and every
+    gap (see the module's docstring)."""
+    gaps: list[Gap] = []
+    if lst.route_config is None:
+        gaps.append(Gap("", f"the listener's routes come over RDS ({lst.rds_name}) in our proxy's shape: aeraki-ctl must give the table itself to translate it"))
+    table = route_table(lst, gaps)
+    gaps.extend(_listener_gaps(lst))
+    filters: list[listener_components_pb2.Filter] = []
+    if lst.max_connections:
+        limit = connection_limit_pb2.ConnectionLimit(stat_prefix=lst.stat_prefix, max_connections=wrappers_pb2.UInt64Value(value=lst.max_connections))
+        filters.append(listener_components_pb2.Filter(name=convert.CONNECTION_LIMIT_FILTER, typed_config=typed(limit)))
+    filters.extend(_rbac(lst.rbac, gaps))
+    proxy = dubbo_proxy_pb2.DubboProxy(
+        stat_prefix=lst.stat_prefix,
+        protocol_type=dubbo_proxy_pb2.Dubbo,
+        serialization_type=dubbo_proxy_pb2.Hessian2,
+        drds=dubbo_proxy_pb2.Drds(config_source=ads(), route_config_name=lst.name),
+        dubbo_filters=[dubbo_proxy_pb2.DubboFilter(name=ROUTER, config=typed(router_pb2.Router()))],
+    )
+    filters.append(listener_components_pb2.Filter(name=FILTER, typed_config=typed(proxy)))
+    chain = listener_components_pb2.FilterChain(filters=filters)
+    if lst.tls is not None:
+        chain.transport_socket.CopyFrom(convert.downstream_tls_to_xds(lst.tls))
+    out = listener_pb2.Listener(name=lst.name, address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=lst.address, port_value=lst.port)), filter_chains=[chain])
+    return EnvoyListener(out, [(DUBBO_ROUTE_TYPE, lst.name, table)], gaps)
+
+
+def route_table(lst: ListenerConfig, gaps: list[Gap]) -> route_pb2.MultipleRouteConfiguration:
+    """The listener's routes as dubbo_proxy's RDS resource (named like the listener); each route
+    Envoy cannot express is left out with a fatal gap in ``gaps``."""
+    groups: list[tuple[tuple[tuple[str, ...], str], list[route_pb2.Route]]] = []
+    for i, rule in enumerate(lst.route_config.routes if lst.route_config else ()):
+        made = _route(i, rule, gaps)
+        if made is None:
+            continue
+        key, route = made
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(route)
+        else:
+            groups.append((key, [route]))
+    out = route_pb2.MultipleRouteConfiguration(name=lst.name)
+    for (interfaces, version), routes in groups:
+        for interface in interfaces:
+            out.route_config.add(name=f"{lst.name}#{len(out.route_config)}", interface=interface, version=version, routes=routes)
+    return out
+
+
+def _route(i: int, rule: RouteRule, gaps: list[Gap]) -> tuple[tuple[tuple[str, ...], str], route_pb2.Route] | None:
+    """One route: its (interface patterns, version) key and its message; None after a fatal gap."""
+    before = len(gaps)
+    interfaces: tuple[str, ...] = ("*",)
+    version = ""
+    method = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=ANY_METHOD))
+    headers: list[route_components_pb2.HeaderMatcher] = []
+    for m in rule.match:
+        where = route_path(i, rule, f"match.attributes.{m.name}")
+        regex_gap = _regex_gap(m)
+        if regex_gap:
+            gaps.append(Gap(where, regex_gap))
+        elif m.name == "interface":
+            found = _interfaces(m)
+            if isinstance(found, str):
+                gaps.append(Gap(where, found))
+            else:
+                interfaces = found
+        elif m.name == "version":
+            if m.kind is MatchKind.EXACT and m.value and not (m.invert or m.ignore_case):
+                version = m.value
+            else:
+                gaps.append(Gap(where, "Envoy's dubbo_proxy compares the service version for equality only (RouteConfiguration.version): exact, case-sensitive, not inverted"))
+        elif m.name == "method":
+            found_method = _method(m)
+            if isinstance(found_method, str):
+                gaps.append(Gap(where, found_method))
+            else:
+                method = found_method
+        elif m.name == "dubbo":
+            gaps.append(Gap(where, "Envoy's dubbo_proxy does not match on the Dubbo protocol version of the request body"))
+        else:
+            h = convert.header_matcher(m)
+            if h.HasField("string_match"):
+                h.string_match.CopyFrom(_case_in_regex(h.string_match))
+            headers.append(h)
+    for tail, present, reason in (
+        ("requestMutation", rule.request_mutation, "Envoy's dubbo_proxy cannot set request attachments: the provider would not get them"),
+        ("responseMutation", rule.response_mutation, "Envoy's dubbo_proxy cannot set response attachments: the consumer would not get them"),
+        ("fault", rule.fault, "Envoy's dubbo_proxy has no fault injection: the route's delays and aborts would not happen"),
+    ):
+        if present:
+            gaps.append(Gap(route_path(i, rule, tail), reason))
+    a = rule.action
+    if rule.mirrors:
+        gaps.append(Gap(route_path(i, rule, "mirror"), "Envoy's dubbo_proxy cannot mirror requests: no shadow traffic is sent (the replies are unchanged)", fatal=False))
+    if rule.retry is not None:
+        gaps.append(Gap(route_path(i, rule, "retry"), "Envoy's dubbo router never retries: a failed call reaches the caller on its first failure", fatal=False))
+    if a.timeout != DEFAULT_ROUTE_TIMEOUT:
+        gaps.append(Gap(route_path(i, rule, "timeout"), f"Envoy's dubbo router has no request timeout ({a.timeout:g} s here): a call waits for its reply or its connection's end", fatal=False))
+    if a.hash_policy:
+        keys = ", ".join(a.hash_policy)
+        gaps.append(Gap(route_path(i, rule, "route"), f"consistent hash on {keys}: Envoy's dubbo router gives the load balancer no hash key, so RING_HASH/MAGLEV picks endpoints at random (the split between destinations is unchanged)", fatal=False))
+    if len(gaps) > before and any(g.fatal for g in gaps[before:]):
+        return None
+    action = route_pb2.RouteAction()
+    if a.cluster is not None:
+        action.cluster = a.cluster
+    else:
+        action.weighted_clusters.clusters.extend(route_components_pb2.WeightedCluster.ClusterWeight(name=w.name, weight=wrappers_pb2.UInt32Value(value=w.weight)) for w in a.weighted_clusters)
+    if a.subset:
+        fields = struct_pb2.Struct()
+        fields.update(dict(a.subset))
+        action.metadata_match.filter_metadata["envoy.lb"].CopyFrom(fields)
+    route = route_pb2.Route(match=route_pb2.RouteMatch(method=route_pb2.MethodMatch(name=method), headers=headers), route=action)
+    return (interfaces, version), route
+
+
+def _regex_gap(m: AttributeMatcher) -> str:
+    """Why RE2 (Envoy's regex engine) would refuse the matcher's regex; empty if it would not."""
+    if m.kind is MatchKind.REGEX and _NOT_RE2.search(m.value):
+        return f"regex {m.value!r} is not RE2 syntax (look-around, back-references, possessive or atomic groups): Envoy would reject the route table"
+    return ""
+
+
+def _interfaces(m: AttributeMatcher) -> tuple[str, ...] | str:
+    """The RouteConfiguration.interface patterns that together match what ``m`` matches, or why none can."""
+    if m.invert or m.ignore_case:
+        return "Envoy's dubbo_proxy matches the interface case-sensitively and cannot invert the match"
+    if m.kind is MatchKind.PRESENT:
+        return ("*",) if m.value != "false" else "a Dubbo request always names its interface: a route that wants none never matches, and Envoy cannot say so"
+    if m.kind not in (MatchKind.EXACT, MatchKind.PREFIX, MatchKind.SUFFIX):
+        return f"Envoy's dubbo_proxy matches the interface by exact name, prefix or suffix only, not {m.kind.value}"
+    if m.value.startswith("*") or m.value.endswith("*"):
+        return f"{m.value!r}: a '*' at either end is a wildcard in Envoy's interface match"
+    if m.kind is MatchKind.EXACT:
+        return (m.value,)
+    if m.kind is MatchKind.PREFIX:
+        return (m.value, f"{m.value}*") if m.value else ("*",)
+    return (m.value, f"*{m.value}") if m.value else ("*",)
+
+
+def _method(m: AttributeMatcher) -> string_pb2.StringMatcher | str:
+    """MethodMatch.name for ``m``, or why it cannot be."""
+    if m.invert:
+        return "Envoy's dubbo_proxy cannot invert a method match (MethodMatch.name is a StringMatcher)"
+    if m.kind is MatchKind.PRESENT:
+        if m.value == "false":
+            return "a Dubbo request always names its method: a route that wants none never matches, and Envoy cannot say so"
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=ANY_METHOD))
+    if m.kind in (MatchKind.PREFIX, MatchKind.SUFFIX, MatchKind.CONTAINS) and not m.value:  # Envoy wants them non-empty
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=ANY_METHOD))
+    return _case_in_regex(convert.header_matcher(m).string_match)
+
+
+def _case_in_regex(sm: string_pb2.StringMatcher) -> string_pb2.StringMatcher:
+    """Envoy ignores ``ignore_case`` on a regex: the regex says it instead (RE2's ``(?i)``)."""
+    if sm.ignore_case and sm.HasField("safe_regex"):
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=f"(?i){sm.safe_regex.regex}"))
+    return sm
+
+
+def _listener_gaps(lst: ListenerConfig) -> Iterable[Gap]:
+    """What the listener itself has that dubbo_proxy cannot do."""
+    if lst.local_rate_limit is not None:
+        yield Gap("spec.localRateLimit", "Envoy's dubbo_proxy has no per-request rate limit (the network local_ratelimit filter counts connections): the limit would not be enforced")
+    if lst.global_rate_limit is not None:
+        yield Gap("spec.globalRateLimit", "Envoy's dubbo_proxy cannot ask a rate limit service per request (the network ratelimit filter asks per connection): the limit would not be enforced")
+    if lst.idle_timeout:
+        yield Gap("DestinationRule spec.trafficPolicy.connectionPool.tcp.idleTimeout", f"Envoy's dubbo_proxy has no idle timeout: idle client connections stay open ({lst.idle_timeout:g} s here)", fatal=False)
+    if lst.access_log:
+        yield Gap("access_log", "Envoy's dubbo_proxy writes no per-request access log", fatal=False)
+    if lst.codec.config:
+        yield Gap("codec.config", f"Envoy's dubbo_proxy has no codec settings ({', '.join(sorted(lst.codec.config))} not applied; its own limits apply)", fatal=False)
+    if lst.max_pending_per_connection != _DEFAULT_PENDING:
+        yield Gap("max_pending_per_connection", "Envoy's dubbo_proxy does not bound the calls pending per connection", fatal=False)
+    if lst.upstream_connections_per_endpoint != _DEFAULT_UPSTREAM:
+        yield Gap("upstream_connections_per_endpoint", "Envoy's dubbo router uses its own upstream connection pool", fatal=False)
+
+
+def _rbac(filters: tuple[RbacFilter, ...], gaps: list[Gap]) -> list[listener_components_pb2.Filter]:
+    """Envoy's network RBAC filters when every policy is connection-level; else none, with a fatal
+    gap per policy that reads the request."""
+    if not filters:
+        return []
+    before = len(gaps)
+    for f in filters:
+        for p in f.policies:
+            if not all(_connection_level(r, permission=True) for r in p.permissions):
+                gaps.append(Gap(f"{p.name}.permissions", "the policy reads request attributes: Envoy's dubbo_proxy has no per-call authorization (the network RBAC filter decides per connection)"))
+            if not all(_connection_level(r, permission=False) for r in p.principals):
+                gaps.append(Gap(f"{p.name}.principals", "the policy reads request attributes: Envoy's dubbo_proxy has no per-call authorization (the network RBAC filter decides per connection)"))
+    if len(gaps) > before:
+        return []
+    names = ", ".join(f.stat_prefix for f in filters)
+    gaps.append(Gap(f"rbac ({names})", "enforced per connection by Envoy's network RBAC filter: a refused client's connection is closed instead of getting an error reply per call", fatal=False))
+    return [listener_components_pb2.Filter(name=RBAC_FILTER, typed_config=typed(msg)) for msg in rbac.rbac_filters_to_xds(filters)]
+
+
+def _connection_level(r: RbacRule, *, permission: bool) -> bool:
+    """Whether a rule reads only what a connection tells (peer identity or address, the port)."""
+    if r.op in _CONNECTION_LEVEL:
+        return all(_connection_level(c, permission=permission) for c in r.children)
+    if permission:
+        return r.op is RbacOp.DESTINATION_PORT
+    return r.op in (RbacOp.PEER, RbacOp.SOURCE_IP)
+
