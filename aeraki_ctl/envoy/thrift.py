@@ -143,7 +143,7 @@ def route_action(i: int, rule: RouteRule, clusters: Mapping[str, ClusterConfig],
         out.metadata_match.CopyFrom(_metadata_match(a.subset))
     for m in rule.mirrors:
         out.request_mirror_policies.add(cluster=m.cluster).runtime_fraction.default_value.CopyFrom(percent(m.fraction))
-    hashing = [n for n in a.cluster_names() if n in clusters and clusters[n].lb_policy in HASHING_POLICIES]
+    hashing = [n for n in a.cluster_names() if n in clusters and clusters[n].lb_policy in HASHING_POLICIES and len(clusters[n].endpoints) > 1]
     if a.hash_policy and hashing:
         gaps.append(Gap(route_path(i, rule, "route"), f"thrift_proxy computes no hash key: {', '.join(hashing)} ({clusters[hashing[0]].lb_policy.value}) picks endpoints at random there, not by {', '.join(a.hash_policy)}", fatal=False))
     if rule.retry is not None:
@@ -194,8 +194,8 @@ def listener(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig]) -> Envo
         return EnvoyListener(None, gaps=gaps)
     proxy = thrift_proxy_pb2.ThriftProxy(
         stat_prefix=lst.stat_prefix,
-        transport=transport,  # type: ignore[arg-type]
-        protocol=protocol,  # type: ignore[arg-type]
+        transport=transport,
+        protocol=protocol,
         trds=thrift_proxy_pb2.Trds(config_source=ads(), route_config_name=routes.name),
         thrift_filters=[thrift_proxy_pb2.ThriftFilter(name=ROUTER, typed_config=typed(router_pb2.Router()))],
     )

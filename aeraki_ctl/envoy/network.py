@@ -1,0 +1,108 @@
+"""What every Envoy listener of a protocol filter shares: the network filters in front of the
+protocol filter, the filter chain's TLS, and the listener-level features of the config model that
+Envoy's protocol filters (thrift_proxy, redis_proxy) do not have, each decided once here:
+
+- ``max_connections`` -> ``envoy.filters.network.connection_limit`` before the protocol filter
+  (exact: Envoy closes a connection past the limit at once, as our proxy does).
+- TLS -> the filter chain's ``transport_socket`` (``convert.downstream_tls_to_xds``, exact).
+- Authorization (``rbac``): rules that read only the connection (principal, source address,
+  destination port) -> ``envoy.filters.network.rbac`` before the protocol filter: the same decision
+  for every request of a connection, so the same allow/deny; approximated only in how a refusal
+  shows (Envoy closes the connection, our proxy answers the protocol's error). Rules on a request
+  attribute (method, header, key...) are fatal: Envoy's network RBAC filter cannot see requests, so
+  the policy would not be enforced. Shadow-only (dry-run) filters on request attributes are
+  approximated: nothing is enforced either way, only their counters are missing.
+- ``local_rate_limit`` and ``global_rate_limit``: fatal; neither filter limits requests (Envoy's
+  network ``local_ratelimit`` counts connections), so the limit would not hold.
+- ``idle_timeout``, ``access_log``: approximated (served without them, reported).
+- ``max_pending_per_connection`` and ``upstream_connections_per_endpoint`` other than the
+  defaults: approximated (our proxy's pooling knobs; Envoy pools upstream connections its own way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
+from envoy.type.v3 import percent_pb2
+from google.protobuf import wrappers_pb2
+
+from aeraki_ctl.envoy.common import Gap, typed
+from metaprotocol.config.model import ListenerConfig, RbacFilter, RbacOp, RbacRule
+from metaprotocol.xds import convert, rbac
+
+NETWORK_RBAC_FILTER = "envoy.filters.network.rbac"
+MILLION = 1_000_000
+_DEFAULT_PENDING = ListenerConfig.__dataclass_fields__["max_pending_per_connection"].default
+_DEFAULT_UPSTREAM_CONNECTIONS = ListenerConfig.__dataclass_fields__["upstream_connections_per_endpoint"].default
+_CONNECTION_OPS = frozenset({RbacOp.ANY, RbacOp.AND, RbacOp.OR, RbacOp.NOT, RbacOp.PEER, RbacOp.SOURCE_IP, RbacOp.DESTINATION_PORT})
+
+
+def percent(fraction: float) -> percent_pb2.FractionalPercent:
+    """A fraction (0..1) as Envoy's FractionalPercent per million (the finest it has)."""
+    return percent_pb2.FractionalPercent(numerator=round(fraction * MILLION), denominator=percent_pb2.FractionalPercent.MILLION)
+
+
+def _connection_level(r: RbacRule) -> bool:
+    """Whether a permission or principal reads only the connection (never a request attribute)."""
+    return r.op in _CONNECTION_OPS and all(_connection_level(c) for c in r.children)
+
+
+def _rbac_connection_level(f: RbacFilter) -> bool:
+    return all(_connection_level(r) for p in f.policies for r in (*p.permissions, *p.principals))
+
+
+def listener_gaps(lst: ListenerConfig, filter_name: str) -> list[Gap]:
+    """The listener-level features ``filter_name`` (``thrift_proxy``...) cannot carry (see the
+    module docstring for each decision)."""
+    gaps: list[Gap] = []
+    if lst.local_rate_limit is not None:
+        gaps.append(Gap("spec.localRateLimit", f"{filter_name} has no per-request local rate limit (Envoy's network local_ratelimit counts connections): requests would not be limited"))
+    if lst.global_rate_limit is not None:
+        gaps.append(Gap("spec.globalRateLimit", f"the global rate limit is not translated for {filter_name}: requests would not be limited"))
+    for f in lst.rbac:
+        if _rbac_connection_level(f):
+            continue
+        names = ", ".join(p.name for p in f.policies)
+        if f.enforced:
+            gaps.append(Gap(f"authorization {f.stat_prefix}", f"policies {names} match request attributes, which Envoy's network RBAC filter cannot see in front of {filter_name}: they would not be enforced"))
+        else:
+            gaps.append(Gap(f"authorization {f.stat_prefix}", f"dry-run policies {names} match request attributes: not evaluated on Envoy (nothing is enforced either way; their counters are missing)", fatal=False))
+    if any(_rbac_connection_level(f) and f.enforced for f in lst.rbac):
+        gaps.append(Gap("authorization", "enforced by Envoy's network RBAC filter on the connection: a refused client's connection is closed instead of answered with the protocol's error", fatal=False))
+    if lst.idle_timeout:
+        gaps.append(Gap("spec.trafficPolicy.connectionPool.tcp.idleTimeout", f"{filter_name} has no idle timeout: idle client connections stay open (our proxy closes them after {lst.idle_timeout:g} s)", fatal=False))
+    if lst.access_log:
+        gaps.append(Gap("access_log", f"access logs are not translated for {filter_name}: Envoy writes none", fatal=False))
+    if lst.max_pending_per_connection != _DEFAULT_PENDING:
+        gaps.append(Gap("max_pending_per_connection", f"our proxy's read back-pressure bound ({lst.max_pending_per_connection}) has no {filter_name} equivalent", fatal=False))
+    if lst.upstream_connections_per_endpoint != _DEFAULT_UPSTREAM_CONNECTIONS:
+        gaps.append(Gap("upstream_connections_per_endpoint", f"Envoy sizes its upstream connection pool itself ({lst.upstream_connections_per_endpoint} per endpoint is not carried)", fatal=False))
+    return gaps
+
+
+def envoy_listener(lst: ListenerConfig, proxy: listener_components_pb2.Filter) -> listener_pb2.Listener:
+    """The ``Listener`` of ``lst`` with ``proxy`` as its terminal filter: the connection limit and
+    connection-level RBAC filters in front of it, TLS on the filter chain."""
+    filters: list[listener_components_pb2.Filter] = []
+    if lst.max_connections:
+        limit = connection_limit_pb2.ConnectionLimit(stat_prefix=lst.stat_prefix, max_connections=wrappers_pb2.UInt64Value(value=lst.max_connections))
+        filters.append(listener_components_pb2.Filter(name=convert.CONNECTION_LIMIT_FILTER, typed_config=typed(limit)))
+    enforceable = tuple(f for f in lst.rbac if _rbac_connection_level(f))
+    filters.extend(listener_components_pb2.Filter(name=NETWORK_RBAC_FILTER, typed_config=typed(m)) for m in rbac.rbac_filters_to_xds(enforceable))
+    filters.append(proxy)
+    chain = listener_components_pb2.FilterChain(filters=filters)
+    if lst.tls is not None:
+        chain.transport_socket.CopyFrom(convert.downstream_tls_to_xds(lst.tls))
+    return listener_pb2.Listener(
+        name=lst.name,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=lst.address, port_value=lst.port)),
+        filter_chains=[chain],
+    )
+
+
+def fatal_first(gaps: Sequence[Gap]) -> list[Gap]:
+    """Gaps with the fatal ones first (what stops the listener is read first)."""
+    return sorted(gaps, key=lambda g: not g.fatal)
