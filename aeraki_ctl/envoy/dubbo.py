@@ -36,13 +36,12 @@ which keeps its last translatable version) or approximated (served, reported):
   the attachments the route sets; dubbo_proxy has no mutation.
 * ``fault``: fatal. The delays and aborts are what the route is for; without them a chaos test
   would pass silently.
-* ``spec.localRateLimit`` / ``spec.globalRateLimit``: fatal. dubbo_proxy has no per-request rate
-  limit (Envoy's network rate limit filters count connections), and an unenforced limit fails open.
-* authorization (RBAC filters): served with Envoy's network RBAC filter before dubbo_proxy when
-  every policy is connection-level (principals by peer identity or address, permissions ``any`` or
-  the destination port): approximated, since a refused client sees its connection closed instead
-  of one error reply per call. A policy on request attributes (interface, method, attachments) is
-  fatal: it cannot be enforced per call, and enforcing it per connection would mean something else.
+* the listener's own features (rate limits, authorization, idle timeout, access log, connection
+  limit, TLS, pooling knobs) are decided once for every Envoy filter in ``network.py``: rate
+  limits and authorization on request attributes (interface, method, attachments) are fatal (not
+  enforced per call); connection-level authorization is Envoy's network RBAC filter
+  (approximated: a refused client's connection is closed instead of getting one error reply per
+  call); the connection limit and TLS are exact; the rest is approximated.
 * ``mirror``: approximated (no shadow traffic; the caller's replies are the same).
 * ``retry``: approximated (dubbo_proxy never retries; failures reach the caller sooner).
 * a route ``timeout`` other than the default: approximated; the dubbo router has no timeout, a
@@ -51,27 +50,24 @@ which keeps its last translatable version) or approximated (served, reported):
 * consistent hash (``hash_policy``, from a DestinationRule's ``consistentHash.httpHeaderName``):
   approximated; the dubbo router gives the load balancer no hash key, so a RING_HASH/MAGLEV
   cluster picks endpoints at random. The split between clusters is unchanged.
-* the listener's ``idle_timeout``, ``access_log``, codec settings, ``max_pending_per_connection``
-  and ``upstream_connections_per_endpoint``: approximated (dubbo_proxy has no such setting).
-* ``max_connections``: Envoy's connection_limit filter before dubbo_proxy (exact); ``tls``: the
-  filter chain's transport socket (exact).
+* codec settings (``payload_limit``, ``non_hessian2``): approximated; dubbo_proxy has its own
+  limits and takes Hessian2 only.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
-from envoy.config.core.v3 import address_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2
-from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.dubbo_proxy.router.v3 import router_pb2
 from envoy.extensions.filters.network.dubbo_proxy.v3 import dubbo_proxy_pb2, route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
+from aeraki_ctl.envoy import network
 from aeraki_ctl.envoy.common import DUBBO_ROUTE_TYPE, EnvoyListener, Gap, ads, route_path, typed
 from metaprotocol.config.model import (
     DEFAULT_ROUTE_TIMEOUT,
@@ -79,23 +75,16 @@ from metaprotocol.config.model import (
     ClusterConfig,
     ListenerConfig,
     MatchKind,
-    RbacFilter,
-    RbacOp,
-    RbacRule,
     RouteRule,
 )
-from metaprotocol.xds import convert, rbac
+from metaprotocol.xds import convert
 
 FILTER: Final = "envoy.filters.network.dubbo_proxy"
 ROUTER: Final = "envoy.filters.dubbo.router"
-RBAC_FILTER: Final = "envoy.filters.network.rbac"
 ANY_METHOD: Final = ".*"
 _HEAD: Final = frozenset({"interface", "method", "version", "dubbo"})  # read from the body's head, not the attachments
-_DEFAULT_PENDING: Final = ListenerConfig.__dataclass_fields__["max_pending_per_connection"].default
-_DEFAULT_UPSTREAM: Final = ListenerConfig.__dataclass_fields__["upstream_connections_per_endpoint"].default
 # What Python's re accepts and RE2 refuses: look-around, back-references, possessive quantifiers, atomic groups.
 _NOT_RE2: Final = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=|[*+?}]\+|\(\?>")
-_CONNECTION_LEVEL: Final = frozenset({RbacOp.ANY, RbacOp.AND, RbacOp.OR, RbacOp.NOT})
 
 
 def listener(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig]) -> EnvoyListener:
@@ -105,12 +94,9 @@ def listener(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig]) -> Envo
     if lst.route_config is None:
         gaps.append(Gap("", f"the listener's routes come over RDS ({lst.rds_name}) in our proxy's shape: aeraki-ctl must give the table itself to translate it"))
     table = route_table(lst, gaps)
-    gaps.extend(_listener_gaps(lst))
-    filters: list[listener_components_pb2.Filter] = []
-    if lst.max_connections:
-        limit = connection_limit_pb2.ConnectionLimit(stat_prefix=lst.stat_prefix, max_connections=wrappers_pb2.UInt64Value(value=lst.max_connections))
-        filters.append(listener_components_pb2.Filter(name=convert.CONNECTION_LIMIT_FILTER, typed_config=typed(limit)))
-    filters.extend(_rbac(lst.rbac, gaps))
+    gaps.extend(network.listener_gaps(lst, "dubbo_proxy"))
+    if lst.codec.config:
+        gaps.append(Gap("codec.config", f"dubbo_proxy has no codec settings ({', '.join(sorted(lst.codec.config))} not applied; its own limits apply)", fatal=False))
     proxy = dubbo_proxy_pb2.DubboProxy(
         stat_prefix=lst.stat_prefix,
         protocol_type=dubbo_proxy_pb2.Dubbo,
@@ -118,12 +104,8 @@ def listener(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig]) -> Envo
         drds=dubbo_proxy_pb2.Drds(config_source=ads(), route_config_name=lst.name),
         dubbo_filters=[dubbo_proxy_pb2.DubboFilter(name=ROUTER, config=typed(router_pb2.Router()))],
     )
-    filters.append(listener_components_pb2.Filter(name=FILTER, typed_config=typed(proxy)))
-    chain = listener_components_pb2.FilterChain(filters=filters)
-    if lst.tls is not None:
-        chain.transport_socket.CopyFrom(convert.downstream_tls_to_xds(lst.tls))
-    out = listener_pb2.Listener(name=lst.name, address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=lst.address, port_value=lst.port)), filter_chains=[chain])
-    return EnvoyListener(out, [(DUBBO_ROUTE_TYPE, lst.name, table)], gaps)
+    out = network.envoy_listener(lst, listener_components_pb2.Filter(name=FILTER, typed_config=typed(proxy)))
+    return EnvoyListener(out, [(DUBBO_ROUTE_TYPE, lst.name, table)], network.fatal_first(gaps))
 
 
 def route_table(lst: ListenerConfig, gaps: list[Gap]) -> route_pb2.MultipleRouteConfiguration:
@@ -256,50 +238,3 @@ def _case_in_regex(sm: string_pb2.StringMatcher) -> string_pb2.StringMatcher:
     if sm.ignore_case and sm.HasField("safe_regex"):
         return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=f"(?i){sm.safe_regex.regex}"))
     return sm
-
-
-def _listener_gaps(lst: ListenerConfig) -> Iterable[Gap]:
-    """What the listener itself has that dubbo_proxy cannot do."""
-    if lst.local_rate_limit is not None:
-        yield Gap("spec.localRateLimit", "Envoy's dubbo_proxy has no per-request rate limit (the network local_ratelimit filter counts connections): the limit would not be enforced")
-    if lst.global_rate_limit is not None:
-        yield Gap("spec.globalRateLimit", "Envoy's dubbo_proxy cannot ask a rate limit service per request (the network ratelimit filter asks per connection): the limit would not be enforced")
-    if lst.idle_timeout:
-        yield Gap("DestinationRule spec.trafficPolicy.connectionPool.tcp.idleTimeout", f"Envoy's dubbo_proxy has no idle timeout: idle client connections stay open ({lst.idle_timeout:g} s here)", fatal=False)
-    if lst.access_log:
-        yield Gap("access_log", "Envoy's dubbo_proxy writes no per-request access log", fatal=False)
-    if lst.codec.config:
-        yield Gap("codec.config", f"Envoy's dubbo_proxy has no codec settings ({', '.join(sorted(lst.codec.config))} not applied; its own limits apply)", fatal=False)
-    if lst.max_pending_per_connection != _DEFAULT_PENDING:
-        yield Gap("max_pending_per_connection", "Envoy's dubbo_proxy does not bound the calls pending per connection", fatal=False)
-    if lst.upstream_connections_per_endpoint != _DEFAULT_UPSTREAM:
-        yield Gap("upstream_connections_per_endpoint", "Envoy's dubbo router uses its own upstream connection pool", fatal=False)
-
-
-def _rbac(filters: tuple[RbacFilter, ...], gaps: list[Gap]) -> list[listener_components_pb2.Filter]:
-    """Envoy's network RBAC filters when every policy is connection-level; else none, with a fatal
-    gap per policy that reads the request."""
-    if not filters:
-        return []
-    before = len(gaps)
-    for f in filters:
-        for p in f.policies:
-            if not all(_connection_level(r, permission=True) for r in p.permissions):
-                gaps.append(Gap(f"{p.name}.permissions", "the policy reads request attributes: Envoy's dubbo_proxy has no per-call authorization (the network RBAC filter decides per connection)"))
-            if not all(_connection_level(r, permission=False) for r in p.principals):
-                gaps.append(Gap(f"{p.name}.principals", "the policy reads request attributes: Envoy's dubbo_proxy has no per-call authorization (the network RBAC filter decides per connection)"))
-    if len(gaps) > before:
-        return []
-    names = ", ".join(f.stat_prefix for f in filters)
-    gaps.append(Gap(f"rbac ({names})", "enforced per connection by Envoy's network RBAC filter: a refused client's connection is closed instead of getting an error reply per call", fatal=False))
-    return [listener_components_pb2.Filter(name=RBAC_FILTER, typed_config=typed(msg)) for msg in rbac.rbac_filters_to_xds(filters)]
-
-
-def _connection_level(r: RbacRule, *, permission: bool) -> bool:
-    """Whether a rule reads only what a connection tells (peer identity or address, the port)."""
-    if r.op in _CONNECTION_LEVEL:
-        return all(_connection_level(c, permission=permission) for c in r.children)
-    if permission:
-        return r.op is RbacOp.DESTINATION_PORT
-    return r.op in (RbacOp.PEER, RbacOp.SOURCE_IP)
-

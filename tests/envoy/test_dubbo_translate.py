@@ -38,6 +38,7 @@ from metaprotocol.config.model import (
     RetryPolicy,
     RouteAction,
     RouteRule,
+    WeightedCluster,
 )
 from metaprotocol.xds import convert
 from tests.envoy_node import envoy_binary
@@ -252,6 +253,7 @@ def test_matchers_envoy_expresses_exactly(tmp_path: Path, demo: tuple[ListenerCo
         rule(AttributeMatcher("tier", MatchKind.REGEX, "gold|silver", ignore_case=True), AttributeMatcher("region", MatchKind.PREFIX, "eu", invert=True)),
         rule(AttributeMatcher("trace", MatchKind.PRESENT, "false"), AttributeMatcher("method", MatchKind.CONTAINS, "ell")),
         RouteRule("s", (AttributeMatcher("interface", MatchKind.PRESENT, "true"), AttributeMatcher("group", MatchKind.EXACT, "blue")), RouteAction(cluster=ALL, subset=(("version", "v2"),))),
+        RouteRule("z", (), RouteAction(weighted_clusters=(WeightedCluster(V1, 100), WeightedCluster(V2, 0)))),
     )  # fmt: skip
     out = dubbo.listener(with_routes(lst, *rules), clusters)
     assert out.gaps == []
@@ -265,6 +267,7 @@ def test_matchers_envoy_expresses_exactly(tmp_path: Path, demo: tuple[ListenerCo
                                            {"name": "region", "string_match": {"prefix": "eu"}, "invert_match": True}]  # fmt: skip
     assert rest[1]["match"] == {"method": {"name": {"contains": "ell"}}, "headers": [{"name": "trace", "present_match": False}]}
     assert rest[2]["route"] == {"cluster": ALL, "metadata_match": {"filter_metadata": {"envoy.lb": {"version": "v2"}}}}
+    assert rest[3]["route"] == {"weighted_clusters": {"clusters": [{"name": V1, "weight": 100}, {"name": V2, "weight": 0}]}}  # a MetaRouter's 100/0
     assert_envoy_accepts(tmp_path, [out], clusters)
 
 
@@ -355,7 +358,7 @@ def test_model_features_beyond_metarouter(tmp_path: Path, demo: tuple[ListenerCo
     )  # fmt: skip
     out = dubbo.listener(approximated, clusters)
     assert not out.rejected
-    assert set(gaps(out)) == {"spec.routes[0].retry", "spec.routes[1].timeout", "DestinationRule spec.trafficPolicy.connectionPool.tcp.idleTimeout",
+    assert set(gaps(out)) == {"spec.routes[0].retry", "spec.routes[1].timeout", "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
                               "access_log", "max_pending_per_connection", "upstream_connections_per_endpoint"}  # fmt: skip
     assert "2.5 s" in gaps(out)["spec.routes[1].timeout"][1]
     assert out.listener is not None
@@ -399,7 +402,7 @@ def test_connection_level_authorization_is_envoys_network_rbac(tmp_path: Path) -
     lst, clusters = translated(resources(SERVICE, by_peer))
     assert lst.rbac
     out = dubbo.listener(lst, clusters)
-    assert not out.rejected and [(g.path.startswith("rbac"), g.fatal) for g in out.gaps] == [(True, False)]
+    assert not out.rejected and [(g.path, g.fatal) for g in out.gaps] == [("authorization", False)]
     assert "connection is closed" in out.gaps[0].reason
     assert out.listener is not None
     names = [f.name for f in out.listener.filter_chains[0].filters]
@@ -420,8 +423,8 @@ def test_authorization_on_request_attributes_rejects_the_listener() -> None:
     lst, clusters = translated(resources(SERVICE, by_method))
     out = dubbo.listener(lst, clusters)
     assert out.rejected
-    assert [(g.path, g.fatal) for g in out.gaps] == [("ns[meta-dubbo]-policy[methods]-rule[0].permissions", True)]
-    assert "per-call authorization" in out.gaps[0].reason
+    assert [(g.path, g.fatal) for g in out.gaps] == [(f"authorization {lst.rbac[0].stat_prefix}", True)]
+    assert "ns[meta-dubbo]-policy[methods]-rule[0]" in out.gaps[0].reason and "would not be enforced" in out.gaps[0].reason
 
 
 def test_every_gap_names_where_it_comes_from(demo: tuple[ListenerConfig, dict[str, ClusterConfig]]) -> None:
