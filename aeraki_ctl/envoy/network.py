@@ -5,8 +5,8 @@ Envoy's protocol filters (thrift_proxy, redis_proxy) do not have, each decided o
 - ``max_connections`` -> ``envoy.filters.network.connection_limit`` before the protocol filter
   (exact: Envoy closes a connection past the limit at once, as our proxy does).
 - TLS -> the filter chain's ``transport_socket`` (``convert.downstream_tls_to_xds``, exact).
-- Authorization (``rbac``): rules that read only the connection (principal, source address,
-  destination port) -> ``envoy.filters.network.rbac`` before the protocol filter: the same decision
+- Authorization (``rbac``): rules that read only the connection (principals by peer identity or
+  source address, permissions on the destination port) -> ``envoy.filters.network.rbac`` before the protocol filter: the same decision
   for every request of a connection, so the same allow/deny; approximated only in how a refusal
   shows (Envoy closes the connection, our proxy answers the protocol's error). Rules on a request
   attribute (method, header, key...) are fatal: Envoy's network RBAC filter cannot see requests, so
@@ -21,6 +21,7 @@ Envoy's protocol filters (thrift_proxy, redis_proxy) do not have, each decided o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from envoy.config.core.v3 import address_pb2
@@ -30,14 +31,17 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from aeraki_ctl.envoy.common import Gap, typed
-from metaprotocol.config.model import ListenerConfig, RbacFilter, RbacOp, RbacRule
+from metaprotocol.config.model import AttributeMatcher, ListenerConfig, MatchKind, RbacFilter, RbacOp, RbacRule
 from metaprotocol.xds import convert, rbac
 
 NETWORK_RBAC_FILTER = "envoy.filters.network.rbac"
 MILLION = 1_000_000
 _DEFAULT_PENDING = ListenerConfig.__dataclass_fields__["max_pending_per_connection"].default
 _DEFAULT_UPSTREAM_CONNECTIONS = ListenerConfig.__dataclass_fields__["upstream_connections_per_endpoint"].default
-_CONNECTION_OPS = frozenset({RbacOp.ANY, RbacOp.AND, RbacOp.OR, RbacOp.NOT, RbacOp.PEER, RbacOp.SOURCE_IP, RbacOp.DESTINATION_PORT})
+_TREE_OPS = frozenset({RbacOp.ANY, RbacOp.AND, RbacOp.OR, RbacOp.NOT})
+# What Python's re accepts and RE2 (Envoy's engine) refuses: look-around, back-references,
+# possessive quantifiers, atomic groups.
+_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=|[*+?}]\+|\(\?>")
 
 
 def percent(fraction: float) -> percent_pb2.FractionalPercent:
@@ -45,13 +49,26 @@ def percent(fraction: float) -> percent_pb2.FractionalPercent:
     return percent_pb2.FractionalPercent(numerator=round(fraction * MILLION), denominator=percent_pb2.FractionalPercent.MILLION)
 
 
-def _connection_level(r: RbacRule) -> bool:
-    """Whether a permission or principal reads only the connection (never a request attribute)."""
-    return r.op in _CONNECTION_OPS and all(_connection_level(c) for c in r.children)
+def re2_gap(m: AttributeMatcher) -> str:
+    """Why RE2 would refuse ``m``'s regex (Envoy would then reject the whole table); "" if not."""
+    if m.kind is MatchKind.REGEX and _NOT_RE2.search(m.value):
+        return f"regex {m.value!r} is not RE2 syntax (look-around, back-references, possessive or atomic groups): Envoy would reject the route table"
+    return ""
+
+
+def _connection_level(r: RbacRule, *, permission: bool) -> bool:
+    """Whether a rule reads only what the connection tells: as a permission the destination port,
+    as a principal the peer's identity or address (what Envoy's network RBAC filter can check)."""
+    if r.op in _TREE_OPS:
+        return all(_connection_level(c, permission=permission) for c in r.children)
+    return r.op is RbacOp.DESTINATION_PORT if permission else r.op in (RbacOp.PEER, RbacOp.SOURCE_IP)
 
 
 def _rbac_connection_level(f: RbacFilter) -> bool:
-    return all(_connection_level(r) for p in f.policies for r in (*p.permissions, *p.principals))
+    return all(
+        all(_connection_level(r, permission=True) for r in p.permissions) and all(_connection_level(r, permission=False) for r in p.principals)
+        for p in f.policies
+    )
 
 
 def listener_gaps(lst: ListenerConfig, filter_name: str) -> list[Gap]:

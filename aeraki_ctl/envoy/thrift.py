@@ -12,7 +12,8 @@ What maps exactly:
   ``service`` exact alone: ``service_name`` (Envoy: the name starts with ``<service>:``);
   ``method`` present, or no method/service condition: ``method_name: ""`` (any);
   one exact method or service condition inverted: ``invert``;
-- every other attribute is a THeader header: ``headers`` (Envoy's HeaderMatcher, every kind);
+- every other attribute is a THeader header: ``headers`` (Envoy's HeaderMatcher, every kind; a
+  regex RE2 would refuse is fatal, as Envoy would reject the whole table);
 - a single destination, a weighted split (weight-0 destinations left out: they get nothing),
   a subset (``metadata_match`` under ``envoy.lb``), mirrors with their fraction
   (``request_mirror_policies``, ``runtime_fraction`` per million);
@@ -23,8 +24,9 @@ Approximated (served, reported as non-fatal gaps):
 - ``method`` exact without a ``service`` condition: Envoy compares the whole message name, so a
   multiplexed call ``Svc:m`` does not match ``m`` there (our proxy matches the bare method);
   calls without a service prefix route the same;
-- request timeouts: thrift_proxy has none (a request waits until its upstream connection fails;
-  our proxy answers ``upstream_timeout`` after the route's timeout);
+- a route timeout other than the default: thrift_proxy has no request timeout (a request waits
+  for its reply or its connection's end; our proxy answers ``upstream_timeout``); also true of the
+  default 15 s, which is not reported per route;
 - retries: thrift_proxy does not retry;
 - ``hash_policy`` on a ring-hash/Maglev destination: thrift_proxy computes no hash key, so Envoy
   picks a random point on the ring (same cluster, no affinity);
@@ -54,7 +56,7 @@ from envoy.extensions.filters.network.thrift_proxy.v3 import route_pb2, thrift_p
 from google.protobuf import struct_pb2, wrappers_pb2
 
 from aeraki_ctl.envoy.common import THRIFT_ROUTE_TYPE, EnvoyListener, Gap, ads, route_path, typed
-from aeraki_ctl.envoy.network import envoy_listener, fatal_first, listener_gaps, percent
+from aeraki_ctl.envoy.network import envoy_listener, fatal_first, listener_gaps, percent, re2_gap
 from metaprotocol.config.model import DEFAULT_ROUTE_TIMEOUT, HASHING_POLICIES, AttributeMatcher, ClusterConfig, ListenerConfig, MatchKind, RouteRule
 from metaprotocol.xds import convert
 
@@ -91,6 +93,9 @@ def route_match(i: int, rule: RouteRule, gaps: list[Gap]) -> route_pb2.RouteMatc
     path = route_path(i, rule, "match")
     names = {m.name: m for m in rule.match if m.name in _NAME_ATTRIBUTES}
     headers = [convert.header_matcher(m) for m in rule.match if m.name not in _NAME_ATTRIBUTES]
+    for m in rule.match:
+        if m.name not in _NAME_ATTRIBUTES and re2_gap(m):
+            gaps.append(Gap(f"{path}.attributes.{m.name}", re2_gap(m)))
     out = route_pb2.RouteMatch(headers=headers)
     method, service, mtype = names.get("method"), names.get("service"), names.get("message_type")
     if len([m for m in rule.match if m.name in _NAME_ATTRIBUTES]) != len(names):
@@ -99,9 +104,11 @@ def route_match(i: int, rule: RouteRule, gaps: list[Gap]) -> route_pb2.RouteMatc
         gaps.append(Gap(f"{path}.attributes.message_type", f"thrift_proxy routes calls and one-ways alike: {_describe(mtype)} cannot be expressed"))
     if method is not None and method.kind is MatchKind.PRESENT and method.value != "false" and not method.invert:
         method = None  # every message has a method: no condition
-    for m in (method, service):
-        if m is not None and not _exact(m):
+    inexact = [m for m in (method, service) if m is not None and not _exact(m)]
+    for m in inexact:
             gaps.append(Gap(f"{path}.attributes.{m.name}", f"thrift_proxy compares the message name exactly ({'method_name' if m.name == 'method' else 'service_name: a <service>: prefix'}): {_describe(m)} cannot be expressed"))
+    if inexact:
+        return out
     if method is not None and service is not None:
         if method.invert or service.invert:
             gaps.append(Gap(path, "thrift_proxy inverts a route's one name condition: an inverted method or service together with the other cannot be expressed"))
@@ -146,6 +153,8 @@ def route_action(i: int, rule: RouteRule, clusters: Mapping[str, ClusterConfig],
     hashing = [n for n in a.cluster_names() if n in clusters and clusters[n].lb_policy in HASHING_POLICIES and len(clusters[n].endpoints) > 1]
     if a.hash_policy and hashing:
         gaps.append(Gap(route_path(i, rule, "route"), f"thrift_proxy computes no hash key: {', '.join(hashing)} ({clusters[hashing[0]].lb_policy.value}) picks endpoints at random there, not by {', '.join(a.hash_policy)}", fatal=False))
+    if a.timeout != DEFAULT_ROUTE_TIMEOUT:
+        gaps.append(Gap(route_path(i, rule, "timeout"), f"thrift_proxy has no request timeout ({a.timeout:g} s here): a request waits for its reply or its connection's end", fatal=False))
     if rule.retry is not None:
         gaps.append(Gap(route_path(i, rule, "retry"), "thrift_proxy does not retry: a failed request fails at once", fatal=False))
     if rule.fault is not None:
@@ -162,10 +171,6 @@ def route_config(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig], gap
     out = route_pb2.RouteConfiguration(name=lst.name)
     for i, rule in enumerate(rules):
         out.routes.add(match=route_match(i, rule, gaps), route=route_action(i, rule, clusters, gaps))
-    timeouts = sorted({r.action.timeout for r in rules if r.action.timeout > 0})
-    if timeouts:
-        told = ", ".join(f"{t:g} s" + (" (the default)" if t == DEFAULT_ROUTE_TIMEOUT else "") for t in timeouts)
-        gaps.append(Gap("", f"thrift_proxy has no request timeout: a request waits until its upstream connection fails (our proxy: {told})", fatal=False))
     return out
 
 
