@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
-from aeraki_ctl import authz, sidecar
+from aeraki_ctl import sidecar
 from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet
 from aeraki_ctl.translate import (
     Options,
@@ -41,6 +41,8 @@ from aeraki_ctl.translate import (
     _Rule,
     _Service,
     _services,
+    POLICY_KINDS,
+    Policy,
     check_policies,
     check_rejected,
     default_registry,
@@ -132,7 +134,7 @@ class IncrementalTranslator:
         self._reading: dict[str, tuple[Problem, ...]] = {}  # problems met reading each object (those with any)
         self._host_problems: dict[str, list[Problem]] = {}  # per host with any: its facts' then its output's
         self._policy_objects: dict[str, dict[str, Resource]] = {}  # namespace -> ref -> policy
-        self._policies: dict[str, list[authz.Authz]] = {}  # namespace -> its valid policies, translated
+        self._policies: dict[str, list[Policy]] = {}  # namespace -> its valid policies, translated
         self._policy_problems: dict[str, list[Problem]] = {}
 
     def owner_of(self, host: str) -> Resource | None:
@@ -196,7 +198,7 @@ class IncrementalTranslator:
                 elif obj.kind == "Sidecar":
                     sidecar_namespaces.add(obj.namespace)
                     _put(self._sidecar_objects.setdefault(obj.namespace, {}), ref, obj, add)
-                elif obj.kind in authz.KINDS:
+                elif obj.kind in POLICY_KINDS:
                     policy_namespaces.add(obj.namespace)
                     _put(self._policy_objects.setdefault(obj.namespace, {}), ref, obj, add)
                 elif obj.kind in _KEYED:
@@ -391,7 +393,7 @@ class _World:
     def failed(self) -> _Failed:
         return self._failed
 
-    def policies(self, namespace: str) -> Sequence[authz.Authz]:
+    def policies(self, namespace: str) -> Sequence[Policy]:
         self.deps.add(("policies", namespace))
         return self.owner._policies.get(namespace, [])
 

@@ -2,7 +2,7 @@
 
 Kinds: ``MetaRouter`` and ``ApplicationProtocol`` (``metaprotocol.aeraki.io/v1alpha1``),
 ``ServiceEntry``, ``DestinationRule`` and ``Sidecar`` (``networking.istio.io``),
-``AuthorizationPolicy`` (``security.istio.io``) and ``DubboAuthorizationPolicy``
+``AuthorizationPolicy`` and ``PeerAuthentication`` (``security.istio.io``) and ``DubboAuthorizationPolicy``
 (``dubbo.aeraki.io``). Each spec is read into its
 protobuf message (``metaprotocol_api``: Aeraki's and Istio's own packages, names and field
 numbers) with ``google.protobuf.json_format``, after a check against the message's descriptor that
@@ -36,6 +36,7 @@ from metaprotocol_api.istio.networking.v1alpha3.destination_rule_pb2 import Dest
 from metaprotocol_api.istio.networking.v1alpha3.service_entry_pb2 import ServiceEntry
 from metaprotocol_api.istio.networking.v1alpha3.sidecar_pb2 import Sidecar
 from metaprotocol_api.istio.security.v1beta1.authorization_policy_pb2 import AuthorizationPolicy
+from metaprotocol_api.istio.security.v1beta1.peer_authentication_pb2 import PeerAuthentication
 from metaprotocol_api.metaprotocol_aeraki_io.v1alpha1.metaprotocol_pb2 import ApplicationProtocol, MetaRouter
 
 # libyaml's loader when PyYAML has it (about ten times faster on large directories).
@@ -45,9 +46,10 @@ ISTIO_GROUP = "networking.istio.io"
 SECURITY_GROUP = "security.istio.io"
 DUBBO_GROUP = "dubbo.aeraki.io"
 KINDS = {"MetaRouter": METAPROTOCOL_GROUP, "ApplicationProtocol": METAPROTOCOL_GROUP, "ServiceEntry": ISTIO_GROUP, "DestinationRule": ISTIO_GROUP, "Sidecar": ISTIO_GROUP,
-         "AuthorizationPolicy": SECURITY_GROUP, "DubboAuthorizationPolicy": DUBBO_GROUP}  # fmt: skip
+         "AuthorizationPolicy": SECURITY_GROUP, "PeerAuthentication": SECURITY_GROUP, "DubboAuthorizationPolicy": DUBBO_GROUP}  # fmt: skip
 MESSAGES: dict[str, type[Message]] = {"MetaRouter": MetaRouter, "ApplicationProtocol": ApplicationProtocol, "ServiceEntry": ServiceEntry, "DestinationRule": DestinationRule,
-                                      "Sidecar": Sidecar, "AuthorizationPolicy": AuthorizationPolicy, "DubboAuthorizationPolicy": DubboAuthorizationPolicy}  # fmt: skip
+                                      "Sidecar": Sidecar, "AuthorizationPolicy": AuthorizationPolicy, "PeerAuthentication": PeerAuthentication,
+                                      "DubboAuthorizationPolicy": DubboAuthorizationPolicy}  # fmt: skip
 BUILTIN_PROTOCOLS = {"dubbo": "aeraki.meta_protocol.codec.dubbo", "thrift": "aeraki.meta_protocol.codec.thrift"}
 _TOP_LEVEL = {"apiVersion", "kind", "metadata", "spec", "status"}
 READ_ANNOTATIONS = frozenset({"istio.io/dry-run"})  # an AuthorizationPolicy evaluated and counted, not enforced

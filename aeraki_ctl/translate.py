@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from aeraki_ctl import authz, sidecar
+from aeraki_ctl import authz, peerauthn, sidecar
 from aeraki_ctl.resources import BUILTIN_PROTOCOLS, Problem, Resource, ResourceSet, seconds
 from metaprotocol.config.model import (
     DEFAULT_CONNECT_TIMEOUT,
     AttributeMatcher,
     Bootstrap,
+    DownstreamTls,
     CircuitBreakers,
     ClusterConfig,
     CodecRef,
@@ -75,6 +76,8 @@ from metaprotocol_api.metaprotocol_aeraki_io.v1alpha1.metaprotocol_pb2 import (
 )
 
 PORT_PREFIX = "tcp-metaprotocol-"
+POLICY_KINDS = (*authz.KINDS, peerauthn.KIND)  # security policies: checked namespace by namespace
+Policy = authz.Authz | peerauthn.PeerAuthn
 _SIMPLE_LB = {
     LoadBalancerSettings.ROUND_ROBIN: LbPolicy.ROUND_ROBIN,
     LoadBalancerSettings.UNSPECIFIED: LbPolicy.ROUND_ROBIN,
@@ -217,8 +220,8 @@ class _World(Protocol):
     def service_entry(self, host: str) -> Resource | None:
         """The first ServiceEntry read without error (by namespace, name) listing ``host``."""
 
-    def policies(self, namespace: str) -> Sequence[authz.Authz]:
-        """The valid authorization policies of ``namespace``."""
+    def policies(self, namespace: str) -> Sequence[Policy]:
+        """The valid security policies of ``namespace``."""
 
 
 @dataclass
@@ -229,10 +232,10 @@ class _GlobalWorld:
     rules: Mapping[str, _Rule]
     failures: _Failed
     valid: ResourceSet
-    by_namespace: Mapping[str, list[authz.Authz]] = field(default_factory=dict)
+    by_namespace: Mapping[str, list[Policy]] = field(default_factory=dict)
     _entries: dict[str, Resource] | None = None
 
-    def policies(self, namespace: str) -> Sequence[authz.Authz]:
+    def policies(self, namespace: str) -> Sequence[Policy]:
         return self.by_namespace.get(namespace, [])
 
     def ports(self, host: str) -> list[int]:
@@ -351,29 +354,45 @@ def translate(resources: ResourceSet, options: Options | None = None, registry: 
     return Translation(Bootstrap(tuple(listeners), tuple(clusters[k] for k in sorted(clusters)), None, "aeraki-ctl"), unique, sidecars)
 
 
-def check_policies(resources: ResourceSet, opts: Options, problems: list[Problem], namespace: str | None = None) -> dict[str, list[authz.Authz]]:
-    """Every problem of the authorization policies (of one namespace, or all); the valid ones
-    translated, by namespace, in (kind, name) order."""
-    out: dict[str, list[authz.Authz]] = {}
-    for kind in authz.KINDS:
+def check_policies(resources: ResourceSet, opts: Options, problems: list[Problem], namespace: str | None = None) -> dict[str, list[Policy]]:
+    """Every problem of the security policies (authorization and peer authentication, of one
+    namespace or all); the valid ones translated, by namespace, in (kind, name) order."""
+    out: dict[str, list[Policy]] = {}
+    for kind in POLICY_KINDS:
         for r in resources.of(kind):
             if namespace is not None and r.namespace != namespace:
                 continue
-            made = _guard(r, problems, partial(authz.check, r, problems, opts.port_offset), None)
+            check = partial(peerauthn.check, r, problems) if kind == peerauthn.KIND else partial(authz.check, r, problems, opts.port_offset)
+            made: Policy | None = _guard(r, problems, check, None)
             if made is not None:
                 out.setdefault(r.namespace, []).append(made)
     return out
 
 
-def _rbac(svc: _Service, world: _World, opts: Options) -> tuple[RbacFilter, ...]:
-    """The RBAC filters of a service port's listener: the policies of its namespace and of the
-    root namespace that select it."""
+def _namespace_policies(svc: _Service, world: _World, opts: Options) -> list[Policy]:
     ns, root = svc.resource.namespace, opts.root_namespace
-    found = [*world.policies(ns), *(world.policies(root) if ns != root else ())]
+    return [*world.policies(ns), *(world.policies(root) if ns != root else ())]
+
+
+def _rbac(svc: _Service, world: _World, opts: Options) -> tuple[RbacFilter, ...]:
+    """The RBAC filters of a service port's listener: the authorization policies of its namespace
+    and of the root namespace that select it."""
+    found = [a for a in _namespace_policies(svc, world, opts) if isinstance(a, authz.Authz)]
     if not found:
         return ()
+    ns, root = svc.resource.namespace, opts.root_namespace
     labels = [e.labels for e in svc.endpoints]
     return authz.filters([a for a in found if a.applies(ns, root, svc.resource.name, svc.codec, labels)])
+
+
+def _peer_tls(svc: _Service, world: _World, opts: Options) -> DownstreamTls | None:
+    """The listener TLS the PeerAuthentications that apply to a service port ask for (None: none)."""
+    found = [p for p in _namespace_policies(svc, world, opts) if isinstance(p, peerauthn.PeerAuthn)]
+    if not found:
+        return None
+    ports = {svc.port, *(e.port for e in svc.endpoints)}
+    mode = peerauthn.mode_for(found, svc.resource.namespace, opts.root_namespace, [e.labels for e in svc.endpoints], ports)
+    return peerauthn.listener_tls(mode, opts.identity_dir, opts.trust_domain)
 
 
 def check_sidecars(sidecars: Iterable[Resource], problems: list[Problem]) -> tuple[Resource, ...]:
@@ -430,6 +449,7 @@ def service_port(
         global_rate_limit=global_limit,
         protocol=svc.protocol,
         rbac=_rbac(svc, world, opts),
+        tls=_peer_tls(svc, world, opts),
     )
 
 

@@ -106,6 +106,7 @@ COLLECTIONS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("/apis/networking.istio.io/v1beta1", "destinationrules"): ("DestinationRule", "networking.istio.io/v1beta1", False),
     ("/apis/networking.istio.io/v1beta1", "sidecars"): ("Sidecar", "networking.istio.io/v1beta1", False),
     ("/apis/security.istio.io/v1beta1", "authorizationpolicies"): ("AuthorizationPolicy", "security.istio.io/v1beta1", False),
+    ("/apis/security.istio.io/v1beta1", "peerauthentications"): ("PeerAuthentication", "security.istio.io/v1beta1", False),
     ("/apis/dubbo.aeraki.io/v1alpha1", "dubboauthorizationpolicies"): ("DubboAuthorizationPolicy", "dubbo.aeraki.io/v1alpha1", False),
     ("/apis/coordination.k8s.io/v1", "leases"): ("Lease", "coordination.k8s.io/v1", True),
 }

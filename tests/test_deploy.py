@@ -157,6 +157,7 @@ def test_rbac_is_least_privilege() -> None:
         ("networking.istio.io", "destinationrules"): watch,
         ("networking.istio.io", "sidecars"): watch,
         ("security.istio.io", "authorizationpolicies"): watch,
+        ("security.istio.io", "peerauthentications"): watch,
         ("dubbo.aeraki.io", "dubboauthorizationpolicies"): watch,
         ("", "services"): watch,
         ("", "pods"): watch,

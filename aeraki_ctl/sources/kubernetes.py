@@ -73,6 +73,7 @@ KINDS = (
     Kind("DestinationRule", "networking.istio.io", "", "destinationrules", True, ISTIO_VERSIONS),
     Kind("Sidecar", "networking.istio.io", "", "sidecars", True, ISTIO_VERSIONS),
     Kind("AuthorizationPolicy", "security.istio.io", "", "authorizationpolicies", True, SECURITY_VERSIONS),
+    Kind("PeerAuthentication", "security.istio.io", "", "peerauthentications", True, SECURITY_VERSIONS),
     Kind("DubboAuthorizationPolicy", "dubbo.aeraki.io", "v1alpha1", "dubboauthorizationpolicies", True),
     Kind("Service", "", "v1", "services", False),
     Kind("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", False),

@@ -532,10 +532,13 @@ class CommonTls:
 class DownstreamTls:
     """Envoy's ``DownstreamTlsContext`` on a listener: TLS termination, mTLS when
     ``require_client_certificate`` (a client certificate is verified against ``trusted_ca``
-    whenever one is presented)."""
+    whenever one is presented). ``allow_plaintext``: a client that does not start a TLS handshake
+    is served in plaintext on the same port (Istio's PERMISSIVE; in Envoy a ``tls_inspector`` and a
+    second, ``raw_buffer``, filter chain)."""
 
     common: CommonTls
     require_client_certificate: bool = False
+    allow_plaintext: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,6 +246,7 @@ class TlsStats:
     def __init__(self) -> None:
         self.downstream_ok: Counter[str] = Counter()
         self.downstream_errors: Counter[tuple[str, str]] = Counter()
+        self.downstream_plaintext: Counter[str] = Counter()  # TLS-or-plaintext listeners: plaintext connections
         self.upstream_ok: Counter[str] = Counter()
         self.upstream_errors: Counter[tuple[str, str]] = Counter()
         self.reloads: Counter[str] = Counter()
@@ -263,6 +264,8 @@ class TlsStats:
                ((f'listener="{k}"', v) for k, v in sorted(self.downstream_ok.items())))
         family("metaprotocol_downstream_tls_handshake_errors_total", "Downstream TLS handshakes refused or failed, by reason.",
                ((f'listener="{k}",reason="{r}"', v) for (k, r), v in sorted(self.downstream_errors.items())))
+        family("metaprotocol_downstream_plaintext_connections_total", "Plaintext connections accepted on a listener that takes TLS or plaintext (PERMISSIVE).",
+               ((f'listener="{k}"', v) for k, v in sorted(self.downstream_plaintext.items())))
         family("metaprotocol_upstream_tls_handshakes_total", "Upstream TLS handshakes completed (and SAN-matched).",
                ((f'cluster="{k}"', v) for k, v in sorted(self.upstream_ok.items())))
         family("metaprotocol_upstream_tls_handshake_errors_total", "Upstream TLS handshakes refused or failed, by reason.",
@@ -448,6 +451,18 @@ class HandshakeBuffer(asyncio.Protocol):
 
 
 _READ_BUFFER = bytearray(64 * 1024)
+TLS_HANDSHAKE_RECORD: Final = 0x16  # the content type of a TLS record that opens a handshake
+
+
+def _feed(protocol: Any, data: bytes) -> None:  # noqa: ANN401 - the loop's SSLProtocol (asyncio's or uvloop's)
+    """Give a TLS protocol bytes read before it was installed (it is a buffered protocol)."""
+    view = memoryview(data)
+    while view:
+        buf = protocol.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
 
 
 class DecryptedReads(asyncio.BufferedProtocol):
@@ -505,22 +520,65 @@ class TlsAcceptor(asyncio.Protocol):
         self.pending = pending
         self.transport: asyncio.Transport | None = None
         self.wrapped: Wrapped | None = None
+        self.sniff: asyncio.TimerHandle | None = None  # TLS or plaintext: waiting for the first byte
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment] # uvloop's transports are not asyncio.Transport subclasses
+        self.pending.add(self)
+        if self.holder.config.allow_plaintext:  # type: ignore[union-attr] # a listener's holder holds a DownstreamTls
+            # TLS or plaintext: the first byte decides (a TLS record starts with 22, handshake).
+            self.sniff = self.manager.loop.call_later(HANDSHAKE_TIMEOUT, self._silent)
+            return
+        self._start_tls(transport)
+
+    def _start_tls(self, transport: asyncio.BaseTransport, first: bytes = b"") -> None:
         wrapped = self.wrapped = Wrapped(self.manager.loop, self.holder.current, server_side=True, server_hostname=None, timeout=HANDSHAKE_TIMEOUT)
         transport.set_protocol(wrapped.protocol)
         wrapped.protocol.connection_made(transport)
-        self.pending.add(self)
         wrapped.waiter.add_done_callback(self._handshake_done)  # a callback, not a task per connection
+        if first:
+            _feed(wrapped.protocol, first)
+
+    def data_received(self, data: bytes) -> None:
+        """The first bytes of a TLS-or-plaintext connection: a handshake, or a plaintext session."""
+        transport = self.transport
+        if self.sniff is not None:
+            self.sniff.cancel()
+            self.sniff = None
+        if transport is None or not data:
+            return
+        if data[0] == TLS_HANDSHAKE_RECORD:
+            self._start_tls(transport, data)
+            return
+        self.pending.discard(self)
+        self.manager.stats.downstream_plaintext[self.listener] += 1
+        session = self.make_session()
+        transport.set_protocol(session)
+        session.connection_made(transport)
+        session.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        self._drop()  # closed before a first byte
+        return None
+
+    def _silent(self) -> None:
+        self.sniff = None
+        self._drop()
+
+    def _drop(self) -> None:
+        self.pending.discard(self)
+        if self.sniff is not None:
+            self.sniff.cancel()
+            self.sniff = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        pass  # not called: the TLS protocol took the connection over
+        self._drop()  # before a first byte (afterwards the TLS protocol or the session took over)
 
     def abort(self) -> None:
         """Drop the connection (the proxy is closing)."""
-        if self.transport is not None:
-            self.transport.abort()
+        self._drop()
 
     def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
         self.pending.discard(self)

@@ -19,7 +19,7 @@ one; TCP keepalive and the health check are Envoy's own cluster fields.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Final
 
@@ -39,6 +39,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
@@ -135,6 +136,7 @@ FAULT_KINDS: Final = frozenset(
     {"route_not_found", "cluster_not_found", "no_healthy_upstream", "upstream_timeout", "upstream_reset", "connect_failure", "bad_request", "bad_response", "over_limit", "unsupported", "internal"}
 )
 CONNECTION_LIMIT_FILTER = "envoy.filters.network.connection_limit"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 CODEC_HEALTH_CHECKER = "metaprotocol.health_checkers.codec"
 EXT_METADATA = "metaprotocol"
 # Health check fields read; those accepted and ignored (as in a bootstrap); any other set field is refused.
@@ -420,10 +422,51 @@ def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None, *, inline_
         limit_cfg.Pack(connection_limit_pb2.ConnectionLimit(stat_prefix=lst.stat_prefix, max_connections=wrappers_pb2.UInt64Value(value=lst.max_connections)))
         filters.append(listener_components_pb2.Filter(name=CONNECTION_LIMIT_FILTER, typed_config=limit_cfg))
     filters.append(listener_components_pb2.Filter(name=FILTER_NAME, typed_config=typed))
-    return listener_pb2.Listener(
-        name=lst.name,
-        address=_address(lst.address, lst.port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=filters, transport_socket=downstream_tls_to_xds(lst.tls) if lst.tls is not None else None)],
+    listener_filters, chains = filter_chains(filters, lst.tls)
+    return listener_pb2.Listener(name=lst.name, address=_address(lst.address, lst.port), listener_filters=listener_filters, filter_chains=chains)
+
+
+def filter_chains(
+    filters: Sequence[listener_components_pb2.Filter], tls: DownstreamTls | None
+) -> tuple[list[listener_components_pb2.ListenerFilter], list[listener_components_pb2.FilterChain]]:
+    """A listener's listener filters and filter chains running ``filters``: one chain (with TLS
+    or not), or, for TLS that allows plaintext too (Istio's PERMISSIVE), Istio's shape: a
+    ``tls_inspector`` and two chains, ``transport_protocol: tls`` with the TLS context and
+    ``raw_buffer`` without. Envoy's own filters (aeraki_ctl.envoy) are wrapped the same way."""
+    if tls is None:
+        return [], [listener_components_pb2.FilterChain(filters=filters)]
+    secure = listener_components_pb2.FilterChain(filters=filters, transport_socket=downstream_tls_to_xds(tls))
+    if not tls.allow_plaintext:
+        return [], [secure]
+    secure.filter_chain_match.transport_protocol = "tls"
+    plain = listener_components_pb2.FilterChain(filters=filters, filter_chain_match=listener_components_pb2.FilterChainMatch(transport_protocol="raw_buffer"))
+    inspector = any_pb2.Any()
+    inspector.Pack(tls_inspector_pb2.TlsInspector())
+    return [listener_components_pb2.ListenerFilter(name=TLS_INSPECTOR, typed_config=inspector)], [secure, plain]
+
+
+def _chain_of(lst: listener_pb2.Listener, where: str) -> tuple[int, bool]:
+    """The filter chain to read (its index), and whether plaintext is allowed beside TLS: one
+    chain, or Istio's PERMISSIVE pair (``filter_chains``' docstring) with the same filters."""
+    chains = lst.filter_chains
+    if len(chains) == 1:
+        return 0, False
+    if len(chains) == 2:  # noqa: PLR2004
+        kinds = [c.filter_chain_match.transport_protocol for c in chains]
+        if sorted(kinds) == ["raw_buffer", "tls"]:
+            i, j = kinds.index("tls"), kinds.index("raw_buffer")
+            for k, chain in enumerate(chains):
+                _only(chain.filter_chain_match, where, f"filter_chains[{k}].filter_chain_match", {"transport_protocol"})
+            if chains[j].HasField("transport_socket"):
+                raise ConversionError(where, "the raw_buffer filter chain of a TLS-or-plaintext listener has no transport socket", f"filter_chains[{j}].transport_socket")
+            if not chains[i].HasField("transport_socket"):
+                raise ConversionError(where, "the tls filter chain needs a transport_socket (DownstreamTlsContext)", f"filter_chains[{i}].transport_socket")
+            same = [f.SerializeToString(deterministic=True) for f in chains[i].filters] == [f.SerializeToString(deterministic=True) for f in chains[j].filters]
+            if not same:
+                raise ConversionError(where, "the tls and raw_buffer filter chains must run the same filters", f"filter_chains[{j}].filters")
+            return i, True
+    raise ConversionError(
+        where, "exactly one filter chain is supported, or two that differ only by filter_chain_match.transport_protocol tls/raw_buffer (TLS or plaintext)", "filter_chains"
     )
 
 
@@ -796,16 +839,18 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
     _only(lst, where, "", {"name", "address", "filter_chains"}, {"traffic_direction", "per_connection_buffer_limit_bytes", "listener_filters", "metadata"})
     if not lst.name:
         raise ConversionError(where, "required", "name")
-    if len(lst.filter_chains) != 1:
-        raise ConversionError(where, "exactly one filter chain is supported", "filter_chains")
+    index, allow_plaintext = _chain_of(lst, where)
     host, port = _socket_address(lst.address, where, "address")
-    chain = lst.filter_chains[0]
-    _only(chain, where, "filter_chains[0]", {"filters", "transport_socket"}, {"name", "filter_chain_match"})
-    tls = downstream_tls_from_xds(chain.transport_socket, where, "filter_chains[0].transport_socket") if chain.HasField("transport_socket") else None
+    chain = lst.filter_chains[index]
+    cp = f"filter_chains[{index}]"
+    _only(chain, where, cp, {"filters", "transport_socket"}, {"name", "filter_chain_match"})
+    tls = downstream_tls_from_xds(chain.transport_socket, where, f"{cp}.transport_socket") if chain.HasField("transport_socket") else None
+    if tls is not None and allow_plaintext:
+        tls = replace(tls, allow_plaintext=True)
     found: tuple[mpp.MetaProtocolProxy, str] | None = None
     max_connections: int | None = None
     for i, f in enumerate(chain.filters):
-        fp = f"filter_chains[0].filters[{i}]"
+        fp = f"{cp}.filters[{i}]"
         _only(f, where, fp, {"name", "typed_config"})
         if _is_proxy(f):
             cfg = mpp.MetaProtocolProxy()
@@ -821,7 +866,7 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
         else:
             raise ConversionError(where, f"unsupported network filter {f.name!r}", f"{fp}.name")
     if found is None:
-        raise ConversionError(where, f"no {FILTER_NAME} filter", "filter_chains[0].filters")
+        raise ConversionError(where, f"no {FILTER_NAME} filter", f"{cp}.filters")
     cfg, path = found
     _only(
         cfg, where, path,
