@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from metaprotocol.config.model import AdminConfig, Bootstrap
 from metaprotocol.registry import CodecRegistry, RegistryError
 
 if TYPE_CHECKING:
+    from metaprotocol.io.identity import IdentityAgent
     from metaprotocol.xds.client import XdsTls
 
 log = logging.getLogger("metaprotocol")
@@ -146,16 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
         if args.admin:
             bootstrap = _with_admin(bootstrap, *args.admin)
+        stats_sources: list[Callable[[], str]] = []
         if args.identity:
-            _start_identity(args, args.identity_ca or args.xds or bootstrap.ads)
+            stats_sources.append(_start_identity(args, args.identity_ca or args.xds or bootstrap.ads).prometheus)
         from metaprotocol.io.proxy import Proxy, build_factories
 
         if args.concurrency > 1:
             build_factories(bootstrap, registry)  # invalid: exit 2 here, before any worker starts
-            return _run_workers(args, bootstrap, registry)
+            return _run_workers(args, bootstrap, registry, stats_sources)
 
         restart_from, restart_socket = _hot_restart_paths(args, bootstrap)
         proxy = Proxy(bootstrap, registry)
+        proxy.stats_sources.extend(stats_sources)
     except ConfigError as exc:
         print(f"metaprotocol: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -196,7 +199,7 @@ def _identity_flags(proxy: argparse.ArgumentParser) -> None:
                    help="wait this long for the first certificate before serving (default 10; 0: do not wait)")  # fmt: skip
 
 
-def _start_identity(args: argparse.Namespace, ads: tuple[str, int] | None) -> None:
+def _start_identity(args: argparse.Namespace, ads: tuple[str, int] | None) -> IdentityAgent:
     """Start the identity agent and wait (up to --identity-wait) for the first certificate."""
     from metaprotocol.io.identity import IdentityAgent
 
@@ -216,6 +219,7 @@ def _start_identity(args: argparse.Namespace, ads: tuple[str, int] | None) -> No
     if args.identity_wait > 0 and not agent.ready.wait(args.identity_wait):
         log.warning("no certificate for %s after %.0f s (%s): serving without one, still asking", args.identity, args.identity_wait,
                     agent.last_error or "no answer yet")  # fmt: skip
+    return agent
 
 
 def _hot_restart_paths(args: argparse.Namespace, bootstrap: Bootstrap) -> tuple[str | None, str | None]:
@@ -235,7 +239,7 @@ def _hot_restart_paths(args: argparse.Namespace, bootstrap: Bootstrap) -> tuple[
     return restart_from, own
 
 
-def _run_workers(args: argparse.Namespace, bootstrap: Bootstrap, registry: CodecRegistry) -> int:
+def _run_workers(args: argparse.Namespace, bootstrap: Bootstrap, registry: CodecRegistry, stats_sources: Sequence[Callable[[], str]] = ()) -> int:
     from metaprotocol.io.workers import run_supervisor
 
     ads = args.xds or bootstrap.ads
@@ -243,7 +247,7 @@ def _run_workers(args: argparse.Namespace, bootstrap: Bootstrap, registry: Codec
     restart_from, restart_socket = _hot_restart_paths(args, bootstrap)
     return run_supervisor(bootstrap, registry, args.concurrency, drain_timeout=args.drain_timeout, use_uvloop=not args.no_uvloop,
                           log_level=args.log_level, xds=f"{ads[0]}:{ads[1]}" if ads else None, node_id=node_id, delta=args.xds_delta,
-                          restart_from=restart_from, restart_socket=restart_socket)  # fmt: skip
+                          restart_from=restart_from, restart_socket=restart_socket, stats_sources=stats_sources)  # fmt: skip
 
 
 def _with_admin(bootstrap: Bootstrap, host: str, port: int) -> Bootstrap:

@@ -198,6 +198,21 @@ class IdentityAgent:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def prometheus(self) -> str:
+        """The agent's counters for the proxy's ``/stats`` (it runs in its own thread: plain reads)."""
+        label = f'identity="{self.identity}"'
+        return (
+            "# HELP metaprotocol_identity_certificates_issued_total Workload certificates received from the CA and written.\n"
+            "# TYPE metaprotocol_identity_certificates_issued_total counter\n"
+            f"metaprotocol_identity_certificates_issued_total{{{label}}} {self.issued}\n"
+            "# HELP metaprotocol_identity_failures_total Certificate requests that got none (each retried with back-off).\n"
+            "# TYPE metaprotocol_identity_failures_total counter\n"
+            f"metaprotocol_identity_failures_total{{{label}}} {self.failures}\n"
+            "# HELP metaprotocol_identity_certificate_expiry_seconds When the certificate in place expires (Unix time; 0: none yet).\n"
+            "# TYPE metaprotocol_identity_certificate_expiry_seconds gauge\n"
+            f"metaprotocol_identity_certificate_expiry_seconds{{{label}}} {self.not_after:.0f}\n"
+        )
+
     def stats(self) -> dict[str, object]:
         """Counters and state (for logs, tests and an admin page)."""
         return {"identity": self.identity, "issued": self.issued, "failures": self.failures, "last_error": self.last_error,

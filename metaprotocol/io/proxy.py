@@ -92,6 +92,7 @@ class Proxy:
         self.ready = False
         self.stopped = False
         self.xds: XdsStatus | None = None  # set by an ADS client: /config_dump and /stats show it
+        self.stats_sources: list[Callable[[], str]] = []  # more /stats text (the identity agent's counters)
         self.reuse_port = False  # a worker of several (metaprotocol.io.workers) shares its listeners
         # Listening sockets taken over from another process (metaprotocol.io.hot_restart) or handed
         # by the parent of workers: a listener of that name serves on it instead of binding.
@@ -382,6 +383,7 @@ class Proxy:
         text = render_prometheus((c.stats for c in self.contexts.values()), clusters, self.overload)
         if self.io is not None:
             text += self.io.tls.stats.prometheus()
+        text += "".join(source() for source in self.stats_sources)
         return text + self.xds.prometheus() if self.xds is not None else text
 
     def config_dump(self) -> dict[str, object]:

@@ -34,7 +34,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -164,6 +164,7 @@ class Supervisor:
         self.worker_args = list(worker_args)
         self.workers = [Worker(i) for i in range(concurrency)]
         self.xds: XdsStatus | None = None  # set by an ADS client in this process
+        self.stats_sources: list[Callable[[], str]] = []  # more /stats text (the identity agent's counters)
         self.ready = False
         self.stopping = False
         self.admin_server: asyncio.Server | None = None
@@ -429,6 +430,7 @@ class Supervisor:
         out.append("# HELP metaprotocol_worker_restarts_total Worker processes restarted after they exited.\n"
                    "# TYPE metaprotocol_worker_restarts_total counter\n")  # fmt: skip
         out.extend(f'metaprotocol_worker_restarts_total{{worker="{w.index}"}} {w.restarts}\n' for w in self.workers)
+        out.extend(source() for source in self.stats_sources)
         text = "".join(out)
         return text + self.xds.prometheus() if self.xds is not None else text
 
@@ -609,7 +611,7 @@ async def _commands(proxy: Proxy, reader: asyncio.StreamReader, writer: asyncio.
 
 def run_supervisor(bootstrap: Bootstrap, registry: CodecRegistry, concurrency: int, *, drain_timeout: float, use_uvloop: bool,
                    log_level: str, xds: str | None = None, node_id: str = "", delta: bool = False,
-                   restart_from: str | None = None, restart_socket: str | None = None) -> int:  # fmt: skip
+                   restart_from: str | None = None, restart_socket: str | None = None, stats_sources: Sequence[Callable[[], str]] = ()) -> int:  # fmt: skip
     """``metaprotocol proxy --concurrency N`` (N > 1): the parent process, until SIGTERM."""
     worker_args = ["--drain-timeout", str(drain_timeout), "--log-level", log_level, *([] if use_uvloop else ["--no-uvloop"])]
 
@@ -619,6 +621,7 @@ def run_supervisor(bootstrap: Bootstrap, registry: CodecRegistry, concurrency: i
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         supervisor = Supervisor(bootstrap, registry, concurrency, drain_timeout=drain_timeout, worker_args=worker_args)
+        supervisor.stats_sources.extend(stats_sources)
         if restart_from is not None:
             try:
                 supervisor.handover = await hot_restart.connect(restart_from)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -98,7 +100,8 @@ def start_proxy(port: int, tmp_path: Path, name: str, token: str, *extra: str) -
 
 def test_proxy_gets_its_certificate_and_renews_it_at_half_life(ctl: tuple[int, Path, int], tmp_path: Path) -> None:
     port, ca_dir, admin = ctl
-    proxy, directory, log = start_proxy(port, tmp_path, "billing", "billing-token", "--identity-ttl", "4")
+    proxy_admin = free_port()
+    proxy, directory, log = start_proxy(port, tmp_path, "billing", "billing-token", "--identity-ttl", "4", "--admin", f"127.0.0.1:{proxy_admin}")
     try:
         wait_until(lambda: (directory / "ca.pem").exists(), 60, "the certificate files")
         root = load_chain(ca_dir / "ca-cert.pem")[0]
@@ -112,6 +115,15 @@ def test_proxy_gets_its_certificate_and_renews_it_at_half_life(ctl: tuple[int, P
         assert proxy.poll() is None
         status = ca_status(admin)
         assert status["trust_domain"] == "cluster.local" and status["issued"][BILLING] >= 2 and status["refused"] == {}  # type: ignore[index]
+        # the agent's counters are on the proxy's /stats
+        wait_port(proxy_admin, 30)
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy_admin}/stats", timeout=5) as resp:
+            stats = resp.read().decode()
+        issued = re.search(rf'^metaprotocol_identity_certificates_issued_total{{identity="{re.escape(BILLING)}"}} (\d+)$', stats, re.M)
+        assert issued and int(issued.group(1)) >= 2, stats
+        assert f'metaprotocol_identity_failures_total{{identity="{BILLING}"}} 0' in stats
+        expiry = re.search(r"^metaprotocol_identity_certificate_expiry_seconds\{[^}]*\} (\d+)$", stats, re.M)
+        assert expiry and abs(int(expiry.group(1)) - second.not_valid_after_utc.timestamp()) <= 4
     finally:
         proxy.terminate()
         proxy.wait(10)
