@@ -19,14 +19,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from metaprotocol_apps.dubbo import DubboConsumer
+from metaprotocol_apps.dubbo import DubboConsumer, DubboError
 from tests.envoy_node import EnvoyNode
 from tests.integration.test_xds_live import ENV, Providers, calls, start_ctl, write_config
 from tests.servers import free_port, wait_port
 
 pytestmark = pytest.mark.integration
-LISTENER = "org.apache.dubbo.samples.basic.api.demoservice_20880"
+HOST = "org.apache.dubbo.samples.basic.api.demoservice"
+LISTENER = f"{HOST}_20880"
 V1 = "outbound|20880|v1|org.apache.dubbo.samples.basic.api.demoservice"
 N = 1000  # calls per measured split: v1 expects 200 at 20 %, standard deviation 12.6
 LOW, HIGH = 150, 250  # 4 standard deviations
@@ -111,6 +113,55 @@ def test_envoy_serves_the_split_and_an_edit_moves_it_on_the_same_connection(tmp_
             [table] = dubbo_routes(envoy)
             assert clusters_of(table) == [V1]
             print(f"Envoy: MetaRouter 20/80 -> 100/0 applied on the open connection in {took:.3f} s")
+    finally:
+        ctl.terminate()
+        ctl.wait(10)
+
+
+def write_regex_router(config: Path, subset: str) -> None:
+    """A MetaRouter whose interface match is a regex (which dubbo_proxy cannot say) and one destination."""
+    router = {
+        "apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "MetaRouter", "metadata": {"name": "regex", "namespace": "meta-dubbo"},
+        "spec": {"hosts": [HOST], "routes": [{"name": "by-regex", "match": {"attributes": {"interface": {"regex": "org\\.apache\\..*Service"}, "foo": {"exact": "bar"}}},
+                                              "route": [{"destination": {"host": HOST, "subset": subset}}]}]},
+    }  # fmt: skip
+    tmp = config / "metarouter.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(router))
+    tmp.replace(config / "metarouter.yaml")
+
+
+def test_generic_proxy_serves_what_dubbo_proxy_cannot_and_follows_edits(tmp_path: Path, providers: Providers) -> None:
+    """An interface regex: Envoy is served generic_proxy with its Dubbo codec, its routes over
+    generic RDS; an edit of the destination applies on the open connection."""
+    config = tmp_path / "config"
+    config.mkdir()
+    write_config(config, providers.ports, (20, 80))  # the ServiceEntry and DestinationRule
+    write_regex_router(config, "v2")
+    xds_port, listen_port = free_port(), free_port()
+    ctl = start_ctl(config, xds_port, listen_port - 20880)
+    try:
+        with EnvoyNode(tmp_path, xds_port) as envoy:
+            wait_port(listen_port, 30)
+            [table] = dubbo_routes(envoy)
+            assert table["@type"] == "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration" and table["name"] == LISTENER
+            cx = f"listener.127.0.0.1_{listen_port}.downstream_cx_total"
+
+            async def scenario() -> None:
+                async with DubboConsumer("127.0.0.1", listen_port) as c:
+                    counts, failures = await calls(listen_port, 200, c)
+                    assert failures == 0 and counts == Counter({"v2": 200}), counts
+                    # A call the regex does not match finds no route (generic_proxy's error reply).
+                    with pytest.raises(DubboError):
+                        await c.call("com.example.Other", "sayHello", ["x"], attachments={"foo": "bar"}, timeout=5)
+                    before = envoy.stats()[cx]
+                    write_regex_router(config, "v1")
+                    await until_all_v1(listen_port, c)
+                    assert envoy.stats()[cx] == before
+
+            asyncio.run(scenario())
+            assert envoy.rejected() == {}
+            s = envoy.stats()
+            assert s.get("listener_manager.listener_modified", 0) == 0
     finally:
         ctl.terminate()
         ctl.wait(10)

@@ -103,7 +103,7 @@ def plain(msg: object) -> dict[str, object]:
 
 def validate(tmp: Path, served: Sequence[EnvoyListener], clusters: Mapping[str, ClusterConfig]) -> subprocess.CompletedProcess[str]:
     """``envoy --mode validate`` on a bootstrap with each listener twice: as sent (routes by
-    ``drds`` over ADS) and with its route table inline (``multiple_route_config``)."""
+    ``drds`` / ``generic_rds`` over ADS) and with its route table inline."""
     listeners: list[dict[str, object]] = []
     for k, out in enumerate(served):
         assert out.listener is not None and not out.rejected, out.gaps
@@ -113,8 +113,12 @@ def validate(tmp: Path, served: Sequence[EnvoyListener], clusters: Mapping[str, 
         inline["name"] = f"{sent['name']}-inline"
         inline["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": 20001 + 2 * k}}
         cfg = inline["filter_chains"][0]["filters"][-1]["typed_config"]  # type: ignore[index]
-        del cfg["drds"]
-        cfg["multiple_route_config"] = plain(out.routes[0][2])
+        if "drds" in cfg:  # dubbo_proxy
+            del cfg["drds"]
+            cfg["multiple_route_config"] = plain(out.routes[0][2])
+        else:  # generic_proxy
+            del cfg["generic_rds"]
+            cfg["route_config"] = plain(out.routes[0][2])
         listeners += [sent, inline]
     ads = {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]}
     xds_cluster = {"name": "aeraki-xds", "type": "STATIC", "connect_timeout": "1s",
@@ -322,28 +326,81 @@ spec:
     assert_envoy_accepts(tmp_path, [out], clusters)
 
 
+# (matcher, where, why dubbo_proxy cannot, whether generic_proxy can)
 FATAL_MATCHERS = [
-    (AttributeMatcher("interface", MatchKind.REGEX, "org\\..*"), "match.attributes.interface", "exact name, prefix or suffix"),
-    (AttributeMatcher("interface", MatchKind.EXACT, IFACE, invert=True), "match.attributes.interface", "cannot invert"),
-    (AttributeMatcher("interface", MatchKind.PREFIX, "*org"), "match.attributes.interface", "wildcard"),
-    (AttributeMatcher("version", MatchKind.PREFIX, "1."), "match.attributes.version", "equality only"),
-    (AttributeMatcher("method", MatchKind.EXACT, "sayHello", invert=True), "match.attributes.method", "cannot invert"),
-    (AttributeMatcher("method", MatchKind.PRESENT, "false"), "match.attributes.method", "never matches"),
-    (AttributeMatcher("dubbo", MatchKind.EXACT, "2.0.2"), "match.attributes.dubbo", "protocol version"),
-    (AttributeMatcher("user", MatchKind.REGEX, "(?!admin).*"), "match.attributes.user", "not RE2"),
-    (AttributeMatcher("method", MatchKind.REGEX, "(a)\\1"), "match.attributes.method", "not RE2"),
+    (AttributeMatcher("interface", MatchKind.REGEX, "org\\..*"), "match.attributes.interface", "exact name, prefix or suffix", True),
+    (AttributeMatcher("interface", MatchKind.EXACT, IFACE, invert=True), "match.attributes.interface", "cannot invert", True),
+    (AttributeMatcher("interface", MatchKind.PREFIX, "*org"), "match.attributes.interface", "wildcard", True),
+    (AttributeMatcher("version", MatchKind.PREFIX, "1."), "match.attributes.version", "equality only", True),
+    (AttributeMatcher("method", MatchKind.EXACT, "sayHello", invert=True), "match.attributes.method", "cannot invert", True),
+    (AttributeMatcher("method", MatchKind.PRESENT, "false"), "match.attributes.method", "never matches", True),
+    (AttributeMatcher("dubbo", MatchKind.EXACT, "2.0.2"), "match.attributes.dubbo", "protocol version", False),
+    (AttributeMatcher("user", MatchKind.REGEX, "(?!admin).*"), "match.attributes.user", "not RE2", False),
+    (AttributeMatcher("method", MatchKind.REGEX, "(a)\\1"), "match.attributes.method", "not RE2", False),
 ]
 
 
-@pytest.mark.parametrize(("matcher", "tail", "why"), FATAL_MATCHERS, ids=[f"{m.name}-{m.kind.value}-{i}" for i, (m, _, _) in enumerate(FATAL_MATCHERS)])
-def test_matchers_envoy_cannot_express_reject_the_listener(demo: tuple[ListenerConfig, dict[str, ClusterConfig]], matcher: AttributeMatcher, tail: str, why: str) -> None:
+@pytest.mark.parametrize(("matcher", "tail", "why", "generic"), FATAL_MATCHERS, ids=[f"{m.name}-{m.kind.value}-{i}" for i, (m, *_) in enumerate(FATAL_MATCHERS)])
+def test_matchers_dubbo_proxy_cannot_express(
+    tmp_path: Path, demo: tuple[ListenerConfig, dict[str, ClusterConfig]], matcher: AttributeMatcher, tail: str, why: str, generic: bool
+) -> None:
     lst, clusters = demo
-    out = dubbo.listener(with_routes(lst, rule(AttributeMatcher("foo", MatchKind.EXACT, "bar")), rule(matcher)), clusters)
+    routes = with_routes(lst, rule(AttributeMatcher("foo", MatchKind.EXACT, "bar")), rule(matcher))
+    out = dubbo.dubbo_listener(routes)
     assert out.rejected
     assert [(g.path, g.fatal) for g in out.gaps] == [(f"spec.routes[1].{tail}", True)]
     assert why in out.gaps[0].reason
     # The route Envoy cannot express is left out, never half-translated.
     assert sum(len(c.routes) for c in table(out).route_config) == 1
+    # No split here: generic_proxy serves what its matchers can say, and Envoy takes it.
+    chosen = dubbo.listener(routes, clusters)
+    if generic:
+        assert chosen.gaps == [] and filter_names(chosen)[-1] == "envoy.filters.network.generic_proxy"
+        assert chosen.routes[0][0] == "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration"
+        assert_envoy_accepts(tmp_path, [chosen], clusters)
+    else:
+        assert chosen.rejected and filter_names(chosen)[-1] == "envoy.filters.network.dubbo_proxy"
+
+
+def filter_names(out: EnvoyListener) -> list[str]:
+    assert out.listener is not None
+    return [f.name for f in out.listener.filter_chains[0].filters]
+
+
+def test_a_split_keeps_dubbo_proxy_even_when_a_matcher_needs_generic_proxy(demo: tuple[ListenerConfig, dict[str, ClusterConfig]]) -> None:
+    """generic_proxy (Envoy 1.40) does not implement weighted clusters: both filters would reject
+    the table, and the dubbo_proxy rendering (and its gaps) is what is reported."""
+    lst, clusters = demo
+    split = RouteAction(weighted_clusters=(WeightedCluster(V1, 20), WeightedCluster(V2, 80)))
+    out = dubbo.listener(with_routes(lst, RouteRule("r", (AttributeMatcher("interface", MatchKind.REGEX, "org\\..*"),), split)), clusters)
+    assert out.rejected and filter_names(out)[-1] == "envoy.filters.network.dubbo_proxy"
+    assert [g.path for g in out.gaps] == ["spec.routes[0].match.attributes.interface"]
+    generic = dubbo.generic_listener(with_routes(lst, RouteRule("r", (), split)))
+    assert [(g.path, g.fatal) for g in generic.gaps] == [("spec.routes[0].route", True)] and "weighted_clusters" in generic.gaps[0].reason
+
+
+def test_generic_proxy_matchers_keep_header_matcher_semantics(tmp_path: Path, demo: tuple[ListenerConfig, dict[str, ClusterConfig]]) -> None:
+    lst, clusters = demo
+    routes = with_routes(
+        lst,
+        rule(AttributeMatcher("interface", MatchKind.REGEX, "org\\..*Service", ignore_case=True), AttributeMatcher("region", MatchKind.PREFIX, "eu", invert=True)),
+        rule(AttributeMatcher("trace", MatchKind.PRESENT, "false"), AttributeMatcher("version", MatchKind.PREFIX, "")),
+        RouteRule("all", (), RouteAction(weighted_clusters=(WeightedCluster(V1, 0), WeightedCluster(V2, 100)), timeout=2.5)),
+    )  # fmt: skip
+    out = dubbo.listener(routes, clusters)
+    assert out.gaps == [] and filter_names(out)[-1] == "envoy.filters.network.generic_proxy"
+    matchers = plain(out.routes[0][2])["routes"]["matcher_list"]["matchers"]  # type: ignore[index]
+    first = matchers[0]["predicate"]["and_matcher"]["predicate"]
+    assert first[0]["single_predicate"]["value_match"] == {"safe_regex": {"google_re2": {}, "regex": "(?i)org\\..*Service"}}
+    # An inverted test still wants the attribute (Envoy's HeaderMatcher, and ours): present and not the test.
+    inverted = first[1]["and_matcher"]["predicate"]
+    assert inverted[0]["single_predicate"]["value_match"]["safe_regex"]["regex"] == "(?s).*"
+    assert inverted[1]["not_matcher"]["single_predicate"]["value_match"] == {"prefix": "eu"}
+    absent = matchers[1]["predicate"]["and_matcher"]["predicate"][0]
+    assert absent["not_matcher"]["single_predicate"]["input"]["typed_config"]["property_name"] == "trace"
+    last = matchers[2]
+    assert last["on_match"]["action"]["typed_config"]["cluster"] == V2 and last["on_match"]["action"]["typed_config"]["timeout"] == "2.500s"
+    assert_envoy_accepts(tmp_path, [out], clusters)
 
 
 def test_model_features_beyond_metarouter(tmp_path: Path, demo: tuple[ListenerConfig, dict[str, ClusterConfig]]) -> None:
@@ -356,15 +413,20 @@ def test_model_features_beyond_metarouter(tmp_path: Path, demo: tuple[ListenerCo
         idle_timeout=30.0, access_log=(AccessLog("/dev/stdout", (("m", "%REQ(method)%"),)),), max_pending_per_connection=8,
         upstream_connections_per_endpoint=2, max_connections=100,
     )  # fmt: skip
-    out = dubbo.listener(approximated, clusters)
+    out = dubbo.dubbo_listener(approximated)
     assert not out.rejected
-    assert set(gaps(out)) == {"spec.routes[0].retry", "spec.routes[1].timeout", "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
-                              "access_log", "max_pending_per_connection", "upstream_connections_per_endpoint"}  # fmt: skip
+    listener_level = {"spec.trafficPolicy.connectionPool.tcp.idleTimeout", "access_log", "max_pending_per_connection", "upstream_connections_per_endpoint"}
+    assert set(gaps(out)) == {"spec.routes[0].retry", "spec.routes[1].timeout", *listener_level}
     assert "2.5 s" in gaps(out)["spec.routes[1].timeout"][1]
     assert out.listener is not None
     first = out.listener.filter_chains[0].filters[0]
     assert first.name == "envoy.filters.network.connection_limit"
     assert_envoy_accepts(tmp_path, [out], clusters)
+    # generic_proxy has the route timeout (and tries again): fewer approximations, so it serves.
+    chosen = dubbo.listener(approximated, clusters)
+    assert filter_names(chosen) == ["envoy.filters.network.connection_limit", "envoy.filters.network.generic_proxy"]
+    assert set(gaps(chosen)) == {"spec.routes[0].retry", *listener_level} and "tries up to 3 times" in gaps(chosen)["spec.routes[0].retry"][1]
+    assert_envoy_accepts(tmp_path, [chosen], clusters)
     faulty = dubbo.listener(with_routes(lst, rule(fault=FaultPolicy(abort_fraction=0.5))), clusters)
     assert faulty.rejected and [(g.path, g.fatal) for g in faulty.gaps] == [("spec.routes[0].fault", True)]
 
