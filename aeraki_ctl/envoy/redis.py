@@ -39,6 +39,10 @@ Approximated (served, reported as non-fatal gaps):
 - ``max_bulk_length``: Envoy has its own request size limits;
 - the listener-level items of ``network.py`` (idle timeout, access log, pooling knobs).
 
+Approximated without a report (nothing in the configuration shows it): the commands each side
+accepts (Envoy's redis_proxy has a fixed list and refuses the rest; our codec refuses only commands
+that depend on connection state), and RESP3 (``HELLO 3``), which Envoy refuses.
+
 Rejected for Envoy (fatal: the route would mean something else there):
 
 - a weighted split (redis_proxy sends a prefix to one cluster);
@@ -51,7 +55,8 @@ Rejected for Envoy (fatal: the route would mean something else there):
 - the codec's ``upstream_password``/``upstream_username`` (Envoy reads them from the cluster's
   ``RedisProtocolOptions``, which this translation does not write), ``db`` other than 0 (Envoy
   cannot SELECT), ``mode: bound``;
-- rate limits and request-level authorization (``network.py``).
+- rate limits and request-level authorization (``network.py``);
+- a listener whose table is not given (``rds_name`` only: our proxy's RDS shape).
 """
 
 from __future__ import annotations
@@ -164,7 +169,7 @@ def _route(i: int, rule: RouteRule, prefix: str, clusters: Mapping[str, ClusterC
 def faults(used: list[tuple[int, RouteRule]], gaps: list[Gap]) -> list[Fault]:
     """The listener's faults: those of every route when they agree (see the module docstring)."""
     kinds = {r.fault for _, r in used}
-    if kinds == {None}:
+    if kinds <= {None}:
         return []
     if len(kinds) > 1:
         for i, r in used:
@@ -268,6 +273,8 @@ def listener(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig]) -> Envo
     """``lst`` as a redis_proxy listener (its routes inline), or its fatal gaps."""
     gaps = listener_gaps(lst, "redis_proxy")
     gaps.append(Gap("", "redis_proxy has no RDS: a route change is a listener update, which Envoy gives to new connections while the open ones drain with the old routes (--drain-time-s)", fatal=False))
+    if lst.route_config is None:
+        gaps.append(Gap("", f"the listener's routes come over RDS ({lst.rds_name}) in our proxy's shape: aeraki-ctl must give the table itself to translate it"))
     routes, used = prefix_routes(lst, clusters, gaps)
     proxy = redis_proxy_pb2.RedisProxy(stat_prefix=lst.stat_prefix, prefix_routes=routes, settings=settings(used, gaps), faults=faults(used, gaps))
     proxy.settings.enable_hashtagging = _hashing(used, clusters, gaps)

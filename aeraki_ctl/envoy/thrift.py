@@ -33,6 +33,11 @@ Approximated (served, reported as non-fatal gaps):
 - ``max_frame_size`` other than the default: Envoy's limit is fixed;
 - the listener-level items of ``network.py`` (idle timeout, access log, pooling knobs).
 
+Approximated without a report (nothing in the configuration shows it): ``service`` is the name
+before the last ``:`` for our proxy, while Envoy's ``service_name`` is a prefix ``<service>:`` of the
+whole name, so they differ only for names with several colons; Envoy's ``AUTO_PROTOCOL`` does not
+detect non-strict binary (our proxy's ``auto`` does): set ``protocol: binary-nonstrict`` for it.
+
 Rejected for Envoy (fatal: the route would mean something else there):
 
 - ``method`` or ``service`` by prefix, regex, suffix, contains, ignoring case, or absent; ``service``
@@ -42,7 +47,8 @@ Rejected for Envoy (fatal: the route would mean something else there):
   get them);
 - fault injection (Envoy has no Thrift fault filter: the faults would not happen);
 - rate limits and request-level authorization (``network.py``);
-- a transport or protocol setting Envoy does not know.
+- a transport or protocol setting Envoy does not know;
+- a listener whose table is not given (``rds_name`` only: our proxy's RDS shape).
 """
 
 from __future__ import annotations
@@ -192,6 +198,8 @@ def codec_settings(lst: ListenerConfig, gaps: list[Gap]) -> tuple[int, int]:
 def listener(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig]) -> EnvoyListener:
     """``lst`` as a thrift_proxy listener with its route table over RDS, or its fatal gaps."""
     gaps = listener_gaps(lst, "thrift_proxy")
+    if lst.route_config is None:
+        gaps.append(Gap("", f"the listener's routes come over RDS ({lst.rds_name}) in our proxy's shape: aeraki-ctl must give the table itself to translate it"))
     transport, protocol = codec_settings(lst, gaps)
     routes = route_config(lst, clusters, gaps)
     gaps = fatal_first(gaps)

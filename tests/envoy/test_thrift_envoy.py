@@ -57,16 +57,18 @@ def service(host: str, port: int, endpoints: dict[str, int]) -> list[dict[str, o
     return [se, dr]
 
 
-def routers(weights: tuple[int, int]) -> list[dict[str, object]]:
-    """getUser to v2; everything else split v1/v2 by ``weights``; echo's THeader ``tenant: b`` to b."""
+def routers(weights: tuple[int, int], *, mutation: bool = False, tenant: str = "b") -> list[dict[str, object]]:
+    """getUser to v2 (with a request mutation Envoy cannot carry when ``mutation``); everything
+    else split v1/v2 by ``weights``; echo's THeader ``tenant: <tenant>`` to b."""
     split = [{"destination": {"host": HOST, "subset": s}, "weight": w} for s, w in zip(("v1", "v2"), weights, strict=True) if w]
+    get_user: dict[str, object] = {"name": "get-user", "match": {"attributes": {"method": {"exact": "getUser"}}}, "route": [{"destination": {"host": HOST, "subset": "v2"}}]}
+    if mutation:
+        get_user["requestMutation"] = [{"key": "x-team", "value": "a"}]
     users = {"apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "MetaRouter", "metadata": {"name": "users", "namespace": "t"},
-             "spec": {"hosts": [HOST], "routes": [
-                 {"name": "get-user", "match": {"attributes": {"method": {"exact": "getUser"}}}, "route": [{"destination": {"host": HOST, "subset": "v2"}}]},
-                 {"name": "split", "route": split}]}}  # fmt: skip
+             "spec": {"hosts": [HOST], "routes": [get_user, {"name": "split", "route": split}]}}  # fmt: skip
     echo = {"apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "MetaRouter", "metadata": {"name": "echo", "namespace": "t"},
             "spec": {"hosts": [ECHO_HOST], "routes": [
-                {"name": "tenant-b", "match": {"attributes": {"tenant": {"exact": "b"}}}, "route": [{"destination": {"host": ECHO_HOST, "subset": "b"}}]},
+                {"name": "tenant-b", "match": {"attributes": {"tenant": {"exact": tenant}}}, "route": [{"destination": {"host": ECHO_HOST, "subset": "b"}}]},
                 {"name": "rest", "route": [{"destination": {"host": ECHO_HOST, "subset": "a"}}]}]}}  # fmt: skip
     return [users, echo]
 
@@ -176,6 +178,16 @@ def test_envoy_serves_thrift_routes_and_an_edit_moves_the_split_on_the_open_conn
             assert header_servers["b"][1][-1]["tenant"] == "b" and header_servers["b"][1][-1]["trace-id"] == "t1" and header_servers["a"][1] == []
             _apache_header_call(echo_listen, "again", {"tenant": "x"}, seqid=7)
             assert [h["tenant"] for h in header_servers["a"][1]] == ["x"] and len(header_servers["b"][1]) == 1
+
+            # An edit Envoy cannot express (users' split moved along with a request mutation) and
+            # one it can (echo's header value): Envoy gets the second, and keeps users' last
+            # translatable table (still 100 % v1) where our proxies would get the new one.
+            reloads = envoy.stats()[reload]
+            write(config / "routers.yaml", routers((0, 100), mutation=True, tenant="c"))
+            wait_for_table = time.monotonic()
+            while thrift_routes(envoy)[ECHO_LISTENER]["routes"][0]["match"]["headers"][0]["string_match"] != {"exact": "c"}:
+                assert time.monotonic() - wait_for_table < 20, "echo's edit never reached Envoy"
+            assert destinations(thrift_routes(envoy)[LISTENER]) == [v2, v1] and envoy.stats()[reload] == reloads
             assert envoy.rejected() == {}
     finally:
         ctl.terminate()

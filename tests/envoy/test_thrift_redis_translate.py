@@ -606,3 +606,12 @@ def test_redis_listener_features(tmp_path: Path) -> None:
     assert [f.name for f in out.listener.filter_chains[0].filters] == ["envoy.filters.network.connection_limit", "envoy.filters.network.redis_proxy"]
     assert gaps(out)["spec.trafficPolicy.connectionPool.tcp.idleTimeout"][0] is False
     assert_envoy_accepts(tmp_path, [out], clusters)
+
+
+@pytest.mark.parametrize("translator", [thrift.listener, redis.listener], ids=["thrift", "redis"])
+def test_a_table_only_named_for_rds_is_not_translated(translator: object) -> None:
+    """A listener whose routes come in our proxy's RDS shape has no table to translate: fatal, never an empty table."""
+    lst, clusters = translated(THRIFT_SERVICE)
+    out = translator(replace(lst, route_config=None, rds_name="elsewhere"), clusters)  # type: ignore[operator]
+    assert out.rejected and out.listener is None
+    assert [(g.path, g.fatal) for g in out.gaps if g.fatal] == [("", True)] and "(elsewhere)" in out.gaps[0].reason
