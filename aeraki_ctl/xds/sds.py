@@ -12,8 +12,9 @@ here, and every other type by the ADS server as before. Two names are served, as
   pushed as a new version. A stream the authenticator refuses gets no ``default`` (logged).
 
 The private key crosses the ADS connection: serve xDS over TLS when ``default`` is used beyond
-the loopback. Other names are not served (left out of the response). Delta streams get no
-secrets (Envoy's SDS over ADS uses state of the world unless told otherwise).
+the loopback. Other names are not served (left out of the response). Both ADS variants carry
+secrets: state of the world (Envoy's default) and delta (``api_type: DELTA_GRPC``: each secret
+sent when its version changes, an unsubscribed one removed).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from cryptography import x509
@@ -44,6 +46,8 @@ SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Sec
 ROOTCA = "ROOTCA"
 DEFAULT = "default"
 REFUSED_RETRY = 30.0  # seconds before a refused stream's credentials are checked again (a tokens file may change)
+Req = TypeVar("Req", discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest)
+Resp = TypeVar("Resp", discovery_pb2.DiscoveryResponse, discovery_pb2.DeltaDiscoveryResponse)
 
 
 class SecretSource:
@@ -84,6 +88,8 @@ class _SecretWatch:
     renew_at: float = 0.0  # wall clock
     refused: str = ""
     nacks: int = 0
+    delta: bool = False
+    sent: dict[str, str] = field(default_factory=dict)  # delta: secret name -> version sent
 
 
 class SdsAdsServer(AdsServer):
@@ -98,16 +104,34 @@ class SdsAdsServer(AdsServer):
     async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        """An ADS stream (state of the world) with its Secret requests answered here."""
+        async for response in self._with_secrets(request_iterator, context, False, AdsServer.StreamAggregatedResources):
+            yield response
+
+    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        """An ADS stream (delta) with its Secret requests answered here."""
+        async for response in self._with_secrets(request_iterator, context, True, AdsServer.DeltaAggregatedResources):
+            yield response
+
+    async def _with_secrets(
+        self,
+        request_iterator: AsyncIterator[Req],
+        context: grpc.aio.ServicerContext,
+        delta: bool,
+        serve_others: Callable[[AdsServer, AsyncIterator[Req], grpc.aio.ServicerContext], AsyncIterator[Resp]],
+    ) -> AsyncIterator[Resp]:
         metadata = _metadata(context)
-        watch = _SecretWatch()
+        watch = _SecretWatch(delta=delta)
         self._secret_ids += 1
         sid = self._secret_ids
         self.secret_streams[sid] = watch
-        out: asyncio.Queue[discovery_pb2.DiscoveryResponse | None] = asyncio.Queue()
+        out: asyncio.Queue[Resp | None] = asyncio.Queue()
         wake = asyncio.Event()
         node: list[core_pb2.Node] = []
 
-        async def others() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        async def others() -> AsyncIterator[Req]:
             async for req in request_iterator:
                 if req.HasField("node") and not node:
                     node.append(req.node)
@@ -122,7 +146,7 @@ class SdsAdsServer(AdsServer):
 
         async def pump() -> None:
             try:
-                async for response in AdsServer.StreamAggregatedResources(self, others(), context):
+                async for response in serve_others(self, others(), context):
                     await out.put(response)
             finally:
                 await out.put(None)
@@ -139,7 +163,7 @@ class SdsAdsServer(AdsServer):
                 wake.clear()
                 response = await self._secret_response(watch, metadata)
                 if response is not None:
-                    await out.put(response)
+                    await out.put(response)  # the stream's own kind (watch.delta)
 
         tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(secrets())]
         try:
@@ -151,18 +175,25 @@ class SdsAdsServer(AdsServer):
             await asyncio.gather(*tasks, return_exceptions=True)
             self.secret_streams.pop(sid, None)
 
-    def _on_secret_request(self, watch: _SecretWatch, req: discovery_pb2.DiscoveryRequest) -> None:
+    def _on_secret_request(self, watch: _SecretWatch, req: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest) -> None:
         if req.response_nonce and req.response_nonce != watch.nonce:
-            return  # stale
-        if req.response_nonce and req.HasField("error_detail"):
+            if not watch.delta:
+                return  # stale (a delta request may also change subscriptions: read on)
+        elif req.response_nonce and req.HasField("error_detail"):
             watch.nacks += 1
             log.warning("SDS NACK from %s: %s", watch.node_id, req.error_detail.message)
+        if isinstance(req, discovery_pb2.DeltaDiscoveryRequest):
+            if not watch.sent and req.initial_resource_versions:
+                watch.sent = dict(req.initial_resource_versions)
+            watch.names |= set(req.resource_names_subscribe)
+            watch.names -= set(req.resource_names_unsubscribe)
+            return
         names = set(req.resource_names)
         if names != watch.names:
             watch.names = names
             watch.sent_version = ""  # a new subscription gets a response
 
-    async def _secret_response(self, watch: _SecretWatch, metadata: dict[str, str]) -> discovery_pb2.DiscoveryResponse | None:
+    async def _secret_response(self, watch: _SecretWatch, metadata: dict[str, str]) -> discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse | None:
         chosen: list[secret_pb2.Secret] = []
         if ROOTCA in watch.names:
             chosen.append(self.secrets.root())
@@ -183,12 +214,33 @@ class SdsAdsServer(AdsServer):
             a = any_pb2.Any()
             a.Pack(s, deterministic=True)
             packed.append(a)
+        if watch.delta:
+            return _delta_response(watch, dict(zip((s.name for s in chosen), packed, strict=True)))
         version = hashlib.sha256(b"".join(a.value for a in packed) + ",".join(sorted(watch.names)).encode()).hexdigest()[:16]
         if version == watch.sent_version:
             return None
         watch.sent_version = version
         watch.nonce = f"sds-{time.monotonic_ns()}"
         return discovery_pb2.DiscoveryResponse(version_info=version, resources=packed, type_url=SECRET_TYPE, nonce=watch.nonce)
+
+
+def _delta_response(watch: _SecretWatch, packed: dict[str, any_pb2.Any]) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    """The secrets whose version changed since they were sent, and the ones no longer served."""
+    changed = []
+    for name, a in sorted(packed.items()):
+        version = hashlib.sha256(a.value).hexdigest()[:16]
+        if watch.sent.get(name) != version:
+            changed.append(discovery_pb2.Resource(name=name, version=version, resource=a))
+            watch.sent[name] = version
+    removed = sorted(n for n in watch.sent if n not in packed)
+    for n in removed:
+        del watch.sent[n]
+    if not changed and not removed:
+        return None
+    watch.nonce = f"sds-{time.monotonic_ns()}"
+    watch.sent_version = hashlib.sha256(",".join(f"{n}={v}" for n, v in sorted(watch.sent.items())).encode()).hexdigest()[:16]
+    return discovery_pb2.DeltaDiscoveryResponse(system_version_info=watch.sent_version, resources=changed, type_url=SECRET_TYPE,
+                                                removed_resources=removed, nonce=watch.nonce)  # fmt: skip
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:

@@ -119,3 +119,49 @@ async def test_a_refused_stream_gets_rootca_only(tmp_path: Path, caplog: pytest.
         assert "no 'default' secret" in caplog.text
     finally:
         await server.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_delta_ads_carries_secrets_changed_and_removed_one_by_one(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({BILLING: "good"}))
+    key, cert = new_root("cluster.local")
+    ca = CertificateAuthority(key, [cert])
+    ads = SdsAdsServer(SecretSource(CertificateService(ca, TokensFile(tokens)), ttl=2))
+    await ads.set_snapshot(make_snapshot({convert.CLUSTER_TYPE: [("c1", cluster_pb2.Cluster(name="c1"))]}))
+    server, port = await start_server(ads, "127.0.0.1:0")
+    requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+
+    async def iterate() -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        while (req := await requests.get()) is not None:
+            yield req
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources(iterate(), metadata=(("authorization", "Bearer good"),))
+            early: list[discovery_pb2.DeltaDiscoveryResponse] = []
+
+            async def read_type(type_url: str) -> discovery_pb2.DeltaDiscoveryResponse:
+                for i, r in enumerate(early):
+                    if r.type_url == type_url:
+                        return early.pop(i)
+                while (r := await asyncio.wait_for(call.read(), 10)).type_url != type_url:  # type: ignore[union-attr]
+                    early.append(r)  # type: ignore[arg-type]
+                return r  # type: ignore[return-value]
+
+            await requests.put(discovery_pb2.DeltaDiscoveryRequest(type_url=SECRET_TYPE, resource_names_subscribe=["ROOTCA", "default"], node={"id": "envoy-d"}))
+            first = await read_type(SECRET_TYPE)
+            assert {r.name for r in first.resources} == {"ROOTCA", "default"} and not first.removed_resources
+            versions = {r.name: r.version for r in first.resources}
+            await requests.put(discovery_pb2.DeltaDiscoveryRequest(type_url=SECRET_TYPE, response_nonce=first.nonce))  # ACK
+            await requests.put(discovery_pb2.DeltaDiscoveryRequest(type_url=convert.CLUSTER_TYPE, resource_names_subscribe=["*"]))
+            clusters = await read_type(convert.CLUSTER_TYPE)
+            assert [r.name for r in clusters.resources] == ["c1"]  # other types: the ADS server, on the same stream
+            await requests.put(discovery_pb2.DeltaDiscoveryRequest(type_url=SECRET_TYPE, resource_names_unsubscribe=["ROOTCA"]))
+            removed = await read_type(SECRET_TYPE)
+            assert list(removed.removed_resources) == ["ROOTCA"] and not removed.resources  # the key is not sent again
+            renewed = await read_type(SECRET_TYPE)  # half-life of a 2 s certificate: only default, a new version
+            assert [r.name for r in renewed.resources] == ["default"] and renewed.resources[0].version != versions["default"]
+            await requests.put(None)
+    finally:
+        await server.stop(0)
