@@ -114,7 +114,6 @@ GENERIC_CODEC: Final = "envoy.generic_proxy.codecs.dubbo"
 GENERIC_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration"
 _Predicate: TypeAlias = matcher_pb2.Matcher.MatcherList.Predicate
 ANY_METHOD: Final = ".*"
-_HEAD: Final = frozenset({"interface", "method", "version", "dubbo"})  # read from the body's head, not the attachments
 # What Python's re accepts and RE2 refuses: look-around, back-references, possessive quantifiers, atomic groups.
 _NOT_RE2: Final = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=|[*+?}]\+|\(\?>")
 
