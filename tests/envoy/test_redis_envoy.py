@@ -130,8 +130,10 @@ def test_envoy_routes_key_prefixes_mirrors_and_takes_an_edit_on_new_connections(
             old = socket.create_connection(("127.0.0.1", listen), timeout=10)
             assert resp_set(old, "user:2", "before") == b"+OK\r\n" and direct["a"].get("user:2") == "before"
             updated = envoy.stats().get("listener_manager.listener_in_place_updated", 0)
+            edited = time.monotonic()
             write(config / "router.yaml", router("m", mirror=False))
             envoy.wait_for(f"s.get('listener_manager.listener_in_place_updated', 0) > {updated}")  # a new filter chain; the old one drains
+            applied = time.monotonic()
             reply = resp_set(old, "user:3", "old-connection")
             assert reply in (b"+OK\r\n", b""), reply  # the old routes, or already drained on a slow host
             if reply:
@@ -142,6 +144,7 @@ def test_envoy_routes_key_prefixes_mirrors_and_takes_an_edit_on_new_connections(
             new.close()
             wait_until(lambda: resp_set(old, "user:5", "x") == b"", "Envoy closed the drained connection (--drain-time-s 1)")
             old.close()
+            print(f"Envoy redis_proxy: edit applied to new connections {applied - edited:.3f} s after the write; the old connection closed {time.monotonic() - applied:.3f} s after that")
             assert redis_proxy_config(envoy)["prefix_routes"]["routes"] == [{"prefix": "user:", "cluster": M}]
             assert envoy.rejected() == {}
     finally:
