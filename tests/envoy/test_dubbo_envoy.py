@@ -41,10 +41,9 @@ def providers() -> Iterator[Providers]:
     p.stop()
 
 
-def write_split(config: Path, providers: Providers, weights: tuple[int, int]) -> None:
-    """The demo directory with the MetaRouter's split set to ``weights`` (v1, v2), a zero weight
-    kept as written (``write_config`` leaves zero-weight destinations out)."""
-    write_config(config, providers.ports, (20, 80))
+def write_split(config: Path, weights: tuple[int, int]) -> None:
+    """Set the demo MetaRouter's split to ``weights`` (v1, v2), a zero weight kept as written
+    (``write_config`` leaves zero-weight destinations out); nothing else in ``config`` is touched."""
     path = config / "metarouter.yaml"
     router = yaml.safe_load(path.read_text())
     router["spec"]["routes"][0]["route"] = [{"destination": {"host": HOST, "subset": s}, "weight": w} for s, w in zip(("v1", "v2"), weights, strict=True)]
@@ -108,7 +107,7 @@ def test_envoy_serves_the_split_and_an_edit_moves_it_on_the_same_connection(tmp_
                     assert split_ok(counts, failures), counts
                     print(f"Envoy, MetaRouter 20/80: {dict(counts)} of {N}")
                     before = envoy.stats()
-                    write_split(config, providers, (100, 0))
+                    write_split(config, (100, 0))
                     took = await until_all_v1(listen_port, c)
                     counts, failures = await calls(listen_port, N, c)
                     assert failures == 0 and counts == Counter({"v1": N}), counts
@@ -254,7 +253,7 @@ def test_a_mixed_fleet_follows_one_metarouter(tmp_path: Path, providers: Provide
                         print(f"{name}, MetaRouter 20/80: {dict(counts)} of {N}")
                     envoy_requests = envoy.stats()[f"dubbo.{V1.replace('|v1|', '||')}.request"]
                     assert envoy_requests >= N  # Envoy's consumer really went through Envoy
-                    write_split(config, providers, (100, 0))
+                    write_split(config, (100, 0))
                     took = {name: await until_all_v1(listen_port, c) for name, c in consumers.items()}
                     for name, c in consumers.items():
                         counts, failures = await calls(listen_port, 200, c)
