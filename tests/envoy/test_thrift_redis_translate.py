@@ -615,3 +615,24 @@ def test_a_table_only_named_for_rds_is_not_translated(translator: object) -> Non
     out = translator(replace(lst, route_config=None, rds_name="elsewhere"), clusters)  # type: ignore[operator]
     assert out.rejected and out.listener is None
     assert [(g.path, g.fatal) for g in out.gaps if g.fatal] == [("", True)] and "(elsewhere)" in out.gaps[0].reason
+
+
+def test_thrift_subset_is_metadata_match(tmp_path: Path) -> None:
+    lst, clusters = translated(THRIFT_SERVICE)
+    out = thrift.listener(with_routes(lst, RouteRule("canary", (), RouteAction(cluster=TALL, subset=(("version", "v2"),)))), clusters)
+    assert out.gaps == []
+    assert plain(thrift_table(out).routes[0].route) == {"cluster": TALL, "metadata_match": {"filter_metadata": {"envoy.lb": {"version": "v2"}}}}
+    assert_envoy_accepts(tmp_path, [out], clusters)
+
+
+def test_redis_prefixes_ignoring_case_all_or_none(tmp_path: Path) -> None:
+    lst, clusters = translated(REDIS_SERVICE)
+    upper = AttributeMatcher("key", MatchKind.PREFIX, "User:", ignore_case=True)
+    lower = AttributeMatcher("key", MatchKind.PREFIX, "session:", ignore_case=True)
+    out = redis.listener(with_routes(lst, rrule(upper), rrule(lower), rrule()), clusters)
+    assert not out.rejected and redis_proxy(out).prefix_routes.case_insensitive
+    assert_envoy_accepts(tmp_path, [out], clusters)
+    shadowed = redis.listener(with_routes(lst, rrule(upper), rrule(AttributeMatcher("key", MatchKind.PREFIX, "user:1", ignore_case=True))), clusters)
+    assert [(g.path, g.fatal) for g in shadowed.gaps if g.path] == [("spec.routes[1]", False)]  # "user:1" starts with "User:" ignoring case
+    mixed = redis.listener(with_routes(lst, rrule(upper), rrule(AttributeMatcher("key", MatchKind.PREFIX, "session:"))), clusters)
+    assert mixed.rejected and [(g.path, g.fatal) for g in mixed.gaps if g.fatal] == [("spec.routes", True)]
