@@ -58,10 +58,11 @@ def service(host: str, port: int, endpoints: dict[str, int]) -> list[dict[str, o
 
 
 def routers(weights: tuple[int, int], *, mutation: bool = False, tenant: str = "b") -> list[dict[str, object]]:
-    """getUser to v2 (with a request mutation Envoy cannot carry when ``mutation``); everything
+    """getUser to v2, mirrored to v1 (with a request mutation Envoy cannot carry when ``mutation``); everything
     else split v1/v2 by ``weights``; echo's THeader ``tenant: <tenant>`` to b."""
     split = [{"destination": {"host": HOST, "subset": s}, "weight": w} for s, w in zip(("v1", "v2"), weights, strict=True) if w]
-    get_user: dict[str, object] = {"name": "get-user", "match": {"attributes": {"method": {"exact": "getUser"}}}, "route": [{"destination": {"host": HOST, "subset": "v2"}}]}
+    get_user: dict[str, object] = {"name": "get-user", "match": {"attributes": {"method": {"exact": "getUser"}}}, "route": [{"destination": {"host": HOST, "subset": "v2"}}],
+                                   "mirror": {"host": HOST, "subset": "v1"}}  # fmt: skip
     if mutation:
         get_user["requestMutation"] = [{"key": "x-team", "value": "a"}]
     users = {"apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "MetaRouter", "metadata": {"name": "users", "namespace": "t"},
@@ -120,7 +121,10 @@ def echo_counts(client: Any, n: int) -> Counter[str]:
 def test_envoy_serves_thrift_routes_and_an_edit_moves_the_split_on_the_open_connection(
     tmp_path: Path, idl: Any, header_servers: dict[str, tuple[int, list[dict[str, str]]]]
 ) -> None:
-    v1_port, _ = start_server(idl, "v1", "framed-binary")
+    v1_port, v1_handler = start_server(idl, "v1", "framed-binary")
+    mirrored: list[int] = []
+    served = v1_handler.getUser
+    v1_handler.getUser = lambda uid: mirrored.append(uid) or served(uid)  # type: ignore[method-assign]
     v2_port, _ = start_server(idl, "v2", "framed-binary")
     config = tmp_path / "config"
     config.mkdir()
@@ -142,12 +146,17 @@ def test_envoy_serves_thrift_routes_and_an_edit_moves_the_split_on_the_open_conn
             v1, v2 = (f"outbound|{PORT}|{s}|{HOST}" for s in ("v1", "v2"))
             assert [r["match"] for r in tables[LISTENER]["routes"]] == [{"method_name": "getUser"}, {"method_name": ""}]
             assert destinations(tables[LISTENER]) == [v2, [(v1, 30), (v2, 70)]]
+            assert [m["cluster"] for m in tables[LISTENER]["routes"][0]["route"]["request_mirror_policies"]] == [v1]
             assert tables[ECHO_LISTENER]["routes"][0]["match"] == {"method_name": "", "headers": [{"name": "tenant", "string_match": {"exact": "b"}}]}
 
             trans, proto = COMBOS["framed-binary"]
             client = make_client(idl.UserService, "127.0.0.1", listen, proto_factory=proto(), trans_factory=trans(), timeout=5000)
             try:
                 assert {client.getUser(i).name for i in range(20)} == {f"user{i}@v2" for i in range(20)}  # the method route
+                start = time.monotonic()
+                while sorted(mirrored) != list(range(20)):  # the mirror's copies reach v1 (their replies are dropped)
+                    assert time.monotonic() - start < 20, f"v1 got mirrored getUser calls {sorted(mirrored)}"
+                    time.sleep(0.01)
                 counts = echo_counts(client, N)
                 print(f"Envoy thrift_proxy, MetaRouter 30/70: {dict(counts)} of {N}")
                 assert LOW <= counts["v1"] <= HIGH and counts["v1"] + counts["v2"] == N, counts
@@ -187,6 +196,7 @@ def test_envoy_serves_thrift_routes_and_an_edit_moves_the_split_on_the_open_conn
             wait_for_table = time.monotonic()
             while thrift_routes(envoy)[ECHO_LISTENER]["routes"][0]["match"]["headers"][0]["string_match"] != {"exact": "c"}:
                 assert time.monotonic() - wait_for_table < 20, "echo's edit never reached Envoy"
+                time.sleep(0.05)
             assert destinations(thrift_routes(envoy)[LISTENER]) == [v2, v1] and envoy.stats()[reload] == reloads
             assert envoy.rejected() == {}
     finally:
