@@ -576,7 +576,7 @@ def test_redis_codec_settings(tmp_path: Path) -> None:
         ("codec.upstream_password", True), ("codec.db", True), ("codec.mode", True), ("codec.max_bulk_length", False)]  # fmt: skip
 
 
-def test_redis_hashing_and_mutations() -> None:
+def test_redis_hashing_and_mutations(tmp_path: Path) -> None:
     traffic = "  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: key}}}"
     lst, clusters = translated(REDIS_SERVICE, rule_of(RHOST, ["a", "b"], traffic))
     assert clusters[RALL].lb_policy is LbPolicy.RING_HASH
@@ -584,6 +584,7 @@ def test_redis_hashing_and_mutations() -> None:
     assert not out.rejected and not redis_proxy(out).settings.enable_hashtagging
     placement = [r for f, r in gaps_list(out) if "places keys" in r]
     assert len(placement) == 1 and RALL in placement[0] and "md5" in placement[0]  # the two-endpoint cluster only
+    assert_envoy_accepts(tmp_path, [out], clusters)  # ring-hash clusters as they are
     tagged = {**clusters, RALL: replace(clusters[RALL], hash_tag="{}")}
     assert redis_proxy(redis.listener(lst, tagged)).settings.enable_hashtagging
     odd = redis.listener(lst, {**clusters, RALL: replace(clusters[RALL], hash_tag="::")})
