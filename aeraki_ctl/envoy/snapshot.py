@@ -16,7 +16,7 @@ from aeraki_ctl.envoy.common import EnvoyListener, Gap
 from aeraki_ctl.envoy.translate import translate_host
 from aeraki_ctl.incremental import HostOutput
 from aeraki_ctl.resources import Problem, Resource as Object
-from aeraki_ctl.xds.snapshot import Resource, Snapshot, resource, snapshot_from
+from aeraki_ctl.xds.snapshot import TYPES, Resource, Snapshot, resource, version_of
 from metaprotocol.xds import convert
 
 SERVING: str = "serving"  # the current version is served to Envoy
@@ -40,24 +40,69 @@ class EnvoySnapshotBuilder:
         self._packed: dict[str, dict[str, dict[str, Resource]]] = {}  # host -> type URL -> name -> resource
         self.verdicts: dict[str, dict[str, ListenerVerdict]] = {}  # host -> listener -> verdict (with gaps)
         self.cluster_gaps: dict[str, dict[str, list[Gap]]] = {}  # host -> cluster -> approximations
+        self._providers: dict[tuple[str, str], dict[str, Resource]] = {}  # (type URL, name) -> host -> its version of it
+        self._own: dict[str, frozenset[str]] = {}  # host -> the clusters that are its own (not added by its MetaRouter)
+        self._sums: dict[str, int] = {}
         self.snapshot = Snapshot()
 
     def build(self, outputs: Mapping[str, HostOutput], touched: Iterable[str]) -> Snapshot:
         """The next snapshot: ``outputs`` are every host's, ``touched`` those redone since the
-        last build (every host of ``outputs`` on the first build)."""
+        last build (every host of ``outputs`` on the first build). Made from the previous one:
+        only the names the touched hosts provide are looked at, and the snapshot says which
+        changed (so the server compares nothing)."""
+        prev = self.snapshot
+        seen: set[tuple[str, str]] = set()
         for h in touched:
+            before = self._packed.get(h, {})
             out = outputs.get(h)
             if out is None:
-                for table in (self._served, self._packed, self.verdicts, self.cluster_gaps):
+                for table in (self._served, self._packed, self.verdicts, self.cluster_gaps, self._own):
                     table.pop(h, None)
+                after: dict[str, dict[str, Resource]] = {}
+            else:
+                self._host(out)
+                after = self._packed[h]
+            for type_url in {*before, *after}:
+                old, new = before.get(type_url, {}), after.get(type_url, {})
+                for name in {*old, *new}:
+                    providers = self._providers.setdefault((type_url, name), {})
+                    if name in new:
+                        providers[h] = new[name]
+                    else:
+                        providers.pop(h, None)
+                    seen.add((type_url, name))
+        by_type: dict[str, Mapping[str, Resource]] = {t: prev.of(t) for t in {*TYPES, *prev.resources, *(t for t, _ in seen)}}
+        copied: dict[str, dict[str, Resource]] = {}  # the types changed, copied once
+        changed: dict[str, set[str]] = {t: set() for t in by_type}
+        for type_url, name in seen:
+            providers = self._providers.get((type_url, name), {})
+            now = self._chosen(name, providers)
+            if not providers:
+                self._providers.pop((type_url, name), None)
+            was = by_type[type_url].get(name)
+            if (was.version if was else None) == (now.version if now else None):
                 continue
-            self._host(out)
-        merged: dict[str, dict[str, Resource]] = {}
-        for packed in self._packed.values():
-            for type_url, named in packed.items():
-                merged.setdefault(type_url, {}).update(named)
-        self.snapshot = snapshot_from(merged)
+            changed[type_url].add(name)
+            self._sums[type_url] = self._sums.get(type_url, 0) - (was.token if was else 0) + (now.token if now else 0)
+            if type_url not in copied:
+                copied[type_url] = dict(by_type[type_url])
+                by_type[type_url] = copied[type_url]
+            if now is None:
+                del copied[type_url][name]
+            else:
+                copied[type_url][name] = now
+        versions = {t: version_of(self._sums.get(t, 0)) for t in by_type}
+        self.snapshot = Snapshot(by_type, versions, base=prev.serial, changed={t: frozenset(n) for t, n in changed.items()})
         return self.snapshot
+
+    def _chosen(self, name: str, providers: Mapping[str, Resource]) -> Resource | None:
+        """The version of a resource several hosts provide (a rate limit service's cluster is its
+        own host's and added by the MetaRouters that use it): its own host's, else the first
+        adder's, as for our proxies' snapshot."""
+        if not providers:
+            return None
+        own = [h for h in providers if name in self._own.get(h, ())]
+        return providers[own[0] if own else min(providers)]
 
     def _host(self, out: HostOutput) -> None:
         translated = translate_host(out)
@@ -84,6 +129,7 @@ class EnvoySnapshotBuilder:
         for name, msg in translated.endpoints.items():
             packed.setdefault(convert.ENDPOINT_TYPE, {})[name] = resource(name, msg)
         self._served[out.host] = served
+        self._own[out.host] = frozenset(out.clusters)
         self._packed[out.host] = packed
         self.verdicts[out.host] = verdicts
         self.cluster_gaps[out.host] = translated.cluster_gaps
