@@ -85,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--xds-address", default="127.0.0.1:15010")
     s.add_argument("--listen-address", default="127.0.0.1")
     s.add_argument("--port-offset", type=int, default=0)
+    s.add_argument("--envoy-port-offset", type=int, default=0, metavar="N",
+                   help="stock Envoy nodes listen on the port plus N (on top of --port-offset): both data planes on one host")  # fmt: skip
     s.add_argument("--workload-identity-dir", default=Options.identity_dir, metavar="DIR",
                    help="where proxies keep their workload certificate (DestinationRule ISTIO_MUTUAL); default %(default)s")  # fmt: skip
     s.add_argument("--root-namespace", default=Options.root_namespace, help="authorization policies here apply to every namespace (default %(default)s)")
@@ -350,7 +352,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace) -> Options:
     """Translation options from translate's or serve's flags."""
-    return Options(args.listen_address, args.port_offset, root_namespace=args.root_namespace, identity_dir=args.workload_identity_dir, trust_domain=args.trust_domain)
+    return Options(args.listen_address, args.port_offset, root_namespace=args.root_namespace, identity_dir=args.workload_identity_dir, trust_domain=args.trust_domain,
+                   envoy_port_offset=getattr(args, "envoy_port_offset", 0))  # fmt: skip
 
 
 def _ca_flags(s: argparse.ArgumentParser) -> None:

@@ -103,6 +103,9 @@ class Options:
     trust_domain: str = "cluster.local"
     """An ``ISTIO_MUTUAL`` server must have a SPIFFE id of this trust domain (unless the rule names
     ``subjectAltNames``)."""
+    envoy_port_offset: int = 0
+    """Added to the listener ports of stock Envoy nodes (on top of ``port_offset``), so that both
+    data planes can listen on one host (a demo, a test, a benchmark); 0 in a real mesh."""
 
 
 @dataclass

@@ -35,7 +35,8 @@ class ListenerVerdict:
 class EnvoySnapshotBuilder:
     """Envoy's snapshots, host by host (see the module's docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port_offset: int = 0) -> None:
+        self.port_offset = port_offset  # added to every listener port (Options.envoy_port_offset)
         self._served: dict[str, dict[str, EnvoyListener]] = {}  # host -> listener -> the version Envoy gets
         self._packed: dict[str, dict[str, dict[str, Resource]]] = {}  # host -> type URL -> name -> resource
         self.verdicts: dict[str, dict[str, ListenerVerdict]] = {}  # host -> listener -> verdict (with gaps)
@@ -105,7 +106,7 @@ class EnvoySnapshotBuilder:
         return providers[own[0] if own else min(providers)]
 
     def _host(self, out: HostOutput) -> None:
-        translated = translate_host(out)
+        translated = translate_host(out, self.port_offset)
         before = self._served.get(out.host, {})
         served: dict[str, EnvoyListener] = {}
         verdicts: dict[str, ListenerVerdict] = {}

@@ -10,7 +10,7 @@ both data planes, or the difference is reported as a ``Gap``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from google.protobuf.message import Message
 
@@ -62,12 +62,13 @@ def translate_listener(lst: ListenerConfig, known: Mapping[str, ClusterConfig]) 
     return found[1](lst, known)
 
 
-def translate_host(out: HostOutput) -> EnvoyHost:
-    """Every listener, cluster and endpoint set of one host, for Envoy."""
+def translate_host(out: HostOutput, port_offset: int = 0) -> EnvoyHost:
+    """Every listener, cluster and endpoint set of one host, for Envoy (listeners moved by
+    ``port_offset``: ``Options.envoy_port_offset``)."""
     known = {**out.extra, **out.clusters}
     host = EnvoyHost(out.host)
     for lst in out.listeners:
-        host.listeners[lst.name] = translate_listener(lst, known)
+        host.listeners[lst.name] = translate_listener(replace(lst, port=lst.port + port_offset) if port_offset else lst, known)
     for name, c in known.items():
         cluster, gaps = clusters.cluster(c)
         host.clusters[name] = cluster

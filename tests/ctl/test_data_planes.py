@@ -33,7 +33,7 @@ from aeraki_ctl.envoy import translate as envoy_translate
 from aeraki_ctl.envoy.common import EnvoyListener, Gap, route_path
 from aeraki_ctl.envoy.snapshot import SERVING_LAST, EnvoySnapshotBuilder
 from aeraki_ctl.incremental import IncrementalTranslator
-from aeraki_ctl.resources import ResourceSet
+from aeraki_ctl.resources import ResourceSet, load_directory
 from aeraki_ctl.xds.snapshot import version_of
 from aeraki_ctl.xds.server import ENVOY, METAPROTOCOL, AdsServer, data_plane_of, start_server
 from metaprotocol.config.model import ClusterConfig, CodecRef, ListenerConfig
@@ -57,6 +57,7 @@ def standin(lst: ListenerConfig, clusters: Mapping[str, ClusterConfig]) -> Envoy
     gaps = [Gap(route_path(i, r, "mirror"), "no mirroring here") for i, r in enumerate(lst.route_config.routes if lst.route_config else ()) if r.mirrors]
     names = "+".join(f"{r.name}:{'/'.join(str(w.weight) for w in r.action.weighted_clusters)}" for r in lst.route_config.routes) if lst.route_config else ""
     msg = listener_pb2.Listener(name=lst.name, stat_prefix=names)
+    msg.address.socket_address.port_value = lst.port
     return EnvoyListener(msg, gaps=gaps)
 
 
@@ -258,3 +259,13 @@ def test_the_envoy_snapshot_made_from_the_previous_one_is_the_whole_one(steps: l
             assert made.changed.get(t, frozenset()) == moved, t
         assert made.base == previous.serial
         previous = made
+
+
+def test_envoy_port_offset_moves_envoy_listeners_only(demo_dir: Path) -> None:
+    """Both data planes on one host (demo, tests, benchmarks): Envoy listens N ports higher."""
+    translator = IncrementalTranslator()
+    translator(load_directory(demo_dir))
+    snapshot = EnvoySnapshotBuilder(port_offset=1000).build(translator.outputs, list(translator.outputs))
+    [msg] = [listener_pb2.Listener.FromString(r.packed.value) for r in snapshot.of(convert.LISTENER_TYPE).values()]
+    assert msg.address.socket_address.port_value == 20880 + 1000
+    assert translator.outputs["org.apache.dubbo.samples.basic.api.demoservice"].listeners[0].port == 20880
