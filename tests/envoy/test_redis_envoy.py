@@ -9,24 +9,30 @@ with the old routes (the approximation ``aeraki_ctl.envoy.redis`` reports).
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_client
 import yaml
+from google.protobuf import json_format
 
+from aeraki_ctl.envoy import redis as envoy_redis
 from aeraki_ctl.resources import load_directory
 from aeraki_ctl.translate import translate
 from metaprotocol.cluster.lb import KetamaRing
-from metaprotocol.config.model import LbPolicy
-from tests.envoy_node import EnvoyNode
+from metaprotocol.config.model import FaultPolicy, LbPolicy
+from metaprotocol.xds import convert
+from tests.envoy_node import EnvoyNode, envoy_binary
 from tests.integration.test_xds_live import ENV
 from tests.servers import RedisServer, free_port, wait_port
 
@@ -203,3 +209,57 @@ def test_a_ring_hash_cluster_places_keys_by_envoys_ring_not_ours(tmp_path: Path)
             c.close()
         for s in servers.values():
             s.stop()
+
+
+def test_faults_reach_envoy_with_our_proxys_odds(tmp_path: Path) -> None:
+    """A MetaRouter cannot say faults, a bootstrap can: the translation of a route with an abort
+    of 50 % and a delay of 50 % runs in a real Envoy (static bootstrap), and Envoy's counters show
+    our proxy's odds: 50 % errors, then half of the rest (25 %) delayed; not 50 % delayed, which
+    translating the two fractions as they are would give (Envoy injects one fault per command)."""
+    with RedisServer() as server:
+        docs = service({"a": server.port})
+        lst_port = free_port()
+        config = tmp_path / "config"
+        config.mkdir()
+        (config / "service.yaml").write_text(yaml.safe_dump_all(docs))
+        t = translate(load_directory(config))
+        (lst,) = t.bootstrap.listeners
+        assert lst.route_config is not None
+        fault = FaultPolicy(delay=0.01, delay_fraction=0.5, abort_fraction=0.5)
+        rules = tuple(replace(r, fault=fault) for r in lst.route_config.routes)
+        lst = replace(lst, port=lst_port, route_config=replace(lst.route_config, routes=rules))
+        out = envoy_redis.listener(lst, t.bootstrap.cluster_map())
+        assert out.listener is not None and not out.rejected, out.gaps
+        admin = free_port()
+        bootstrap = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {
+                "listeners": [json_format.MessageToDict(out.listener)],
+                "clusters": [json_format.MessageToDict(convert.cluster_to_xds(c, static=True)) for c in t.bootstrap.clusters],
+            },
+        }
+        path = tmp_path / "envoy.json"
+        path.write_text(json.dumps(bootstrap))
+        with (tmp_path / "envoy.log").open("wb") as log:
+            proc = subprocess.Popen([envoy_binary(), "-c", str(path), "--concurrency", "1", "--log-level", "warning", "--disable-hot-restart"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_port(lst_port, 30)
+            n = 1000
+            client = redis_client.Redis(port=lst_port, decode_responses=True, protocol=2)
+            pipe = client.pipeline(transaction=False)
+            for i in range(n):
+                pipe.get(f"k{i}")
+            replies = pipe.execute(raise_on_error=False)
+            client.close()
+            errors = [r for r in replies if isinstance(r, redis_client.ResponseError)]
+            assert all(str(e) == "Fault Injected: Error" for e in errors)
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=command.get", timeout=5) as resp:
+                stats = dict(line.split(": ", 1) for line in resp.read().decode().splitlines() if ": " in line)
+            prefix = f"redis.{lst.stat_prefix}.command.get."
+            error_fault, delay_fault = int(stats[prefix + "error_fault"]), int(stats[prefix + "delay_fault"])
+            print(f"Envoy redis_proxy faults (abort 50 %, delay 50 % of the rest): {error_fault} errors, {delay_fault} delayed of {n}")
+            assert error_fault == len(errors)
+            assert 437 <= error_fault <= 563 and 195 <= delay_fault <= 305  # 500 and 250, 4 standard deviations
+        finally:
+            proc.terminate()
+            proc.wait(10)
