@@ -155,7 +155,7 @@ class Controller:
         here from every host, before that node's first response)."""
         if data_plane != ENVOY or self.envoy_builder is not None:
             return
-        builder = EnvoySnapshotBuilder(port_offset=self.options.envoy_port_offset)
+        builder = EnvoySnapshotBuilder(port_offset=self.options.envoy_port_offset, identity_dir=self.options.identity_dir)
         try:
             self.ads.install(builder.build(self.translator.outputs, list(self.translator.outputs)), ENVOY)
         except Exception:  # noqa: BLE001 - an Envoy node must not stop serving our proxies

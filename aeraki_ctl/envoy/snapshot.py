@@ -16,6 +16,7 @@ from aeraki_ctl.envoy.common import EnvoyListener, Gap
 from aeraki_ctl.envoy.translate import translate_host
 from aeraki_ctl.incremental import HostOutput
 from aeraki_ctl.resources import Problem, Resource as Object
+from aeraki_ctl.translate import Options
 from aeraki_ctl.xds.snapshot import TYPES, Resource, Snapshot, resource, version_of
 from metaprotocol.xds import convert
 
@@ -35,8 +36,9 @@ class ListenerVerdict:
 class EnvoySnapshotBuilder:
     """Envoy's snapshots, host by host (see the module's docstring)."""
 
-    def __init__(self, port_offset: int = 0) -> None:
+    def __init__(self, port_offset: int = 0, identity_dir: str = Options.identity_dir) -> None:
         self.port_offset = port_offset  # added to every listener port (Options.envoy_port_offset)
+        self.identity_dir = identity_dir  # TLS with these files is the workload identity: SDS for Envoy
         self._served: dict[str, dict[str, EnvoyListener]] = {}  # host -> listener -> the version Envoy gets
         self._packed: dict[str, dict[str, dict[str, Resource]]] = {}  # host -> type URL -> name -> resource
         self.verdicts: dict[str, dict[str, ListenerVerdict]] = {}  # host -> listener -> verdict (with gaps)
@@ -106,7 +108,7 @@ class EnvoySnapshotBuilder:
         return providers[own[0] if own else min(providers)]
 
     def _host(self, out: HostOutput) -> None:
-        translated = translate_host(out, self.port_offset)
+        translated = translate_host(out, self.port_offset, self.identity_dir)
         before = self._served.get(out.host, {})
         served: dict[str, EnvoyListener] = {}
         verdicts: dict[str, ListenerVerdict] = {}

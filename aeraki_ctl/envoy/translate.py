@@ -14,11 +14,13 @@ from dataclasses import dataclass, field, replace
 
 from google.protobuf.message import Message
 
-from aeraki_ctl.envoy import clusters, dubbo, redis, thrift
+from envoy.config.listener.v3 import listener_pb2
+
+from aeraki_ctl.envoy import clusters, dubbo, identity, redis, thrift
 from aeraki_ctl.envoy.common import EnvoyListener, Gap
 from aeraki_ctl.incremental import HostOutput
 from metaprotocol.config.model import ClusterConfig, ListenerConfig
-from aeraki_ctl.translate import default_registry
+from aeraki_ctl.translate import Options, default_registry
 from metaprotocol.registry import RegistryError
 from metaprotocol.xds import convert
 
@@ -62,15 +64,21 @@ def translate_listener(lst: ListenerConfig, known: Mapping[str, ClusterConfig]) 
     return found[1](lst, known)
 
 
-def translate_host(out: HostOutput, port_offset: int = 0) -> EnvoyHost:
+def translate_host(out: HostOutput, port_offset: int = 0, identity_dir: str = Options.identity_dir) -> EnvoyHost:
     """Every listener, cluster and endpoint set of one host, for Envoy (listeners moved by
-    ``port_offset``: ``Options.envoy_port_offset``)."""
+    ``port_offset``: ``Options.envoy_port_offset``; the workload identity in ``identity_dir``
+    referred to by SDS, ``aeraki_ctl.envoy.identity``)."""
     known = {**out.extra, **out.clusters}
     host = EnvoyHost(out.host)
     for lst in out.listeners:
-        host.listeners[lst.name] = translate_listener(replace(lst, port=lst.port + port_offset) if port_offset else lst, known)
+        made = translate_listener(replace(lst, port=lst.port + port_offset) if port_offset else lst, known)
+        if isinstance(made.listener, listener_pb2.Listener):
+            identity.finish_listener(made.listener, lst.tls, identity_dir)
+        host.listeners[lst.name] = made
     for name, c in known.items():
         cluster, gaps = clusters.cluster(c)
+        if cluster.HasField("transport_socket"):
+            cluster.transport_socket.CopyFrom(identity.by_sds(cluster.transport_socket, identity_dir))
         host.clusters[name] = cluster
         host.endpoints[name] = convert.endpoints_to_xds(c)
         if gaps:
