@@ -44,7 +44,7 @@ def by_sds(socket: base_pb2.TransportSocket, identity_dir: str) -> base_pb2.Tran
             break
     else:
         return socket
-    common: common_pb2.CommonTlsContext = ctx.common_tls_context  # type: ignore[attr-defined]
+    common: common_pb2.CommonTlsContext = ctx.common_tls_context
     if not _is_identity(common, identity_dir):
         return socket
     common.ClearField("tls_certificates")
