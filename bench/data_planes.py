@@ -102,14 +102,18 @@ def write_workload(directory: Path, frames: int, seed: int = 17) -> dict[str, Pa
     return files
 
 
-def write_resources(directory: Path, v1: int, v2: int) -> dict[str, Any]:
+def write_resources(directory: Path, v1: int, v2: int, attachment_match: bool = True) -> dict[str, Any]:
     """The demo's ServiceEntry/DestinationRule with the providers' ports, and its MetaRouter
-    without the method matcher (every method of the mix is split 20/80)."""
+    without the method matcher (every method of the mix is split 20/80); without
+    ``attachment_match`` also without ``foo: bar`` (the interface alone): Envoy's dubbo_proxy
+    decodes a request's body only to read attachments, so this shows what that matcher costs it."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "service.yaml").write_text((CONFIG / "service.yaml").read_text().replace("20881", str(v1)).replace("20882", str(v2)))
     router = yaml.safe_load((CONFIG / "metarouter.yaml").read_text())
     route = router["spec"]["routes"][0]
     del route["match"]["attributes"]["method"]
+    if not attachment_match:
+        del route["match"]["attributes"]["foo"]
     route["route"] = [{"destination": {"host": HOST, "subset": s}, "weight": w} for s, w in WEIGHTS.items()]
     (directory / "metarouter.yaml").write_text(yaml.safe_dump(router, sort_keys=False))
     return dict(router)
@@ -195,7 +199,7 @@ def serve_ours(xds: str, port: int, admin_port: int, node_id: str) -> int:
 class Planes:
     """Providers, aeraki-ctl, our proxy and Envoy: started in order, checked alive, stopped."""
 
-    def __init__(self, tmp: Path, exe: dict[str, Path], files: dict[str, Path]) -> None:
+    def __init__(self, tmp: Path, exe: dict[str, Path], files: dict[str, Path], attachment_match: bool = True) -> None:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -203,7 +207,7 @@ class Planes:
         self.listen_port, self.ours_port = free_port(), free_port()
         self.xds_port, self.ours_admin, self.envoy_admin = free_port(), free_port(), free_port()
         self.start("provider", [str(exe["provider"]), "dubbo", str(files["replies"]), *map(str, self.upstreams)])
-        self.router = write_resources(tmp / "resources", *self.upstreams)
+        self.router = write_resources(tmp / "resources", *self.upstreams, attachment_match=attachment_match)
         self.start("aeraki_ctl", [sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(tmp / "resources"), "--xds-address",
                                   f"127.0.0.1:{self.xds_port}", "--port-offset", str(self.listen_port - SERVICE_PORT), "--log-level", "WARNING"], env=self.env)  # fmt: skip
         self.start(OURS, [sys.executable, str(Path(__file__).resolve()), "--serve-ours", f"127.0.0.1:{self.xds_port}", "--ours-port", str(self.ours_port),
@@ -315,7 +319,8 @@ def markdown(info: dict[str, Any]) -> str:
         "# Data planes of one aeraki-ctl: our proxy and stock Envoy on the same Dubbo workload", "",
         f"`{cfg['command']}`: {cfg['reps']} interleaved repetitions of {cfg['seconds']} s (+{cfg['warmup']} s warm-up) per case, {cfg['frames']} distinct "
         f"frames, started {info['calibration']['start']['utc']} UTC, finished {info['calibration']['end']['utc']} UTC. One `aeraki-ctl serve` serves the "
-        "demo's resources (MetaRouter: attachment `foo: bar` 20 % v1 / 80 % v2, every method) to our proxy (MetaProtocol listener) and to stock Envoy "
+        f"demo's resources (MetaRouter: {'attachment `foo: bar`' if cfg['attachment_match'] else 'the interface only'}, 20 % v1 / 80 % v2, every method) "
+        "to our proxy (MetaProtocol listener; hot path " + cfg["hot_path"] + ") and to stock Envoy "
         "(`DATA_PLANE: envoy`: dubbo_proxy, routes over RDS) at once, each `--concurrency 1`; the representative Dubbo mix (12 methods, distinct trace "
         "ids, four reply shapes) through each. Cells: median (min-max) over the repetitions; CPU per request is the proxy process's user+system time "
         "(/proc) over all its replies; added p50 is the row's p50 minus the direct run's in the same repetition.", "",
@@ -351,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--depths", default="16,1")
     parser.add_argument("--frames", type=int, default=2048, help="distinct request frames")
+    parser.add_argument("--without-attachment-match", action="store_true", help="the MetaRouter matches the interface only (not the attachment foo: bar)")
     parser.add_argument("--smoke", action="store_true", help="the smallest end-to-end run (tests/test_bench_data_planes.py): no timing value")
     parser.add_argument("--out", type=Path, help="results path without suffix (default bench/results/data_planes)")
     parser.add_argument("--serve-ours", metavar="XDS", help=argparse.SUPPRESS)
@@ -372,9 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     files = write_workload(tmp / "corpus", args.frames)
     info: dict[str, Any] = {"machine": machine(), "calibration": {"start": calibrate(exe["calibrate"], scale)}}
     flags = " --smoke" if args.smoke else f" --reps {args.reps} --seconds {args.seconds} --connections {args.connections} --depths {args.depths}"
+    flags += " --without-attachment-match" if args.without_attachment_match else ""
+    from metaprotocol.cli import _native_mode
+
     info["config"] = {"command": "python bench/data_planes.py" + flags, "reps": args.reps, "seconds": args.seconds, "warmup": args.warmup,
-                      "connections": args.connections, "depths": depths, "frames": args.frames, "weights": WEIGHTS}  # fmt: skip
-    planes = Planes(tmp, exe, files)
+                      "connections": args.connections, "depths": depths, "frames": args.frames, "weights": WEIGHTS,
+                      "attachment_match": not args.without_attachment_match, "hot_path": _native_mode()}  # fmt: skip
+    planes = Planes(tmp, exe, files, attachment_match=not args.without_attachment_match)
     runs: list[dict[str, Any]] = []
     cases: list[Case] = []
     try:
