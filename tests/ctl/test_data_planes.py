@@ -38,7 +38,7 @@ from aeraki_ctl.xds.snapshot import version_of
 from aeraki_ctl.xds.server import ENVOY, METAPROTOCOL, AdsServer, data_plane_of, start_server
 from metaprotocol.config.model import ClusterConfig, CodecRef, ListenerConfig
 from metaprotocol.xds import convert
-from tests.ctl.test_incremental import _read, base, edits
+from tests.ctl.test_incremental import apply_edit, base, edits
 from tests.ctl.test_xds_server import Stream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,13 +237,7 @@ def test_the_envoy_snapshot_made_from_the_previous_one_is_the_whole_one(steps: l
     current = base()
     previous = builder.snapshot
     for op, arg in steps:
-        if op == "put":
-            r = _read(arg, source=f"{arg['kind']}.yaml")
-            current[r.ref] = r
-        elif current:
-            ref = sorted(current)[arg % len(current)]
-            if op == "delete":
-                del current[ref]
+        apply_edit(current, op, arg)
         translator(ResourceSet(list(current.values())))
         made = builder.build(translator.outputs, translator.take_changes()[0])
         whole = EnvoySnapshotBuilder()

@@ -131,6 +131,20 @@ edits = st.lists(st.one_of(st.tuples(st.just("put"), objects), st.tuples(st.just
                  min_size=6, max_size=30)  # fmt: skip
 
 
+def apply_edit(current: dict[str, Resource], op: str, arg: Any) -> None:
+    """One edit of ``edits`` applied to the objects by ref."""
+    if op == "put":
+        r = _read(arg, source=f"{arg['kind']}.yaml")
+        current[r.ref] = r
+    elif current:
+        ref = sorted(current)[arg % len(current)]
+        if op == "delete":
+            del current[ref]
+        else:
+            old = current[ref]
+            current[ref] = Resource(old.kind, old.name, old.namespace, type(old.spec).FromString(old.spec.SerializeToString()), old.source, old.line, old.problems)
+
+
 def base() -> dict[str, Resource]:
     """Every host served with subsets v1 and v2 (edits then break and mend them)."""
     out: dict[str, Resource] = {}
@@ -161,16 +175,7 @@ def test_incremental_equals_full_translation_after_any_edits(steps: list[tuple[s
     translator, builder = IncrementalTranslator(), SnapshotBuilder()
     current = base()
     for op, arg in steps:
-        if op == "put":
-            r = _read(arg, source=f"{arg['kind']}.yaml")
-            current[r.ref] = r
-        elif current:
-            ref = sorted(current)[arg % len(current)]
-            if op == "delete":
-                del current[ref]
-            else:
-                old = current[ref]
-                current[ref] = Resource(old.kind, old.name, old.namespace, type(old.spec).FromString(old.spec.SerializeToString()), old.source, old.line, old.problems)
+        apply_edit(current, op, arg)
         resources = ResourceSet(list(current.values()))
         full = translate(resources)
         assert_same(translator(resources), full)
