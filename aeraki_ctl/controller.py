@@ -29,7 +29,7 @@ from aeraki_ctl.sources.zookeeper import ZooKeeperSource, resources_from_registr
 from aeraki_ctl.sidecar import ScopeRules
 from aeraki_ctl.translate import Options
 from aeraki_ctl.xds.server import ENVOY, AdsServer
-from aeraki_ctl.xds.snapshot import SnapshotBuilder
+from aeraki_ctl.xds.snapshot import Snapshot, SnapshotBuilder
 
 log = logging.getLogger(__name__)
 FREEZE_AFTER = 1000  # hosts retranslated by one sync that make it large (the heap is then frozen)
@@ -125,11 +125,6 @@ class Controller:
             elif s.problems:
                 log.warning("%s: %s", s.ref, "; ".join(s.problems))
         self.objects = result.status
-        for hook in self.on_sync:
-            try:
-                hook(result.status)
-            except Exception:  # noqa: BLE001 - a status hook never stops serving
-                log.exception("after-sync hook failed")
         refs = set(result.status)
         file_problems = [str(p) for p in result.unread + result.translation.problems if p.obj not in refs]
         for text in file_problems:  # like object problems: logged when they appear, not every sync
@@ -142,10 +137,13 @@ class Controller:
             snapshot = self.builder.build(self.translator.outputs, touched, scopes)
         except BaseException:
             self.translator.give_back(touched, sidecars_changed)  # the next sync packs them
+            self._after_sync()
             raise
+        envoy = self._render_envoy(touched) if self.envoy_builder is not None else None
+        self._after_sync()  # before any await: the hooks read the sources' caches as this sync did
         await self.ads.set_snapshot(snapshot)
-        if self.envoy_builder is not None:
-            await self._render_envoy(touched)
+        if envoy is not None:
+            await self.ads.set_snapshot(envoy, ENVOY)
         self.applied += 1
         self.last_sync = time.time()
         self.ready = True
@@ -162,19 +160,31 @@ class Controller:
             self._envoy_pending = set(self.translator.outputs)
             log.exception("cannot render the configuration for Envoy; Envoy nodes get nothing until the next sync")
         self.envoy_builder = builder
+        self._after_sync()  # the objects' Envoy status, now
 
-    async def _render_envoy(self, touched: set[str]) -> None:
+    def _render_envoy(self, touched: set[str]) -> Snapshot | None:
         """The Envoy snapshot of this sync; a failure is logged and leaves Envoy nodes on the last
         one (the hosts are redone next time), never our proxies without theirs."""
         assert self.envoy_builder is not None  # noqa: S101 - called only once an Envoy node connected
         hosts, self._envoy_pending = self._envoy_pending | touched, set()
         try:
-            snapshot = self.envoy_builder.build(self.translator.outputs, hosts)
+            return self.envoy_builder.build(self.translator.outputs, hosts)
         except Exception:  # noqa: BLE001 - Envoy's rendering must not fail our proxies' sync
             self._envoy_pending = hosts
             log.exception("cannot render the configuration for Envoy; Envoy nodes keep the last one")
-            return
-        await self.ads.set_snapshot(snapshot, ENVOY)
+            return None
+
+    def _after_sync(self) -> None:
+        """Each object's Envoy status (once an Envoy node connected), then the after-sync hooks."""
+        if self.envoy_builder is not None:
+            envoy = self.envoy_builder.statuses(self.translator.owner_of)
+            for ref, s in self.objects.items():
+                s.envoy = envoy.get(ref)
+        for hook in self.on_sync:
+            try:
+                hook(self.objects)
+            except Exception:  # noqa: BLE001 - a status hook never stops serving
+                log.exception("after-sync hook failed")
 
     def envoy_problems(self) -> list[Problem]:
         """What Envoy nodes cannot be given, per object (empty until an Envoy node connected)."""

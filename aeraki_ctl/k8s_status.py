@@ -18,6 +18,11 @@ not served); the message is the problems joined (at most ``MESSAGE_LIMIT`` chara
 status subresource (``PUT .../metarouters/NAME/status`` with the ``resourceVersion`` it read),
 only when the condition differs from what the object holds, and only while the elector says this
 replica leads. A ``409 Conflict`` is retried after reading the object again.
+
+Once a stock Envoy node has connected (docs/data-planes.md), a second condition, ``EnvoyAccepted``,
+says what Envoy nodes get of the MetaRouter: ``True``/``Translated`` (as on our proxy),
+``True``/``Approximated`` (served with differences, listed), ``False``/``ServingLastTranslatable``
+or ``False``/``NotServed`` (Envoy's filter cannot express it; our proxies serve it regardless).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ GROUP, VERSION, PLURAL = "metaprotocol.aeraki.io", "v1alpha1", "metarouters"
 LEASE_NAME = "aeraki-ctl"
 DEFAULT_LEASE_NAMESPACE = "aeraki"
 CONDITION = "Accepted"
+ENVOY_CONDITION = "EnvoyAccepted"
+_ENVOY_REASONS = {"translated": ("True", "Translated"), "approximated": ("True", "Approximated"),
+                  "serving-last-translatable": ("False", "ServingLastTranslatable"), "not-served": ("False", "NotServed")}  # fmt: skip
 MESSAGE_LIMIT = 1024
 CONFLICT_RETRIES = 5
 HTTP_OK, HTTP_CREATED, HTTP_NOT_FOUND, HTTP_CONFLICT = 200, 201, 404, 409
@@ -283,22 +291,41 @@ def condition_of(s: ObjectStatus, generation: int | None) -> dict[str, Any]:
         status, reason = "False", "ServingLastValid"
     else:
         status, reason = "False", "Invalid"
-    message = "; ".join(s.problems) or ("accepted" if s.state == ACCEPTED else reason)
-    if len(message) > MESSAGE_LIMIT:
-        message = message[: MESSAGE_LIMIT - 3] + "..."
+    message = _limit("; ".join(s.problems) or ("accepted" if s.state == ACCEPTED else reason))
     out: dict[str, Any] = {"type": CONDITION, "status": status, "reason": reason, "message": message}
     if generation is not None:
         out["observedGeneration"] = generation
     return out
 
 
+def conditions_of(s: ObjectStatus, generation: int | None) -> list[dict[str, Any]]:
+    """``Accepted``, and ``EnvoyAccepted`` once Envoy nodes are served (without ``lastTransitionTime``)."""
+    out = [condition_of(s, generation)]
+    if s.envoy is not None:
+        status, reason = _ENVOY_REASONS[s.envoy.state]
+        message = _limit("; ".join(s.envoy.problems) or "translated for Envoy's own filters")
+        envoy: dict[str, Any] = {"type": ENVOY_CONDITION, "status": status, "reason": reason, "message": message}
+        if generation is not None:
+            envoy["observedGeneration"] = generation
+        out.append(envoy)
+    return out
+
+
+def _limit(message: str) -> str:
+    return message[: MESSAGE_LIMIT - 3] + "..." if len(message) > MESSAGE_LIMIT else message
+
+
 def _same(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
     return a is not None and all(a.get(k) == b.get(k) for k in ("type", "status", "reason", "message", "observedGeneration"))
 
 
-def _current(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+def _all_same(obj: Mapping[str, Any], wanted: list[dict[str, Any]]) -> bool:
+    return all(_same(_current(obj, w["type"]), w) for w in wanted)
+
+
+def _current(obj: Mapping[str, Any], kind: str = CONDITION) -> dict[str, Any] | None:
     for c in (obj.get("status") or {}).get("conditions") or []:
-        if isinstance(c, dict) and c.get("type") == CONDITION:
+        if isinstance(c, dict) and c.get("type") == kind:
             return c
     return None
 
@@ -336,7 +363,7 @@ class StatusWriter:
         self.conflicts = 0  # 409s retried
         self.failures = 0  # writes given up (logged)
         self._wanted = asyncio.Event()
-        self._mine: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}  # (ns, name) -> (resourceVersion written over, condition written)
+        self._mine: dict[tuple[str, str], tuple[str, list[dict[str, Any]]]] = {}  # (ns, name) -> (resourceVersion written over, conditions written)
 
     def observe(self, objects: Mapping[str, ObjectStatus]) -> None:
         """Record the lifecycle state of every MetaRouter from Kubernetes, and wake the writer."""
@@ -370,17 +397,17 @@ class StatusWriter:
                 self.failures += 1
                 log.exception("writing MetaRouter status failed")
 
-    def _pending(self, key: tuple[str, str], o: Observed) -> dict[str, Any] | None:
-        """The condition to write for ``key``, or None when the object already says it."""
-        want = condition_of(o.status, o.generation)
+    def _pending(self, key: tuple[str, str], o: Observed) -> list[dict[str, Any]] | None:
+        """The conditions to write for ``key``, or None when the object already says them."""
+        want = conditions_of(o.status, o.generation)
         obj = self.cache.get(("MetaRouter", *key))
         if obj is None:
             return None
         mine = self._mine.get(key)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
-        if mine is not None and mine[0] == rv and _same(mine[1], want):
+        if mine is not None and mine[0] == rv and len(mine[1]) == len(want) and all(_same(a, b) for a, b in zip(mine[1], want, strict=True)):
             return None  # our write's MODIFIED event has not arrived yet: the cache is older than it
-        return None if _same(_current(obj), want) else want
+        return None if _all_same(obj, want) else want
 
     async def reconcile(self) -> int:
         """Write every condition that differs (when leading); how many were written."""
@@ -403,23 +430,26 @@ class StatusWriter:
         for _ in range(CONFLICT_RETRIES):
             if obj is None or not self.leader():
                 return False
-            want = condition_of(o.status, o.generation)
-            current = _current(obj)
-            if _same(current, want):
+            wanted = conditions_of(o.status, o.generation)
+            if _all_same(obj, wanted):
                 return False
-            if current is not None and current.get("status") == want["status"] and current.get("lastTransitionTime"):
-                want["lastTransitionTime"] = current["lastTransitionTime"]
-            else:
-                want["lastTransitionTime"] = rfc3339(self.clock())
+            for want in wanted:
+                current = _current(obj, want["type"])
+                if current is not None and current.get("status") == want["status"] and current.get("lastTransitionTime"):
+                    want["lastTransitionTime"] = current["lastTransitionTime"]
+                else:
+                    want["lastTransitionTime"] = rfc3339(self.clock())
+            kinds = {w["type"] for w in wanted}
             status = dict(obj.get("status") or {})
-            status["conditions"] = [c for c in status.get("conditions") or [] if not (isinstance(c, dict) and c.get("type") == CONDITION)] + [want]
+            status["conditions"] = [c for c in status.get("conditions") or [] if not (isinstance(c, dict) and c.get("type") in kinds)] + wanted
+            want = wanted[0]
             meta = obj.get("metadata") or {}
             rv = meta.get("resourceVersion")
             body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MetaRouter", "metadata": {"name": name, "namespace": ns, "resourceVersion": rv}, "status": status}
             code, answer = await _call(api.replace_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, name, body, _preload_content=False))
             if code == HTTP_OK:
                 self.writes += 1
-                self._mine[key] = (str(rv), want)
+                self._mine[key] = (str(rv), wanted)
                 log.info("MetaRouter %s/%s: %s=%s (%s), generation %s", ns, name, CONDITION, want["status"], want["reason"], want.get("observedGeneration"))
                 return True
             if code == HTTP_NOT_FOUND:  # deleted meanwhile

@@ -30,10 +30,25 @@ class ObjectStatus:
     state: str
     problems: list[str] = field(default_factory=list)
     valid_versions: int = 0  # how many distinct valid versions were accepted so far
+    envoy: EnvoyStatus | None = None  # what stock Envoy nodes get of it (once one connected; its listeners' owner only)
 
     def as_dict(self) -> dict[str, object]:
         """JSON shape served by the admin API's /status."""
-        return {"source": self.source, "state": self.state, "problems": list(self.problems), "valid_versions": self.valid_versions}
+        out: dict[str, object] = {"source": self.source, "state": self.state, "problems": list(self.problems), "valid_versions": self.valid_versions}
+        if self.envoy is not None:
+            out["envoy"] = {"state": self.envoy.state, "problems": list(self.envoy.problems)}
+        return out
+
+
+@dataclass(frozen=True)
+class EnvoyStatus:
+    """The rendering for stock Envoy of the listeners an object owns (``aeraki_ctl.envoy``):
+    ``translated`` (as on our proxy), ``approximated`` (served, with differences), or, when Envoy's
+    filter cannot express it, ``serving-last-translatable`` / ``not-served`` (for Envoy nodes
+    alone; the object stays accepted for our proxies)."""
+
+    state: str
+    problems: tuple[str, ...] = ()
 
 
 @dataclass

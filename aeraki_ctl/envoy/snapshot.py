@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aeraki_ctl.envoy.common import EnvoyListener, Gap
 from aeraki_ctl.envoy.translate import translate_host
 from aeraki_ctl.incremental import HostOutput
+from aeraki_ctl.lifecycle import EnvoyStatus
 from aeraki_ctl.resources import Problem, Resource as Object
 from aeraki_ctl.translate import Options
 from aeraki_ctl.xds.snapshot import TYPES, Resource, Snapshot, resource, version_of
@@ -153,6 +154,27 @@ class EnvoySnapshotBuilder:
         return out
 
 
+    def statuses(self, owner_of: Callable[[str], Object | None]) -> dict[str, EnvoyStatus]:
+        """Per object that owns listeners: the worst state of its listeners on Envoy, and its gaps
+        (as ``problems`` says them)."""
+        worst: dict[str, int] = {}
+        for host, verdicts in self.verdicts.items():
+            owner = owner_of(host)
+            if owner is None:
+                continue
+            for verdict in verdicts.values():
+                rank = _RANK[verdict.state] if verdict.state != SERVING else int(bool(verdict.gaps))
+                worst[owner.ref] = max(worst.get(owner.ref, 0), rank)
+            if self.cluster_gaps.get(host):
+                worst[owner.ref] = max(worst.get(owner.ref, 0), 1)
+        said: dict[str, list[str]] = {}
+        for p in self.problems(owner_of):
+            said.setdefault(p.obj, []).append(f"{p.path}: {p.reason}" if p.path else p.reason)
+        return {ref: EnvoyStatus(_STATES[rank], tuple(said.get(ref, ()))) for ref, rank in worst.items()}
+
+
+_RANK = {SERVING_LAST: 2, NOT_SERVED: 3}
+_STATES = ("translated", "approximated", SERVING_LAST, NOT_SERVED)
 _FATE = {
     SERVING: "served",
     SERVING_LAST: "rejected for Envoy nodes: they keep its last translatable version",

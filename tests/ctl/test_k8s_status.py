@@ -16,7 +16,7 @@ from aeraki_ctl.controller import Controller
 from aeraki_ctl.k8s_status import LeaderElector, StatusWriter, condition_of
 from aeraki_ctl.lifecycle import ACCEPTED, REJECTED, SERVING_LAST_VALID, ObjectStatus
 from aeraki_ctl.sources.kubernetes import KubernetesSource
-from aeraki_ctl.xds.server import AdsServer
+from aeraki_ctl.xds.server import ENVOY, AdsServer
 from tests.ctl.test_kubernetes import NS, destination_rule, eventually, metarouter, service_entry
 from tests.k8s_contract import ContractServer
 
@@ -390,3 +390,42 @@ def test_identity_and_namespace_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
     assert default_identity() == f"aeraki-ctl-7d9-x_{os.getpid()}" and default_lease_namespace() == "mesh"
     monkeypatch.delenv("POD_NAMESPACE")
     assert default_lease_namespace() == "aeraki"
+
+
+def envoy_condition(server: ContractServer, name: str = "route") -> dict[str, Any] | None:
+    conditions = (stored(server, name).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "EnvoyAccepted"), None)
+
+
+@pytest.mark.asyncio
+async def test_once_envoy_nodes_are_served_the_metarouter_says_what_they_get(world: ContractServer) -> None:
+    api = world
+    api.apply(metarouter((20, 80)))
+    replica = await Replica(api, "a").start()
+    try:
+        await eventually(lambda: accepted(api) is not None)
+        assert envoy_condition(api) is None  # no Envoy node yet: nothing said about Envoy
+        for hook in replica.controller.ads.on_data_plane:
+            hook(ENVOY)  # what the ADS server does when the first Envoy node connects
+        await eventually(lambda: envoy_condition(api) is not None)
+        first = envoy_condition(api)
+        assert first is not None and (first["status"], first["reason"]) == ("True", "Translated")
+
+        mirrored = metarouter((20, 80))
+        mirrored["spec"]["routes"][0]["mirror"] = {"host": mirrored["spec"]["hosts"][0], "subset": "v1"}
+        api.apply(mirrored)  # dubbo_proxy serves it without the mirror
+        await eventually(lambda: (envoy_condition(api) or {}).get("reason") == "Approximated")
+        approximated = envoy_condition(api)
+        assert approximated is not None and approximated["status"] == "True" and "spec.routes[0].mirror" in approximated["message"]
+
+        mutated = metarouter((50, 50))
+        mutated["spec"]["routes"][0]["requestMutation"] = [{"key": "x-mesh", "value": "1"}]
+        api.apply(mutated)  # our proxy serves it; dubbo_proxy cannot: Envoy keeps the last one
+        await eventually(lambda: (envoy_condition(api) or {}).get("reason") == "ServingLastTranslatable")
+        kept = envoy_condition(api)
+        assert kept is not None and kept["status"] == "False" and "requestMutation" in kept["message"] and kept["observedGeneration"] == 3
+        ok = accepted(api)
+        assert ok is not None and (ok["status"], ok["reason"], ok["observedGeneration"]) == ("True", "Accepted", 3)
+        assert replica.controller.status()["objects"][f"MetaRouter {NS}/route"]["envoy"]["state"] == "serving-last-translatable"  # type: ignore[index]
+    finally:
+        await replica.stop()
