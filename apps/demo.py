@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
+from aeraki_ctl.envoy.bootstrap import envoy_bootstrap
 from aeraki_ctl.resources import load_directory
 from aeraki_ctl.translate import Options, translate
 from metaprotocol_apps.dubbo import DubboConsumer, DubboError, DubboProvider, RemoteException
@@ -175,28 +176,6 @@ def envoy_binary() -> str:
     return found
 
 
-def envoy_bootstrap(xds_port: int, admin_port: int, node_id: str) -> dict[str, Any]:
-    """Nothing but the ADS cluster and the node: listeners, route tables, clusters and endpoints all
-    come from aeraki-ctl; ``DATA_PLANE: envoy`` makes it serve Envoy's own filters."""
-    ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
-        "node": {"id": node_id, "cluster": "demo", "metadata": {"DATA_PLANE": "envoy"}},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]},
-            "cds_config": ads, "lds_config": ads,
-        },
-        "static_resources": {"clusters": [{
-            "name": "aeraki-xds", "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": "aeraki-xds", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": xds_port}}}}]}]},
-        }]},
-    }  # fmt: skip
-
-
 class EnvoyProxy:
     """Stock Envoy as a separate process, configured by the demo's aeraki-ctl over ADS only.
 
@@ -217,7 +196,7 @@ class EnvoyProxy:
         version = _envoy_version(exe)
         admin_port = _free_port()
         config = workdir / "envoy.json"
-        config.write_text(json.dumps(envoy_bootstrap(xds_port, admin_port, "demo-envoy")))
+        config.write_text(json.dumps(envoy_bootstrap(("127.0.0.1", xds_port), "demo-envoy", cluster="demo", admin_port=admin_port)))
         log = workdir / "envoy.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([exe, "-c", str(config), "--concurrency", "1", "--log-level", "warning", "--disable-hot-restart",
