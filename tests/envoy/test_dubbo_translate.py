@@ -8,17 +8,12 @@ matcher, regex and weighted cluster of the table.
 
 from __future__ import annotations
 
-import copy
-import json
-import subprocess
-from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from envoy.extensions.filters.network.dubbo_proxy.v3 import dubbo_proxy_pb2, route_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
-from google.protobuf import json_format
 
 from aeraki_ctl.envoy import dubbo
 from aeraki_ctl.envoy.common import DUBBO_ROUTE_TYPE, EnvoyListener, Gap
@@ -41,7 +36,7 @@ from metaprotocol.config.model import (
     WeightedCluster,
 )
 from metaprotocol.xds import convert
-from tests.envoy_node import envoy_binary
+from tests.envoy.validation import assert_envoy_accepts, plain, validate
 from tests.tls_certs import CertAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,50 +89,8 @@ def proxy_of(out: EnvoyListener) -> dubbo_proxy_pb2.DubboProxy:
     return cfg
 
 
-def plain(msg: object) -> dict[str, object]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)  # type: ignore[arg-type]
-
 
 # -- Envoy validates what is served ---------------------------------------------------------------
-
-
-def validate(tmp: Path, served: Sequence[EnvoyListener], clusters: Mapping[str, ClusterConfig]) -> subprocess.CompletedProcess[str]:
-    """``envoy --mode validate`` on a bootstrap with each listener twice: as sent (routes by
-    ``drds`` / ``generic_rds`` over ADS) and with its route table inline."""
-    listeners: list[dict[str, object]] = []
-    for k, out in enumerate(served):
-        assert out.listener is not None and not out.rejected, out.gaps
-        sent = plain(out.listener)
-        sent["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": 20000 + 2 * k}}
-        inline = copy.deepcopy(sent)
-        inline["name"] = f"{sent['name']}-inline"
-        inline["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": 20001 + 2 * k}}
-        cfg = inline["filter_chains"][0]["filters"][-1]["typed_config"]  # type: ignore[index]
-        if "drds" in cfg:  # dubbo_proxy
-            del cfg["drds"]
-            cfg["multiple_route_config"] = plain(out.routes[0][2])
-        else:  # generic_proxy
-            del cfg["generic_rds"]
-            cfg["route_config"] = plain(out.routes[0][2])
-        listeners += [sent, inline]
-    ads = {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]}
-    xds_cluster = {"name": "aeraki-xds", "type": "STATIC", "connect_timeout": "1s",
-                   "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                       "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config": {"http2_protocol_options": {}}}},
-                   "load_assignment": {"cluster_name": "aeraki-xds", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}}  # fmt: skip
-    bootstrap = {
-        "node": {"id": "validate", "cluster": "test"},
-        "dynamic_resources": {"ads_config": ads},
-        "static_resources": {"listeners": listeners, "clusters": [xds_cluster, *(plain(convert.cluster_to_xds(c, static=True)) for c in clusters.values())]},
-    }
-    path = tmp / "envoy.json"
-    path.write_text(json.dumps(bootstrap))
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error", "--disable-hot-restart"], capture_output=True, text=True, timeout=60)
-
-
-def assert_envoy_accepts(tmp: Path, served: Sequence[EnvoyListener], clusters: Mapping[str, ClusterConfig]) -> None:
-    result = validate(tmp, served, clusters)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_envoy_refuses_a_broken_table_so_the_validation_means_something(tmp_path: Path) -> None:

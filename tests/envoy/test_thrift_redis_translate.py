@@ -9,17 +9,13 @@ listener as it is (redis_proxy has its routes inline).
 
 from __future__ import annotations
 
-import copy
-import json
-import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from envoy.extensions.filters.network.redis_proxy.v3 import redis_proxy_pb2
 from envoy.extensions.filters.network.thrift_proxy.v3 import route_pb2, thrift_proxy_pb2
-from google.protobuf import json_format
 
 from aeraki_ctl.envoy import redis, thrift
 from aeraki_ctl.envoy.common import THRIFT_ROUTE_TYPE, EnvoyListener
@@ -42,7 +38,7 @@ from metaprotocol.config.model import (
     RouteRule,
 )
 from metaprotocol.xds import convert
-from tests.envoy_node import envoy_binary
+from tests.envoy.validation import assert_envoy_accepts, plain, validate
 from tests.tls_certs import CertAuthority
 
 THOST = "users.thrift.svc"
@@ -129,9 +125,6 @@ def with_routes(lst: ListenerConfig, *rules: RouteRule, **changes: object) -> Li
     return replace(lst, route_config=replace(lst.route_config, routes=rules), **changes)  # type: ignore[arg-type]
 
 
-def plain(msg: object) -> dict[str, object]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)  # type: ignore[arg-type]
-
 
 def gaps(out: EnvoyListener) -> dict[str, tuple[bool, str]]:
     """Gaps by path: (fatal, reason)."""
@@ -160,43 +153,6 @@ def redis_proxy(out: EnvoyListener) -> redis_proxy_pb2.RedisProxy:
 
 
 # -- Envoy validates what is served ---------------------------------------------------------------
-
-
-def validate(tmp: Path, served: Sequence[EnvoyListener], clusters: Mapping[str, ClusterConfig]) -> subprocess.CompletedProcess[str]:
-    """``envoy --mode validate`` on a bootstrap with every listener as sent, and each Thrift one
-    again with its table inline (``route_config`` instead of ``trds``)."""
-    listeners: list[dict[str, object]] = []
-    for k, out in enumerate(served):
-        assert out.listener is not None and not out.rejected, out.gaps
-        sent = plain(out.listener)
-        sent["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": 21000 + 2 * k}}
-        listeners.append(sent)
-        if out.routes:
-            inline = copy.deepcopy(sent)
-            inline["name"] = f"{sent['name']}-inline"
-            inline["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": 21001 + 2 * k}}
-            cfg = inline["filter_chains"][0]["filters"][-1]["typed_config"]  # type: ignore[index]
-            del cfg["trds"]
-            cfg["route_config"] = plain(out.routes[0][2])
-            listeners.append(inline)
-    ads = {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "aeraki-xds"}}]}
-    xds_cluster = {"name": "aeraki-xds", "type": "STATIC", "connect_timeout": "1s",
-                   "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                       "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config": {"http2_protocol_options": {}}}},
-                   "load_assignment": {"cluster_name": "aeraki-xds", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}}  # fmt: skip
-    bootstrap = {
-        "node": {"id": "validate", "cluster": "test"},
-        "dynamic_resources": {"ads_config": ads},
-        "static_resources": {"listeners": listeners, "clusters": [xds_cluster, *(plain(convert.cluster_to_xds(c, static=True)) for c in clusters.values())]},
-    }
-    path = tmp / "envoy.json"
-    path.write_text(json.dumps(bootstrap))
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error", "--disable-hot-restart"], capture_output=True, text=True, timeout=60)
-
-
-def assert_envoy_accepts(tmp: Path, served: Sequence[EnvoyListener], clusters: Mapping[str, ClusterConfig]) -> None:
-    result = validate(tmp, served, clusters)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_envoy_refuses_broken_tables_so_the_validation_means_something(tmp_path: Path) -> None:
