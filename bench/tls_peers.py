@@ -1,14 +1,15 @@
 """TLS termination + origination for Redis: our proxy vs Envoy redis_proxy doing the same, in one run.
 
-    python bench/tls_peers.py [--requests 200000] [--repeat 1] [--handshake-seconds 5]
+    python bench/tls_peers.py [--requests 200000] [--repeat 3] [--handshake-seconds 5]
 
 Both proxies terminate mutual TLS from ``redis-benchmark --tls`` (client certificate, SAN-checked)
 and originate mutual TLS to a redis-server that speaks TLS only (``--tls-port``, client
 certificates required); certificates come from a test CA (tests/tls_certs.py). Plaintext runs of
 both are included for the cost of TLS. Reports GET/SET ops/s at ``-P 1`` and ``-P 16`` (50
-clients), CPU microseconds per request (from /proc), the ratio against Envoy, and the full
-handshake rate each proxy sustains (``openssl s_time -new``: a new TLS connection, mutual, per
-handshake; the client runs on the same host and its own CPU bounds the rate for both alike).
+clients; medians of interleaved repetitions), CPU microseconds per request (from /proc), the ratio
+against Envoy, a CPU calibration at the start and the end, and full mutual-TLS handshakes
+(``openssl s_time -new``, one client at a time) per wall-clock second with the proxy's CPU per
+handshake (s_time's own printed rate is per second of its user CPU, not of the wall clock).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.peers import cpu_seconds  # noqa: E402
+from bench.representative.run import calibrate  # noqa: E402
+from bench.representative.targets import build_c  # noqa: E402
 from tests.servers import free_port, wait_port  # noqa: E402
 from tests.tls_certs import CertAuthority  # noqa: E402
 
@@ -124,7 +128,7 @@ def handshake_count(port: int, seconds: int, certs: dict[str, str]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved repetitions; the medians are reported")
     parser.add_argument("--handshake-seconds", type=int, default=5)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mp-bench-tls-"))
@@ -143,20 +147,29 @@ def main() -> None:
     wait_port(tls_redis)
     targets = start_targets(tmp, plain_redis, tls_redis, certs)
     rows = []
+    exe = build_c(tmp)
+    calibration = {"start": calibrate(exe["calibrate"])}
     try:
         time.sleep(1)
-        for pipeline in (1, 16):
-            for name, (port, proc, tls) in targets.items():
-                best: dict[str, float] = {}
-                cpu = 0.0
-                for _ in range(args.repeat):
+        # Repetitions interleaved (the targets' order rotated each time): noise from other work on
+        # the machine spreads over every target instead of favouring the first ones.
+        samples: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        names = list(targets)
+        for rep in range(args.repeat):
+            order = names[rep % len(names):] + names[: rep % len(names)]
+            for pipeline in (1, 16):
+                for name in order:
+                    port, proc, tls = targets[name]
                     before = cpu_seconds(proc.pid) if proc else 0.0
                     got = redis_benchmark(port, args.requests, pipeline, tls, certs)
                     cpu = (cpu_seconds(proc.pid) - before) if proc else 0.0
-                    for k, v in got.items():
-                        best[k] = max(best.get(k, 0.0), v)
-                us_per_req = cpu / (2 * args.requests) * 1e6 if proc else 0.0
-                rows.append({"target": name, "pipeline": pipeline, "GET": best.get("GET", 0), "SET": best.get("SET", 0), "cpu_us_per_request": round(us_per_req, 2)})
+                    samples.setdefault((name, pipeline), []).append((got.get("GET", 0.0), got.get("SET", 0.0), cpu / (2 * args.requests) * 1e6))
+        for pipeline in (1, 16):
+            for name in names:
+                runs = samples[(name, pipeline)]
+                gets, sets, cpus = ([r[i] for r in runs] for i in range(3))
+                rows.append({"target": name, "pipeline": pipeline, "GET": statistics.median(gets), "GET_range": [min(gets), max(gets)],
+                             "SET": statistics.median(sets), "cpu_us_per_request": round(statistics.median(cpus), 2)})  # fmt: skip
         handshakes = {}
         for name, (port, proc, tls) in targets.items():
             if tls and proc is not None:
@@ -167,6 +180,7 @@ def main() -> None:
                 cpu = cpu_seconds(proc.pid) - before
                 handshakes[name] = {"handshakes_per_s": round(count / elapsed), "proxy_cpu_share": round(cpu / elapsed, 2),
                                     "proxy_cpu_ms_per_handshake": round(cpu / count * 1000, 3) if count else None}  # fmt: skip
+        calibration["end"] = calibrate(exe["calibrate"])
     finally:
         for _, proc, _ in targets.values():
             if proc:
@@ -176,6 +190,8 @@ def main() -> None:
             s.terminate()
             s.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"calibration (CPU ms, Python loop / C loop): start {calibration['start']['python_loop_ms']} / {calibration['start']['c_loop_ms']}, "
+          f"end {calibration.get('end', {}).get('python_loop_ms')} / {calibration.get('end', {}).get('c_loop_ms')}; load {calibration['start']['loadavg']}")
     print(f"{'target':<18}{'-P':>4}{'GET ops/s':>12}{'SET ops/s':>12}{'CPU us/req':>12}{'GET vs envoy':>14}")
     for row in rows:
         peer = "envoy-tls" if str(row["target"]).endswith("tls") else "envoy"
@@ -186,7 +202,7 @@ def main() -> None:
     for name, h in handshakes.items():
         print(f"{name:<18} {h['handshakes_per_s']:>6} mutual-TLS handshakes per wall-clock s, one client at a time "
               f"(proxy CPU {h['proxy_cpu_share']:.0%}, {h['proxy_cpu_ms_per_handshake']} ms per handshake)")
-    (ROOT / "bench/results/tls_peers.json").write_text(json.dumps({"throughput": rows, "handshakes": handshakes}, indent=2) + "\n")
+    (ROOT / "bench/results/tls_peers.json").write_text(json.dumps({"calibration": calibration, "repeat": args.repeat, "throughput": rows, "handshakes": handshakes}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
