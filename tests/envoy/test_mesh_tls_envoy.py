@@ -82,10 +82,10 @@ def test_permissive_listener_on_envoy_with_its_identity_from_sds(tmp_path: Path,
     ca_key.write_bytes(ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({ENVOY_ID: "gateway-token"}))
-    xds, offset = free_port(), free_port() - 20880
+    xds, offset, admin = free_port(), free_port() - 20880, free_port()
     ctl = subprocess.Popen([sys.executable, "-m", "aeraki_ctl.cli", "serve", "--config-dir", str(config), "--xds-address", f"127.0.0.1:{xds}",
                             "--port-offset", str(offset), "--ca", "--ca-cert", str(ca_cert), "--ca-key", str(ca_key), "--ca-tokens", str(tokens),
-                            "--log-level", "WARNING"], env=ENV)  # fmt: skip
+                            "--admin", f"127.0.0.1:{admin}", "--log-level", "WARNING"], env=ENV)  # fmt: skip
     try:
         wait_port(xds, 20)
         with EnvoyNode(tmp_path, xds, "gateway", token="gateway-token") as envoy:
@@ -116,6 +116,11 @@ def test_permissive_listener_on_envoy_with_its_identity_from_sds(tmp_path: Path,
             assert f'"name": "{CERTIFICATE_SECRET}"' in dump and f'"name": "{ROOT_SECRET}"' in dump and "tls_inspector" in dump
             assert "cert.pem" not in dump  # no file of our proxy's identity directory reaches Envoy
             assert not envoy.rejected()
+            # aeraki-ctl tracks Envoy's ACKs like any proxy's
+            status = subprocess.run([sys.executable, "-m", "aeraki_ctl.cli", "proxy-status", "--admin", f"127.0.0.1:{admin}"],
+                                    capture_output=True, text=True, timeout=30, env=ENV)  # fmt: skip
+            row = next(line.split() for line in status.stdout.splitlines() if line.startswith("gateway "))
+            assert row[1:6] == ["envoy", "SYNCED", "SYNCED", "SYNCED", "SYNCED"], status.stdout
     finally:
         ctl.terminate()
         ctl.wait(10)
