@@ -75,3 +75,25 @@ async def test_policies_are_watched_at_the_served_version_and_select_by_pod_labe
     finally:
         await source.close()
         await server.close()
+
+
+@pytest.mark.asyncio
+async def test_peer_authentication_is_watched_and_sets_the_listener_tls_by_pod_labels() -> None:
+    server = ContractServer(served={"security.istio.io": ("v1beta1",)})
+    await server.start()
+    policy = {"apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication", "metadata": {"name": "demo", "namespace": NS},
+              "spec": {"selector": {"matchLabels": {"app": "demo"}}, "mtls": {"mode": "STRICT"}}}  # fmt: skip
+    for obj in (k8s_service(), pod("demo-1", "v1"), endpoint_slice("demo-a", 20881, [("10.0.0.1", "demo-1", True)]), policy):
+        server.apply(obj)
+    source, changes = await started(server)
+    try:
+        assert f"PeerAuthentication {NS}/demo" in by_ref(source)
+        assert all(path.startswith("/apis/security.istio.io/v1beta1/") for path, _ in server.requests if path.endswith("/peerauthentications"))
+        (lst,) = translate(ResourceSet(list(source.resources()[0]))).bootstrap.listeners
+        assert lst.tls is not None and lst.tls.require_client_certificate and not lst.tls.allow_plaintext
+        before = changes[0]
+        server.apply({**policy, "spec": {"selector": {"matchLabels": {"app": "demo"}}, "mtls": {"mode": "PERMISSIVE"}}})
+        await eventually(lambda: changes[0] > before and (translate(ResourceSet(list(source.resources()[0]))).bootstrap.listeners[0].tls or lst.tls).allow_plaintext)
+    finally:
+        await source.close()
+        await server.close()
