@@ -139,7 +139,7 @@ class Controller:
             self.translator.give_back(touched, sidecars_changed)  # the next sync packs them
             self._after_sync()
             raise
-        envoy = self._render_envoy(touched) if self.envoy_builder is not None else None
+        envoy = self._render_envoy(touched, scopes) if self.envoy_builder is not None else None
         self._after_sync()  # before any await: the hooks read the sources' caches as this sync did
         await self.ads.set_snapshot(snapshot)
         if envoy is not None:
@@ -155,20 +155,20 @@ class Controller:
             return
         builder = EnvoySnapshotBuilder(port_offset=self.options.envoy_port_offset, identity_dir=self.options.identity_dir)
         try:
-            self.ads.install(builder.build(self.translator.outputs, list(self.translator.outputs)), ENVOY)
+            self.ads.install(builder.build(self.translator.outputs, list(self.translator.outputs), self.builder.snapshot.scopes), ENVOY)
         except Exception:  # noqa: BLE001 - an Envoy node must not stop serving our proxies
             self._envoy_pending = set(self.translator.outputs)
             log.exception("cannot render the configuration for Envoy; Envoy nodes get nothing until the next sync")
         self.envoy_builder = builder
         self._after_sync()  # the objects' Envoy status, now
 
-    def _render_envoy(self, touched: set[str]) -> Snapshot | None:
+    def _render_envoy(self, touched: set[str], scopes: ScopeRules | None) -> Snapshot | None:
         """The Envoy snapshot of this sync; a failure is logged and leaves Envoy nodes on the last
         one (the hosts are redone next time), never our proxies without theirs."""
         assert self.envoy_builder is not None  # noqa: S101 - called only once an Envoy node connected
         hosts, self._envoy_pending = self._envoy_pending | touched, set()
         try:
-            return self.envoy_builder.build(self.translator.outputs, hosts)
+            return self.envoy_builder.build(self.translator.outputs, hosts, scopes)
         except Exception:  # noqa: BLE001 - Envoy's rendering must not fail our proxies' sync
             self._envoy_pending = hosts
             log.exception("cannot render the configuration for Envoy; Envoy nodes keep the last one")

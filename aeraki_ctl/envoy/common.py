@@ -20,6 +20,8 @@ from metaprotocol.config.model import RouteRule
 
 DUBBO_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.MultipleRouteConfiguration"
 THRIFT_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration"
+GENERIC_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration"
+ENVOY_ROUTE_TYPES: Final = (DUBBO_ROUTE_TYPE, GENERIC_ROUTE_TYPE, THRIFT_ROUTE_TYPE)  # what Envoy's filters read over RDS
 
 
 @dataclass(frozen=True)

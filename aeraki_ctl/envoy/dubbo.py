@@ -94,7 +94,7 @@ from xds.type.matcher.v3 import regex_pb2 as xds_regex_pb2
 from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from aeraki_ctl.envoy import network
-from aeraki_ctl.envoy.common import DUBBO_ROUTE_TYPE, EnvoyListener, Gap, ads, route_path, typed
+from aeraki_ctl.envoy.common import DUBBO_ROUTE_TYPE, GENERIC_ROUTE_TYPE, EnvoyListener, Gap, ads, route_path, typed
 from metaprotocol.config.model import (
     DEFAULT_ROUTE_TIMEOUT,
     AttributeMatcher,
@@ -110,7 +110,6 @@ ROUTER: Final = "envoy.filters.dubbo.router"
 GENERIC_FILTER: Final = "envoy.filters.network.generic_proxy"
 GENERIC_ROUTER: Final = "envoy.filters.generic.router"
 GENERIC_CODEC: Final = "envoy.generic_proxy.codecs.dubbo"
-GENERIC_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration"
 _Predicate: TypeAlias = matcher_pb2.Matcher.MatcherList.Predicate
 ANY_METHOD: Final = ".*"
 

@@ -3,8 +3,9 @@
 Only the hosts a sync redid are translated and packed again. A listener that Envoy's filter cannot
 express (a fatal ``Gap``) is rejected for Envoy alone: Envoy nodes keep its last translatable
 version, or do not get it at all if it never had one (never a default route in its place); our
-proxies get the new version from their own snapshot. Envoy nodes see every host (no Sidecar
-scoping yet).
+proxies get the new version from their own snapshot. Sidecar scoping applies as for our proxies
+(the snapshot carries each host's ports and the Sidecar rules; the server's views of Envoy nodes
+count Envoy's own route table types).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 
 from aeraki_ctl.envoy.common import EnvoyListener, Gap
 from aeraki_ctl.envoy.translate import translate_host
-from aeraki_ctl.incremental import HostOutput
+from aeraki_ctl.incremental import HostOutput, PortView
 from aeraki_ctl.lifecycle import EnvoyStatus
 from aeraki_ctl.resources import Problem, Resource as Object
+from aeraki_ctl.sidecar import ScopeRules
 from aeraki_ctl.translate import Options
 from aeraki_ctl.xds.snapshot import TYPES, Resource, Snapshot, resource, version_of
 from metaprotocol.xds import convert
@@ -47,25 +49,32 @@ class EnvoySnapshotBuilder:
         self._providers: dict[tuple[str, str], dict[str, Resource]] = {}  # (type URL, name) -> host -> its version of it
         self._own: dict[str, frozenset[str]] = {}  # host -> the clusters that are its own (not added by its MetaRouter)
         self._sums: dict[str, int] = {}
-        self.snapshot = Snapshot()
+        self._hosts: dict[str, tuple[PortView, ...]] = {}
+        self.snapshot = Snapshot(hosts={})
 
-    def build(self, outputs: Mapping[str, HostOutput], touched: Iterable[str]) -> Snapshot:
+    def build(self, outputs: Mapping[str, HostOutput], touched: Iterable[str], scopes: ScopeRules | None = None) -> Snapshot:
         """The next snapshot: ``outputs`` are every host's, ``touched`` those redone since the
-        last build (every host of ``outputs`` on the first build). Made from the previous one:
-        only the names the touched hosts provide are looked at, and the snapshot says which
-        changed (so the server compares nothing)."""
+        last build (every host of ``outputs`` on the first build), ``scopes`` the served Sidecars
+        (None: unchanged). Made from the previous one: only the names the touched hosts provide are
+        looked at, and the snapshot says which changed (so the server compares nothing)."""
         prev = self.snapshot
         seen: set[tuple[str, str]] = set()
+        moved_hosts: set[str] = set()
         for h in touched:
             before = self._packed.get(h, {})
             out = outputs.get(h)
             if out is None:
                 for table in (self._served, self._packed, self.verdicts, self.cluster_gaps, self._own):
                     table.pop(h, None)
+                if self._hosts.pop(h, None) is not None:
+                    moved_hosts.add(h)
                 after: dict[str, dict[str, Resource]] = {}
             else:
                 self._host(out)
                 after = self._packed[h]
+                if self._hosts.get(h) != out.ports:
+                    self._hosts[h] = out.ports
+                    moved_hosts.add(h)
             for type_url in {*before, *after}:
                 old, new = before.get(type_url, {}), after.get(type_url, {})
                 for name in {*old, *new}:
@@ -96,7 +105,8 @@ class EnvoySnapshotBuilder:
             else:
                 copied[type_url][name] = now
         versions = {t: version_of(self._sums.get(t, 0)) for t in by_type}
-        self.snapshot = Snapshot(by_type, versions, base=prev.serial, changed={t: frozenset(n) for t, n in changed.items()})
+        self.snapshot = Snapshot(by_type, versions, base=prev.serial, changed={t: frozenset(n) for t, n in changed.items()}, hosts=dict(self._hosts),
+                                 changed_hosts=frozenset(moved_hosts), scopes=prev.scopes if scopes is None else scopes)  # fmt: skip
         return self.snapshot
 
     def _chosen(self, name: str, providers: Mapping[str, Resource]) -> Resource | None:

@@ -12,7 +12,7 @@ endpoints then carries only those when the stream holds an earlier version (the 
 them; the full set on a new subscription and after a NACK); listeners and clusters carry the
 whole (scoped) set, as the protocol requires. Delta responses carry changes and removals only.
 A proxy's scope is the Istio Sidecar that applies to it (``aeraki_ctl.sidecar``), from the
-namespace and labels in its node metadata; proxies of one scope share one view.
+namespace and labels in its node metadata; proxies of one scope (and data plane) share one view.
 
 One server speaks to two data planes, each from its own snapshot of the same resources: our
 proxy (MetaProtocol listeners) and stock Envoy (its own dubbo/thrift/redis filters,
@@ -38,6 +38,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from google.protobuf import json_format
 
+from aeraki_ctl.envoy.common import ENVOY_ROUTE_TYPES
 from aeraki_ctl.sidecar import Scope, node_identity
 from aeraki_ctl.xds.snapshot import TYPES, Resource, Snapshot, token, version_of
 from aeraki_ctl.xds.views import View, ViewCache
@@ -184,7 +185,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.published = False  # a snapshot was set (the controller's first sync is done)
         self.metrics = ServerMetrics()
         self._published_at = time.monotonic()
-        self.views = ViewCache()
+        self.views = ViewCache()  # our proxies' Sidecar views
+        self.envoy_views = ViewCache(ENVOY_ROUTE_TYPES)  # Envoy nodes' (their route tables are Envoy's filters')
         self.ack_hooks: list[Callable[[StreamInfo, str], None]] = []  # called on every ACK (bench, tests)
 
     @property
@@ -206,11 +208,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self.published = True
         old = self.snapshots[data_plane]
         streams = [info for info in self.streams.values() if info.data_plane == data_plane]
-        scoped = data_plane == METAPROTOCOL  # Sidecar views: our proxies' snapshot only
+        views = self._views(data_plane)
         if snapshot.versions == old.versions and snapshot.scopes == old.scopes and snapshot.hosts == old.hosts:
             if snapshot.base == old.serial:  # the same content: follow it, so the next one's changes apply
-                if scoped:
-                    self.views.update(old, snapshot, {}, (), (info.scope for info in streams))
+                views.update(old, snapshot, {}, (), (info.scope for info in streams))
                 self.snapshots[data_plane] = snapshot
             return
         if snapshot.base == old.serial:
@@ -219,7 +220,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         else:  # not made from the one served: compare
             changed = {t: _differ(old.of(t), snapshot.of(t)) for t in {*TYPES, *old.resources, *snapshot.resources}}
             hosts = {h for h in {*(old.hosts or {}), *(snapshot.hosts or {})} if (old.hosts or {}).get(h) != (snapshot.hosts or {}).get(h)}
-        moved = self.views.update(old, snapshot, changed, hosts, (info.scope for info in streams)) if scoped else {}
+        moved = views.update(old, snapshot, changed, hosts, (info.scope for info in streams))
         self.snapshots[data_plane] = snapshot
         for info in streams:
             if snapshot.scopes != old.scopes or (snapshot.hosts is None) != (old.hosts is None):
@@ -232,10 +233,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._generation += 1
             self._changed.notify_all()
 
+    def _views(self, data_plane: str) -> ViewCache:
+        return self.envoy_views if data_plane == ENVOY else self.views
+
     def _view(self, info: StreamInfo) -> View | None:
-        if info.scope is None or info.data_plane != METAPROTOCOL or self.snapshot.hosts is None:
+        snap = self._snap(info)
+        if info.scope is None or snap.hosts is None:
             return None
-        return self.views.get(info.scope, self.snapshot)
+        return self._views(info.data_plane).get(info.scope, snap)
 
     def _resolve_scope(self, info: StreamInfo, node: object) -> None:
         """The proxy's namespace, labels and Sidecar scope, from the first request with a node."""
@@ -252,7 +257,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def _rescope(self, info: StreamInfo) -> None:
         """Find the stream's scope again (Sidecars changed): its next responses are whole."""
         snap = self._snap(info)
-        scope = snap.scopes.scope_of(info.namespace, info.labels) if info.scoped and snap.hosts is not None and info.data_plane == METAPROTOCOL else None
+        scope = snap.scopes.scope_of(info.namespace, info.labels) if info.scoped and snap.hosts is not None else None
         if scope == info.scope:
             return
         info.scope = scope

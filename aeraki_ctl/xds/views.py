@@ -15,30 +15,37 @@ from collections.abc import Iterable, Mapping
 
 from aeraki_ctl.incremental import PortView
 from aeraki_ctl.sidecar import Scope
-from aeraki_ctl.xds.snapshot import TYPES, Resource, Snapshot, version_of
+from aeraki_ctl.xds.snapshot import Resource, Snapshot, version_of
 from metaprotocol.xds import convert
 
 
-def _names(port: PortView) -> dict[str, tuple[str, ...]]:
-    return {
+OUR_ROUTE_TYPES = (convert.ROUTE_TYPE,)
+
+
+def _names(port: PortView, route_types: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    names = {
         convert.LISTENER_TYPE: (port.listener,),
-        convert.ROUTE_TYPE: (port.listener,),
         convert.CLUSTER_TYPE: port.clusters + port.uses,
         convert.ENDPOINT_TYPE: port.clusters + port.uses,
     }
+    names.update({t: (port.listener,) for t in route_types})  # a route table is named like its listener
+    return names
 
 
 class View:
-    """The resources one scope sees."""
+    """The resources one scope sees. ``route_types``: the route table types of the data plane
+    (ours: the RDS RouteConfiguration; Envoy's: its Dubbo, generic and Thrift tables)."""
 
-    def __init__(self, scope: Scope, snapshot: Snapshot, hosts: Iterable[str]) -> None:
+    def __init__(self, scope: Scope, snapshot: Snapshot, hosts: Iterable[str], route_types: tuple[str, ...] = OUR_ROUTE_TYPES) -> None:
         self.scope = scope
-        self.members: dict[str, Counter[str]] = {t: Counter() for t in TYPES}
-        self._sums = dict.fromkeys(TYPES, 0)
+        self.route_types = route_types
+        self.types = (convert.LISTENER_TYPE, convert.CLUSTER_TYPE, convert.ENDPOINT_TYPE, *route_types)
+        self.members: dict[str, Counter[str]] = {t: Counter() for t in self.types}
+        self._sums = dict.fromkeys(self.types, 0)
         self._listing: dict[str, tuple[str, list[object]]] = {}
         table = snapshot.hosts or {}
         for h in hosts:
-            self._count(h, table.get(h, ()), 1, snapshot, {t: set() for t in TYPES})
+            self._count(h, table.get(h, ()), 1, snapshot, {t: set() for t in self.types})
 
     def version(self, type_url: str) -> str:
         """The version of what this view holds of a type."""
@@ -58,7 +65,7 @@ class View:
         for port in ports:
             if not self.scope.sees(port.namespace, host, port.port):
                 continue
-            for t, names in _names(port).items():
+            for t, names in _names(port, self.route_types).items():
                 counts, resources = self.members[t], snapshot.of(t)
                 for n in names:
                     counts[n] += step
@@ -71,12 +78,12 @@ class View:
     def update(self, old: Snapshot, new: Snapshot, changed: Mapping[str, Iterable[str]], hosts: Iterable[str]) -> dict[str, set[str]]:
         """Follow a snapshot: its changed resources, then its changed hosts; the names that
         entered or left the view, per type."""
-        for t in TYPES:
+        for t in self.types:
             before, after, counts = old.of(t), new.of(t), self.members[t]
             for n in changed.get(t, ()):
                 if n in counts:
                     self._sums[t] += _token(after, n) - _token(before, n)
-        moved: dict[str, set[str]] = {t: set() for t in TYPES}
+        moved: dict[str, set[str]] = {t: set() for t in self.types}
         old_hosts, new_hosts = old.hosts or {}, new.hosts or {}
         for h in hosts:
             self._count(h, old_hosts.get(h, ()), -1, new, moved)
@@ -94,7 +101,8 @@ class ViewCache:
     snapshot; hosts are indexed by namespace so that a scope importing a few namespaces is made
     from their hosts only."""
 
-    def __init__(self) -> None:
+    def __init__(self, route_types: tuple[str, ...] = OUR_ROUTE_TYPES) -> None:
+        self.route_types = route_types
         self.views: dict[Scope, View] = {}
         self._by_namespace: dict[str, set[str]] | None = None
         self._indexed: Snapshot | None = None
@@ -103,7 +111,7 @@ class ViewCache:
         """The view of ``scope`` on ``snapshot`` (the cache follows the server's snapshot)."""
         view = self.views.get(scope)
         if view is None:
-            view = self.views[scope] = View(scope, snapshot, self._candidates(scope, snapshot))
+            view = self.views[scope] = View(scope, snapshot, self._candidates(scope, snapshot), self.route_types)
         return view
 
     def _candidates(self, scope: Scope, snapshot: Snapshot) -> Iterable[str]:

@@ -25,6 +25,7 @@ SHORT_NAMES = {
 ENVOY_ROUTE_TYPES = frozenset({
     "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.MultipleRouteConfiguration",
     "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration",
+    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration",
 })  # fmt: skip
 
 

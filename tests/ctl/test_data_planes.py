@@ -34,6 +34,7 @@ from aeraki_ctl.envoy.common import EnvoyListener, Gap, route_path
 from aeraki_ctl.envoy.snapshot import SERVING_LAST, EnvoySnapshotBuilder
 from aeraki_ctl.incremental import IncrementalTranslator
 from aeraki_ctl.resources import ResourceSet, load_directory
+from aeraki_ctl.sidecar import ScopeRules
 from aeraki_ctl.xds.snapshot import version_of
 from aeraki_ctl.xds.server import ENVOY, METAPROTOCOL, AdsServer, data_plane_of, start_server
 from metaprotocol.config.model import ClusterConfig, CodecRef, ListenerConfig
@@ -263,3 +264,48 @@ def test_envoy_port_offset_moves_envoy_listeners_only(demo_dir: Path) -> None:
     [msg] = [listener_pb2.Listener.FromString(r.packed.value) for r in snapshot.of(convert.LISTENER_TYPE).values()]
     assert msg.address.socket_address.port_value == 20880 + 1000
     assert translator.outputs["org.apache.dubbo.samples.basic.api.demoservice"].listeners[0].port == 20880
+
+
+@pytest.mark.asyncio
+async def test_sidecar_scoping_applies_to_envoy_nodes_too() -> None:
+    from tests.ctl.test_xds_incremental import NAMESPACES, Plane, service, sidecar
+
+    class BothPlanes(Plane):
+        def __init__(self) -> None:
+            super().__init__()
+            self.envoy = EnvoySnapshotBuilder()
+
+        async def put(self, *objects: Any) -> None:
+            for r in objects:
+                self.objects[r.ref] = r
+            result = self.translator(ResourceSet(list(self.objects.values())))
+            touched, sidecars = self.translator.take_changes()
+            scopes = ScopeRules(result.sidecars) if sidecars else None
+            await self.ads.set_snapshot(self.builder.build(self.translator.outputs, touched, scopes))
+            await self.ads.set_snapshot(self.envoy.build(self.translator.outputs, touched, scopes), ENVOY)
+
+    p = BothPlanes()
+    await p.put(*[r for ns in NAMESPACES for i in range(3) for r in service(ns, i)], sidecar("team-b", ["./*"]))
+    grpc_server, port = await start_server(p.ads, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            scoped = node("gw-b", {"DATA_PLANE": "envoy", "NAMESPACE": "team-b", "LABELS": "app=x"})
+            everything = node("gw-all", {"DATA_PLANE": "envoy"})
+            b, all_ = Stream(stub), Stream(stub)
+            got_b, got_all = await listeners(b, scoped), await listeners(all_, everything)
+            assert sorted(unpack(got_b)) == [f"svc{i}.team-b.example_{9000 + i}" for i in range(3)]
+            assert len(unpack(got_all)) == 9
+            assert {s["node_id"]: s["sidecar"] for s in p.ads.proxies()} == {"gw-b": "Sidecar team-b/default", "gw-all": ""}
+            # an edit in another namespace reaches the unscoped Envoy only
+            b.send(discovery_pb2.DiscoveryRequest(node=scoped, type_url=convert.LISTENER_TYPE, response_nonce=got_b.nonce, version_info=got_b.version_info))
+            all_.send(discovery_pb2.DiscoveryRequest(node=everything, type_url=convert.LISTENER_TYPE, response_nonce=got_all.nonce, version_info=got_all.version_info))
+            await p.put(service("shared", 0, weight=30)[2])
+            moved = await all_.recv()
+            assert "svc0.shared.example_9000" in unpack(moved)  # type: ignore[arg-type]
+            assert await b.silent()
+            assert len(p.ads.envoy_views.views) == 1 and not p.ads.views.views  # Envoy's own views
+            b.call.cancel()
+            all_.call.cancel()
+    finally:
+        await grpc_server.stop(0)
