@@ -69,6 +69,7 @@ class Controller:
         self.builder = SnapshotBuilder()
         self.envoy_builder: EnvoySnapshotBuilder | None = None  # made when the first Envoy node connects
         self._envoy_pending: set[str] = set()  # hosts whose Envoy rendering failed, redone next sync
+        self._envoy_scopes_pending: ScopeRules | None = None  # Sidecar rules an Envoy rendering that failed did not take
         ads.on_data_plane.append(self._data_plane_connected)
         self._files = _FileCache()
         self.objects: dict[str, ObjectStatus] = {}
@@ -157,27 +158,33 @@ class Controller:
         try:
             self.ads.install(builder.build(self.translator.outputs, list(self.translator.outputs), self.builder.snapshot.scopes), ENVOY)
         except Exception:  # noqa: BLE001 - an Envoy node must not stop serving our proxies
-            self._envoy_pending = set(self.translator.outputs)
+            self._envoy_pending, self._envoy_scopes_pending = set(self.translator.outputs), self.builder.snapshot.scopes
             log.exception("cannot render the configuration for Envoy; Envoy nodes get nothing until the next sync")
         self.envoy_builder = builder
         self._after_sync()  # the objects' Envoy status, now
 
     def _render_envoy(self, touched: set[str], scopes: ScopeRules | None) -> Snapshot | None:
         """The Envoy snapshot of this sync; a failure is logged and leaves Envoy nodes on the last
-        one (the hosts are redone next time), never our proxies without theirs."""
+        one (the hosts and Sidecar rules are redone next time), never our proxies without theirs."""
         assert self.envoy_builder is not None  # noqa: S101 - called only once an Envoy node connected
         hosts, self._envoy_pending = self._envoy_pending | touched, set()
+        scopes = scopes if scopes is not None else self._envoy_scopes_pending
+        self._envoy_scopes_pending = None
         try:
             return self.envoy_builder.build(self.translator.outputs, hosts, scopes)
         except Exception:  # noqa: BLE001 - Envoy's rendering must not fail our proxies' sync
-            self._envoy_pending = hosts
+            self._envoy_pending, self._envoy_scopes_pending = hosts, scopes
             log.exception("cannot render the configuration for Envoy; Envoy nodes keep the last one")
             return None
 
     def _after_sync(self) -> None:
         """Each object's Envoy status (once an Envoy node connected), then the after-sync hooks."""
         if self.envoy_builder is not None:
-            envoy = self.envoy_builder.statuses(self.translator.owner_of)
+            try:
+                envoy = self.envoy_builder.statuses(self.translator.owner_of)
+            except Exception:  # noqa: BLE001 - a status step never stops serving
+                log.exception("cannot say what Envoy nodes get of each object")
+                envoy = {}
             for ref, s in self.objects.items():
                 s.envoy = envoy.get(ref)
         for hook in self.on_sync:

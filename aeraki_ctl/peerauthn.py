@@ -5,9 +5,12 @@
 selector in namespace N, it covers N; with ``selector.matchLabels`` in N, it covers the listeners
 of the services of N one of whose endpoints carries all those labels (as for authorization
 policies: the workload is behind that listener). The most specific level that sets a mode wins,
-``UNSET`` inherits from the level above; ``portLevelMtls`` (selector policies only, as in Istio)
-is keyed by the port a client reaches: the service port or an endpoint's port. Several policies
-at one level: the first by name applies (Istio keeps the oldest, which a file has no notion of).
+``UNSET`` inherits from the level above; ``portLevelMtls`` (selector policies only: refused
+elsewhere, as Istio's validation does) is keyed by the workload's port (an endpoint's port or the
+ServiceEntry's ``targetPort``), as in Istio. The mode is worked out per endpoint; one listener
+fronts them all, so it takes the strictest (STRICT, then PERMISSIVE), with a warning when they
+differ: a DISABLE for some workloads never opens plaintext to the others. Several policies at one
+level: the first by name applies (Istio keeps the oldest, which a file has no notion of).
 
 **What a mode becomes** on the listener: ``STRICT`` is mutual TLS only: the workload's certificate
 and key (``Options.identity_dir``: ``cert.pem``, ``key.pem``, the mesh root ``ca.pem``, kept fresh
@@ -65,8 +68,8 @@ def check(r: Resource, problems: list[Problem]) -> PeerAuthn | None:
             errors += 1
         ports.append((port, _MODES[mtls.mode]))
     if ports and not selector:
-        problems.append(r.problem("portLevelMtls applies only to a policy with a selector (as in Istio); ignored", "spec.portLevelMtls", fatal=False))
-        ports = []
+        problems.append(r.problem("portLevelMtls applies only to a policy with a selector (Istio's validation refuses it too)", "spec.portLevelMtls"))
+        errors += 1
     if errors or r.rejected:
         return None
     return PeerAuthn(r.ref, r.namespace, r.name, selector, _MODES[spec.mtls.mode] if spec.HasField("mtls") else UNSET, tuple(ports))
@@ -94,6 +97,19 @@ def mode_for(found: Sequence[PeerAuthn], namespace: str, root_namespace: str, en
         if port_mode is not None:
             mode = port_mode
     return mode
+
+
+_STRICTNESS = {UNSET: 0, DISABLE: 0, PERMISSIVE: 1, STRICT: 2}
+
+
+def effective(mode: str) -> str:
+    """What a mode does to a listener (UNSET at every level: nothing, like DISABLE)."""
+    return DISABLE if mode == UNSET else mode
+
+
+def strictest(modes: Iterable[str]) -> str:
+    """The mode that admits no connection another of ``modes`` refuses."""
+    return max(modes, key=lambda m: _STRICTNESS[m], default=UNSET)
 
 
 def listener_tls(mode: str, identity_dir: str, trust_domain: str) -> DownstreamTls | None:

@@ -388,13 +388,21 @@ def _rbac(svc: _Service, world: _World, opts: Options) -> tuple[RbacFilter, ...]
     return authz.filters([a for a in found if a.applies(ns, root, svc.resource.name, svc.codec, labels)])
 
 
-def _peer_tls(svc: _Service, world: _World, opts: Options) -> DownstreamTls | None:
-    """The listener TLS the PeerAuthentications that apply to a service port ask for (None: none)."""
+def _peer_tls(svc: _Service, world: _World, opts: Options, problems: list[Problem]) -> DownstreamTls | None:
+    """The listener TLS the PeerAuthentications that apply to a service port ask for (None: none).
+    The mode is worked out per endpoint (its labels, its port); one listener fronts them all, so it
+    takes the strictest (a plaintext client could otherwise reach a STRICT workload), said as a
+    warning when they differ."""
     found = [p for p in _namespace_policies(svc, world, opts) if isinstance(p, peerauthn.PeerAuthn)]
     if not found:
         return None
-    ports = {svc.port, *(e.port for e in svc.endpoints)}
-    mode = peerauthn.mode_for(found, svc.resource.namespace, opts.root_namespace, [e.labels for e in svc.endpoints], ports)
+    ns, root = svc.resource.namespace, opts.root_namespace
+    per_endpoint = {peerauthn.mode_for(found, ns, root, [e.labels], {e.port}) for e in svc.endpoints} or {peerauthn.mode_for(found, ns, root, [], {svc.port})}
+    mode = peerauthn.strictest(per_endpoint)
+    if len({peerauthn.effective(m) for m in per_endpoint}) > 1:
+        problems.append(svc.resource.problem(
+            f"the PeerAuthentication modes of {svc.host}'s endpoints differ ({', '.join(sorted(per_endpoint))}): its listener on port {svc.port} "
+            f"fronts them all and takes the strictest, {mode}", "spec.endpoints", fatal=False))  # fmt: skip
     return peerauthn.listener_tls(mode, opts.identity_dir, opts.trust_domain)
 
 
@@ -452,7 +460,7 @@ def service_port(
         global_rate_limit=global_limit,
         protocol=svc.protocol,
         rbac=_rbac(svc, world, opts),
-        tls=_peer_tls(svc, world, opts),
+        tls=_peer_tls(svc, world, opts, problems),
     )
 
 

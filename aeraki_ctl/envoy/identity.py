@@ -8,30 +8,31 @@ DestinationRule ``ISTIO_MUTUAL`` clusters) Envoy is given Istio's SDS references
 ``aeraki-ctl serve --ca`` answers (``aeraki_ctl.xds.sds``); SAN matchers stay, in a combined
 validation context. Other TLS (files a user named) is left as written.
 
-A listener that takes TLS or plaintext (PERMISSIVE) becomes Istio's shape here, whatever filter the
-protocol uses: a ``tls_inspector`` and the filter chain twice, ``transport_protocol: tls`` with the
-TLS context and ``raw_buffer`` without.
+(A listener that takes TLS or plaintext has Istio's shape already, from ``convert.listener_shell``.)
 """
 
 from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from google.protobuf.message import Message
 
 from aeraki_ctl.envoy.common import ads, typed
-from metaprotocol.config.model import DownstreamTls
-from metaprotocol.xds import convert
 
 CERTIFICATE_SECRET = "default"  # Istio's names, served by aeraki_ctl.xds.sds
 ROOT_SECRET = "ROOTCA"
 
 
 def _is_identity(common: common_pb2.CommonTlsContext, identity_dir: str) -> bool:
+    """Whether a context is the workload identity whole: its certificate, key and mesh root (a
+    context that takes the certificate with another CA is a user's, left as written)."""
     base = identity_dir.rstrip("/")
-    return len(common.tls_certificates) == 1 and common.tls_certificates[0].certificate_chain.filename == f"{base}/cert.pem"
+    if len(common.tls_certificates) != 1:
+        return False
+    cert = common.tls_certificates[0]
+    trusted = common.validation_context.trusted_ca.filename if common.HasField("validation_context") else f"{base}/ca.pem"
+    return cert.certificate_chain.filename == f"{base}/cert.pem" and cert.private_key.filename == f"{base}/key.pem" and trusted == f"{base}/ca.pem"
 
 
 def by_sds(socket: base_pb2.TransportSocket, identity_dir: str) -> base_pb2.TransportSocket:
@@ -60,16 +61,8 @@ def by_sds(socket: base_pb2.TransportSocket, identity_dir: str) -> base_pb2.Tran
     return base_pb2.TransportSocket(name=socket.name, typed_config=typed(ctx))
 
 
-def finish_listener(msg: listener_pb2.Listener, tls: DownstreamTls | None, identity_dir: str) -> None:
-    """The mesh parts of an Envoy listener made by a protocol translator: identity by SDS, and
-    the TLS-or-plaintext shape when ``tls`` allows plaintext."""
+def finish_listener(msg: listener_pb2.Listener, identity_dir: str) -> None:
+    """The workload identity of an Envoy listener made by a protocol translator by SDS."""
     for chain in msg.filter_chains:
         if chain.HasField("transport_socket"):
             chain.transport_socket.CopyFrom(by_sds(chain.transport_socket, identity_dir))
-    if tls is None or not tls.allow_plaintext or len(msg.filter_chains) != 1:
-        return
-    secure = msg.filter_chains[0]
-    secure.filter_chain_match.transport_protocol = "tls"
-    plain = listener_components_pb2.FilterChain(filters=secure.filters, filter_chain_match=listener_components_pb2.FilterChainMatch(transport_protocol="raw_buffer"))
-    msg.filter_chains.append(plain)
-    msg.listener_filters.add(name=convert.TLS_INSPECTOR, typed_config=typed(tls_inspector_pb2.TlsInspector()))

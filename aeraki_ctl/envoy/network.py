@@ -4,7 +4,9 @@ Envoy's protocol filters (thrift_proxy, redis_proxy) do not have, each decided o
 
 - ``max_connections`` -> ``envoy.filters.network.connection_limit`` before the protocol filter
   (exact: Envoy closes a connection past the limit at once, as our proxy does).
-- TLS -> the filter chain's ``transport_socket`` (``convert.downstream_tls_to_xds``, exact).
+- TLS -> the filter chain's ``transport_socket`` (``convert.listener_shell``, exact), TLS or
+  plaintext as Istio shapes it (a ``tls_inspector`` and two chains); there the connection limit is
+  counted per chain (approximated: up to the limit of each, reported).
 - Authorization (``rbac``): rules that read only the connection (principals by peer identity or
   source address, permissions on the destination port) -> ``envoy.filters.network.rbac`` before the protocol filter: the same decision
   for every request of a connection, so the same allow/deny; approximated only in how a refusal
@@ -24,11 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.type.v3 import percent_pb2
-from google.protobuf import wrappers_pb2
 
 from aeraki_ctl.envoy.common import Gap, typed
 from metaprotocol.config.model import AttributeMatcher, ListenerConfig, MatchKind, RbacFilter, RbacOp, RbacRule
@@ -93,6 +92,9 @@ def listener_gaps(lst: ListenerConfig, filter_name: str) -> list[Gap]:
         gaps.append(Gap("spec.trafficPolicy.connectionPool.tcp.idleTimeout", f"{filter_name} has no idle timeout: idle client connections stay open (our proxy closes them after {lst.idle_timeout:g} s)", fatal=False))
     if lst.access_log:
         gaps.append(Gap("access_log", f"access logs are not translated for {filter_name}: Envoy writes none", fatal=False))
+    if lst.max_connections and lst.tls is not None and lst.tls.allow_plaintext:
+        gaps.append(Gap("max_connections", f"Envoy counts connections per filter chain: a TLS-or-plaintext listener admits {lst.max_connections} TLS "
+                                           f"and {lst.max_connections} plaintext connections", fatal=False))  # fmt: skip
     if lst.max_pending_per_connection != _DEFAULT_PENDING:
         gaps.append(Gap("max_pending_per_connection", f"our proxy's read back-pressure bound ({lst.max_pending_per_connection}) has no {filter_name} equivalent", fatal=False))
     if lst.upstream_connections_per_endpoint != _DEFAULT_UPSTREAM_CONNECTIONS:
@@ -102,22 +104,15 @@ def listener_gaps(lst: ListenerConfig, filter_name: str) -> list[Gap]:
 
 def envoy_listener(lst: ListenerConfig, proxy: listener_components_pb2.Filter) -> listener_pb2.Listener:
     """The ``Listener`` of ``lst`` with ``proxy`` as its terminal filter: the connection limit and
-    connection-level RBAC filters in front of it, TLS on the filter chain."""
+    connection-level RBAC filters in front of it, TLS as for our proxy (``convert.listener_shell``:
+    one chain, or Istio's TLS-or-plaintext pair)."""
     filters: list[listener_components_pb2.Filter] = []
     if lst.max_connections:
-        limit = connection_limit_pb2.ConnectionLimit(stat_prefix=lst.stat_prefix, max_connections=wrappers_pb2.UInt64Value(value=lst.max_connections))
-        filters.append(listener_components_pb2.Filter(name=convert.CONNECTION_LIMIT_FILTER, typed_config=typed(limit)))
+        filters.append(convert.connection_limit_filter(lst.stat_prefix, lst.max_connections))
     enforceable = tuple(f for f in lst.rbac if _rbac_connection_level(f))
     filters.extend(listener_components_pb2.Filter(name=NETWORK_RBAC_FILTER, typed_config=typed(m)) for m in rbac.rbac_filters_to_xds(enforceable))
     filters.append(proxy)
-    chain = listener_components_pb2.FilterChain(filters=filters)
-    if lst.tls is not None:
-        chain.transport_socket.CopyFrom(convert.downstream_tls_to_xds(lst.tls))
-    return listener_pb2.Listener(
-        name=lst.name,
-        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=lst.address, port_value=lst.port)),
-        filter_chains=[chain],
-    )
+    return convert.listener_shell(lst, filters)
 
 
 def fatal_first(gaps: Sequence[Gap]) -> list[Gap]:

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aeraki_ctl.envoy.common import EnvoyListener, Gap
-from aeraki_ctl.envoy.translate import translate_host
+from aeraki_ctl.envoy.translate import EnvoyHost, translate_host
 from aeraki_ctl.incremental import HostOutput, PortView
 from aeraki_ctl.lifecycle import EnvoyStatus
 from aeraki_ctl.resources import Problem, Resource as Object
 from aeraki_ctl.sidecar import ScopeRules
 from aeraki_ctl.translate import Options
 from aeraki_ctl.xds.snapshot import TYPES, Resource, Snapshot, resource, version_of
+from metaprotocol.config.model import ListenerConfig
 from metaprotocol.xds import convert
 
 SERVING: str = "serving"  # the current version is served to Envoy
@@ -50,6 +51,7 @@ class EnvoySnapshotBuilder:
         self._own: dict[str, frozenset[str]] = {}  # host -> the clusters that are its own (not added by its MetaRouter)
         self._sums: dict[str, int] = {}
         self._hosts: dict[str, tuple[PortView, ...]] = {}
+        self._security: dict[str, dict[str, object]] = {}  # host -> listener -> the security of the version served
         self.snapshot = Snapshot(hosts={})
 
     def build(self, outputs: Mapping[str, HostOutput], touched: Iterable[str], scopes: ScopeRules | None = None) -> Snapshot:
@@ -58,19 +60,22 @@ class EnvoySnapshotBuilder:
         (None: unchanged). Made from the previous one: only the names the touched hosts provide are
         looked at, and the snapshot says which changed (so the server compares nothing)."""
         prev = self.snapshot
+        touched = list(touched)
+        # Every host rendered first, nothing kept yet: a failure leaves the builder as it was.
+        rendered = {h: translate_host(out, self.port_offset, self.identity_dir) for h in touched if (out := outputs.get(h)) is not None}
         seen: set[tuple[str, str]] = set()
         moved_hosts: set[str] = set()
         for h in touched:
             before = self._packed.get(h, {})
             out = outputs.get(h)
             if out is None:
-                for table in (self._served, self._packed, self.verdicts, self.cluster_gaps, self._own):
+                for table in (self._served, self._packed, self.verdicts, self.cluster_gaps, self._own, self._security):
                     table.pop(h, None)
                 if self._hosts.pop(h, None) is not None:
                     moved_hosts.add(h)
                 after: dict[str, dict[str, Resource]] = {}
             else:
-                self._host(out)
+                self._host(out, rendered[h])
                 after = self._packed[h]
                 if self._hosts.get(h) != out.ports:
                     self._hosts[h] = out.ports
@@ -118,20 +123,30 @@ class EnvoySnapshotBuilder:
         own = [h for h in providers if name in self._own.get(h, ())]
         return providers[own[0] if own else min(providers)]
 
-    def _host(self, out: HostOutput) -> None:
-        translated = translate_host(out, self.port_offset, self.identity_dir)
+    def _host(self, out: HostOutput, translated: EnvoyHost) -> None:
+        """Keep one host's rendering. A listener Envoy cannot express keeps its last translatable
+        version only while that version's mesh security (TLS, authorization, connection limit) is
+        the current one: stale security is never served, the listener is not served instead."""
         before = self._served.get(out.host, {})
+        secured = self._security.get(out.host, {})
+        security = {lst.name: _security(lst) for lst in out.listeners}
         served: dict[str, EnvoyListener] = {}
         verdicts: dict[str, ListenerVerdict] = {}
+        kept: dict[str, object] = {}
         for name, lst in translated.listeners.items():
             if not lst.rejected:
-                served[name] = lst
+                served[name], kept[name] = lst, security.get(name)
                 verdicts[name] = ListenerVerdict(SERVING, lst.gaps)
-            elif name in before:
-                served[name] = before[name]
+            elif name in before and secured.get(name) == security.get(name):
+                served[name], kept[name] = before[name], secured.get(name)
                 verdicts[name] = ListenerVerdict(SERVING_LAST, lst.gaps)
+            elif name in before:
+                stale = Gap("", "its last translatable version has other TLS, authorization or connection-limit settings than the current ones, "
+                                "which Envoy nodes must not keep: not served until it can be translated again")  # fmt: skip
+                verdicts[name] = ListenerVerdict(NOT_SERVED, [*lst.gaps, stale])
             else:
                 verdicts[name] = ListenerVerdict(NOT_SERVED, lst.gaps)
+        self._security[out.host] = kept
         packed: dict[str, dict[str, Resource]] = {}
         for name, lst in served.items():
             assert lst.listener is not None  # noqa: S101 - a served listener has one (``rejected`` otherwise)
@@ -181,6 +196,11 @@ class EnvoySnapshotBuilder:
         for p in self.problems(owner_of):
             said.setdefault(p.obj, []).append(f"{p.path}: {p.reason}" if p.path else p.reason)
         return {ref: EnvoyStatus(_STATES[rank], tuple(said.get(ref, ()))) for ref, rank in worst.items()}
+
+
+def _security(lst: ListenerConfig) -> object:
+    """What of a listener must never be served stale: its TLS, its authorization, its connection limit."""
+    return (lst.tls, lst.rbac, lst.max_connections)
 
 
 _RANK = {SERVING_LAST: 2, NOT_SERVED: 3}

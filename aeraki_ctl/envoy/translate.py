@@ -19,7 +19,7 @@ from envoy.config.listener.v3 import listener_pb2
 from aeraki_ctl.envoy import clusters, dubbo, identity, redis, thrift
 from aeraki_ctl.envoy.common import EnvoyListener, Gap
 from aeraki_ctl.incremental import HostOutput
-from metaprotocol.config.model import ClusterConfig, ListenerConfig
+from metaprotocol.config.model import ClusterConfig, ListenerConfig, RbacOp, RbacRule
 from aeraki_ctl.translate import Options, default_registry
 from metaprotocol.registry import RegistryError
 from metaprotocol.xds import convert
@@ -64,6 +64,18 @@ def translate_listener(lst: ListenerConfig, known: Mapping[str, ClusterConfig]) 
     return found[1](lst, known)
 
 
+def _moved(lst: ListenerConfig, offset: int) -> ListenerConfig:
+    """``lst`` listening ``offset`` ports higher, its authorization's destination ports with it."""
+    return replace(lst, port=lst.port + offset, rbac=tuple(replace(f, policies=tuple(
+        replace(p, permissions=tuple(_shift(r, offset) for r in p.permissions)) for p in f.policies)) for f in lst.rbac))
+
+
+def _shift(rule: RbacRule, offset: int) -> RbacRule:
+    if rule.op is RbacOp.DESTINATION_PORT:
+        return replace(rule, ports=(rule.ports[0] + offset, rule.ports[1] + offset))
+    return replace(rule, children=tuple(_shift(c, offset) for c in rule.children)) if rule.children else rule
+
+
 def translate_host(out: HostOutput, port_offset: int = 0, identity_dir: str = Options.identity_dir) -> EnvoyHost:
     """Every listener, cluster and endpoint set of one host, for Envoy (listeners moved by
     ``port_offset``: ``Options.envoy_port_offset``; the workload identity in ``identity_dir``
@@ -71,9 +83,9 @@ def translate_host(out: HostOutput, port_offset: int = 0, identity_dir: str = Op
     known = {**out.extra, **out.clusters}
     host = EnvoyHost(out.host)
     for lst in out.listeners:
-        made = translate_listener(replace(lst, port=lst.port + port_offset) if port_offset else lst, known)
+        made = translate_listener(_moved(lst, port_offset) if port_offset else lst, known)
         if isinstance(made.listener, listener_pb2.Listener):
-            identity.finish_listener(made.listener, lst.tls, identity_dir)
+            identity.finish_listener(made.listener, identity_dir)
         host.listeners[lst.name] = made
     for name, c in known.items():
         cluster, gaps = clusters.cluster(c)

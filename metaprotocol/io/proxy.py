@@ -12,7 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from metaprotocol.config.errors import ConfigError
-from metaprotocol.config.model import Bootstrap, ListenerConfig, RouteConfig
+from metaprotocol.config.model import Bootstrap, DownstreamTls, ListenerConfig, RouteConfig
 from metaprotocol.io.loop_io import LoopIO
 from metaprotocol.proxy.context import ListenerContext
 from metaprotocol.proxy.overload import Overload
@@ -290,6 +290,8 @@ class Proxy:
                 logs_changed = (lst.access_log, lst.idle_timeout) != (ctx.config.access_log, ctx.config.idle_timeout)
                 if lst.global_rate_limit != ctx.config.global_rate_limit:
                     ctx.apply_global_limit(lst.global_rate_limit)
+                if lst.tls != ctx.config.tls:
+                    _drain_outdated(ctx, ctx.config.tls, lst.tls)
                 ctx.config = lst
                 if lst.route_config is not None:
                     ctx.table = RouteTable(lst.route_config)
@@ -410,6 +412,27 @@ def bootstrap_dump(bootstrap: Bootstrap, registry: CodecRegistry) -> dict[str, o
         "clusters": [redact_keys(_plain(c)) for c in bootstrap.clusters],
         "codecs": {name: f.name for name, f in build_factories(bootstrap, registry).items()},
     }
+
+
+def _drain_outdated(ctx: ListenerContext, old: DownstreamTls | None, new: DownstreamTls | None) -> None:
+    """A listener's TLS changed: drain the connections its new settings would not accept (as Envoy
+    drains the connections of a filter chain that went away): plaintext ones when TLS becomes
+    required (PERMISSIVE -> STRICT), TLS ones when the certificate checks changed. Established
+    connections otherwise keep going (a certificate file's rotation is not a settings change)."""
+    if new is None:
+        return
+    checks_changed = old is None or (old.common, old.require_client_certificate) != (new.common, new.require_client_certificate)
+    drained = 0
+    for session in list(ctx.sessions):
+        transport = session.transport
+        if transport is None:
+            continue
+        secure = transport.get_extra_info("ssl_object") is not None
+        if (not secure and not new.allow_plaintext) or (secure and checks_changed):
+            session.drain()
+            drained += 1
+    if drained:
+        log.info("listener %s: TLS settings changed: %d connection(s) accepted under the previous ones drained", ctx.name, drained)
 
 
 async def _drain_sessions(contexts: list[ListenerContext], timeout: float) -> None:

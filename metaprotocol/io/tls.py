@@ -452,6 +452,7 @@ class HandshakeBuffer(asyncio.Protocol):
 
 _READ_BUFFER = bytearray(64 * 1024)
 TLS_HANDSHAKE_RECORD: Final = 0x16  # the content type of a TLS record that opens a handshake
+SNIFF_TIMEOUT = 10.0  # TLS or plaintext: a client silent this long is served in plaintext
 
 
 def _feed(protocol: Any, data: bytes) -> None:  # noqa: ANN401 - the loop's SSLProtocol (asyncio's or uvloop's)
@@ -527,7 +528,7 @@ class TlsAcceptor(asyncio.Protocol):
         self.pending.add(self)
         if self.holder.config.allow_plaintext:  # type: ignore[union-attr] # a listener's holder holds a DownstreamTls
             # TLS or plaintext: the first byte decides (a TLS record starts with 22, handshake).
-            self.sniff = self.manager.loop.call_later(HANDSHAKE_TIMEOUT, self._silent)
+            self.sniff = self.manager.loop.call_later(SNIFF_TIMEOUT, self._silent)
             return
         self._start_tls(transport)
 
@@ -550,20 +551,27 @@ class TlsAcceptor(asyncio.Protocol):
         if data[0] == TLS_HANDSHAKE_RECORD:
             self._start_tls(transport, data)
             return
+        self._plaintext(transport).data_received(data)
+
+    def _plaintext(self, transport: asyncio.BaseTransport) -> Any:  # noqa: ANN401 - a duck-typed asyncio protocol (compiled core classes)
+        """Hand the connection to a session in plaintext, counted."""
         self.pending.discard(self)
         self.manager.stats.downstream_plaintext[self.listener] += 1
         session = self.make_session()
         transport.set_protocol(session)
         session.connection_made(transport)
-        session.data_received(data)
+        return session
 
     def eof_received(self) -> bool | None:
         self._drop()  # closed before a first byte
         return None
 
     def _silent(self) -> None:
+        """No byte within ``SNIFF_TIMEOUT``: a plaintext client that waits (Istio's listeners do
+        the same: ``continue_on_listener_filters_timeout``)."""
         self.sniff = None
-        self._drop()
+        if self.transport is not None and not self.transport.is_closing():
+            self._plaintext(self.transport)
 
     def _drop(self) -> None:
         self.pending.discard(self)

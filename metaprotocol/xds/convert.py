@@ -416,14 +416,31 @@ def listener_to_xds(lst: ListenerConfig, rds_name: str | None = None, *, inline_
         cfg.access_log.add(name="envoy.access_loggers.file", typed_config=packed)
     typed = any_pb2.Any()
     typed.Pack(cfg)
-    filters = []
-    if lst.max_connections:
-        limit_cfg = any_pb2.Any()
-        limit_cfg.Pack(connection_limit_pb2.ConnectionLimit(stat_prefix=lst.stat_prefix, max_connections=wrappers_pb2.UInt64Value(value=lst.max_connections)))
-        filters.append(listener_components_pb2.Filter(name=CONNECTION_LIMIT_FILTER, typed_config=limit_cfg))
+    filters = [connection_limit_filter(lst.stat_prefix, lst.max_connections)] if lst.max_connections else []
     filters.append(listener_components_pb2.Filter(name=FILTER_NAME, typed_config=typed))
+    return listener_shell(lst, filters)
+
+
+def connection_limit_filter(stat_prefix: str, max_connections: int) -> listener_components_pb2.Filter:
+    """Envoy's ``connection_limit`` network filter (first in a chain): connections past the
+    limit are closed at once."""
+    limit_cfg = any_pb2.Any()
+    limit_cfg.Pack(connection_limit_pb2.ConnectionLimit(stat_prefix=stat_prefix, max_connections=wrappers_pb2.UInt64Value(value=max_connections)))
+    return listener_components_pb2.Filter(name=CONNECTION_LIMIT_FILTER, typed_config=limit_cfg)
+
+
+def listener_shell(lst: ListenerConfig, filters: Sequence[listener_components_pb2.Filter]) -> listener_pb2.Listener:
+    """The ``Listener`` of ``lst`` running ``filters`` (its name, address and TLS; see
+    ``filter_chains``): our proxy's and, with Envoy's own filters, stock Envoy's."""
     listener_filters, chains = filter_chains(filters, lst.tls)
-    return listener_pb2.Listener(name=lst.name, address=_address(lst.address, lst.port), listener_filters=listener_filters, filter_chains=chains)
+    return listener_pb2.Listener(
+        name=lst.name,
+        address=_address(lst.address, lst.port),
+        listener_filters=listener_filters,
+        filter_chains=chains,
+        # TLS or plaintext: a client silent past the inspector's timeout is served in plaintext (Istio's setting)
+        continue_on_listener_filters_timeout=bool(listener_filters),
+    )
 
 
 def filter_chains(
@@ -836,7 +853,8 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
     """A listener config from an LDS resource (or a bootstrap listener) running the MetaProtocol
     filter, after an optional connection_limit filter."""
     where = f"listener {lst.name}"
-    _only(lst, where, "", {"name", "address", "filter_chains"}, {"traffic_direction", "per_connection_buffer_limit_bytes", "listener_filters", "metadata"})
+    _only(lst, where, "", {"name", "address", "filter_chains"},
+          {"traffic_direction", "per_connection_buffer_limit_bytes", "listener_filters", "metadata", "continue_on_listener_filters_timeout", "listener_filters_timeout"})  # fmt: skip
     if not lst.name:
         raise ConversionError(where, "required", "name")
     index, allow_plaintext = _chain_of(lst, where)
@@ -844,6 +862,8 @@ def listener_from_xds(lst: listener_pb2.Listener) -> ListenerConfig:
     chain = lst.filter_chains[index]
     cp = f"filter_chains[{index}]"
     _only(chain, where, cp, {"filters", "transport_socket"}, {"name", "filter_chain_match"})
+    if not allow_plaintext:  # one chain: a match would select connections, which one chain cannot
+        _only(chain.filter_chain_match, where, f"{cp}.filter_chain_match", set())
     tls = downstream_tls_from_xds(chain.transport_socket, where, f"{cp}.transport_socket") if chain.HasField("transport_socket") else None
     if tls is not None and allow_plaintext:
         tls = replace(tls, allow_plaintext=True)

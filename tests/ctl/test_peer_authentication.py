@@ -85,7 +85,7 @@ def test_the_most_specific_level_wins_and_unset_inherits() -> None:
     assert listener_tls(mesh, policy("default", "shop", "DISABLE"), policy("cache", "shop", "PERMISSIVE", {"app": "cache"})).allow_plaintext
     assert listener_tls(mesh, policy("cache", "shop", "UNSET", {"app": "cache"})) is not None  # UNSET: the mesh's STRICT
     assert listener_tls(mesh, policy("cache", "shop", "STRICT", {"app": "cache"}, {7000: "DISABLE"})) is None  # the endpoint's port
-    assert listener_tls(policy("cache", "shop", "", {"app": "cache"}, {20880: "STRICT"})) is not None  # the service port
+    assert listener_tls(policy("cache", "shop", "", {"app": "cache"}, {20880: "STRICT"})) is None  # keyed by the workload's port, as Istio does
     assert listener_tls(mesh, policy("cache", "shop", "DISABLE", {"app": "other"})) is not None  # selects nothing here
     assert listener_tls(policy("default", "elsewhere", "STRICT")) is None  # another namespace's
 
@@ -106,9 +106,22 @@ def test_problems_carry_their_place() -> None:
     result = translate(resources(policy("default", "shop", "STRICT", ports={8080: "DISABLE"}), policy("bad", "shop", "SOMETIMES")), OPTS)
     texts = [str(p) for p in result.problems]
     assert any("PeerAuthentication shop/default: spec.portLevelMtls: portLevelMtls applies only to a policy with a selector" in t for t in texts), texts
+    assert all(p.fatal for p in result.problems if p.obj == "PeerAuthentication shop/default")  # refused, as Istio's validation does
     bad = [p for p in result.problems if p.obj == "PeerAuthentication shop/bad"]
     assert bad and bad[0].fatal and "spec.mtls.mode" in bad[0].path, bad
+    result = translate(resources(policy("default", "shop", "STRICT"), policy("bad", "shop", "SOMETIMES")), OPTS)
     assert result.bootstrap.listeners[0].tls is not None  # the valid one still applies
+
+
+def test_endpoints_with_different_modes_make_the_listener_take_the_strictest() -> None:
+    two = SERVICE.replace("  - {address: 127.0.0.1, labels: {app: cache, version: v1}}",
+                          "  - {address: 127.0.0.1, labels: {app: cache, version: v1}}\n  - {address: 127.0.0.2, labels: {app: cache, version: v2}}")
+    out = ResourceSet()
+    load_text("---\n".join([two, policy("default", "shop", "STRICT"), policy("legacy", "shop", "DISABLE", {"version": "v1"})]), "test.yaml", out)
+    result = translate(out, OPTS)
+    [lst] = result.bootstrap.listeners
+    assert lst.tls is not None and not lst.tls.allow_plaintext  # v2 is STRICT: no plaintext client may reach it through the listener
+    assert any("modes of cache.shop.svc's endpoints differ (DISABLE, STRICT)" in str(p) and not p.fatal for p in result.problems), result.problems
 
 
 def test_incremental_translation_follows_a_policy_edit() -> None:
@@ -148,3 +161,11 @@ def test_port_level_tls_is_refused_not_half_applied() -> None:
     doc = policy("default", "shop", "STRICT") + "  portLevelTls:\n    20880: {mode: SIMPLE}\n"
     result = translate(resources(doc), OPTS)
     assert any(p.obj == "PeerAuthentication shop/default" and p.fatal and "portLevelTls" in str(p) for p in result.problems), result.problems
+
+
+def test_a_single_filter_chain_with_a_match_is_refused_not_served_to_everyone() -> None:
+    result = translate(resources(policy("default", "shop", "STRICT")), OPTS)
+    msg = convert.listener_to_xds(result.bootstrap.listeners[0])
+    msg.filter_chains[0].filter_chain_match.source_prefix_ranges.add(address_prefix="10.0.0.0").prefix_len.value = 8
+    with pytest.raises(convert.ConversionError, match=r"filter_chains\[0\]\.filter_chain_match\.source_prefix_ranges"):
+        convert.listener_from_xds(msg)

@@ -133,9 +133,9 @@ def test_only_the_workload_identity_goes_by_sds() -> None:
     from metaprotocol.config.model import CommonTls, DataSource, DownstreamTls, MatchKind, SanMatcher, SanType
     from metaprotocol.xds import convert
 
-    def tls(cert: str) -> DownstreamTls:
+    def tls(cert: str, key: str = "/run/id/key.pem", ca: str = "/run/id/ca.pem") -> DownstreamTls:
         san = (SanMatcher(SanType.URI, MatchKind.PREFIX, "spiffe://cluster.local/"),)
-        return DownstreamTls(CommonTls(DataSource(cert), DataSource("/k.pem"), DataSource("/ca.pem"), san), require_client_certificate=True)
+        return DownstreamTls(CommonTls(DataSource(cert), DataSource(key), DataSource(ca), san), require_client_certificate=True)
 
     mine = convert.downstream_tls_to_xds(tls("/run/id/cert.pem"))
     ctx = tls_pb2.DownstreamTlsContext()
@@ -145,5 +145,7 @@ def test_only_the_workload_identity_goes_by_sds() -> None:
     assert common.combined_validation_context.validation_context_sds_secret_config.name == ROOT_SECRET
     assert common.combined_validation_context.default_validation_context.match_typed_subject_alt_names[0].matcher.prefix == "spiffe://cluster.local/"
     assert ctx.require_client_certificate.value
-    users = convert.downstream_tls_to_xds(tls("/etc/certs/server.pem"))
+    users = convert.downstream_tls_to_xds(tls("/etc/certs/server.pem", "/etc/certs/server.key"))
     assert by_sds(users, "/run/id") == users  # files a user named stay files
+    other_ca = convert.downstream_tls_to_xds(tls("/run/id/cert.pem", ca="/etc/partner-ca.pem"))
+    assert by_sds(other_ca, "/run/id") == other_ca  # the workload certificate with a user's CA: not the mesh root

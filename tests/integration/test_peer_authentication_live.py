@@ -16,7 +16,9 @@ import pytest
 import redis
 
 from aeraki_ctl.peerauthn import PERMISSIVE, STRICT, listener_tls
+from metaprotocol.config.bootstrap import parse_bootstrap
 from metaprotocol.config.dump import to_bootstrap_tree
+from metaprotocol.io import tls as tls_module
 from metaprotocol.config.model import Bootstrap, ClusterConfig, CodecRef, Endpoint, ListenerConfig, RouteAction, RouteConfig, RouteRule
 from tests.servers import RedisServer
 from tests.tls_certs import CertAuthority
@@ -126,14 +128,40 @@ def test_permissive_serves_plaintext_and_mutual_tls_on_one_port(run_proxy: objec
     assert plain.get("pa:k") == b"v"  # the plaintext connection was never disturbed
 
 
-def test_permissive_drops_a_client_that_never_speaks_or_leaves_silently(run_proxy: object, identity: tuple[Path, CertAuthority], backend: RedisServer) -> None:
+def test_permissive_forgets_a_client_that_leaves_silently_and_serves_one_that_waits_in_plaintext(
+    run_proxy: object, identity: tuple[Path, CertAuthority], backend: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tls_module, "SNIFF_TIMEOUT", 0.3)  # Istio's behaviour, sooner: a client silent past it is plaintext
     rp = run_proxy(proxy_tree(PERMISSIVE, identity[0], backend.port))  # type: ignore[operator]
     port = rp.port("cache")
-    silent = socket.create_connection(("127.0.0.1", port))
-    wait_for(lambda: len(rp.run(lambda: list(rp.proxy.handshaking.get("cache", ())))) == 1, "the silent client waiting")  # type: ignore[attr-defined]
-    silent.close()
-    wait_for(lambda: len(rp.run(lambda: list(rp.proxy.handshaking.get("cache", ())))) == 0, "the silent client forgotten")  # type: ignore[attr-defined]
+    pending = lambda: len(rp.run(lambda: list(rp.proxy.handshaking.get("cache", ()))))  # type: ignore[attr-defined]  # noqa: E731
+    leaving = socket.create_connection(("127.0.0.1", port))
+    wait_for(lambda: pending() == 1, "the silent client waiting")
+    leaving.close()
+    wait_for(lambda: pending() == 0, "the silent client forgotten")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as waiting:
+        wait_for(lambda: stat(rp, "metaprotocol_downstream_plaintext_connections_total") == 1, "the waiting client taken as plaintext")
+        waiting.sendall(PING)
+        assert waiting.recv(100) == b"+PONG\r\n"
     assert plain_ping(port) == b"+PONG\r\n"
+
+
+def test_permissive_to_strict_drains_the_plaintext_connections_and_keeps_the_mutual_tls_ones(
+    run_proxy: object, identity: tuple[Path, CertAuthority], backend: RedisServer
+) -> None:
+    folder, _ = identity
+    rp = run_proxy(proxy_tree(PERMISSIVE, folder, backend.port))  # type: ignore[operator]
+    port = rp.port("cache")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain, socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            tls_client(identity, GOOD).wrap_socket(raw) as secure:  # fmt: skip
+        for s in (plain, secure):
+            s.sendall(PING)
+            assert s.recv(100) == b"+PONG\r\n"
+        rp.call(rp.proxy.apply(parse_bootstrap(proxy_tree(STRICT, folder, backend.port), "strict")))  # type: ignore[attr-defined]
+        assert plain.recv(100) == b""  # drained: closed once nothing was in flight
+        secure.sendall(PING)
+        assert secure.recv(100) == b"+PONG\r\n"  # the same certificate checks: kept
+    assert plain_ping(port) == b""  # and new plaintext clients are refused
 
 
 def test_strict_refuses_plaintext_and_serves_mutual_tls(run_proxy: object, identity: tuple[Path, CertAuthority], backend: RedisServer) -> None:

@@ -636,18 +636,21 @@ def test_tls_listener_and_cluster_in_worker_processes(pki: Pki, plain_redis: Red
         server.stop()
 
 
-def test_a_live_update_turns_tls_on_for_new_connections_only(run_proxy: object, pki: Pki, plain_redis: RedisServer) -> None:
+def test_a_live_update_that_turns_tls_on_drains_the_plaintext_connections(run_proxy: object, pki: Pki, plain_redis: RedisServer) -> None:
+    """As Envoy drains the connections of a filter chain that went away: a plaintext connection
+    established before TLS became required is closed once nothing is in flight on it."""
     from metaprotocol.config.bootstrap import parse_bootstrap
 
     plain = bootstrap_dict([listener("redis", 0, "redis", [{"name": "all", "route": {"cluster": "r"}}])], [cluster("r", [plain_redis.port])])
     rp = run_proxy(plain)  # type: ignore[operator]
     port = rp.port("redis")
-    old = redis.Redis(port=port)
-    assert old.set("live:k", "1")
-    secured = bootstrap_dict([tls_listener("redis", "redis", "r", downstream(pki.server, pki.ca_file, require=True))], [cluster("r", [plain_redis.port])])
-    secured["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port  # type: ignore[index]
-    rp.call(rp.proxy.apply(parse_bootstrap(secured, "update")))  # type: ignore[attr-defined]
-    assert old.get("live:k") == b"1"  # the established plaintext connection stays
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as old:
+        old.sendall(PING)
+        assert old.recv(100) == b"+PONG\r\n"
+        secured = bootstrap_dict([tls_listener("redis", "redis", "r", downstream(pki.server, pki.ca_file, require=True))], [cluster("r", [plain_redis.port])])
+        secured["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = port  # type: ignore[index]
+        rp.call(rp.proxy.apply(parse_bootstrap(secured, "update")))  # type: ignore[attr-defined]
+        assert old.recv(100) == b""  # drained
     assert ping(port, client_context(pki, pki.client)) == b"+PONG\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # a new plaintext client is not spoken to
         s.sendall(PING)
