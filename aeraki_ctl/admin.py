@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Final
 
 from aeraki_ctl.xds.server import PUSH_BUCKETS, AdsServer
-from metaprotocol.xds.status import SHORT_NAMES
+from metaprotocol.xds.status import SHORT_NAMES, short_name
 
 log = logging.getLogger(__name__)
 PATHS: Final = ("/healthz", "/readyz", "/proxies", "/status", "/metrics")
@@ -103,7 +103,11 @@ class AdminServer:
             ("aeraki_ctl_xds_nacks_total", m.nacks, "xDS responses NACKed (rejected) by proxies, per resource type."),
         ):
             family(name, "counter", help_)
-            out.extend(f'{name}{{type="{short}"}} {counter[type_url]}' for type_url, short in SHORT_NAMES.items())
+            # by short name: every type served (Envoy's route tables count as RDS, secrets as Secret)
+            totals = dict.fromkeys(SHORT_NAMES.values(), 0)
+            for type_url, n in sorted(counter.items()):
+                totals[short_name(type_url)] = totals.get(short_name(type_url), 0) + n
+            out.extend(f'{name}{{type="{short}"}} {n}' for short, n in totals.items())
         family("aeraki_ctl_xds_push_duration_seconds", "histogram", "From a snapshot's publication (or the request that asked) to the response sent.")
         for bound, count in zip(PUSH_BUCKETS, m.push_buckets, strict=True):  # cumulative: a push counts in every bound it fits
             out.append(f'aeraki_ctl_xds_push_duration_seconds_bucket{{le="{bound}"}} {count}')

@@ -320,7 +320,9 @@ def _same(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
 
 
 def _all_same(obj: Mapping[str, Any], wanted: list[dict[str, Any]]) -> bool:
-    return all(_same(_current(obj, w["type"]), w) for w in wanted)
+    """The object holds every wanted condition, and no ``EnvoyAccepted`` that is not wanted."""
+    stale = not any(w["type"] == ENVOY_CONDITION for w in wanted) and _current(obj, ENVOY_CONDITION) is not None
+    return not stale and all(_same(_current(obj, w["type"]), w) for w in wanted)
 
 
 def _current(obj: Mapping[str, Any], kind: str = CONDITION) -> dict[str, Any] | None:
@@ -439,7 +441,7 @@ class StatusWriter:
                     want["lastTransitionTime"] = current["lastTransitionTime"]
                 else:
                     want["lastTransitionTime"] = rfc3339(self.clock())
-            kinds = {w["type"] for w in wanted}
+            kinds = {CONDITION, ENVOY_CONDITION}  # ours, replaced whole (an EnvoyAccepted no longer wanted goes)
             status = dict(obj.get("status") or {})
             status["conditions"] = [c for c in status.get("conditions") or [] if not (isinstance(c, dict) and c.get("type") in kinds)] + wanted
             want = wanted[0]

@@ -429,3 +429,11 @@ async def test_once_envoy_nodes_are_served_the_metarouter_says_what_they_get(wor
         assert replica.controller.status()["objects"][f"MetaRouter {NS}/route"]["envoy"]["state"] == "serving-last-translatable"  # type: ignore[index]
     finally:
         await replica.stop()
+    # A restarted aeraki-ctl that serves no Envoy node (yet) says nothing about Envoy: the condition goes.
+    again = await Replica(api, "b").start()
+    try:
+        await eventually(lambda: envoy_condition(api) is None)
+        ok = accepted(api)
+        assert ok is not None and ok["status"] == "True"
+    finally:
+        await again.stop()
