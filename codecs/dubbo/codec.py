@@ -1,8 +1,9 @@
 """The Dubbo codec: multiplexed by request id, routing metadata from a lazily parsed body.
 
 Decoding a request reads the header and the short strings at the head of the body (service,
-version, method, parameter descriptor), skips the arguments without building them, and reads the
-attachments map: every attachment becomes routing metadata. Forwarding is zero-copy unless the
+version, method, parameter descriptor), skips the arguments without building them, and checks the
+attachments map: every attachment is routing metadata, read on first use (``attachments.py``).
+Forwarding is zero-copy unless the
 request id changes (8 bytes patched) or a mutation sets attachments (only the attachments map is
 re-encoded, the body length patched).
 """
@@ -28,13 +29,15 @@ from metaprotocol.spi import (
     LocalProtocolError,
     Message,
     MessageType,
+    Metadata,
     Mutation,
     ReadBuffer,
     RemoteProtocolError,
     ServerCodec,
 )
 from metaprotocol_codecs.dubbo import wire
-from metaprotocol_codecs.dubbo.fastscan import FlatMapCache, read_flat_map, read_string_at, skip_values
+from metaprotocol_codecs.dubbo.attachments import EMPTY, Parsed, Recent, RequestMetadata, attachment_metadata, attachments_at
+from metaprotocol_codecs.dubbo.fastscan import plain_flat_map, read_string_at, skip_values
 from metaprotocol_codecs.dubbo.hessian2 import Hessian2Reader, Hessian2Writer, HessianDecodeError
 from metaprotocol_codecs.dubbo.hessian2_types import HessianMap
 
@@ -82,7 +85,8 @@ class _Body:
     """Where a decoded body's attachments start, and the stream state before them.
 
     ``reader`` is None when the fast scanner read the body: the attachments then hold only
-    scalars, which a writer with a fresh state encodes correctly.
+    scalars, which a writer with a fresh state encodes correctly. ``lazy`` is the request's
+    metadata when its attachments are read on first use; ``attachment_map`` reads them then.
     """
 
     attachments_at: int
@@ -90,6 +94,12 @@ class _Body:
     reader: Hessian2Reader | None
     flag: int = -1  # responses: the result flag; its encoded size is flag_size
     flag_size: int = 0
+    lazy: RequestMetadata | None = None
+
+    def attachment_map(self) -> dict[Any, Any]:
+        """The attachments as read (for a mutation), reading them now if they were left lazy."""
+        lazy = self.lazy
+        return lazy.parsed()[0] if lazy is not None else self.attachments
 
 
 @dataclass(slots=True)
@@ -116,24 +126,6 @@ def _frame_trouble(magic: int, flag: int, rid: int, length: int, limit: int, kin
     return NEED_DATA
 
 
-def _scalar(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return None
-
-
-def _attachment_metadata(attachments: dict[Any, Any], md: dict[str, str]) -> None:
-    for k, v in attachments.items():
-        if isinstance(k, str):
-            text = _scalar(v)
-            if text is not None:
-                md[k.lower()] = text
-
-
 def _patch(raw: bytes | bytearray, request_id: int | None, body: bytes | None, flag: int | None = None) -> bytes:
     """The frame with a new request id and/or a new body (length patched)."""
     magic, old_flag, status, rid, length = wire.HEADER.unpack_from(raw, 0)
@@ -144,7 +136,7 @@ def _patch(raw: bytes | bytearray, request_id: int | None, body: bytes | None, f
 
 
 def _mutated_attachments(info: _Body, mutation: Mutation) -> bytes:
-    merged = HessianMap(info.attachments)
+    merged = HessianMap(info.attachment_map())
     merged.update(mutation)
     r = info.reader
     w = Hessian2Writer() if r is None else Hessian2Writer(r.classes, r.types, len(r.refs))
@@ -157,7 +149,7 @@ class DubboServerCodec(ServerCodec):
 
     def __init__(self, config: DubboConfig) -> None:
         self.config = config
-        self.recent = _Recent()
+        self.recent = Recent()
 
     def decode(self, buffer: ReadBuffer) -> DecodeResult:
         """One request, oneway request or heartbeat."""
@@ -179,9 +171,8 @@ class DubboServerCodec(ServerCodec):
             return Message(MessageType.HEARTBEAT, raw, {}, rid)
         mtype = MessageType.REQUEST if flag & wire.FLAG_TWO_WAY else MessageType.ONEWAY
         if flag & wire.SERIALIZATION_MASK != wire.HESSIAN2:
-            md = {"serialization": str(flag & wire.SERIALIZATION_MASK)}
             opaque = _Invalid("unsupported serialization") if self.config.non_hessian2 == "reject" else None
-            return Message(mtype, raw, md, rid, opaque)
+            return Message(mtype, raw, {"serialization": str(flag & wire.SERIALIZATION_MASK)}, rid, opaque)
         try:
             md, info = _request_metadata(raw, self.recent)
         except _BODY_ERRORS as exc:
@@ -213,24 +204,9 @@ class DubboServerCodec(ServerCodec):
         return wire.build_heartbeat(heartbeat.request_id or 0, reply=True)
 
 
-class _Recent:
-    """The head and attachments a connection sent last, with their bytes: a consumer repeats
-    them call after call, and equal bytes (a prefix compare, no copy) read equally."""
-
-    __slots__ = ("attachments", "attachments_bytes", "head", "head_bytes", "metadata", "metadata_from")
-
-    def __init__(self) -> None:
-        self.head_bytes: bytes | None = None
-        self.head: _Head = ({}, 0, 0)
-        self.attachments_bytes = b""  # no attachments at all: what _attachments_at says too
-        self.attachments: tuple[dict[str, Any], dict[str, str]] = _EMPTY
-        # The last metadata made, and the (head, attachments) metadata it was merged from: the
-        # same pair gives the same dict again (metadata is read-only once decoded).
-        self.metadata: dict[str, str] = {}
-        self.metadata_from: tuple[dict[str, str], dict[str, str]] | None = None
-
-
-def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> tuple[dict[str, str], _Body]:
+def _request_metadata(raw: bytes | bytearray, recent: Recent | None = None, lazy: bool = True) -> tuple[Metadata, _Body]:
+    """A request's metadata and body offsets (``lazy``: attachments read on first use when
+    plain_flat_map vouches for them; False reads them now, the reference the tests compare with)."""
     end = len(raw)
     if recent is not None and recent.head_bytes is not None and raw.startswith(recent.head_bytes, wire.HEADER_SIZE):
         head = recent.head
@@ -243,15 +219,21 @@ def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> 
             recent.head_bytes, recent.head = key, head
     head_md, params, pos = head
     at = _skip_arguments(raw, pos, end, params) if params else pos
-    parsed: tuple[dict[str, Any], dict[str, str]] | None
+    parsed: Parsed | None
     if recent is not None and end - at == len(recent.attachments_bytes) and raw.startswith(recent.attachments_bytes, at):
         parsed = recent.attachments
+        if parsed is None:  # the same attachments as the last call, still unread
+            return _lazy(head_md, recent.attachments_bytes, recent, at)
     else:
-        parsed = _attachments_at(raw, at, end)
+        if lazy and at < end:
+            region = bytes(raw[at:end])
+            if plain_flat_map(region):
+                return _lazy(head_md, region, recent, at)
+        parsed = attachments_at(raw, at, end)
         if parsed is None:  # references, objects or nested values: the full reader
             return _request_metadata_full(raw)
         if recent is not None:
-            recent.attachments_bytes, recent.attachments = bytes(raw[at:end]), parsed
+            recent.attachments_bytes, recent.attachments, recent.lazy = bytes(raw[at:end]), parsed, None
     attachments, cached_md = parsed
     if recent is None:
         # Attachments first: the head's own attributes (interface, method ...) win over them.
@@ -261,6 +243,21 @@ def _request_metadata(raw: bytes | bytearray, recent: _Recent | None = None) -> 
         recent.metadata = cached_md | head_md
         recent.metadata_from = (head_md, cached_md)
     return recent.metadata, _Body(at, attachments, None)
+
+
+def _lazy(head_md: dict[str, str], region: bytes, recent: Recent | None, at: int) -> tuple[Metadata, _Body]:
+    """Metadata whose attachments (``region``, vouched for by plain_flat_map) are read on first
+    use; the connection's last one again when head and attachments are the same."""
+    if recent is None:
+        md = RequestMetadata(head_md, region, None)
+    else:
+        last = recent.lazy
+        if last is not None and last.head is head_md and last.region is region:
+            md = last
+        else:
+            md = RequestMetadata(head_md, region, recent)
+            recent.attachments_bytes, recent.attachments, recent.lazy = region, None, md
+    return md, _Body(at, EMPTY[0], None, lazy=md)
 
 
 def _skip_arguments(raw: bytes | bytearray, at: int, end: int, params: int) -> int:
@@ -334,28 +331,6 @@ def _read_head(raw: bytes | bytearray, end: int, guess: int) -> _Head:
     return head
 
 
-_ATTACHMENTS = FlatMapCache()
-_EMPTY: Final[tuple[dict[str, Any], dict[str, str]]] = ({}, {})
-
-
-def _attachments_at(raw: bytes | bytearray, at: int, end: int) -> tuple[dict[str, Any], dict[str, str]] | None:
-    """The flat attachments map ending the body, and its metadata; cached by its bytes."""
-    if at >= end:
-        return _EMPTY
-    key = bytes(raw[at:end])
-    hit = _ATTACHMENTS.get(key)
-    if hit is not None:
-        return hit
-    attachments = read_flat_map(raw, at, end)
-    if attachments is None:
-        return None
-    md: dict[str, str] = {}
-    _attachment_metadata(attachments, md)
-    value = (attachments, md)
-    _ATTACHMENTS.put(key, value)
-    return value
-
-
 def _request_metadata_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     r = Hessian2Reader(raw, wire.HEADER_SIZE)
     dubbo_version = r.read_string()
@@ -370,7 +345,7 @@ def _request_metadata_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Bod
     if not isinstance(attachments, dict):
         raise HessianDecodeError("attachments are not a map")
     md: dict[str, str] = {}
-    _attachment_metadata(attachments, md)
+    attachment_metadata(attachments, md)
     md["interface"] = path
     md["method"] = method
     md["dubbo"] = dubbo_version
@@ -484,9 +459,9 @@ def _response_body(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
         pos += 1
         has_value = flag in (0, 1, 3, 4)
         at = skip_values(raw, pos, end, 1, [], []) if has_value else pos
-        parsed: tuple[dict[str, Any], dict[str, str]] | None = _EMPTY
+        parsed: Parsed | None = EMPTY
         if flag >= wire.WITH_ATTACHMENTS_OFFSET:
-            parsed = _attachments_at(raw, at, end)
+            parsed = attachments_at(raw, at, end)
         elif at != end:
             raise HessianDecodeError(f"{end - at} bytes after the response value")
         if parsed is not None:
@@ -515,11 +490,11 @@ def _response_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
         r.skip()
         at = r.pos
         attachments = _attachment_map(r)
-        _attachment_metadata(attachments, md)
+        attachment_metadata(attachments, md)
     elif flag == wire.RESPONSE_NULL_VALUE_WITH_ATTACHMENTS:
         at = r.pos
         attachments = _attachment_map(r)
-        _attachment_metadata(attachments, md)
+        attachment_metadata(attachments, md)
     elif flag in (wire.RESPONSE_WITH_EXCEPTION, wire.RESPONSE_VALUE, wire.RESPONSE_NULL_VALUE):
         if flag != wire.RESPONSE_NULL_VALUE:
             r.skip()

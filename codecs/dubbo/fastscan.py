@@ -76,6 +76,10 @@ def _name_at(data: bytes | bytearray, pos: int, end: int) -> int:
         stop = pos + 1 + code
         if stop <= end and bytes(data[pos + 1 : stop]).isascii():
             return stop
+    elif 0x30 <= code <= 0x33 and pos + 1 < end:  # noqa: PLR2004 - a class name is often 32-1023 long
+        stop = pos + 2 + ((code - 0x30) << 8) + data[pos + 1]
+        if stop <= end and bytes(data[pos + 2 : stop]).isascii():
+            return stop
     r = Hessian2Reader(data, pos, end)
     r.read_string()
     return r.pos
@@ -86,6 +90,10 @@ def _int_at(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     if pos >= end:
         raise HessianDecodeError("truncated int")
     code = data[pos]
+    if 0x80 <= code <= 0xBF:  # noqa: PLR2004 - the compact forms inline (a field count, an index)
+        return code - 0x90, pos + 1
+    if 0xC0 <= code <= 0xCF and pos + 1 < end:  # noqa: PLR2004
+        return ((code - 0xC8) << 8) + data[pos + 1], pos + 2
     r = Hessian2Reader(data, pos + 1, end)
     value = _read_int_value(r, code)
     return value, r.pos
@@ -348,3 +356,78 @@ def read_flat_map(data: bytes | bytearray, pos: int, end: int) -> dict[str, Any]
         out[key] = value  # type: ignore[index]
 
 
+
+
+def plain_flat_map(region: bytes) -> bool:
+    """Whether ``region`` is exactly a flat map that read_flat_map reads without falling back
+    and without an error: string keys and string values in the compact forms and ASCII, or int,
+    long, boolean and null values, then 'Z' as the last byte.
+
+    False says nothing (the caller reads the map as before, which decides: a fallback, an error
+    or a map); True vouches that ``read_flat_map(region, 0, len(region))`` returns a map. Only
+    the structure is walked: no string is made. String contents are proved ASCII together, by
+    one ``isascii`` over the region, on a copy with the bytes >= 0x80 the structure accounts
+    for (int codes and payloads, long string lengths) zeroed when there are any.
+    """
+    end = len(region)
+    if end < 2 or region[0] != 0x48 or region[end - 1] != _Z:  # noqa: PLR2004
+        return False
+    masked: bytearray | None = None  # the region with its structural bytes >= 0x80 zeroed
+    pos = 1
+    while True:
+        code = region[pos]
+        if code == _Z:
+            if pos != end - 1:
+                return False
+            return region.isascii() if masked is None else masked.isascii()
+        # The key: a compact string (read_flat_map reads an 'S' key too, but not inline).
+        if code < 0x20:
+            pos += 1 + code
+        elif 0x30 <= code <= 0x33 and pos + 1 < end:  # noqa: PLR2004
+            size = region[pos + 1]
+            if size >= 0x80:  # noqa: PLR2004
+                masked = _zeroed(region, masked, pos + 1)
+            pos += 2 + ((code - 0x30) << 8) + size
+        else:
+            return False
+        if pos >= end:
+            return False
+        code = region[pos]
+        if code < 0x20:
+            pos += 1 + code
+        elif 0x30 <= code <= 0x33 and pos + 1 < end:  # noqa: PLR2004
+            size = region[pos + 1]
+            if size >= 0x80:  # noqa: PLR2004
+                masked = _zeroed(region, masked, pos + 1)
+            pos += 2 + ((code - 0x30) << 8) + size
+        elif code == 0x4E or code == 0x54 or code == 0x46:  # noqa: PLR2004 - null, true, false
+            pos += 1
+        else:
+            if 0x80 <= code <= 0xBF or 0xD8 <= code <= 0xEF:  # noqa: PLR2004 - one-byte int, long
+                size = 1
+            elif 0xC0 <= code <= 0xCF or 0xF0 <= code:  # noqa: PLR2004
+                size = 2
+            elif 0xD0 <= code <= 0xD7 or 0x38 <= code <= 0x3F:  # noqa: PLR2004
+                size = 3
+            elif code == 0x49 or code == 0x59:  # noqa: PLR2004
+                size = 5
+            elif code == 0x4C:  # noqa: PLR2004
+                size = 9
+            else:
+                return False
+            if pos + size >= end:
+                return False
+            for i in range(pos, pos + size):
+                if region[i] >= 0x80:  # noqa: PLR2004
+                    masked = _zeroed(region, masked, i)
+            pos += size
+        if pos >= end:
+            return False
+
+
+def _zeroed(region: bytes, masked: bytearray | None, at: int) -> bytearray:
+    """``masked`` (a copy of ``region`` made on first use) with the byte at ``at`` zeroed."""
+    if masked is None:
+        masked = bytearray(region)
+    masked[at] = 0
+    return masked

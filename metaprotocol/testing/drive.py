@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,14 +61,14 @@ def split(payload: bytes, b: int) -> list[bytes]:
 
 def touch(msg: Message, lower_case_keys: bool = False) -> None:
     """Read what the core and logs read: lazy metadata is parsed here (MetaProtocolError allowed),
-    and must be a dict of str to str (with lower-case keys when asked: the router matches them;
+    and must be a mapping of str to str (with lower-case keys when asked: the router matches them;
     the conformance kit checks that on the samples only, a test codec may echo the wire)."""
     try:
         md = msg.metadata
     except MetaProtocolError:
         return
-    if not isinstance(md, dict):
-        raise Finding(f"metadata is {type(md).__name__}, not a dict")
+    if not isinstance(md, Mapping):  # the SPI's Metadata; a codec may read parts of it lazily
+        raise Finding(f"metadata is {type(md).__name__}, not a mapping")
     for k, v in md.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise Finding(f"metadata item {k!r}: {v!r} is not str: str")
