@@ -18,7 +18,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from aeraki_ctl.envoy import dubbo
 from aeraki_ctl.envoy.common import DUBBO_ROUTE_TYPE, EnvoyListener, Gap
 from aeraki_ctl.envoy.translate import translate_listener
-from aeraki_ctl.resources import ResourceSet, load_directory, load_text
+from aeraki_ctl.resources import ResourceSet, load_directory
 from aeraki_ctl.translate import translate
 from metaprotocol.config.model import (
     AccessLog,
@@ -36,6 +36,7 @@ from metaprotocol.config.model import (
     WeightedCluster,
 )
 from metaprotocol.xds import convert
+from tests.ctl.test_translate import resources, router
 from tests.envoy.validation import assert_envoy_accepts, plain, validate
 from tests.tls_certs import CertAuthority
 
@@ -45,26 +46,6 @@ IFACE = "org.apache.dubbo.samples.basic.api.DemoService"
 NAME = f"{HOST}_20880"
 V1, V2, ALL = (f"outbound|20880|{s}|{HOST}" for s in ("v1", "v2", ""))
 SERVICE = (ROOT / "examples/aeraki/dubbo-demo/service.yaml").read_text()
-
-
-def resources(*texts: str) -> ResourceSet:
-    out = ResourceSet()
-    for i, text in enumerate(texts):
-        load_text(text, f"input{i}.yaml", out)
-    return out
-
-
-def router(routes: str, extra: str = "") -> str:
-    return f"""
-apiVersion: metaprotocol.aeraki.io/v1alpha1
-kind: MetaRouter
-metadata: {{name: r, namespace: meta-dubbo}}
-spec:
-  hosts: [{HOST}]
-{extra}
-  routes:
-{routes}
-"""
 
 
 def translated(rs: ResourceSet) -> tuple[ListenerConfig, dict[str, ClusterConfig]]:
