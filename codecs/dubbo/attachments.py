@@ -47,12 +47,12 @@ def attachment_metadata(attachments: dict[Any, Any], md: dict[str, str]) -> None
 _ATTACHMENTS = FlatMapCache()
 
 
-def attachments_at(raw: bytes | bytearray, at: int, end: int) -> Parsed | None:
+def attachments_at(raw: bytes, at: int, end: int) -> Parsed | None:
     """The flat attachments map ending the body, and its metadata; cached by its bytes. None
     when the map is not flat (references, objects, nested values: the full reader's job)."""
     if at >= end:
         return EMPTY
-    key = bytes(raw[at:end])
+    key = raw[at:end]
     hit = _ATTACHMENTS.get(key)
     if hit is not None:
         return hit

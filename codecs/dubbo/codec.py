@@ -80,21 +80,33 @@ class DubboConfig:
             raise CodecConfigError("non_hessian2 must be passthrough or reject")
 
 
-@dataclass(slots=True)
 class _Body:
     """Where a decoded body's attachments start, and the stream state before them.
 
     ``reader`` is None when the fast scanner read the body: the attachments then hold only
     scalars, which a writer with a fresh state encodes correctly. ``lazy`` is the request's
     metadata when its attachments are read on first use; ``attachment_map`` reads them then.
+    A plain class, not a dataclass: one is made per message, and mypyc compiles this
+    constructor, where a dataclass's is generated Python run by the interpreter.
     """
 
-    attachments_at: int
-    attachments: dict[Any, Any]
-    reader: Hessian2Reader | None
-    flag: int = -1  # responses: the result flag; its encoded size is flag_size
-    flag_size: int = 0
-    lazy: RequestMetadata | None = None
+    __slots__ = ("attachments", "attachments_at", "flag", "flag_size", "lazy", "reader")
+
+    def __init__(
+        self,
+        attachments_at: int,
+        attachments: dict[Any, Any],
+        reader: Hessian2Reader | None,
+        flag: int = -1,  # responses: the result flag; its encoded size is flag_size
+        flag_size: int = 0,
+        lazy: RequestMetadata | None = None,
+    ) -> None:
+        self.attachments_at = attachments_at
+        self.attachments = attachments
+        self.reader = reader
+        self.flag = flag
+        self.flag_size = flag_size
+        self.lazy = lazy
 
     def attachment_map(self) -> dict[Any, Any]:
         """The attachments as read (for a mutation), reading them now if they were left lazy."""
@@ -164,7 +176,9 @@ class DubboServerCodec(ServerCodec):
         if magic != wire.MAGIC or length > self.config.payload_limit or end > len(data):
             return _frame_trouble(magic, flag, rid, length, self.config.payload_limit, ErrorKind.BAD_REQUEST)
         buffer.pos = end
-        raw = data[pos:end]
+        # bytes, whatever the buffer holds: the scanners are compiled for bytes (a bytearray
+        # would make every index and slice a generic call); a bytearray frame is copied once.
+        raw = data[pos:end] if isinstance(data, bytes) else bytes(data[pos:end])
         if not flag & wire.FLAG_REQUEST:
             return Message(MessageType.EVENT, raw, {}, rid)  # a stray response from a consumer
         if flag & wire.FLAG_EVENT:
@@ -204,7 +218,7 @@ class DubboServerCodec(ServerCodec):
         return wire.build_heartbeat(heartbeat.request_id or 0, reply=True)
 
 
-def _request_metadata(raw: bytes | bytearray, recent: Recent | None = None, lazy: bool = True) -> tuple[Metadata, _Body]:
+def _request_metadata(raw: bytes, recent: Recent | None = None, lazy: bool = True) -> tuple[Metadata, _Body]:
     """A request's metadata and body offsets (``lazy``: attachments read on first use when
     plain_flat_map vouches for them; False reads them now, the reference the tests compare with)."""
     end = len(raw)
@@ -212,7 +226,7 @@ def _request_metadata(raw: bytes | bytearray, recent: Recent | None = None, lazy
         head = recent.head
     else:
         guess = _head_end_guess(raw, end)
-        key = bytes(raw[wire.HEADER_SIZE : guess]) if guess > 0 else b""
+        key = raw[wire.HEADER_SIZE : guess] if guess > 0 else b""
         known = _HEADS.get(key) if key else None
         head = known if known is not None else _read_head(raw, end, guess)
         if recent is not None and head[2] == guess:
@@ -226,14 +240,14 @@ def _request_metadata(raw: bytes | bytearray, recent: Recent | None = None, lazy
             return _lazy(head_md, recent.attachments_bytes, recent, at)
     else:
         if lazy and at < end:
-            region = bytes(raw[at:end])
+            region = raw[at:end]
             if plain_flat_map(region):
                 return _lazy(head_md, region, recent, at)
         parsed = attachments_at(raw, at, end)
         if parsed is None:  # references, objects or nested values: the full reader
             return _request_metadata_full(raw)
         if recent is not None:
-            recent.attachments_bytes, recent.attachments, recent.lazy = bytes(raw[at:end]), parsed, None
+            recent.attachments_bytes, recent.attachments, recent.lazy = raw[at:end], parsed, None
     attachments, cached_md = parsed
     if recent is None:
         # Attachments first: the head's own attributes (interface, method ...) win over them.
@@ -260,7 +274,7 @@ def _lazy(head_md: dict[str, str], region: bytes, recent: Recent | None, at: int
     return md, _Body(at, EMPTY[0], None, lazy=md)
 
 
-def _skip_arguments(raw: bytes | bytearray, at: int, end: int, params: int) -> int:
+def _skip_arguments(raw: bytes, at: int, end: int, params: int) -> int:
     """Offset after ``params`` arguments: short ASCII strings and one-byte ints (the common
     arguments) are stepped over here, anything else by skip_values from where it starts."""
     left = params
@@ -288,7 +302,7 @@ _HEADS: dict[bytes, _Head] = {}
 _HEADS_MAX: Final = 2048
 
 
-def _head_end_guess(raw: bytes | bytearray, end: int) -> int:
+def _head_end_guess(raw: bytes, end: int) -> int:
     """Where the five head strings would end if each is ASCII in a compact form, else -1.
 
     Only a guess: the bytes up to it are looked up among heads already read in full, and a
@@ -310,7 +324,7 @@ def _head_end_guess(raw: bytes | bytearray, end: int) -> int:
     return pos if pos <= end else -1
 
 
-def _read_head(raw: bytes | bytearray, end: int, guess: int) -> _Head:
+def _read_head(raw: bytes, end: int, guess: int) -> _Head:
     """Read the head strings in full; remember the head when the guess found its end."""
     pos = wire.HEADER_SIZE
     dubbo_version, pos = read_string_at(raw, pos, end)
@@ -327,11 +341,11 @@ def _read_head(raw: bytes | bytearray, end: int, guess: int) -> _Head:
     if pos == guess:
         if len(_HEADS) >= _HEADS_MAX:
             _HEADS.clear()
-        _HEADS[bytes(raw[wire.HEADER_SIZE : pos])] = head
+        _HEADS[raw[wire.HEADER_SIZE : pos]] = head
     return head
 
 
-def _request_metadata_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
+def _request_metadata_full(raw: bytes) -> tuple[dict[str, str], _Body]:
     r = Hessian2Reader(raw, wire.HEADER_SIZE)
     dubbo_version = r.read_string()
     path = r.read_string()
@@ -397,7 +411,9 @@ class DubboClientCodec(ClientCodec):
         if magic != wire.MAGIC or length > self.config.payload_limit or end > len(data):
             return _frame_trouble(magic, flag, rid, length, self.config.payload_limit, ErrorKind.BAD_RESPONSE)
         buffer.pos = end
-        raw = data[pos:end]
+        # bytes, whatever the buffer holds: the scanners are compiled for bytes (a bytearray
+        # would make every index and slice a generic call); a bytearray frame is copied once.
+        raw = data[pos:end] if isinstance(data, bytes) else bytes(data[pos:end])
         if flag & _REQUEST_FLAGS:
             return Message(MessageType.EVENT, raw, {}, rid)
         if status != wire.OK:
@@ -446,12 +462,12 @@ def _lazy_response_metadata(msg: LazyMessage) -> dict[str, str]:
 def _checked_response_body(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
     """_response_body, with a body it cannot read reported as the provider's fault."""
     try:
-        return _response_body(raw)
+        return _response_body(raw if isinstance(raw, bytes) else bytes(raw))
     except _BODY_ERRORS as exc:
         raise RemoteProtocolError(f"bad response body: {exc}", ErrorKind.BAD_RESPONSE) from None
 
 
-def _response_body(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
+def _response_body(raw: bytes) -> tuple[dict[str, str], _Body]:
     end = len(raw)
     pos = wire.HEADER_SIZE
     flag = _FLAG_CODES.get(raw[pos]) if pos < end else None
@@ -479,7 +495,7 @@ def _attachment_map(r: Hessian2Reader) -> dict[Any, Any]:
     return value
 
 
-def _response_full(raw: bytes | bytearray) -> tuple[dict[str, str], _Body]:
+def _response_full(raw: bytes) -> tuple[dict[str, str], _Body]:
     r = Hessian2Reader(raw, wire.HEADER_SIZE)
     start = r.pos
     flag = r.read_int()

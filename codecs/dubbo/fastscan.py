@@ -29,16 +29,16 @@ _MAP_VALUE: Final = -3
 _FLIP: Final = _MAP_KEY + _MAP_VALUE
 
 
-def _string_span(data: bytes | bytearray, pos: int, end: int, units: int) -> int:
+def _string_span(data: bytes, pos: int, end: int, units: int) -> int:
     """Bytes taken by ``units`` UTF-16 units of text at ``pos``."""
     stop = pos + units
-    if stop <= end and bytes(data[pos:stop]).isascii():
+    if stop <= end and data[pos:stop].isascii():
         return units
     r = Hessian2Reader(data, pos, end)
     return _utf16_units_span(r, units)
 
 
-def _skip_string(data: bytes | bytearray, pos: int, end: int, code: int) -> int:
+def _skip_string(data: bytes, pos: int, end: int, code: int) -> int:
     """Offset after a string whose first code byte (at pos - 1) is ``code``."""
     while True:
         if code < 0x20:
@@ -66,7 +66,7 @@ def _skip_string(data: bytes | bytearray, pos: int, end: int, code: int) -> int:
         pos += 1
 
 
-def _name_at(data: bytes | bytearray, pos: int, end: int) -> int:
+def _name_at(data: bytes, pos: int, end: int) -> int:
     """Offset after a class, field or type name at ``pos``: unlike a value, a name is decoded by
     the full reader, so text that is not UTF-8 must fail here too (ASCII compact names inline)."""
     if pos >= end:
@@ -74,18 +74,18 @@ def _name_at(data: bytes | bytearray, pos: int, end: int) -> int:
     code = data[pos]
     if code < 0x20:
         stop = pos + 1 + code
-        if stop <= end and bytes(data[pos + 1 : stop]).isascii():
+        if stop <= end and data[pos + 1 : stop].isascii():
             return stop
     elif 0x30 <= code <= 0x33 and pos + 1 < end:  # noqa: PLR2004 - a class name is often 32-1023 long
         stop = pos + 2 + ((code - 0x30) << 8) + data[pos + 1]
-        if stop <= end and bytes(data[pos + 2 : stop]).isascii():
+        if stop <= end and data[pos + 2 : stop].isascii():
             return stop
     r = Hessian2Reader(data, pos, end)
     r.read_string()
     return r.pos
 
 
-def _int_at(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
+def _int_at(data: bytes, pos: int, end: int) -> tuple[int, int]:
     """An int (any int or long form) at ``pos``: (value, offset after)."""
     if pos >= end:
         raise HessianDecodeError("truncated int")
@@ -99,7 +99,7 @@ def _int_at(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     return value, r.pos
 
 
-def _type_at(data: bytes | bytearray, pos: int, end: int, types: list[str]) -> int:
+def _type_at(data: bytes, pos: int, end: int, types: list[str]) -> int:
     """Offset after a list/map type (a string, remembered, or an int reference)."""
     if pos >= end:
         raise HessianDecodeError("truncated type")
@@ -115,7 +115,7 @@ def _type_at(data: bytes | bytearray, pos: int, end: int, types: list[str]) -> i
 
 
 def skip_values(
-    data: bytes | bytearray,
+    data: bytes,
     pos: int,
     end: int,
     count: int,
@@ -246,7 +246,7 @@ def skip_values(
         raise HessianDecodeError(f"truncated value near offset {pos}") from None
 
 
-def _skip_binary_chunks(data: bytes | bytearray, pos: int, end: int, code: int) -> int:
+def _skip_binary_chunks(data: bytes, pos: int, end: int, code: int) -> int:
     """Offset after a binary whose first chunk code ('A' non-final, 'B' final) was at pos - 1."""
     while True:
         if pos + 2 > end:
@@ -269,7 +269,7 @@ def _skip_binary_chunks(data: bytes | bytearray, pos: int, end: int, code: int) 
         raise HessianDecodeError("bad binary chunk")
 
 
-def read_string_at(data: bytes | bytearray, pos: int, end: int) -> tuple[str | None, int]:
+def read_string_at(data: bytes, pos: int, end: int) -> tuple[str | None, int]:
     """A string (or null) at ``pos``, with the ASCII compact forms inline."""
     if pos >= end:
         raise HessianDecodeError("truncated string")
@@ -277,14 +277,14 @@ def read_string_at(data: bytes | bytearray, pos: int, end: int) -> tuple[str | N
     if code < 0x20:
         stop = pos + 1 + code
         if stop <= end:
-            chunk = bytes(data[pos + 1 : stop])
+            chunk = data[pos + 1 : stop]
             if chunk.isascii():
                 return chunk.decode("ascii"), stop
     elif 0x30 <= code <= 0x33:
         if pos + 1 < end:
             stop = pos + 2 + ((code - 0x30) << 8) + data[pos + 1]
             if stop <= end:
-                chunk = bytes(data[pos + 2 : stop])
+                chunk = data[pos + 2 : stop]
                 if chunk.isascii():
                     return chunk.decode("ascii"), stop
     elif code == 0x4E:
@@ -314,7 +314,7 @@ class FlatMapCache:
         self.entries[key] = value
 
 
-def read_flat_map(data: bytes | bytearray, pos: int, end: int) -> dict[str, Any] | None:
+def read_flat_map(data: bytes, pos: int, end: int) -> dict[str, Any] | None:
     """An untyped map of string keys to scalar values at ``pos``; None when it is anything else."""
     if pos >= end or data[pos] != 0x48:
         return None
