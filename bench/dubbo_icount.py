@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 def _workload(requests: int, clients: int, per_read: int, pool: int, prepare: int) -> None:
     """Drive ``requests`` requests (after a warm-up of one pass over the corpus) through the core."""
     from bench.representative import corpus
+    from metaprotocol.cli import relax_gc
     from metaprotocol.config.model import AttributeMatcher, MatchKind, RouteAction, RouteRule
     from metaprotocol_codecs.dubbo import DubboCodecFactory
     from tests.proxy.test_session import Harness
@@ -104,6 +105,7 @@ def _workload(requests: int, clients: int, per_read: int, pool: int, prepare: in
             for _s, t in sessions:
                 t.written.clear()
 
+    relax_gc()  # as the proxy does once it serves (metaprotocol.cli): start-up objects frozen
     run(len(frames) // per_read * per_read)  # warm-up: every frame once, connections up, memos as they will be
     responses = h.ctx.stats.responses
     run(requests)
