@@ -5,7 +5,8 @@ The fast path must change the cost only: for any body, the lazy decode and the e
 in the same order, with the same attachments for a mutation; ``plain_flat_map`` may vouch only
 for maps ``read_flat_map`` reads. Bodies come from the encoder (random attachment maps: text
 with and without ASCII, ints and longs of every width, booleans, nulls, floats and nested values
-that are not flat, mixed-case keys), and from truncations and byte flips of those.
+that are not flat, mixed-case keys), and from truncations and byte flips of those. The frame
+header's byte reads (codec._header) are checked against ``wire.HEADER`` (struct) too.
 """
 
 from __future__ import annotations
@@ -123,3 +124,11 @@ def test_mutating_a_lazy_request_encodes_as_the_eager_one(attachments: dict[str,
             continue
         outcomes.append(bytes(_encode(Message(MessageType.REQUEST, raw, md, 7, body), mutation, 9)))
     assert outcomes[0] == outcomes[1]
+
+
+@given(st.binary(min_size=16, max_size=40), st.integers(0, 24))
+def test_the_header_reader_equals_struct(data: bytes, pos: int) -> None:
+    from metaprotocol_codecs.dubbo.codec import _header
+
+    if pos + 16 <= len(data):
+        assert _header(data, pos) == wire.HEADER.unpack_from(data, pos)
