@@ -407,7 +407,10 @@ def _encode(msg: Message, mutation: Mutation | None, request_id: int | None) -> 
             return _patch(raw, new_id, head + _mutated_attachments(info, mutation))
     if new_id is None:
         return msg.raw
-    out = bytearray(msg.raw)  # one copy, then the 8 id bytes patched in place
+    raw = msg.raw
+    if isinstance(raw, bytes):  # slices, int.to_bytes and concatenation: all compiled, no struct call
+        return raw[:4] + (new_id & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big") + raw[12:]
+    out = bytearray(raw)  # one copy, then the 8 id bytes patched in place
     _ID.pack_into(out, 4, new_id & 0xFFFFFFFFFFFFFFFF)
     return out
 
