@@ -118,7 +118,8 @@ def _workload(requests: int, clients: int, per_read: int, pool: int, prepare: in
 def _callgrind(args: argparse.Namespace, requests: int, out: Path) -> int:
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--run", str(requests),
            "--prepare", str(2 * args.requests + args.pool), "--clients", str(args.clients), "--per-read", str(args.per_read), "--pool", str(args.pool)]  # fmt: skip
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in both runs and every build
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     m = re.search(r"^summary:\s*(\d+)", out.read_text(errors="replace"), re.M)
     if m is None:
         raise SystemExit(f"no summary in {out}")

@@ -235,6 +235,11 @@ class DubboServerCodec(ServerCodec):
         """Heartbeats (and other events) are answered by the proxy with a null event response."""
         return wire.build_heartbeat(heartbeat.request_id or 0, reply=True)
 
+    def upstream_profile(self) -> Hashable:
+        """One kind of upstream connection for every consumer. The base class says the same;
+        this copy is compiled, where the base class's runs interpreted once per request."""
+        return None
+
 
 def _request_metadata(raw: bytes, recent: Recent | None = None, lazy: bool = True) -> tuple[Metadata, _Body]:
     """A request's metadata and body offsets (``lazy``: attachments read on first use when
