@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from metaprotocol.proxy.overload import Overload
 
-LATENCY_BUCKETS: Final = (
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+"""Upper bounds in seconds. Typed as a tuple of any length on purpose: mypyc keeps a fixed-size
+tuple of floats unboxed, and iterating it would box it into a new tuple at every call."""
 
 
 class Histogram:
