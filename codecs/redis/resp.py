@@ -18,6 +18,7 @@ from typing import Final
 
 from metaprotocol.spi import ErrorKind, RemoteProtocolError
 from metaprotocol_codecs.redis.patterns import EXACT_BULK, EXACT_MAX, repeated
+from metaprotocol_codecs.redis.requests import decimal_line
 
 INCOMPLETE: Final = -1
 CRLF: Final = b"\r\n"
@@ -207,3 +208,51 @@ def flat_reply_end(data: bytes | bytearray, pos: int, max_bulk: int) -> int:
         if int(length) != len(body) or len(body) > max_bulk:
             return -1
     return m.end()
+
+
+_DOLLAR: Final = ord("$")
+_CR: Final = ord("\r")
+_LF: Final = ord("\n")
+_MINUS: Final = ord("-")
+_PLUS: Final = ord("+")
+_COLON: Final = ord(":")
+
+
+def scan_plain_replies(data: bytes, pos: int, limit: int, max_bulk: int) -> tuple[int, int, int]:
+    """(end, replies, errors) for a run of at most ``limit`` flat replies at ``pos``, framed by
+    their declared lengths (a bulk string's bytes are skipped, never scanned); (pos, 0, 0) when
+    none is there.
+
+    Flat here: a bulk string whose length is plain digits, ``$-1``, and ``+``/``-``/``:`` lines
+    without CR or LF inside. The run ends before anything else (RESP3 types, aggregates, a
+    malformed or incomplete reply), where scan_reply takes over: whatever this frames,
+    scan_reply frames the same way."""
+    n = len(data)
+    count = errors = 0
+    while count < limit and pos < n:
+        kind = data[pos]
+        if kind == _DOLLAR:
+            if pos + 4 < n and data[pos + 1] == _MINUS and data[pos + 2] == 49 and data[pos + 3] == _CR and data[pos + 4] == _LF:  # noqa: PLR2004 - $-1
+                pos += 5
+                count += 1
+                continue
+            size, start = decimal_line(data, pos + 1, n)
+            if size < 0 or size > max_bulk:
+                break
+            end = start + size
+            if end + 2 > n or data[end] != _CR or data[end + 1] != _LF:
+                break
+            pos = end + 2
+        elif kind == _PLUS or kind == _MINUS or kind == _COLON:
+            q = pos + 1
+            while q < n and data[q] != _CR and data[q] != _LF:
+                q += 1
+            if q + 1 >= n or data[q] != _CR or data[q + 1] != _LF:
+                break
+            if kind == _MINUS:
+                errors += 1
+            pos = q + 2
+        else:
+            break
+        count += 1
+    return pos, count, errors
