@@ -139,6 +139,12 @@ class RedisServerCodec(ServerCodec):
             if pos >= len(data):
                 return NEED_DATA
             if data[pos] == _STAR:
+                if isinstance(data, bytes):  # the common case: every length plain, skipped
+                    bounds: list[int] = []
+                    end = frame_plain(data, pos, self.config.max_bulk, bounds)[0]
+                    if end >= 0:
+                        buffer.pos = end
+                        return _command(data[pos:end], data, bounds)
                 framed = frame_multibulk(data, pos, self.config.max_bulk)
                 if framed is None:
                     return NEED_DATA
@@ -198,6 +204,8 @@ class RedisServerCodec(ServerCodec):
             if count == 1:
                 return _single_key(data[start:stop], cmd, name, key), 1
             return _pipeline(data[start:stop], name, count), count
+        if isinstance(data, bytes) and frame_plain(data, pos, max_bulk)[0] >= 0:
+            return None  # a well-formed command, not single-key: decode's
         count = 0
         first = ""
         first_stop = 0
@@ -529,7 +537,12 @@ class RedisClientCodec(ClientCodec):
         pos = buffer.pos
         if pos >= len(data):
             return NEED_DATA
-        end = flat_reply_end(data, pos, self.config.max_bulk)
+        if isinstance(data, bytes):
+            end, one, _ = scan_plain_replies(data, pos, 1, self.config.max_bulk)
+            if not one:
+                end = -1
+        else:
+            end = flat_reply_end(data, pos, self.config.max_bulk)
         if end < 0:
             end = scan_reply(data, pos, self.config.max_bulk)
             if end == INCOMPLETE:

@@ -107,10 +107,11 @@ def decimal_line(data: bytes, p: int, n: int) -> tuple[int, int]:
     return -1, p
 
 
-def frame_plain(data: bytes, pos: int, max_bulk: int) -> tuple[int, int, int, int, int]:
+def frame_plain(data: bytes, pos: int, max_bulk: int, bounds: list[int] | None = None) -> tuple[int, int, int, int, int]:
     """One whole, well-formed multibulk command of two or more arguments at ``pos``, framed by
     skipping each bulk argument by its declared length (its bytes are never looked at):
-    (end, name start, name end, key start, key end).
+    (end, name start, name end, key start, key end); with ``bounds``, every argument's start and
+    end are appended to it, as frame_multibulk lists them.
 
     End is -1 for anything else: incomplete, malformed, a length written other than as plain
     digits, one argument. Then frame_multibulk decides (with Redis's errors); whenever this
@@ -131,6 +132,8 @@ def frame_plain(data: bytes, pos: int, max_bulk: int) -> tuple[int, int, int, in
         end = start + size
         if end + 2 > n or data[end] != _CR or data[end + 1] != _LF:
             return _NOT_PLAIN
+        if bounds is not None:
+            bounds += (start, end)
         if i == 0:
             name_start, name_end = start, end
         elif i == 1:

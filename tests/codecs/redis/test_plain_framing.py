@@ -48,13 +48,15 @@ def test_frame_plain_frames_as_frame_multibulk_wherever_it_frames(frame: bytes, 
     data = b"xx" + frame + pack([b"GET", b"next"])
     for stop in range(len(data) - cut, len(data) + 1):  # whole, and cut short
         chunk = data[:stop]
-        end, n0, n1, k0, k1 = frame_plain(chunk, 2, max_bulk)
+        every: list[int] = []
+        end, n0, n1, k0, k1 = frame_plain(chunk, 2, max_bulk, every)
+        assert frame_plain(chunk, 2, max_bulk) == (end, n0, n1, k0, k1)
         reference = _reference(chunk, 2, max_bulk)
         if end < 0:
             continue  # left to frame_multibulk
         assert isinstance(reference, tuple)
         ref_end, bounds = reference
-        assert end == ref_end and len(bounds) >= 4 and bounds[:4] == [n0, n1, k0, k1]
+        assert end == ref_end and bounds == every and bounds[:4] == [n0, n1, k0, k1]
 
 
 def test_frame_plain_takes_every_honest_command() -> None:
@@ -67,7 +69,8 @@ def test_frame_plain_takes_every_honest_command() -> None:
 _replies = st.sampled_from([b"+OK\r\n", b":12\r\n", b"-ERR x\r\n", b"$-1\r\n", b"$3\r\nabc\r\n", b"$5\r\na\r\nbc\r\n", b"$0\r\n\r\n",
                             b"$+3\r\nabc\r\n", b"$03\r\nabc\r\n", b"$3\r\nabcd\r\n", b"$4\r\nabc\r\n", b"+a\nb\r\n", b"+a\rb\r\n",
                             b"*2\r\n$1\r\na\r\n:1\r\n", b"_\r\n", b"%1\r\n+a\r\n+b\r\n", b"!3\r\nerr\r\n", b">2\r\n+a\r\n+b\r\n",
-                            b"$-2\r\n", b"$ 3\r\nabc\r\n"]) | st.binary(max_size=5000).map(lambda v: b"$%d\r\n%s\r\n" % (len(v), v))  # fmt: skip
+                            b"$-2\r\n", b"$ 3\r\nabc\r\n", b"*0\r\n", b"*-1\r\n", b"*1\r\n*1\r\n+a\r\n", b"*2\r\n$-1\r\n-ERR x\r\n",
+                            b"*4\r\n$2\r\nab\r\n$-1\r\n$3\r\nabc\r\n:7\r\n", b"*3\r\n+a\r\n", b"*01\r\n+a\r\n", b"*+1\r\n+a\r\n", b"*2\r\n_\r\n+a\r\n"]) | st.binary(max_size=5000).map(lambda v: b"$%d\r\n%s\r\n" % (len(v), v))  # fmt: skip
 
 
 def _scan_one_by_one(data: bytes, limit: int, max_bulk: int) -> tuple[int, int, int]:
@@ -93,6 +96,22 @@ def test_scan_plain_replies_frames_as_scan_reply_at_every_cut(replies: list[byte
         assert count <= limit
         # Everything it took is what the reference takes for the same number of replies.
         assert _scan_one_by_one(chunk, count, max_bulk) == (end, count, errors)
+        # The client codec's decode (one reply) and frame_replies agree with the reference too.
+        codec = RedisCodecFactory({"max_bulk_length": max_bulk}).client_codec()
+        for buffered in (chunk, bytearray(chunk)):
+            buf = ReadBuffer(buffered)
+            try:
+                msg = codec.decode(buf)
+            except RemoteProtocolError:
+                msg = None
+            ref_end, ref_count, _ = _scan_one_by_one(chunk, 1, max_bulk)
+            assert (buf.pos if isinstance(msg, Message) else 0) == (ref_end if ref_count else 0)
+            buf = ReadBuffer(buffered)
+            try:
+                taken, _ = codec.frame_replies(buf, limit)
+            except RemoteProtocolError:  # a malformed reply after the good ones, as scan_reply says
+                continue
+            assert (buf.pos, taken) == _scan_one_by_one(chunk, taken, max_bulk)[:2]
 
 
 def _units(data: bytes | bytearray) -> tuple[list[bytes], bool]:
