@@ -149,6 +149,9 @@ def _skip_string_chunks(data: bytes | bytearray, pos: int, max_bulk: int) -> int
             return INCOMPLETE
 
 
+# The regex run framers below serve a buffer that is a bytearray (it held a partial reply);
+# on bytes, scan_plain_replies (at the end of this module) frames by declared lengths instead.
+#
 # Flat replies (bulk strings without a CR, nulls, simple strings, errors, integers) are what a
 # pipeline of GETs and SETs gets back. A regex bounded to ``limit`` repetitions finds a run of
 # them at C speed; a run counts up to the first reply whose declared length differs from its
