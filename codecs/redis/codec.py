@@ -46,12 +46,13 @@ from metaprotocol_codecs.redis.requests import (
     exact_short_run,
     frame_inline,
     frame_multibulk,
+    frame_plain,
     pack,
     short_command_name,
     short_command_size,
     short_commands,
 )
-from metaprotocol_codecs.redis.resp import INCOMPLETE, flat_reply_end, scan_flat_replies, scan_reply
+from metaprotocol_codecs.redis.resp import INCOMPLETE, flat_reply_end, scan_flat_replies, scan_plain_replies, scan_reply
 
 _STAR: Final = ord("*")
 _ERROR_BYTES: Final = frozenset(b"-!")
@@ -138,6 +139,12 @@ class RedisServerCodec(ServerCodec):
             if pos >= len(data):
                 return NEED_DATA
             if data[pos] == _STAR:
+                if isinstance(data, bytes):  # the common case: every length plain, skipped
+                    bounds: list[int] = []
+                    end = frame_plain(data, pos, self.config.max_bulk, bounds)[0]
+                    if end >= 0:
+                        buffer.pos = end
+                        return _command(data[pos:end], data, bounds)
                 framed = frame_multibulk(data, pos, self.config.max_bulk)
                 if framed is None:
                     return NEED_DATA
@@ -181,7 +188,8 @@ class RedisServerCodec(ServerCodec):
         start = pos = buffer.pos
         end = len(data)
         max_bulk = self.config.max_bulk
-        stop, commands = exact_short_run(data, pos) if max_bulk >= EXACT_MAX else (pos, [])
+        plain = isinstance(data, bytes)
+        stop, commands = exact_short_run(data, pos) if max_bulk >= EXACT_MAX and not plain else (pos, [])
         if commands:  # lengths and names proved by the pattern itself
             buffer.pos = stop
             _, _, first_name, key_length, rest = commands[0].split(b"\r\n", 4)
@@ -189,13 +197,15 @@ class RedisServerCodec(ServerCodec):
             if len(commands) == 1:
                 return _single_key(data[start:stop], cmd, name, rest[: int(key_length[1:])]), 1
             return _pipeline(data[start:stop], name, len(commands)), len(commands)
-        short = _short_run(data, pos, max_bulk)
+        short = _plain_run(data, pos, max_bulk) if isinstance(data, bytes) else _short_run(data, pos, max_bulk)
         if short is not None:
             stop, count, (cmd, name, _), key = short
             buffer.pos = stop
             if count == 1:
                 return _single_key(data[start:stop], cmd, name, key), 1
             return _pipeline(data[start:stop], name, count), count
+        if isinstance(data, bytes) and frame_plain(data, pos, max_bulk)[0] >= 0:
+            return None  # a well-formed command, not single-key: decode's
         count = 0
         first = ""
         first_stop = 0
@@ -430,6 +440,33 @@ def _short_run(data: bytes | bytearray, pos: int, max_bulk: int) -> tuple[int, i
     return pos + sum(short_command_size(c) for c in commands[:count]), count, entry, first[3]
 
 
+def _plain_run(data: bytes, pos: int, max_bulk: int) -> tuple[int, int, tuple[bytes, str, object], bytes] | None:
+    """Single-key commands at ``pos`` framed by their declared lengths (requests.frame_plain):
+    (end, count, the first one's name entry, its key), as _short_run answers.
+
+    Arguments of any length cost the same few operations (long SET values are skipped, not
+    scanned); the run ends before the first command that frame_plain does not take or that is
+    not single-key."""
+    count = 0
+    first: tuple[bytes, str, object] | None = None
+    key = b""
+    while True:
+        end, name_start, name_end, key_start, key_end = frame_plain(data, pos, max_bulk)
+        if end < 0:
+            break
+        entry = _name(data[name_start:name_end])
+        if entry[2] != SINGLE_KEY:
+            break
+        if first is None:
+            first = entry
+            key = data[key_start:key_end]
+        count += 1
+        pos = end
+    if first is None:
+        return None
+    return pos, count, first, key
+
+
 _UNSEEN: Final = object()
 _SHORT_NAMES: dict[bytes, tuple[bytes, str, object] | None] = {}
 
@@ -500,7 +537,12 @@ class RedisClientCodec(ClientCodec):
         pos = buffer.pos
         if pos >= len(data):
             return NEED_DATA
-        end = flat_reply_end(data, pos, self.config.max_bulk)
+        if isinstance(data, bytes):
+            end, one, _ = scan_plain_replies(data, pos, 1, self.config.max_bulk)
+            if not one:
+                end = -1
+        else:
+            end = flat_reply_end(data, pos, self.config.max_bulk)
         if end < 0:
             end = scan_reply(data, pos, self.config.max_bulk)
             if end == INCOMPLETE:
@@ -523,7 +565,10 @@ class RedisClientCodec(ClientCodec):
         max_bulk = self.config.max_bulk
         count = errors = 0
         while count < limit and pos < end:
-            pos, flat, flat_errors = scan_flat_replies(data, pos, limit - count, max_bulk)
+            if isinstance(data, bytes):
+                pos, flat, flat_errors = scan_plain_replies(data, pos, limit - count, max_bulk)
+            else:
+                pos, flat, flat_errors = scan_flat_replies(data, pos, limit - count, max_bulk)
             if flat:
                 count += flat
                 errors += flat_errors

@@ -18,6 +18,7 @@ from typing import Final
 
 from metaprotocol.spi import ErrorKind, RemoteProtocolError
 from metaprotocol_codecs.redis.patterns import EXACT_BULK, EXACT_MAX, repeated
+from metaprotocol_codecs.redis.requests import decimal_line
 
 INCOMPLETE: Final = -1
 CRLF: Final = b"\r\n"
@@ -148,6 +149,9 @@ def _skip_string_chunks(data: bytes | bytearray, pos: int, max_bulk: int) -> int
             return INCOMPLETE
 
 
+# The regex run framers below serve a buffer that is a bytearray (it held a partial reply);
+# on bytes, scan_plain_replies (at the end of this module) frames by declared lengths instead.
+#
 # Flat replies (bulk strings without a CR, nulls, simple strings, errors, integers) are what a
 # pipeline of GETs and SETs gets back. A regex bounded to ``limit`` repetitions finds a run of
 # them at C speed; a run counts up to the first reply whose declared length differs from its
@@ -207,3 +211,70 @@ def flat_reply_end(data: bytes | bytearray, pos: int, max_bulk: int) -> int:
         if int(length) != len(body) or len(body) > max_bulk:
             return -1
     return m.end()
+
+
+_DOLLAR: Final = ord("$")
+_STAR: Final = ord("*")
+_CR: Final = ord("\r")
+_LF: Final = ord("\n")
+_MINUS: Final = ord("-")
+_PLUS: Final = ord("+")
+_COLON: Final = ord(":")
+
+
+def _flat_end(data: bytes, pos: int, n: int, max_bulk: int) -> int:
+    """End of the flat reply at ``pos`` (see scan_plain_replies), or -1."""
+    if pos >= n:
+        return -1
+    kind = data[pos]
+    if kind == _DOLLAR:
+        if pos + 4 < n and data[pos + 1] == _MINUS and data[pos + 2] == 49 and data[pos + 3] == _CR and data[pos + 4] == _LF:  # noqa: PLR2004 - $-1
+            return pos + 5
+        size, start = decimal_line(data, pos + 1, n)
+        if size < 0 or size > max_bulk:
+            return -1
+        end = start + size
+        if end + 2 > n or data[end] != _CR or data[end + 1] != _LF:
+            return -1
+        return end + 2
+    if kind == _PLUS or kind == _MINUS or kind == _COLON:
+        q = pos + 1
+        while q < n and data[q] != _CR and data[q] != _LF:
+            q += 1
+        if q + 1 >= n or data[q] != _CR or data[q + 1] != _LF:
+            return -1
+        return q + 2
+    return -1
+
+
+def scan_plain_replies(data: bytes, pos: int, limit: int, max_bulk: int) -> tuple[int, int, int]:
+    """(end, replies, errors) for a run of at most ``limit`` plain replies at ``pos``, framed by
+    their declared lengths (a bulk string's bytes are skipped, never scanned); (pos, 0, 0) when
+    none is there.
+
+    Plain here: a flat reply (a bulk string whose length is plain digits, ``$-1``, a ``+``/``-``/
+    ``:`` line without CR or LF inside) or an array (``*`` and plain digits) of flat replies, as
+    MGET gets. The run ends before anything else (RESP3 types, nesting, a malformed or
+    incomplete reply), where scan_reply takes over: whatever this frames, scan_reply frames the
+    same way."""
+    n = len(data)
+    count = errors = 0
+    while count < limit and pos < n:
+        kind = data[pos]
+        if kind == _STAR:
+            items, end = decimal_line(data, pos + 1, n)
+            if items < 0:
+                break
+            for _ in range(items):
+                end = _flat_end(data, end, n, max_bulk)
+                if end < 0:
+                    break
+        else:
+            end = _flat_end(data, pos, n, max_bulk)
+        if end < 0:
+            break
+        if kind == _MINUS:
+            errors += 1
+        pos = end
+        count += 1
+    return pos, count, errors
