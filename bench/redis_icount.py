@@ -24,16 +24,13 @@ replies, a few small slices each) stays in, the same on both sides of any compar
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import icount  # noqa: E402
 
 
 def _bulk(value: bytes) -> bytes:
@@ -121,47 +118,5 @@ def _workload(requests: int, clients: int, per_read: int, pool: int, prepare: in
         raise SystemExit(f"expected {requests} responses, got {got}")
 
 
-def _callgrind(args: argparse.Namespace, requests: int, out: Path) -> int:
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--run", str(requests),
-           "--prepare", str(2 * args.requests + args.pool), "--clients", str(args.clients), "--per-read", str(args.per_read), "--pool", str(args.pool)]  # fmt: skip
-    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in both runs and every build
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    m = re.search(r"^summary:\s*(\d+)", out.read_text(errors="replace"), re.M)
-    if m is None:
-        raise SystemExit(f"no summary in {out}")
-    return int(m.group(1))
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=8000, help="commands of the smaller run (the larger is twice that)")
-    ap.add_argument("--clients", type=int, default=50, help="client sessions (default 50, as the suite)")
-    ap.add_argument("--per-read", type=int, default=16, help="commands per client read (default 16, as -P 16)")
-    ap.add_argument("--pool", type=int, default=4096, help="distinct corpus commands (default 4096, as the suite)")
-    ap.add_argument("--run", type=int, help="run the workload with this many commands, no callgrind")
-    ap.add_argument("--prepare", type=int, help=argparse.SUPPRESS)  # commands made beforehand (both runs alike)
-    ap.add_argument("--annotate", type=int, default=0, help="print the top N functions of the larger run")
-    ap.add_argument("--keep", type=Path, help="directory for the callgrind output files")
-    args = ap.parse_args()
-    if args.run is not None:
-        _workload(args.run, args.clients, args.per_read, args.pool, max(args.prepare or 0, args.run + args.pool))
-        return
-    import metaprotocol._native as native
-
-    print("build: {} ({})".format(*native.mode()))
-    work = args.keep or Path(tempfile.mkdtemp(prefix="redis_icount."))
-    work.mkdir(parents=True, exist_ok=True)
-    small, large = args.requests, 2 * args.requests
-    i_small = _callgrind(args, small, work / "small.out")
-    i_large = _callgrind(args, large, work / "large.out")
-    per = (i_large - i_small) / (large - small)
-    print(f"instructions per command: {per:,.0f}  ({i_small:,} for {small}, {i_large:,} for {large}; "
-          f"{args.clients} clients, {args.per_read} per read, {args.pool} commands; files in {work})")  # fmt: skip
-    if args.annotate:
-        out = subprocess.run(["callgrind_annotate", "--inclusive=no", str(work / "large.out")], check=True, capture_output=True, text=True).stdout
-        lines = [ln for ln in out.splitlines() if re.match(r"^\s*[\d,]+ \(", ln)]
-        print("\n".join(lines[1 : args.annotate + 1]))
-
-
 if __name__ == "__main__":
-    main()
+    icount.main(__file__, __doc__, _workload, unit="command", requests=8000, per_read=16, pool=4096)
