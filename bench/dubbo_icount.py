@@ -35,7 +35,6 @@ from bench import icount  # noqa: E402
 def _workload(requests: int, clients: int, per_read: int, pool: int, prepare: int) -> None:
     """Drive ``requests`` requests (after a warm-up of one pass over the corpus) through the core."""
     from bench.representative import corpus
-    from metaprotocol.cli import relax_gc
     from metaprotocol.config.model import AttributeMatcher, MatchKind, RouteAction, RouteRule
     from metaprotocol_codecs.dubbo import DubboCodecFactory
     from tests.proxy.test_session import Harness
@@ -76,39 +75,7 @@ def _workload(requests: int, clients: int, per_read: int, pool: int, prepare: in
             pos = end
         return b"".join(out)
 
-    next_read = 0
-
-    def run(n: int) -> None:
-        nonlocal next_read
-        left = n // per_read
-        while left:
-            for s, _t in sessions:
-                if not left:
-                    break
-                s.data_received(reads[next_read % len(reads)])
-                next_read += 1
-                left -= 1
-            h.io.flush()
-            if not h.io.connects or any(c.transport is None for c, _, _ in h.io.connects):
-                h.connect_all()
-            for conn, _, _ in h.io.connects:
-                written = h.upstream_transports[id(conn)].written
-                sent = b"".join(written)
-                written.clear()
-                if sent:
-                    conn.data_received(answer(sent))
-            h.io.flush()
-            for _s, t in sessions:
-                t.written.clear()
-
-    relax_gc()  # as the proxy does once it serves (metaprotocol.cli): start-up objects frozen
-    run(len(frames) // per_read * per_read)  # warm-up: every frame once, connections up, memos as they will be
-    responses = h.ctx.stats.responses
-    run(requests)
-    h.upstreams.sweep(0.0)
-    got = h.ctx.stats.responses - responses
-    if got != requests:
-        raise SystemExit(f"expected {requests} responses, got {got}")
+    icount.drive(h, sessions, reads, answer, requests, per_read=per_read, warmup=len(frames) // per_read * per_read)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,51 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 Workload = Callable[[int, int, int, int, int], None]  # (requests, clients, per read, pool, prepared)
+
+
+def drive(h: Any, sessions: list[Any], reads: list[bytes], answer: Callable[[bytes], bytes], requests: int, *, per_read: int, warmup: int) -> None:  # noqa: ANN401
+    """Run ``requests`` through a core test harness (``tests.proxy.test_session.Harness``): each
+    client session in turn receives the next prepared read, what the core writes upstream is
+    answered by ``answer``, until done; after a warm-up of ``warmup`` requests (connections up,
+    memos as they will be) and the proxy's own GC settings. Fails unless every request is answered."""
+    from metaprotocol.cli import relax_gc
+
+    next_read = 0
+
+    def run(n: int) -> None:
+        nonlocal next_read
+        left = n // per_read
+        while left:
+            for s, _t in sessions:
+                if not left:
+                    break
+                s.data_received(reads[next_read % len(reads)])
+                next_read += 1
+                left -= 1
+            h.io.flush()
+            if not h.io.connects or any(c.transport is None for c, _, _ in h.io.connects):
+                h.connect_all()
+            for conn, _, _ in h.io.connects:
+                written = h.upstream_transports[id(conn)].written
+                sent = b"".join(written)
+                written.clear()
+                if sent:
+                    conn.data_received(answer(sent))
+            h.io.flush()
+            for _s, t in sessions:
+                t.written.clear()
+
+    relax_gc()  # as the proxy does once it serves (metaprotocol.cli): start-up objects frozen
+    run(warmup)
+    responses = h.ctx.stats.responses
+    run(requests)
+    h.upstreams.sweep(0.0)
+    got = h.ctx.stats.responses - responses
+    if got != requests:
+        raise SystemExit(f"expected {requests} responses, got {got}")
 
 
 def _callgrind(script: str, args: argparse.Namespace, requests: int, out: Path) -> int:

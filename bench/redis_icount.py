@@ -40,7 +40,6 @@ def _bulk(value: bytes) -> bytes:
 def _workload(requests: int, clients: int, per_read: int, pool: int, prepare: int) -> None:
     """Drive ``requests`` commands (after a warm-up of one pass over the corpus) through the core."""
     from bench.representative import corpus
-    from metaprotocol.cli import relax_gc
     from metaprotocol.config.model import RouteAction, RouteRule
     from metaprotocol_codecs.redis import RedisCodecFactory
     from tests.proxy.test_session import Harness
@@ -83,39 +82,7 @@ def _workload(requests: int, clients: int, per_read: int, pool: int, prepare: in
                 raise SystemExit(f"unexpected command upstream: {sent[pos : pos + 40]!r}")
         return b"".join(out)
 
-    next_read = 0
-
-    def run(n: int) -> None:
-        nonlocal next_read
-        left = n // per_read
-        while left:
-            for s, _t in sessions:
-                if not left:
-                    break
-                s.data_received(reads[next_read % len(reads)])
-                next_read += 1
-                left -= 1
-            h.io.flush()
-            if not h.io.connects or any(c.transport is None for c, _, _ in h.io.connects):
-                h.connect_all()
-            for conn, _, _ in h.io.connects:
-                written = h.upstream_transports[id(conn)].written
-                sent = b"".join(written)
-                written.clear()
-                if sent:
-                    conn.data_received(answer(sent))
-            h.io.flush()
-            for _s, t in sessions:
-                t.written.clear()
-
-    relax_gc()  # as the proxy does once it serves (metaprotocol.cli): start-up objects frozen
-    run(pool // per_read * per_read)  # warm-up: every frame once, connections up, memos as they will be
-    responses = h.ctx.stats.responses
-    run(requests)
-    h.upstreams.sweep(0.0)
-    got = h.ctx.stats.responses - responses
-    if got != requests:
-        raise SystemExit(f"expected {requests} responses, got {got}")
+    icount.drive(h, sessions, reads, answer, requests, per_read=per_read, warmup=pool // per_read * per_read)
 
 
 if __name__ == "__main__":
