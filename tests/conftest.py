@@ -67,3 +67,22 @@ def run_proxy() -> Iterator[object]:
     yield start
     for rp in started:
         rp.stop()
+
+
+@pytest.fixture
+def header_servers() -> Iterator[dict[str, tuple[int, list[dict[str, str]]]]]:
+    """Two Apache Thrift THeader echo servers (``a``, ``b``): port, and the headers of every call
+    each got (the Thrift tests of our proxy and of stock Envoy)."""
+    from tests.integration.test_thrift_proxy import _apache_header_server
+    from tests.servers import free_port, wait_port
+
+    stop = threading.Event()
+    servers = {}
+    for name in ("a", "b"):
+        port = free_port()
+        seen: list[dict[str, str]] = []
+        threading.Thread(target=_apache_header_server, args=(port, seen, stop), daemon=True).start()
+        wait_port(port)
+        servers[name] = (port, seen)
+    yield servers
+    stop.set()

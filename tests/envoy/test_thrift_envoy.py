@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import yaml
 from thriftpy2.rpc import make_client
 
 from tests.envoy_node import EnvoyNode
-from tests.integration.test_thrift_proxy import COMBOS, _apache_header_call, _apache_header_server, start_server
+from tests.integration.test_thrift_proxy import COMBOS, _apache_header_call, start_server
 from tests.integration.test_xds_live import ENV
 from tests.servers import free_port, wait_port
 from tests.vectors import vectors_dir
@@ -79,21 +77,6 @@ def write(path: Path, docs: list[dict[str, object]]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump_all(docs))
     tmp.replace(path)
-
-
-@pytest.fixture
-def header_servers() -> Iterator[dict[str, tuple[int, list[dict[str, str]]]]]:
-    """Two Apache Thrift THeader echo servers; each records the headers of every call it gets."""
-    stop = threading.Event()
-    servers = {}
-    for name in ("a", "b"):
-        port = free_port()
-        seen: list[dict[str, str]] = []
-        threading.Thread(target=_apache_header_server, args=(port, seen, stop), daemon=True).start()
-        wait_port(port)
-        servers[name] = (port, seen)
-    yield servers
-    stop.set()
 
 
 def thrift_routes(envoy: EnvoyNode) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 from typing import Any
 
@@ -257,20 +256,6 @@ def _apache_header_call(port: int, msg: str, headers: dict[str, str], seqid: int
         return value, rheaders
     finally:
         sock.close()
-
-
-@pytest.fixture
-def header_servers() -> Iterator[dict[str, tuple[int, list[dict[str, str]]]]]:
-    stop = threading.Event()
-    servers = {}
-    for name in ("a", "b"):
-        port = free_port()
-        seen: list[dict[str, str]] = []
-        threading.Thread(target=_apache_header_server, args=(port, seen, stop), daemon=True).start()
-        wait_port(port)
-        servers[name] = (port, seen)
-    yield servers
-    stop.set()
 
 
 def test_apache_thrift_theader_routing_on_a_header_and_mutation(header_servers: dict[str, tuple[int, list[dict[str, str]]]], run_proxy: object) -> None:
