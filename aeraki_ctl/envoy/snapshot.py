@@ -46,7 +46,6 @@ class EnvoySnapshotBuilder:
         self._served: dict[str, dict[str, EnvoyListener]] = {}  # host -> listener -> the version Envoy gets
         self._packed: dict[str, dict[str, dict[str, Resource]]] = {}  # host -> type URL -> name -> resource
         self.verdicts: dict[str, dict[str, ListenerVerdict]] = {}  # host -> listener -> verdict (with gaps)
-        self.cluster_gaps: dict[str, dict[str, list[Gap]]] = {}  # host -> cluster -> approximations
         self._providers: dict[tuple[str, str], dict[str, Resource]] = {}  # (type URL, name) -> host -> its version of it
         self._own: dict[str, frozenset[str]] = {}  # host -> the clusters that are its own (not added by its MetaRouter)
         self._sums: dict[str, int] = {}
@@ -69,7 +68,7 @@ class EnvoySnapshotBuilder:
             before = self._packed.get(h, {})
             out = outputs.get(h)
             if out is None:
-                for table in (self._served, self._packed, self.verdicts, self.cluster_gaps, self._own, self._security):
+                for table in (self._served, self._packed, self.verdicts, self._own, self._security):
                     table.pop(h, None)
                 if self._hosts.pop(h, None) is not None:
                     moved_hosts.add(h)
@@ -161,7 +160,6 @@ class EnvoySnapshotBuilder:
         self._own[out.host] = frozenset(out.clusters)
         self._packed[out.host] = packed
         self.verdicts[out.host] = verdicts
-        self.cluster_gaps[out.host] = translated.cluster_gaps
 
     def problems(self, owner_of: Callable[[str], Object | None]) -> list[Problem]:
         """Every gap of the last translations as a problem of the object it comes from (the
@@ -174,8 +172,6 @@ class EnvoySnapshotBuilder:
                 for gap in verdict.gaps:
                     reason = f"Envoy (listener {name}): {gap.reason}" + (f" ({fate})" if gap.fatal else " (approximated on Envoy)")
                     out.append(_problem(owner, host, reason, gap.path, gap.fatal))
-            for cluster, gaps in sorted(self.cluster_gaps.get(host, {}).items()):
-                out.extend(_problem(owner, host, f"Envoy (cluster {cluster}): {g.reason}", g.path, g.fatal) for g in gaps)
         return out
 
 
@@ -190,8 +186,6 @@ class EnvoySnapshotBuilder:
             for verdict in verdicts.values():
                 rank = _RANK[verdict.state] if verdict.state != SERVING else int(bool(verdict.gaps))
                 worst[owner.ref] = max(worst.get(owner.ref, 0), rank)
-            if self.cluster_gaps.get(host):
-                worst[owner.ref] = max(worst.get(owner.ref, 0), 1)
         said: dict[str, list[str]] = {}
         for p in self.problems(owner_of):
             said.setdefault(p.obj, []).append(f"{p.path}: {p.reason}" if p.path else p.reason)

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from envoy.config.listener.v3 import listener_pb2
 
-from aeraki_ctl.envoy import clusters, dubbo, identity, redis, thrift
+from aeraki_ctl.envoy import dubbo, identity, redis, thrift
 from aeraki_ctl.envoy.common import EnvoyListener, Gap
 from aeraki_ctl.incremental import HostOutput
 from metaprotocol.config.model import ClusterConfig, ListenerConfig, RbacOp, RbacRule
@@ -36,14 +36,13 @@ FILTERS: dict[str, tuple[str, ListenerTranslator]] = {
 
 @dataclass
 class EnvoyHost:
-    """One host's share of the Envoy snapshot: listeners (with their route tables), clusters and
-    endpoints; ``gaps`` per listener name."""
+    """One host's share of the Envoy snapshot: listeners (each with its route tables and gaps),
+    clusters and endpoints."""
 
     host: str
     listeners: dict[str, EnvoyListener] = field(default_factory=dict)
     clusters: dict[str, Message] = field(default_factory=dict)
     endpoints: dict[str, Message] = field(default_factory=dict)
-    cluster_gaps: dict[str, list[Gap]] = field(default_factory=dict)
 
 
 def codec_name(name: str) -> str:
@@ -88,11 +87,13 @@ def translate_host(out: HostOutput, port_offset: int = 0, identity_dir: str = Op
             identity.finish_listener(made.listener, identity_dir)
         host.listeners[lst.name] = made
     for name, c in known.items():
-        cluster, gaps = clusters.cluster(c)
+        # Our cluster message is Envoy's own Cluster: every DestinationRule setting aeraki-ctl
+        # translates (load balancer, connection pool, outlier detection, TLS) means the same to
+        # Envoy; only our proxy's extensions in the metadata (never set by a translation) go.
+        cluster = convert.cluster_to_xds(c)
+        cluster.ClearField("metadata")
         if cluster.HasField("transport_socket"):
             cluster.transport_socket.CopyFrom(identity.by_sds(cluster.transport_socket, identity_dir))
         host.clusters[name] = cluster
         host.endpoints[name] = convert.endpoints_to_xds(c)
-        if gaps:
-            host.cluster_gaps[name] = gaps
     return host

@@ -92,15 +92,10 @@ def resource(name: str, msg: Message) -> Resource:
 def make_snapshot(resources: Mapping[str, Iterable[tuple[str, Message]]]) -> Snapshot:
     """A snapshot from (name, message) pairs per type URL (the four of ``TYPES`` always, and any
     other type given, such as Envoy's Dubbo and Thrift route tables)."""
-    return snapshot_from({t: {name: resource(name, msg) for name, msg in resources.get(t, ())} for t in {*TYPES, *resources}})
-
-
-def snapshot_from(packed: Mapping[str, Mapping[str, Resource]]) -> Snapshot:
-    """A snapshot of resources already packed, by type URL and name."""
     by_type: dict[str, dict[str, Resource]] = {}
     versions: dict[str, str] = {}
-    for type_url in sorted({*TYPES, *packed}):
-        entries = packed.get(type_url, {})
+    for type_url in sorted({*TYPES, *resources}):
+        entries = {name: resource(name, msg) for name, msg in resources.get(type_url, ())}
         by_type[type_url] = dict(sorted(entries.items()))
         versions[type_url] = version_of(sum(r.token for r in entries.values()))
     return Snapshot(by_type, versions)
