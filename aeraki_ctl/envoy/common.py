@@ -10,18 +10,15 @@ and reported (``aeraki-ctl validate --data-plane envoy``, ``/status``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
 
 from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from metaprotocol.config.model import RouteRule
+from metaprotocol.xds.status import DUBBO_ROUTE_TYPE, ENVOY_ROUTE_TYPES, GENERIC_ROUTE_TYPE, THRIFT_ROUTE_TYPE  # what Envoy's filters read over RDS
 
-DUBBO_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.MultipleRouteConfiguration"
-THRIFT_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration"
-GENERIC_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration"
-ENVOY_ROUTE_TYPES: Final = (DUBBO_ROUTE_TYPE, GENERIC_ROUTE_TYPE, THRIFT_ROUTE_TYPE)  # what Envoy's filters read over RDS
+__all__ = ["DUBBO_ROUTE_TYPE", "ENVOY_ROUTE_TYPES", "GENERIC_ROUTE_TYPE", "THRIFT_ROUTE_TYPE", "EnvoyListener", "Gap", "ads", "route_path", "typed"]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Final
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -20,13 +21,12 @@ SHORT_NAMES = {
     ENDPOINT_TYPE: "EDS",
     ROUTE_TYPE: "RDS",
 }
-# The route tables of stock Envoy's Dubbo and Thrift filters (aeraki-ctl serves Envoy too): RDS in
+# The route tables of stock Envoy's Dubbo, generic and Thrift filters (aeraki-ctl serves them): RDS in
 # proxy-status, not types of their own in our counters.
-ENVOY_ROUTE_TYPES = frozenset({
-    "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.MultipleRouteConfiguration",
-    "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration",
-    "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration",
-})  # fmt: skip
+DUBBO_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.MultipleRouteConfiguration"
+THRIFT_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.RouteConfiguration"
+GENERIC_ROUTE_TYPE: Final = "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.RouteConfiguration"
+ENVOY_ROUTE_TYPES: Final = (DUBBO_ROUTE_TYPE, GENERIC_ROUTE_TYPE, THRIFT_ROUTE_TYPE)
 
 
 def short_name(type_url: str) -> str:
